@@ -1,0 +1,164 @@
+"""Load an ONNX model into a Graph: read, convert old opsets, check, fix shapes, infer.
+
+* Reads the file (external data files beside it load too) and runs the ONNX checker.
+* Opsets older than MIN_OPSET are converted with onnx's version converter.
+* Initializers that are also listed as graph inputs (Brevitas lists dozens) are constants,
+  unless the user gives a shape for them with ``--input-shape``, which keeps them inputs.
+* A dynamic batch dimension becomes 1 (the runtime then runs any batch size one sample at a
+  time); other dynamic dimensions must be given with ``--input-shape NAME=1,3,224,224``.
+* Every op must be one bnnc can compile; all the others are reported in one error.
+"""
+
+from __future__ import annotations
+
+import os
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from bnnc.graph import Graph, op_key
+from runtime.errors import BnncError
+from runtime.kernels import KERNELS
+
+MIN_OPSET = 11
+CONVERT_TO = 13
+QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general")
+# ops the compiler removes or evaluates itself, so no kernel is needed at run time
+COMPILE_TIME_OPS = {"Constant", "Shape", "Size", "ConstantOfShape", "Dropout", "Range", "NonZero"}
+# QONNX ops lowered to standard ops by the pipeline
+QONNX_OPS = {"Quant", "BipolarQuant", "MultiThreshold", "Trunc"}
+
+
+def is_supported(node: onnx.NodeProto) -> bool:
+    if node.domain in QONNX_DOMAINS:
+        return node.op_type in QONNX_OPS
+    if node.domain in ("", "ai.onnx") and node.op_type in COMPILE_TIME_OPS:
+        return True
+    return op_key(node) in KERNELS
+
+
+def parse_input_shapes(specs: list[str] | tuple[str, ...] | None) -> dict[str, list[int]]:
+    """Parse ``NAME=1,3,224,224`` strings."""
+    out: dict[str, list[int]] = {}
+    for spec in specs or ():
+        name, sep, dims = spec.rpartition("=")
+        try:
+            shape = [int(d) for d in dims.split(",")]
+        except ValueError:
+            shape = []
+        if not sep or not name or not shape or any(d <= 0 for d in shape):
+            raise BnncError(f"bad --input-shape '{spec}': expected NAME=D1,D2,... with positive dims")
+        out[name] = shape
+    return out
+
+
+def read_model(path: str) -> onnx.ModelProto:
+    if not os.path.isfile(path):
+        raise BnncError(f"no such file: '{path}'")
+    try:
+        model = onnx.load(path)
+    except DecodeError:
+        raise BnncError(f"'{path}' is not a valid ONNX file (protobuf decoding failed; truncated or not ONNX?)") from None
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BnncError(f"cannot load '{path}': {msg}") from None
+    if not model.graph.node or not model.opset_import:
+        raise BnncError(f"'{path}' is not a valid ONNX model (no graph nodes or no opset)")
+    return model
+
+
+def load_model(path: str, input_shapes: dict[str, list[int]] | None = None) -> Graph:
+    """Read, check and prepare the model at ``path``; see the module docstring."""
+    model = read_model(path)
+    input_shapes = dict(input_shapes or {})
+    model = _convert_opset(model, path)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
+        raise BnncError(f"'{path}' fails the ONNX checker: {first}") from None
+    _check_supported(model)
+    inits = {t.name for t in model.graph.initializer}
+    for name in input_shapes:
+        if name not in {i.name for i in model.graph.input}:
+            raise BnncError(f"--input-shape names '{name}', which is not a graph input")
+    overridden = [t for t in model.graph.initializer if t.name in input_shapes]
+    for t in overridden:
+        model.graph.initializer.remove(t)
+    real_inputs = [i for i in model.graph.input if i.name not in inits or i.name in input_shapes]
+    del model.graph.input[:]
+    model.graph.input.extend(real_inputs)
+    dynamic_batch = _fix_input_shapes(model, input_shapes)
+    _clear_stale_shapes(model)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BnncError(f"shape inference failed on '{path}': {first}") from None
+    graph = Graph(model)
+    graph.metadata["bnnc.dynamic_batch"] = "1" if dynamic_batch else "0"
+    graph.name_nodes()
+    return graph
+
+
+def _convert_opset(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if version is None or version >= MIN_OPSET:
+        return model
+    try:
+        return onnx.version_converter.convert_version(model, CONVERT_TO)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BnncError(f"'{path}' uses opset {version}; converting it to {CONVERT_TO} failed: {first}") from None
+
+
+def _check_supported(model: onnx.ModelProto) -> None:
+    bad: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        if not is_supported(n):
+            bad.setdefault(op_key(n), []).append(n.name or "<unnamed>")
+    if bad:
+        parts = [f"{op} (node{'s' if len(v) > 1 else ''} {', '.join(repr(x) for x in v)})" for op, v in sorted(bad.items())]
+        raise BnncError(f"unsupported op{'s' if len(bad) > 1 else ''}: {'; '.join(parts)}")
+
+
+def _fix_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> bool:
+    """Make every graph input shape static; return whether a dynamic batch was set to 1."""
+    dynamic_batch = False
+    for vi in model.graph.input:
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise BnncError(f"graph input '{vi.name}' is not a tensor")
+        dims = tt.shape.dim
+        if vi.name in input_shapes:
+            want = input_shapes[vi.name]
+            if tt.HasField("shape") and len(dims) != len(want):
+                raise BnncError(f"--input-shape gives {len(want)} dims for '{vi.name}', which has {len(dims)}")
+            del dims[:]
+            for d in want:
+                dims.add().dim_value = d
+            continue
+        if not tt.HasField("shape"):
+            raise BnncError(f"graph input '{vi.name}' has no shape; give one with --input-shape {vi.name}=...")
+        for k, d in enumerate(dims):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                continue
+            if k == 0:
+                d.Clear()
+                d.dim_value = 1
+                dynamic_batch = True
+            else:
+                raise BnncError(
+                    f"graph input '{vi.name}' has a dynamic dimension {k} ('{d.dim_param or '?'}'); "
+                    f"give its shape with --input-shape {vi.name}=..."
+                )
+    return dynamic_batch
+
+
+def _clear_stale_shapes(model: onnx.ModelProto) -> None:
+    """Drop intermediate shapes recorded by the exporter: they may hold the old batch size."""
+    del model.graph.value_info[:]
+    for o in model.graph.output:
+        tt = o.type.tensor_type
+        if tt.HasField("shape"):
+            tt.ClearField("shape")

@@ -1,0 +1,105 @@
+"""Human and machine reports: per-pass progress lines and the per-node ``bnnc inspect`` table."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from typing import Any
+
+import click
+import numpy as np
+
+from bnnc.pipeline import PassRecord
+
+CONV_OPS = {"Conv", "bnnc.FusedConv"}
+DENSE_OPS = {"Gemm", "MatMul", "bnnc.FusedGemm"}
+
+
+def pass_summary(cls) -> str:
+    """First line of a pass module's docstring."""
+    doc = sys.modules[cls.__module__].__doc__ or cls.__doc__ or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def print_record(rec: PassRecord) -> None:
+    stats = ", ".join(f"{k}={v}" for k, v in rec.stats.items())
+    mark = "modified" if rec.modified else "unchanged"
+    click.echo(f"[{rec.index:02d}] {rec.name:<34} {mark:<9} {rec.seconds * 1000:7.1f} ms  {stats}", err=True)
+    for r in rec.reasons:
+        click.echo(f"       {r}", err=True)
+
+
+def node_macs(op: str, attrs: dict, in_shapes: list, out_shape: tuple) -> int:
+    """Multiply-accumulates of one plan step (0 for data movement and elementwise ops)."""
+    if op in CONV_OPS and len(in_shapes) > 1 and in_shapes[1] is not None:
+        return int(np.prod(out_shape)) * int(np.prod(in_shapes[1][1:]))
+    if op in DENSE_OPS and in_shapes and in_shapes[0] is not None:
+        a = in_shapes[0]
+        k = a[0] if op.endswith("Gemm") and attrs.get("transA", 0) else a[-1]
+        return int(np.prod(out_shape)) * int(k)
+    macs = attrs.get("macs")
+    return int(macs) if isinstance(macs, int) else 0
+
+
+def _load_compiled(path: str, input_shapes: list[str]):
+    from runtime.artifact import read_artifact
+    from runtime.errors import BnncError
+
+    if path.endswith(".onnx"):
+        import bnnc
+
+        with tempfile.TemporaryDirectory() as d:
+            res = bnnc.compile_model(path, os.path.join(d, "model.bnn"), input_shapes=input_shapes)
+            manifest, tensors = read_artifact(res.path)
+            return manifest, tensors, res.artifact_bytes
+    if not os.path.isfile(path):
+        raise BnncError(f"no such file: '{path}'")
+    manifest, tensors = read_artifact(path)
+    return manifest, tensors, os.path.getsize(path)
+
+
+def build_report(path: str, input_shapes: list[str] | None = None) -> dict[str, Any]:
+    manifest, tensors, size = _load_compiled(path, input_shapes or [])
+    values = manifest["values"]
+    nodes = []
+    for s in manifest["plan"]:
+        shape_of = lambda n: tuple(tensors[n].shape) if n in tensors else tuple(values[n]["shape"]) if n in values else None  # noqa: E731
+        in_shapes = [shape_of(n) if n else None for n in s["inputs"]]
+        out_shape = tuple(values[s["outputs"][0]]["shape"])
+        wbytes = sum(int(tensors[n].nbytes) for n in s["inputs"] if n in tensors)
+        nodes.append({
+            "name": s["name"],
+            "op": s["op"],
+            "output_shape": list(out_shape),
+            "macs": node_macs(s["op"], s["attrs"], in_shapes, out_shape),
+            "weight_bytes": wbytes,
+        })
+    layers = manifest.get("metadata", {}).get("bnnc.layers")
+    report: dict[str, Any] = {
+        "model": path,
+        "nodes": nodes,
+        "total_macs": sum(n["macs"] for n in nodes),
+        "total_weight_bytes": sum(n["weight_bytes"] for n in nodes),
+        "artifact_bytes": size,
+    }
+    if layers:
+        import json
+
+        report["layers"] = json.loads(layers)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    rows = [("node", "op", "output shape", "MACs", "weight bytes")]
+    for n in report["nodes"]:
+        rows.append((n["name"], n["op"], "x".join(map(str, n["output_shape"])), f"{n['macs']:,}", f"{n['weight_bytes']:,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = [
+        "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    lines.append(f"total MACs: {report['total_macs']:,}   weight bytes: {report['total_weight_bytes']:,}   artifact bytes: {report['artifact_bytes']:,}")
+    return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""The ``bnnc`` command. Every user error prints ``error: <message>`` and exits with code 2."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from runtime.errors import BnncError
+
+
+def _fail(message: str, code: int = 2):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn):
+    """Turn BnncError into a one-line message and exit code 2; never show a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BnncError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as e:  # a bug in bnnc: still one line, but say so
+            if os.environ.get("BNNC_DEBUG"):
+                raise
+            first = str(e).splitlines()[0] if str(e) else ""
+            _fail(f"internal error ({type(e).__name__}: {first}); rerun with BNNC_DEBUG=1 and report it", 3)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bnnc", message="bnnc %(version)s")
+def main():
+    """bnnc: compile binarized neural networks from ONNX to a fast bit-packed CPU runtime."""
+
+
+@main.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), help="Artifact path [default: MODEL with .bnn].")
+@click.option("--dump-passes", "dump_dir", type=click.Path(file_okay=False), help="Write the graph after every pass to DIR.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Static shape of an input, e.g. input=1,3,224,224.")
+@click.option("-v", "--verbose", is_flag=True, help="Print every pass with its stats and the reasons rules did not apply.")
+@handle_errors
+def compile_cmd(model, out, dump_dir, input_shapes, verbose):
+    """Compile MODEL.onnx into a .bnn artifact."""
+    import bnnc
+    from bnnc.report import print_record
+
+    def progress(rec):
+        if verbose:
+            print_record(rec)
+
+    res = bnnc.compile_model(model, out, dump_dir, list(input_shapes), progress=progress)
+    counts = {}
+    for n in res.graph.nodes:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    click.echo(f"wrote {res.path} ({res.artifact_bytes:,} bytes, {len(res.graph.nodes)} kernels)")
+    if dump_dir:
+        click.echo(f"pass dumps in {dump_dir}/")
+
+
+@main.command("run")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option("--input", "inputs", multiple=True, metavar="[NAME=]FILE.npy", required=True, help="An input array; NAME= may be left out when the model has one input.")
+@click.option("--output", "out", type=click.Path(dir_okay=False), help="Write all outputs to OUT.npz, keyed by output name.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for the kernels [default: all cores].")
+@handle_errors
+def run_cmd(artifact, inputs, out, threads):
+    """Run a compiled ARTIFACT on .npy inputs."""
+    import numpy as np
+
+    from runtime import InferenceSession
+
+    sess = InferenceSession(artifact, threads=threads)
+    feeds = _read_feeds(inputs, [i.name for i in sess.get_inputs()])
+    names = [o.name for o in sess.get_outputs()]
+    results = sess.run(None, feeds)
+    if out:
+        _save_npz(out, dict(zip(names, results)))
+        click.echo(f"wrote {out} ({', '.join(names)})")
+        return
+    with np.printoptions(precision=5, suppress=True, threshold=10, edgeitems=5):
+        for n, r in zip(names, results):
+            click.echo(f"{n}: shape {list(r.shape)} {r.dtype}")
+            click.echo(f"  first values: {r.reshape(-1)[:10]}")
+
+
+def _read_feeds(specs, input_names):
+    import numpy as np
+
+    feeds = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            if len(input_names) != 1:
+                raise BnncError(f"the model has {len(input_names)} inputs ({', '.join(input_names)}); use --input NAME=FILE.npy")
+            name, path = input_names[0], spec
+        if not os.path.isfile(path):
+            raise BnncError(f"input file not found: '{path}'")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise BnncError(f"cannot read '{path}' as a .npy array: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        if not isinstance(feeds[name], np.ndarray):
+            raise BnncError(f"'{path}' is not a single .npy array")
+    return feeds
+
+
+def _save_npz(path, arrays):
+    import tempfile
+
+    import numpy as np
+
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise BnncError(f"output directory '{directory}' does not exist")
+    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@main.command("passes")
+@handle_errors
+def passes_cmd():
+    """List the passes of the default pipeline, in order."""
+    from bnnc.report import pass_summary
+    from passes import PIPELINE
+
+    width = max((len(p.name) for p in PIPELINE), default=0)
+    for i, p in enumerate(PIPELINE, start=1):
+        click.echo(f"{i:2d}  {p.name:<{width}}  {pass_summary(p)}")
+
+
+@main.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Static shape of an input (.onnx only).")
+@handle_errors
+def inspect_cmd(model, as_json, input_shapes):
+    """Per-layer report of MODEL (.onnx, compiled in memory, or .bnn)."""
+    from bnnc.report import build_report, format_report
+
+    report = build_report(model, list(input_shapes))
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        click.echo(format_report(report))
+
+
+if __name__ == "__main__":
+    main()

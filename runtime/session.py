@@ -1,0 +1,211 @@
+"""InferenceSession: load an artifact, build one kernel per plan step, plan buffers, run.
+
+The API mirrors onnxruntime's: ``InferenceSession(path, threads=None)``, ``run(output_names,
+feeds)``, ``get_inputs()``, ``get_outputs()``.
+
+Buffers are planned once per session: every value that is not a constant, a graph input or a
+view gets a buffer, and a buffer whose value is dead (its last reader has run) is handed to the
+next value of the same dtype and size. Graph outputs keep their own buffers and are copied out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime.artifact import read_artifact
+from runtime.errors import BnncError
+from runtime.kernels import KERNELS
+from runtime.kernels.base import Step
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """An input or output description, like onnxruntime's NodeArg."""
+
+    name: str
+    shape: list[int | str]
+    type: str
+
+
+class InferenceSession:
+    def __init__(self, path: str, threads: int | None = None):
+        self._path = str(path)
+        self._threads = _check_threads(threads)
+        self.manifest, self._consts = read_artifact(self._path)
+        m = self.manifest
+        try:
+            self._values = {k: (tuple(v["shape"]), v["dtype"]) for k, v in m["values"].items()}
+            self._inputs = m["inputs"]
+            self._outputs = m["outputs"]
+            plan = m["plan"]
+        except (KeyError, TypeError, ValueError):
+            raise BnncError(f"'{self._path}' has a corrupted manifest (missing plan or values)") from None
+        self._dynamic_batch = bool(m.get("dynamic_batch", False))
+        self._kernels = [self._build(s) for s in plan]
+        self._steps = plan
+        self._plan_buffers()
+
+    # -- public API ---------------------------------------------------------------------------
+    def get_inputs(self) -> list[NodeArg]:
+        return [self._arg(i) for i in self._inputs]
+
+    def get_outputs(self) -> list[NodeArg]:
+        return [self._arg(o) for o in self._outputs]
+
+    def run(self, output_names: list[str] | None, feeds: dict[str, Any]) -> list[np.ndarray]:
+        """Run the model on ``feeds`` and return the requested outputs (all when None)."""
+        names = [o["name"] for o in self._outputs]
+        wanted = names if output_names is None else list(output_names)
+        for n in wanted:
+            if n not in names:
+                raise BnncError(f"unknown output '{n}' (the model's outputs: {', '.join(names)})")
+        arrays, batch = self._check_feeds(feeds)
+        if self._threads is not None:
+            import numba
+
+            numba.set_num_threads(self._threads)
+        if batch is None:
+            env = self._execute(arrays)
+            return [env[n].copy() for n in wanted]
+        parts: list[list[np.ndarray]] = [[] for _ in wanted]
+        b = self._inputs[0]["shape"][0]
+        for i in range(0, batch, b):
+            env = self._execute({k: v[i:i + b] for k, v in arrays.items()})
+            for j, n in enumerate(wanted):
+                parts[j].append(env[n].copy())
+        return [np.concatenate(p, axis=0) for p in parts]
+
+    # -- internals ----------------------------------------------------------------------------
+    def _arg(self, d: dict) -> NodeArg:
+        shape: list[int | str] = list(d["shape"])
+        if self._dynamic_batch and shape:
+            shape[0] = "batch"
+        return NodeArg(d["name"], shape, f"tensor({d['dtype']})")
+
+    def _build(self, s: dict):
+        op = s.get("op")
+        cls = KERNELS.get(op)
+        if cls is None:
+            raise BnncError(f"'{self._path}' needs kernel '{op}', which this runtime does not have")
+        ins, outs = s["inputs"], s["outputs"]
+        step = Step(
+            name=s.get("name", op),
+            op=op,
+            attrs=s.get("attrs", {}),
+            in_shapes=[self._shape_of(n) for n in ins],
+            in_dtypes=[self._dtype_of(n) for n in ins],
+            out_shapes=[self._values[n][0] for n in outs],
+            out_dtypes=[self._values[n][1] for n in outs],
+            consts=[self._consts.get(n) if n else None for n in ins],
+        )
+        return cls(step)
+
+    def _shape_of(self, name: str):
+        if not name:
+            return None
+        if name in self._consts:
+            return tuple(self._consts[name].shape)
+        return self._values[name][0]
+
+    def _dtype_of(self, name: str):
+        if not name:
+            return None
+        if name in self._consts:
+            return str(self._consts[name].dtype)
+        return self._values[name][1]
+
+    def _plan_buffers(self) -> None:
+        """Assign a buffer to every computed value, reusing dead ones (see module docstring)."""
+        root: dict[str, str] = {}  # view value -> the value that owns its memory
+        last_use: dict[str, int] = {}
+        for i, s in enumerate(self._steps):
+            for n in s["inputs"]:
+                if n:
+                    last_use[root.get(n, n)] = i
+            if self._kernels[i].view:
+                src = next((n for n in s["inputs"] if n), "")
+                for o in s["outputs"]:
+                    root[o] = root.get(src, src)
+        for o in self._outputs:
+            last_use[root.get(o["name"], o["name"])] = len(self._steps)
+        dies_at: dict[int, list[str]] = {}
+        for i, s in enumerate(self._steps):
+            if not self._kernels[i].view:
+                for o in s["outputs"]:
+                    dies_at.setdefault(last_use.get(o, i), []).append(o)
+        free: dict[tuple, list[np.ndarray]] = {}
+        owned: dict[str, np.ndarray] = {}
+        self._buffers: list[list[np.ndarray] | None] = []
+        for i, s in enumerate(self._steps):
+            if self._kernels[i].view:
+                self._buffers.append(None)
+            else:
+                bufs = []
+                for o in s["outputs"]:
+                    shape, dtype = self._values[o]
+                    pool = free.get((shape, dtype))
+                    owned[o] = pool.pop() if pool else np.empty(shape, dtype=dtype)
+                    bufs.append(owned[o])
+                self._buffers.append(bufs)
+            for o in dies_at.get(i, ()):
+                buf = owned[o]
+                free.setdefault((buf.shape, str(buf.dtype)), []).append(buf)
+
+    def _check_feeds(self, feeds: dict[str, Any]):
+        if not isinstance(feeds, dict):
+            raise BnncError("feeds must be a dict mapping input names to arrays")
+        names = [i["name"] for i in self._inputs]
+        for k in feeds:
+            if k not in names:
+                raise BnncError(f"unknown input '{k}' (the model's inputs: {', '.join(names)})")
+        arrays = {}
+        batch = None
+        for d in self._inputs:
+            n, shape, dtype = d["name"], tuple(d["shape"]), d["dtype"]
+            if n not in feeds:
+                raise BnncError(f"missing input '{n}'")
+            x = feeds[n]
+            if not isinstance(x, np.ndarray):
+                raise BnncError(f"input '{n}' must be a numpy array, got {type(x).__name__}")
+            if str(x.dtype) != dtype:
+                raise BnncError(f"input '{n}' has dtype {x.dtype}; the model expects {dtype}")
+            if x.shape != shape:
+                dyn_ok = (
+                    self._dynamic_batch and x.ndim == len(shape) and x.shape[1:] == shape[1:]
+                    and x.shape[0] > 0 and x.shape[0] % shape[0] == 0
+                )
+                if not dyn_ok:
+                    want = ("N",) + shape[1:] if self._dynamic_batch else shape
+                    raise BnncError(
+                        f"input '{n}' has shape {list(x.shape)}; the model expects "
+                        f"{list(want)}".replace("'", "")
+                    )
+                batch = x.shape[0]
+            arrays[n] = np.ascontiguousarray(x)
+        if batch is not None and any(a.shape[0] != batch for a in arrays.values()):
+            raise BnncError("all inputs must have the same batch size")
+        return arrays, batch
+
+    def _execute(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        env: dict[str, np.ndarray] = dict(self._consts)
+        env.update(feeds)
+        for s, k, bufs in zip(self._steps, self._kernels, self._buffers):
+            ins = [env[n] if n else None for n in s["inputs"]]
+            res = k.run(ins, bufs)
+            outs = res if k.view else bufs
+            for n, a in zip(s["outputs"], outs):
+                env[n] = a
+        return env
+
+
+def _check_threads(threads):
+    if threads is None:
+        return None
+    if not isinstance(threads, int) or threads < 1:
+        raise BnncError(f"threads must be a positive integer, got {threads!r}")
+    import numba
+
+    return min(threads, numba.config.NUMBA_NUM_THREADS)
