@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from bnnc.graph import Graph, attrs_of, op_key
 from runtime.errors import BnncError
 from runtime.kernels import KERNELS

@@ -1,0 +1,62 @@
+"""Classify constant weights as binary (±alpha_c), ternary ({-a_c, 0, +a_c}) or float.
+
+Per output channel c (axis 0 of W reshaped to [Cout, -1]): alpha_c = mean |W_c|; the weights are
+binary when every |w| is within ``tol`` (relative) of alpha_c, ternary when every w is either 0
+(|w| <= tol * alpha_c) or within tol of alpha_c and some are 0. Exporters leave weights an ulp
+or two off ±alpha and fold BatchNorm into them (negative factors flip signs, not magnitudes),
+so the default tolerance is 1e-4; the measured deviation is reported by ``bnnc inspect``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_TOL = 1e-4
+MIN_BINARY_FAN_IN = 4  # fewer weights per channel than this are trivially "±alpha": keep float
+
+
+@dataclass
+class WeightClass:
+    kind: str  # "binary", "ternary" or "float"
+    alpha: np.ndarray  # float64 [Cout]
+    negative: np.ndarray  # bool, W < 0, shape of W
+    nonzero: np.ndarray | None  # bool, ternary only
+    deviation: float  # max relative deviation of |w| from alpha_c over nonzero weights
+    reason: str = ""
+
+
+def classify(w: np.ndarray, tol: float = DEFAULT_TOL) -> WeightClass:
+    w64 = np.asarray(w, dtype=np.float64)
+    flat = np.abs(w64.reshape(w64.shape[0], -1))
+    nonzero_mask = flat > 0
+    big = flat.max(axis=1, keepdims=True)
+    zero_like = flat <= tol * big
+    counts = np.maximum((~zero_like).sum(axis=1, keepdims=True), 1)
+    alpha = np.where(~zero_like, flat, 0).sum(axis=1, keepdims=True) / counts
+    safe = np.where(alpha > 0, alpha, 1)
+    dev_all = np.abs(flat - alpha) / safe
+    dev_nonzero = float(np.max(np.where(zero_like, 0, dev_all))) if flat.size else 0.0
+    negative = w64 < 0
+    has_zeros = bool(np.any(zero_like & (big > 0)))
+    if flat.shape[1] < MIN_BINARY_FAN_IN:
+        return WeightClass("float", alpha[:, 0], negative, None, dev_nonzero,
+                           f"only {flat.shape[1]} weights per output channel")
+    if dev_nonzero > tol:
+        return WeightClass("float", alpha[:, 0], negative, None, dev_nonzero,
+                           f"weights are not ±alpha per output channel (max deviation {dev_nonzero:.1%})")
+    if not has_zeros:
+        return WeightClass("binary", alpha[:, 0], negative, None, dev_nonzero)
+    nonzero = (~zero_like).reshape(w64.shape) & nonzero_mask.reshape(w64.shape)
+    return WeightClass("ternary", alpha[:, 0], negative & nonzero, nonzero, dev_nonzero)
+
+
+def pack_dense(bits: np.ndarray) -> np.ndarray:
+    """Dense bitstream of a boolean tensor in C order: element i -> word i // 64, bit i % 64."""
+    flat = np.ascontiguousarray(bits, dtype=bool).reshape(-1)
+    n_words = (flat.size + 63) // 64
+    padded = np.zeros(n_words * 64, dtype=np.uint8)
+    padded[: flat.size] = flat
+    by_byte = np.packbits(padded.reshape(-1, 8), axis=1, bitorder="little").reshape(n_words, 8)
+    return by_byte.view("<u8").reshape(n_words).astype(np.uint64)

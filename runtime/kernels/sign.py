@@ -1,0 +1,27 @@
+"""bnnc.Sign: the canonical float binarizer, ``scale * sign_z(x)``.
+
+sign_z(x) = +1 for x > 0, -1 for x < 0 and ``zero`` (+1, -1 or 0) for x == 0. It runs in float
+only where a binarized value feeds a float op; binary layers read bnnc.Binarize bits instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.kernels.base import Kernel, Step, register
+
+
+@register("bnnc.Sign")
+class SignKernel(Kernel):
+    def __init__(self, step: Step):
+        super().__init__(step)
+        self.zero = float(step.attr("zero", 0))
+        self.scale = np.float32(step.attr("scale", 1.0))
+
+    def run(self, ins, outs):
+        x, out = ins[0], outs[0]
+        np.sign(x, out=out)
+        if self.zero != 0:
+            out[x == 0] = self.zero
+        if self.scale != 1:
+            out *= self.scale
