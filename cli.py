@@ -163,5 +163,70 @@ def inspect_cmd(model, as_json, input_shapes):
         click.echo(format_report(report))
 
 
+@main.command("verify")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--input", "inputs", multiple=True, metavar="[NAME=]FILE.npy", help="Inputs to compare on [default: random normal].")
+@click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True, help="Batch of random inputs (dynamic-batch models).")
+@click.option("--tolerance", type=float, default=1e-3, show_default=True, help="Max output error, relative to the largest reference magnitude.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Static shape of an input.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def verify_cmd(model, inputs, samples, tolerance, input_shapes, as_json):
+    """Compile MODEL.onnx, run it next to onnxruntime and compare, layer by layer.
+
+    Exit code 1 when the outputs disagree beyond the tolerance or an argmax differs."""
+    from bnnc.loader import load_model, parse_input_shapes
+    from bnnc.verify import verify
+
+    shapes = parse_input_shapes(list(input_shapes))
+    feeds = None
+    if inputs:
+        names = load_model(model, shapes).inputs
+        feeds = _read_feeds(inputs, names)
+    report = verify(model, feeds, samples, tolerance, shapes)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=1))
+    else:
+        _print_verify(report)
+    sys.exit(0 if report.ok else 1)
+
+
+def _print_verify(report):
+    for name, o in report.outputs.items():
+        agree = f", argmax agrees {o['argmax_agree']}/{o['samples']}" if "argmax_agree" in o else ""
+        click.echo(f"output {name}: max abs error {o['max_abs_error']:.3g} (limit {o['limit']:.3g}){agree}")
+    if report.layers:
+        click.echo("binarized tensors (bnnc bits vs onnxruntime's sign of the same tensor):")
+        for x in report.layers:
+            real = x.differing - x.near_tie
+            click.echo(f"  {x.tensor}: {x.differing} of {x.bits} bits differ ({x.near_tie} near-tie flips, {real} other)"
+                       f"  -> {', '.join(x.readers)}")
+    click.echo("OK: bnnc agrees with onnxruntime" if report.ok else "MISMATCH: bnnc disagrees with onnxruntime")
+
+
+@main.command("bench")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Threads for both engines.")
+@click.option("--repeat", type=click.IntRange(min=3), default=30, show_default=True, help="Interleaved timed runs of each.")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size of the random input (dynamic-batch models).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Static shape of an input.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def bench_cmd(model, threads, repeat, warmup, batch, input_shapes, as_json):
+    """Time bnnc against onnxruntime on MODEL.onnx (same threads, interleaved, medians)."""
+    from bnnc.bench import bench, format_bench
+    from bnnc.loader import parse_input_shapes
+
+    def progress(i, n):
+        if not as_json and sys.stderr.isatty():
+            click.echo(f"\r  run {i}/{n}", nl=False, err=True)
+
+    r = bench(model, threads, repeat, warmup, parse_input_shapes(list(input_shapes)), batch, progress)
+    if not as_json and sys.stderr.isatty():
+        click.echo("", err=True)
+    click.echo(json.dumps(r, indent=1) if as_json else format_bench(r))
+
+
 if __name__ == "__main__":
     main()

@@ -50,6 +50,7 @@ def compile_model(
         raise BnncError(f"output directory '{out_dir}' does not exist")
     graph = load_model(onnx_path, input_shapes)
     records = run_pipeline(graph, default_pipeline() if passes is None else passes, dump_dir, progress)
+    graph.metadata["bnnc.source_bytes"] = str(os.path.getsize(onnx_path))
     manifest, tensors = lower(graph, producer=f"bnnc {__version__}")
     manifest["source"] = os.path.basename(onnx_path)
     size = write_artifact(out_path, manifest, tensors)

@@ -37,3 +37,18 @@ def update_layer(graph: Graph, name: str, **fields: Any) -> None:
         if r["name"] == name:
             r.update(fields)
     graph.metadata[KEY] = json.dumps(layers)
+
+
+BITS_KEY = "bnnc.bit_tensors"
+
+
+def record_bits(graph: Graph, bits: str, source: str, zero: int, channels: int, mask: str, reader: str) -> None:
+    """Remember that packed tensor ``bits`` holds sign_z(``source``) of the input model, for verify."""
+    table = json.loads(graph.metadata.get(BITS_KEY, "{}"))
+    entry = table.setdefault(bits, {"source": source, "zero": zero, "channels": channels, "mask": mask, "readers": []})
+    entry["readers"].append(reader)
+    graph.metadata[BITS_KEY] = json.dumps(table)
+
+
+def bit_tensors(metadata: dict) -> dict[str, dict[str, Any]]:
+    return json.loads(metadata.get(BITS_KEY, "{}"))

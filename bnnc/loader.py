@@ -17,22 +17,27 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from bnnc.graph import Graph, op_key
+from bnnc.qonnx import QONNX_DOMAINS, QONNX_OPS
 from runtime.errors import BnncError
 from runtime.kernels import KERNELS
 
 MIN_OPSET = 11
 CONVERT_TO = 13
-QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general")
 # ops the compiler removes or evaluates itself, so no kernel is needed at run time
 COMPILE_TIME_OPS = {"Constant", "Shape", "Size", "ConstantOfShape", "Dropout", "Range", "NonZero"}
 # QONNX ops lowered to standard ops by the pipeline
-QONNX_OPS = {"Quant", "BipolarQuant", "MultiThreshold", "Trunc"}
+# standard ops that have no kernel but that constant folding removes when their inputs are
+# constant (weights preprocessing); left over at the end they are reported by the lowering
+FOLDABLE_OPS = {"Mod", "DequantizeLinear", "QuantizeLinear", "Range", "NonZero", "ReduceL2", "ReduceL1",
+                "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin", "CumSum", "Einsum", "OneHot", "TopK",
+                "ScatterND", "ScatterElements", "GatherElements", "GatherND", "Trilu", "Mean", "Sum", "BitShift",
+                "Xor", "IsNaN", "IsInf", "Hardmax", "Det", "Resize"}
 
 
 def is_supported(node: onnx.NodeProto) -> bool:
     if node.domain in QONNX_DOMAINS:
         return node.op_type in QONNX_OPS
-    if node.domain in ("", "ai.onnx") and node.op_type in COMPILE_TIME_OPS:
+    if node.domain in ("", "ai.onnx") and node.op_type in COMPILE_TIME_OPS | FOLDABLE_OPS:
         return True
     return op_key(node) in KERNELS
 
@@ -72,6 +77,10 @@ def load_model(path: str, input_shapes: dict[str, list[int]] | None = None) -> G
     model = read_model(path)
     input_shapes = dict(input_shapes or {})
     model = _convert_opset(model, path)
+    try:  # fills in output shapes some exporters leave out, which the checker insists on
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        pass
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:

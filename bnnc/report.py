@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -19,7 +20,9 @@ DENSE_OPS = {"Gemm", "MatMul", "bnnc.FusedGemm"}
 def pass_summary(cls) -> str:
     """First line of a pass module's docstring."""
     doc = sys.modules[cls.__module__].__doc__ or cls.__doc__ or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    first = doc.strip().splitlines()[0] if doc.strip() else ""
+    prefix = f"{cls.name}:"
+    return first[len(prefix):].strip() if first.startswith(prefix) else first.replace("``", "")
 
 
 def print_record(rec: PassRecord) -> None:
@@ -75,31 +78,49 @@ def build_report(path: str, input_shapes: list[str] | None = None) -> dict[str, 
             "macs": node_macs(s["op"], s["attrs"], in_shapes, out_shape),
             "weight_bytes": wbytes,
         })
-    layers = manifest.get("metadata", {}).get("bnnc.layers")
-    report: dict[str, Any] = {
+    meta = manifest.get("metadata", {})
+    layers = json.loads(meta.get("bnnc.layers", "[]"))
+    for r in layers:
+        r["binary_macs"] = r["macs"] if r["mode"] in ("xnor", "ternary") else 0
+    total = sum(r["macs"] for r in layers)
+    return {
         "model": path,
+        "layers": layers,
         "nodes": nodes,
         "total_macs": sum(n["macs"] for n in nodes),
         "total_weight_bytes": sum(n["weight_bytes"] for n in nodes),
+        "binary_mac_fraction": (sum(r["binary_macs"] for r in layers) / total) if total else 0.0,
         "artifact_bytes": size,
+        "fp32_bytes": int(meta.get("bnnc.source_bytes", 0)),
     }
-    if layers:
-        import json
 
-        report["layers"] = json.loads(layers)
-    return report
+
+def _table(rows: list[tuple], right: set[int]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def format_layers(report: dict[str, Any]) -> list[str]:
+    rows = [("layer", "op", "mode", "MACs", "weight bytes", "packed bytes", "reason")]
+    for r in report["layers"]:
+        rows.append((r["name"], r["op"], r["mode"], f"{r['macs']:,}", f"{r['weight_bytes']:,}",
+                     f"{r['packed_weight_bytes']:,}", r.get("reason", "")))
+    return _table(rows, {3, 4, 5})
 
 
 def format_report(report: dict[str, Any]) -> str:
+    lines = []
+    if report["layers"]:
+        lines += ["Layers (convolutions and linear layers of the input model):"] + format_layers(report) + [""]
+        fp32 = report["fp32_bytes"]
+        ratio = f" ({fp32 / report['artifact_bytes']:.1f}x smaller than the {fp32:,}-byte ONNX model)" if fp32 else ""
+        lines.append(f"binary MAC fraction: {report['binary_mac_fraction']:.1%}   artifact: {report['artifact_bytes']:,} bytes{ratio}")
+        lines.append("")
     rows = [("node", "op", "output shape", "MACs", "weight bytes")]
     for n in report["nodes"]:
         rows.append((n["name"], n["op"], "x".join(map(str, n["output_shape"])), f"{n['macs']:,}", f"{n['weight_bytes']:,}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = [
-        "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-        for r in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append("")
+    lines += ["Kernels of the compiled plan:"] + _table(rows, {3, 4}) + [""]
     lines.append(f"total MACs: {report['total_macs']:,}   weight bytes: {report['total_weight_bytes']:,}   artifact bytes: {report['artifact_bytes']:,}")
     return "\n".join(lines)

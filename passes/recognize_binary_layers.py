@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from bnnc.graph import Graph, attrs_of, node_attr
-from bnnc.layers import set_layer
+from bnnc.layers import record_bits, set_layer
 from bnnc.matching import bnnc_node, is_bnnc, is_std, scalar, std_node
 from bnnc.pipeline import Pass, PassResult
 from bnnc.weights import classify, pack_dense
@@ -246,6 +246,7 @@ class _Rewrite:
         key = (u, zero)
         if key in self.binarized:
             bits, mask = self.binarized[key]
+            record_bits(self.g, bits, u, zero, int(self.g.shape(u)[1]), mask, self.node.name)
             return [], bits, mask
         g = self.g
         shape = g.shape(u)
@@ -261,6 +262,7 @@ class _Rewrite:
             outs.append(mask)
         node = bnnc_node("Binarize", [u], outs, g.unique_name(u + "_binarize"), NAME, zero=zero)
         self.binarized[key] = (bits, mask)
+        record_bits(g, bits, u, zero, int(shape[1]), mask, self.node.name)
         return [node], bits, mask
 
     def _packed_chain(self, chain, bits, mask, shape):

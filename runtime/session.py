@@ -78,6 +78,19 @@ class InferenceSession:
                 parts[j].append(env[n].copy())
         return [np.concatenate(p, axis=0) for p in parts]
 
+    def run_with_values(self, feeds: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
+        """Run once on feeds of exactly the compiled shapes and return copies of the named
+        values, intermediate ones included (``bnnc verify`` compares them with onnxruntime).
+        Buffers are reused between values, so each is copied right after it is computed."""
+        arrays, batch = self._check_feeds(feeds)
+        if batch is not None:
+            raise BnncError("run_with_values needs inputs of exactly the compiled shapes")
+        wanted = set(names)
+        taken: dict[str, np.ndarray] = {n: arrays[n].copy() for n in wanted if n in arrays}
+        taken.update({n: self._consts[n].copy() for n in wanted if n in self._consts})
+        self._execute(arrays, lambda name, value: taken.__setitem__(name, value.copy()) if name in wanted else None)
+        return taken
+
     # -- internals ----------------------------------------------------------------------------
     def _arg(self, d: dict) -> NodeArg:
         shape: list[int | str] = list(d["shape"])
@@ -189,7 +202,7 @@ class InferenceSession:
             raise BnncError("all inputs must have the same batch size")
         return arrays, batch
 
-    def _execute(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _execute(self, feeds: dict[str, np.ndarray], observe=None) -> dict[str, np.ndarray]:
         env: dict[str, np.ndarray] = dict(self._consts)
         env.update(feeds)
         for s, k, bufs in zip(self._steps, self._kernels, self._buffers):
@@ -198,6 +211,8 @@ class InferenceSession:
             outs = res if k.view else bufs
             for n, a in zip(s["outputs"], outs):
                 env[n] = a
+                if observe is not None:
+                    observe(n, a)
         return env
 
 

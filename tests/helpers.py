@@ -34,6 +34,8 @@ def make_model(nodes, inputs, outputs, inits=None, opset=17, extra_opsets=None) 
     opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in (extra_opsets or {}).items()]
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
+    if any(len(o) > 1 and o[1] is None for o in outputs):  # let ONNX fill in unknown output shapes
+        model = onnx.shape_inference.infer_shapes(model)
     return model
 
 

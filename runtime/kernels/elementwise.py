@@ -1,1 +1,213 @@
-"""Placeholder: filled in by its kernel module owner."""
+"""Elementwise float kernels: unary math, broadcasting binary arithmetic, comparisons and logic,
+Where, Cast, variadic Min/Max/Sum/Mean, and Softmax/LogSoftmax.
+
+Everything with a numpy ufunc writes straight into the planned output (``out=``), broadcasting
+as ONNX does (multidirectional numpy broadcasting). Float warnings (log(0), 1/0) are silenced:
+onnxruntime returns inf/nan there too. Activations with parameters (Relu, Clip, ...) live in
+``nn.py`` beside the fused layers that share their code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from runtime.kernels.base import Kernel, Step, register
+
+_CHUNK = 16384
+
+
+@njit(parallel=True, cache=True)
+def _erf(x, y):
+    n = x.shape[0]
+    for t in prange((n + _CHUNK - 1) // _CHUNK):
+        for i in range(t * _CHUNK, min(n, (t + 1) * _CHUNK)):
+            y[i] = math.erf(x[i])
+
+
+@njit(parallel=True, cache=True)
+def _softmax(x, y, log):
+    """Softmax over axis 1 of (P, n, Q) arrays: y = exp(x - max) / sum (or its log)."""
+    P, n, Q = x.shape
+    for pq in prange(P * Q):
+        p = pq // Q
+        q = pq - p * Q
+        m = x[p, 0, q]
+        for i in range(1, n):
+            m = max(m, x[p, i, q])
+        s = 0.0
+        if log:
+            for i in range(n):
+                s += math.exp(x[p, i, q] - m)
+            ls = math.log(s)
+            for i in range(n):
+                y[p, i, q] = x[p, i, q] - m - ls
+        else:
+            for i in range(n):
+                e = math.exp(x[p, i, q] - m)
+                y[p, i, q] = e
+                s += e
+            r = 1.0 / s
+            for i in range(n):
+                y[p, i, q] = y[p, i, q] * r
+
+
+_UNARY = {
+    "Neg": np.negative,
+    "Abs": np.absolute,
+    "Exp": np.exp,
+    "Log": np.log,
+    "Sqrt": np.sqrt,
+    "Floor": np.floor,
+    "Ceil": np.ceil,
+    "Round": np.rint,  # half to even, as ONNX Round
+    "Sign": np.sign,
+    "Reciprocal": np.reciprocal,
+    "Not": np.logical_not,
+    "Sin": np.sin,
+    "Cos": np.cos,
+    "Softplus": None,
+    "Erf": None,
+}
+
+
+@register(*_UNARY)
+class Unary(Kernel):
+    def __init__(self, step: Step):
+        super().__init__(step)
+        self.fn = _UNARY[step.op]
+
+    def run(self, ins, outs):
+        x, y = ins[0], outs[0]
+        with np.errstate(all="ignore"):
+            if self.fn is not None:
+                self.fn(x, out=y)
+            elif self.step.op == "Erf":
+                _erf(x.reshape(-1), y.reshape(-1))
+            else:  # Softplus: log(1 + exp(x)), stable for large x
+                np.logaddexp(x, x.dtype.type(0), out=y)
+
+
+_BINARY = {
+    "Add": np.add,
+    "Sub": np.subtract,
+    "Mul": np.multiply,
+    "Div": np.true_divide,
+    "And": np.logical_and,
+    "Or": np.logical_or,
+    "Xor": np.logical_xor,
+    "Equal": np.equal,
+    "Less": np.less,
+    "LessOrEqual": np.less_equal,
+    "Greater": np.greater,
+    "GreaterOrEqual": np.greater_equal,
+}
+
+
+@register(*_BINARY)
+class Binary(Kernel):
+    """A broadcasting binary op; integer Div truncates toward zero like C (and onnxruntime)."""
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        self.fn = _BINARY[step.op]
+        self.int_div = step.op == "Div" and np.dtype(step.out_dtypes[0]).kind in "iu"
+
+    def run(self, ins, outs):
+        a, b = ins
+        with np.errstate(all="ignore"):
+            if self.int_div:
+                # a - fmod(a, b) is an exact multiple of b, so floor division is exact truncation
+                np.floor_divide(a - np.fmod(a, b), b, out=outs[0])
+            else:
+                self.fn(a, b, out=outs[0])
+
+
+@register("Pow")
+class Pow(Kernel):
+    """x ** y; the exponent may have another type, the result has the base's."""
+
+    def run(self, ins, outs):
+        with np.errstate(all="ignore"):
+            x, e = ins
+            if np.dtype(x.dtype).kind in "iu" and np.dtype(e.dtype).kind == "f":
+                np.copyto(outs[0], np.power(x.astype(np.float64), e), casting="unsafe")
+            else:
+                np.power(x, e.astype(x.dtype, copy=False), out=outs[0])
+
+
+_VARIADIC = {"Min": np.minimum, "Max": np.maximum, "Sum": np.add, "Mean": np.add}
+
+
+@register(*_VARIADIC)
+class Variadic(Kernel):
+    """Min, Max, Sum, Mean over any number of broadcasting inputs."""
+
+    def run(self, ins, outs):
+        y = outs[0]
+        fn = _VARIADIC[self.step.op]
+        np.copyto(y, ins[0])
+        for x in ins[1:]:
+            fn(y, x, out=y)
+        if self.step.op == "Mean" and len(ins) > 1:
+            y /= y.dtype.type(len(ins))
+
+
+@register("Where")
+class Where(Kernel):
+    def run(self, ins, outs):
+        cond, x, y = ins
+        np.copyto(outs[0], y)
+        np.copyto(outs[0], x, where=cond)
+
+
+# ONNX TensorProto element types the runtime knows, by enum value
+_ONNX_TYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 11: "float64",
+               13: "uint64"}
+
+
+@register("Cast", "CastLike")
+class Cast(Kernel):
+    """Conversion with C semantics: floats truncate toward zero, nonzero becomes True."""
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        if step.op == "Cast":
+            to = step.attr("to")
+            if _ONNX_TYPES.get(to) != step.out_dtypes[0]:
+                raise step.error(f"cannot cast to ONNX element type {to} (output is {step.out_dtypes[0]})")
+
+    def run(self, ins, outs):
+        with np.errstate(all="ignore"):
+            np.copyto(outs[0], ins[0], casting="unsafe")
+
+
+@register("Softmax", "LogSoftmax")
+class Softmax(Kernel):
+    """Softmax / LogSoftmax.
+
+    ONNX 13 semantics (one axis, default -1) unless the step carries the hint attribute
+    ``_opset`` < 13: then the input is coerced to 2-D at ``axis`` (default 1) and normalised
+    over the flattened trailing block, as opsets 1-12 define.
+    """
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        shape = step.in_shapes[0]
+        r = len(shape)
+        legacy = int(step.attr("_opset", 13)) < 13
+        axis = int(step.attr("axis", 1 if legacy else -1))
+        if not -r <= axis < max(r, 1):
+            raise step.error(f"axis {axis} is out of range for rank {r}")
+        axis %= max(r, 1)
+        p = math.prod(shape[:axis])
+        if legacy:
+            self.shape3 = (p, math.prod(shape[axis:]), 1)
+        else:
+            self.shape3 = (p, shape[axis] if r else 1, math.prod(shape[axis + 1:]))
+        self.log = step.op == "LogSoftmax"
+
+    def run(self, ins, outs):
+        _softmax(ins[0].reshape(self.shape3), outs[0].reshape(self.shape3), self.log)

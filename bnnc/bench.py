@@ -1,0 +1,73 @@
+"""``bnnc bench``: onnxruntime and bnnc side by side on one model, in one process, interleaved.
+
+Both run with the same thread count after warm-up; each repetition times one run of each, in
+alternating order, so drift and noise on a shared machine hit both alike. Medians, min/max and the
+speedup ratio (onnxruntime median / bnnc median) are reported.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+from bnnc.loader import load_model
+from bnnc.verify import _reference_model, random_inputs
+from runtime import InferenceSession
+
+
+def _stats(ts: list[float]) -> dict:
+    return {"median_ms": statistics.median(ts) * 1e3, "min_ms": min(ts) * 1e3, "max_ms": max(ts) * 1e3}
+
+
+def bench(onnx_path: str, threads: int = 1, repeat: int = 30, warmup: int = 3,
+          input_shapes: dict | None = None, batch: int = 1, progress=None) -> dict:
+    import bnnc
+
+    feeds = random_inputs(load_model(onnx_path, input_shapes), batch)
+    shapes = dict(input_shapes or {})
+    shapes.update({k: list(v.shape) for k, v in feeds.items()})
+    with tempfile.TemporaryDirectory() as d:
+        res = bnnc.compile_model(onnx_path, os.path.join(d, "m.bnn"), input_shapes=shapes)
+        sess = InferenceSession(res.path, threads=threads)
+    ref = _reference_model(onnx_path, shapes, [])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    ref_sess = ort.InferenceSession(ref.to_model().SerializeToString(), so, providers=["CPUExecutionProvider"])
+    run_ours = lambda: sess.run(None, feeds)  # noqa: E731
+    run_ref = lambda: ref_sess.run(None, feeds)  # noqa: E731
+    for _ in range(warmup):
+        run_ours()
+        run_ref()
+    ours, theirs = [], []
+    for i in range(repeat):
+        pair = ((run_ours, ours), (run_ref, theirs))
+        for fn, acc in pair if i % 2 == 0 else pair[::-1]:
+            t0 = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t0)
+        if progress is not None:
+            progress(i + 1, repeat)
+    out = np.asarray(run_ours()[0])
+    agree = float(np.max(np.abs(out - np.asarray(run_ref()[0])))) if out.size else 0.0
+    result = {
+        "model": onnx_path, "threads": threads, "repeat": repeat, "batch": batch,
+        "bnnc": _stats(ours), "onnxruntime": _stats(theirs),
+        "speedup": statistics.median(theirs) / statistics.median(ours),
+        "max_abs_output_difference": agree,
+    }
+    return result
+
+
+def format_bench(r: dict) -> str:
+    lines = [f"{r['model']}: batch {r['batch']}, {r['threads']} thread(s), {r['repeat']} interleaved runs"]
+    for k in ("onnxruntime", "bnnc"):
+        s = r[k]
+        lines.append(f"  {k:<12} median {s['median_ms']:9.3f} ms   min {s['min_ms']:9.3f}   max {s['max_ms']:9.3f}")
+    lines.append(f"  speedup      {r['speedup']:.2f}x (onnxruntime median / bnnc median)")
+    return "\n".join(lines)

@@ -1,0 +1,169 @@
+"""Pieces shared by the binary kernels: attribute and constant checks, the output stages,
+and the re-layout of dense weight bitstreams (bit convention: runtime/bitpack.py).
+
+Output stages (docs/binary_ops.md): the layer computes the exact integer s per output element;
+``"float"`` writes ``float32(s) * scale[c] + bias[c]``; ``"bits"`` looks s up in the channel's
+rule row ``(lo, hi, v_below, v_mid, v_above)`` -- tested in that order: ``s < lo`` gives v_below,
+else ``s <= hi`` gives v_mid, else v_above -- and writes the value packed (sign bit, and the
+nonzero-mask bit when the node has the mask output).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from runtime.bitpack import nwords, pack_bits, unpack_bits
+from runtime.kernels.base import Step
+
+FLOAT, BITS = 0, 1
+F32_1 = np.zeros(1, np.float32)
+I32_1x5 = np.zeros((1, 5), np.int32)
+I64_8x1 = np.zeros((8, 1), np.int64)
+
+
+def dummy(ndim: int, dtype) -> np.ndarray:
+    """A one-element array standing in for an absent optional operand (keeps one compiled
+    specialisation per kernel)."""
+    return np.zeros((1,) * ndim, dtype)
+
+
+def const_input(step: Step, i: int, what: str, dtype: str, optional: bool = False) -> np.ndarray | None:
+    """Constant input ``i`` as a contiguous array of ``dtype``; None when absent and optional."""
+    if len(step.in_shapes) <= i or step.in_shapes[i] is None:
+        if optional:
+            return None
+        raise step.error(f"input {i} ({what}) is missing")
+    c = step.consts[i] if i < len(step.consts) else None
+    if c is None:
+        raise step.error(f"{what} must be a constant of the artifact")
+    if str(c.dtype) != dtype:
+        raise step.error(f"{what} must be {dtype}, got {c.dtype}")
+    return np.ascontiguousarray(c)
+
+
+def has_input(step: Step, i: int) -> bool:
+    return len(step.in_shapes) > i and step.in_shapes[i] is not None
+
+
+def check_input(step: Step, i: int, what: str, shape: tuple, dtype: str) -> None:
+    if tuple(step.in_shapes[i] or ()) != tuple(shape) or step.in_dtypes[i] != dtype:
+        raise step.error(
+            f"{what} must be {dtype} {list(shape)}, got {step.in_dtypes[i]} {list(step.in_shapes[i] or ())}"
+        )
+
+
+def check_outputs(step: Step, expect: list[tuple[tuple, str]]) -> None:
+    if len(step.out_shapes) != len(expect):
+        raise step.error(f"expected {len(expect)} output(s), the plan has {len(step.out_shapes)}")
+    for i, (shape, dtype) in enumerate(expect):
+        got = (tuple(step.out_shapes[i]), step.out_dtypes[i])
+        if got != (tuple(shape), dtype):
+            raise step.error(f"output {i} must be {dtype} {list(shape)}, the plan says {got[1]} {list(got[0])}")
+
+
+def weight_values(step: Step, i: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The logical weights (int8 {-1, 0, +1}, ``shape``) from the bitstream at input ``i`` and
+    the optional nonzero mask at input ``i + 1``."""
+    n = int(np.prod(shape))
+    bits = const_input(step, i, "W", "uint64")
+    mask = const_input(step, i + 1, "W_mask", "uint64", optional=True)
+    for what, a in (("W", bits), ("W_mask", mask)):
+        if a is not None and a.size != nwords(n):
+            raise step.error(f"{what} holds {a.size} words; {n} weights {list(shape)} need {nwords(n)}")
+    neg = unpack_bits(bits.reshape(-1), n).reshape(shape)
+    v = np.where(neg, -1, 1).astype(np.int8)
+    if mask is not None:
+        v[~unpack_bits(mask.reshape(-1), n).reshape(shape)] = 0
+    return v
+
+
+def pack_last(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sign and nonzero-mask words of int8 values packed along the last axis."""
+    return pack_bits(values < 0, -1), pack_bits(values != 0, -1)
+
+
+class OutputStage:
+    """The parsed output stage of a BinaryConv / BinaryDense node (inputs from index ``i``)."""
+
+    def __init__(self, step: Step, i: int, cout: int):
+        self.kind = step.attr("output", "float")
+        self.out_mask = bool(int(step.attr("out_mask", 0)))
+        self.scale, self.bias, self.rule, self.table = F32_1, F32_1, I32_1x5, I64_8x1
+        if self.kind == "float":
+            self.mode = FLOAT
+            self.scale = const_input(step, i, "scale", "float32").reshape(-1)
+            self.bias = const_input(step, i + 1, "bias", "float32").reshape(-1)
+            if self.scale.size != cout or self.bias.size != cout:
+                raise step.error(f"scale and bias must have {cout} values (one per output channel)")
+            if self.out_mask:
+                raise step.error("out_mask applies to output 'bits' only")
+        elif self.kind == "bits":
+            self.mode = BITS
+            self.rule = const_input(step, i, "rule", "int32")
+            if self.rule.shape != (cout, 5):
+                raise step.error(f"rule must be int32 [{cout}, 5], got {list(self.rule.shape)}")
+            v = self.rule[:, 2:]
+            if not np.isin(v, (-1, 0, 1)).all():
+                raise step.error("rule values v_below, v_mid, v_above must be -1, 0 or +1")
+            if not self.out_mask and (v == 0).any():
+                raise step.error("rule has zero values but the node has no mask output (out_mask = 0)")
+            self.table = rule_table(self.rule)
+        else:
+            raise step.error(f"output must be 'float' or 'bits', got {self.kind!r}")
+
+    def out_shapes(self, float_shape: tuple, bits_shape: tuple) -> list[tuple[tuple, str]]:
+        if self.mode == FLOAT:
+            return [(float_shape, "float32")]
+        return [(bits_shape, "uint64")] * (2 if self.out_mask else 1)
+
+    def buffers(self, outs: list[np.ndarray], ndim: int):
+        """(y_float, y_bits, y_mask) for the compiled kernel, dummies for the absent ones."""
+        if self.mode == FLOAT:
+            return outs[0], dummy(ndim, np.uint64), dummy(ndim, np.uint64)
+        return dummy(ndim, np.float32), outs[0], (outs[1] if self.out_mask else dummy(ndim, np.uint64))
+
+
+def rule_table(rule: np.ndarray) -> np.ndarray:
+    """The kernels' form of a rule [C, 5]: int64 [8, C] rows lo, hi, then 0/-1 flags
+    neg_below, neg_mid, neg_above, nonzero_below, nonzero_mid, nonzero_above."""
+    r = rule.astype(np.int64)
+    v = r[:, 2:]
+    return np.ascontiguousarray(np.concatenate([r[:, :2].T, -(v.T < 0).astype(np.int64), -(v.T != 0).astype(np.int64)]))
+
+
+@njit(cache=True)
+def emit_bits(s, rows, c0, yb, ym, out_mask, sg, mk):
+    """OR the rule values of ``s[j]`` (output channel c0 + j) into the packed word rows ``yb``
+    (sign) and ``ym`` (nonzero mask), word = channel // 64; the caller zeroes the words first.
+    ``rows`` are the 8 rows of ``rule_table``; sg, mk are int64 scratch as long as s.
+    v_below if s < lo, else v_mid if s <= hi, else v_above, branch-free so it vectorises."""
+    lo, hi, nb, nm, na, zb, zm, za = rows
+    n = s.shape[0]
+    for i in range(n):
+        c = c0 + i
+        lt = -np.int64(s[i] < lo[c])
+        le = -np.int64(s[i] <= hi[c])
+        mid = ~lt & le
+        above = ~le
+        sg[i] = (lt & nb[c]) | (mid & nm[c]) | (above & na[c])
+        mk[i] = (lt & zb[c]) | (mid & zm[c]) | (above & za[c])
+    j = 0
+    while j < n:
+        b = (c0 + j) & 63
+        take = min(64 - b, n - j)
+        ws = np.int64(0)
+        wm = np.int64(0)
+        for k in range(take):
+            ws |= (sg[j + k] & 1) << (b + k)
+            wm |= (mk[j + k] & 1) << (b + k)
+        q = (c0 + j) >> 6
+        yb[q] |= np.uint64(ws)
+        if out_mask:
+            ym[q] |= np.uint64(wm)
+        j += take
+
+
+def rule_rows(table: np.ndarray) -> tuple:
+    """The rows of a rule table as a tuple of 1-D arrays, the form ``emit_bits`` takes."""
+    return tuple(table[i] for i in range(8))

@@ -1,0 +1,295 @@
+"""bnnc.BinaryConv: XNOR-popcount convolution of packed activations with packed weights.
+
+For an output pixel and channel, s = sum over taps t and input words of the packed dot product
+(runtime/bitpack.py): without masks ``s = n_valid_taps * Cin_g - 2 * sum popcount(x ^ w)``,
+with nonzero masks ``s = sum popcount(m) - 2 * sum popcount((x ^ w) & m)``, m = x_mask & w_mask.
+
+- Zero padding (``pad_value`` 0) is exact: taps that fall outside the image are skipped, so they
+  count neither in the popcounts nor in K. One-padding (``pad_value`` +-1) copies the input once
+  per run into a scratch buffer with a border of words holding that value, so every tap is
+  valid (+1 is bit 0; -1 is bit 1 on the valid channels, tail bits stay 0).
+- Groups: each group's channels are re-packed word-aligned into scratch ``[G, N, H, W, WG]``
+  (same copy as the padding one; no copy at all for group 1 with zero padding).
+- Weights are re-laid out once per session as ``w[g, tap, word, cout_g]``: for one input word
+  the innermost loop runs over output channels, ``acc[co] += popcount(x_word ^ w[t, wd, co])``,
+  which LLVM vectorises (AVX2: a pshufb nibble-table popcount over 4 channels per instruction;
+  NEON: cnt). Two neighbouring output pixels share each weight load.
+- Work is split over (image, output row, block of output channels); a block of the bits
+  output always covers whole 64-channel words, so no two threads write the same word.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from runtime.bitpack import nwords, popcount, tail_mask
+from runtime.kernels.base import Kernel, Step, register
+from runtime.kernels.binary_common import (
+    BITS,
+    FLOAT,
+    OutputStage,
+    check_input,
+    check_outputs,
+    emit_bits,
+    has_input,
+    pack_last,
+    weight_values,
+)
+
+
+# -- compiled kernels ---------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def _regroup(x, cg, pt, pl, fill, out):
+    """out[g, n, pt + h, pl + w, :] = bits g*cg .. g*cg + cg - 1 of pixel x[n, h, w], word
+    aligned; pixels of ``out`` outside ``x`` (the border) hold the words ``fill``."""
+    n_, h_, w_, wc = x.shape
+    g_, _, hp, wp, wg = out.shape
+    tail = fill.copy()
+    for j in range(wg):
+        tail[j] = np.uint64(0xFFFFFFFFFFFFFFFF)
+    if cg % 64:
+        tail[wg - 1] = (np.uint64(1) << np.uint64(cg % 64)) - np.uint64(1)
+    for r in prange(g_ * n_ * hp):
+        ihp = r % hp
+        q = r // hp
+        n = q % n_
+        g = q // n_
+        ih = ihp - pt
+        for iwp in range(wp):
+            iw = iwp - pl
+            if ih < 0 or ih >= h_ or iw < 0 or iw >= w_:
+                for j in range(wg):
+                    out[g, n, ihp, iwp, j] = fill[j]
+                continue
+            for j in range(wg):
+                p = g * cg + j * 64
+                q0 = p >> 6
+                off = p & 63
+                v = x[n, ih, iw, q0] >> np.uint64(off)
+                if off != 0 and q0 + 1 < wc:
+                    v |= x[n, ih, iw, q0 + 1] << np.uint64(64 - off)
+                out[g, n, ihp, iwp, j] = v & tail[j]
+
+
+@njit(cache=True)
+def _xor_masked(a0, b0, x0, m0, wr, mr):
+    """a0[j] += popcount((x0 ^ wr[j]) & m), b0[j] += popcount(m), m = m0 & mr[j]."""
+    for j in range(wr.shape[0]):
+        m = m0 & mr[j]
+        a0[j] += popcount((x0 ^ wr[j]) & m)
+        b0[j] += popcount(m)
+
+
+@njit(cache=True)
+def _row(x, xm, w, wm, g, n, oh, c0, c1, geom, masked, pc, pm, nv):
+    """Accumulate the popcounts of one output row (all pixels, channels c0..c1 of group g)."""
+    kh_, kw_, sh, sw, dh, dw, pt, pl, _, ow_, _ = geom
+    hx, wx, wg = x.shape[2], x.shape[3], x.shape[4]
+    for kh in range(kh_):
+        ih = oh * sh - pt + kh * dh
+        if ih < 0 or ih >= hx:
+            continue
+        for kw in range(kw_):
+            t = kh * kw_ + kw
+            off = kw * dw - pl
+            ow0 = 0 if off >= 0 else (sw - 1 - off) // sw
+            ow1 = min(ow_, (wx - 1 - off) // sw + 1)
+            for ow in range(ow0, ow1):
+                nv[ow] += 1
+            if masked:
+                for ow in range(ow0, ow1):
+                    iw = ow * sw + off
+                    for wd in range(wg):
+                        _xor_masked(pc[ow], pm[ow], x[g, n, ih, iw, wd], xm[g, n, ih, iw, wd],
+                                    w[g, t, wd, c0:c1], wm[g, t, wd, c0:c1])
+                continue
+            ow = ow0  # pairs of output pixels share every weight load
+            while ow + 1 < ow1:
+                iw = ow * sw + off
+                a0 = pc[ow]
+                a1 = pc[ow + 1]
+                for wd in range(wg):
+                    x0 = x[g, n, ih, iw, wd]
+                    x1 = x[g, n, ih, iw + sw, wd]
+                    wr = w[g, t, wd, c0:c1]
+                    for j in range(wr.shape[0]):
+                        wv = wr[j]
+                        a0[j] += popcount(x0 ^ wv)
+                        a1[j] += popcount(x1 ^ wv)
+                ow += 2
+            if ow < ow1:
+                iw = ow * sw + off
+                a0 = pc[ow]
+                for wd in range(wg):
+                    x0 = x[g, n, ih, iw, wd]
+                    wr = w[g, t, wd, c0:c1]
+                    for j in range(wr.shape[0]):
+                        a0[j] += popcount(x0 ^ wr[j])
+
+
+@njit(cache=True)
+def _emit(pc, pm, nv, masked, cg, oc0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym):
+    """Turn one row of popcounts (channels oc0 .. oc0 + nc) into s and write it through the
+    output stage. Loops run over contiguous channel vectors so that they vectorise."""
+    ow_, nc = pc.shape
+    srow = np.empty(nc, np.int64)
+    for ow in range(ow_):
+        pr = pc[ow]
+        if masked:
+            mr = pm[ow]
+            for j in range(nc):
+                srow[j] = mr[j] - 2 * pr[j]
+        else:
+            base = nv[ow] * cg
+            for j in range(nc):
+                srow[j] = base - 2 * pr[j]
+        if mode == FLOAT:
+            for j in range(nc):
+                y[n, oc0 + j, oh, ow] = np.float32(srow[j]) * scale[oc0 + j] + bias[oc0 + j]
+            continue
+        emit_bits(srow, table, oc0, yb[n, oh, ow], ym[n, oh, ow] if out_mask else ym[0, 0, 0], out_mask)
+
+
+@njit(cache=True, parallel=True)
+def _binary_conv(x, xm, w, wm, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym):
+    oh_, ow_, cg = geom[8], geom[9], geom[10]
+    g_, n_ = x.shape[0], x.shape[1]
+    coutg = w.shape[3]
+    nblk = (coutg + cb - 1) // cb
+    for chunk in prange(n_ * oh_ * nblk):
+        blk = chunk % nblk
+        r = chunk // nblk
+        oh = r % oh_
+        n = r // oh_
+        c0 = blk * cb
+        c1 = min(coutg, c0 + cb)
+        pc = np.empty((ow_, c1 - c0), np.int64)
+        pm = np.empty((ow_ if masked else 1, c1 - c0), np.int64)
+        nv = np.empty(ow_, np.int64)
+        if mode == BITS:
+            oc0, oc1 = (c0, c1) if g_ == 1 else (0, g_ * coutg)
+            for ow in range(ow_):
+                for q in range(oc0 >> 6, ((oc1 - 1) >> 6) + 1):
+                    yb[n, oh, ow, q] = 0
+                    if out_mask:
+                        ym[n, oh, ow, q] = 0
+        for g in range(g_):
+            pc[:] = 0
+            pm[:] = 0
+            nv[:] = 0
+            _row(x, xm, w, wm, g, n, oh, c0, c1, geom, masked, pc, pm, nv)
+            _emit(pc, pm, nv, masked, cg, g * coutg + c0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym)
+
+
+def binary_conv(x, xm, w, wm, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym) -> None:
+    """Checked entry to the compiled kernel. x, xm: uint64 [G, N, Hx, Wx, WG] (xm unused unless
+    ``masked``); w, wm: uint64 [G, taps, WG, Cout_g]; geom: (kh, kw, sh, sw, dh, dw, pt, pl, OH,
+    OW, Cin_g); cb: output channels per task (a multiple of 64 when G == 1 and cb < Cout_g);
+    y float32 NCHW or yb/ym uint64 NHWC-words by ``mode``."""
+    for a in (x, xm, w, wm, yb, ym):
+        assert a.dtype == np.uint64 and a.flags.c_contiguous
+    assert x.ndim == 5 and w.ndim == 4 and x.shape[0] == w.shape[0] and x.shape[4] == w.shape[2]
+    assert y.dtype == np.float32 and y.flags.c_contiguous and len(geom) == 11
+    if masked:
+        assert xm.shape == x.shape and wm.shape == w.shape
+    _binary_conv(x, xm, w, wm, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym)
+
+
+# -- the kernel ---------------------------------------------------------------------------------
+def _ints(step: Step, key: str, default: list[int], n: int) -> tuple[int, ...]:
+    v = [int(a) for a in step.attr(key, default)]
+    if len(v) != n:
+        raise step.error(f"{key} must have {n} values (2-D convolution), got {v}")
+    return tuple(v)
+
+
+@register("bnnc.BinaryConv")
+class BinaryConv(Kernel):
+    def __init__(self, step: Step):
+        super().__init__(step)
+        kh, kw = _ints(step, "kernel_shape", [], 2)
+        sh, sw = _ints(step, "strides", [1, 1], 2)
+        pt, pl, pb, pr = _ints(step, "pads", [0, 0, 0, 0], 4)
+        dh, dw = _ints(step, "dilations", [1, 1], 2)
+        g, cin, cout = int(step.attr("group", 1)), int(step.attr("cin", 0)), int(step.attr("cout", 0))
+        pad_value = int(step.attr("pad_value", 0))
+        if min(kh, kw, sh, sw, dh, dw, g, cin, cout) < 1 or min(pt, pl, pb, pr) < 0:
+            raise step.error("kernel_shape, strides, dilations, group, cin, cout must be positive, pads >= 0")
+        if cin % g or cout % g:
+            raise step.error(f"cin {cin} and cout {cout} must be multiples of group {g}")
+        if pad_value not in (0, 1, -1):
+            raise step.error(f"pad_value must be 0, 1 or -1, got {pad_value}")
+        xs = step.in_shapes[0]
+        if xs is None or len(xs) != 4:
+            raise step.error("X must be a packed activation [N, H, W, words]")
+        n, h, w_ = xs[0], xs[1], xs[2]
+        check_input(step, 0, "X", (n, h, w_, nwords(cin)), "uint64")
+        self.has_xm = has_input(step, 1)
+        if self.has_xm:
+            check_input(step, 1, "X_mask", (n, h, w_, nwords(cin)), "uint64")
+        oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+        ow = (w_ + pl + pr - dw * (kw - 1) - 1) // sw + 1
+        if oh < 1 or ow < 1:
+            raise step.error(f"the kernel does not fit the {h}x{w_} input")
+        self.stage = OutputStage(step, 4, cout)
+        check_outputs(step, self.stage.out_shapes((n, cout, oh, ow), (n, oh, ow, nwords(cout))))
+
+        cg, og = cin // g, cout // g
+        vals = weight_values(step, 2, (cout, cg, kh, kw))
+        self.masked = self.has_xm or has_input(step, 3)
+        vals = vals.reshape(g, og, cg, kh * kw).transpose(0, 3, 1, 2)  # [G, taps, og, cg]
+        signs, masks = pack_last(vals)
+        self.w = np.ascontiguousarray(signs.transpose(0, 1, 3, 2))  # [G, taps, WG, og]
+        self.wm = np.ascontiguousarray(masks.transpose(0, 1, 3, 2)) if self.masked else self.w[:1, :1, :1, :1].copy()
+
+        # pre-padding (pad +-1) and group re-packing share one scratch copy of the input
+        self.pad = pad_value != 0
+        self.copy = g > 1 or self.pad
+        hx, wx = (h + pt + pb, w_ + pl + pr) if self.pad else (h, w_)
+        shape = (g, n, hx, wx, nwords(cg))
+        tail = tail_mask(cg)
+        self.fill = tail.copy() if pad_value == -1 else np.zeros_like(tail)
+        self.tail = tail
+        self.pt, self.pl = (pt, pl) if self.pad else (0, 0)
+        self.xg = np.empty(shape, np.uint64) if self.copy else None
+        if self.masked and not self.has_xm:
+            self.xmg = np.empty(shape, np.uint64)
+            self.xmg[...] = tail
+        else:
+            self.xmg = np.empty(shape, np.uint64) if self.masked and self.copy else None
+        cpt, cpl = (0, 0) if self.pad else (pt, pl)
+        self.geom = (kh, kw, sh, sw, dh, dw, cpt, cpl, oh, ow, cg)
+        self.g, self.og, self.rows = g, og, n * oh
+
+    def _block(self) -> int:
+        """Output channels per task: whole groups, or enough 64-channel blocks to feed threads."""
+        if self.g > 1:
+            return self.og
+        want = -(-2 * numba.get_num_threads() // self.rows)  # blocks per row
+        if want <= 1:
+            return self.og
+        per = -(-self.og // want)
+        return -(-per // 64) * 64
+
+    def run(self, ins, outs):
+        x = np.ascontiguousarray(ins[0])
+        if self.copy:
+            _regroup(x, self.geom[10], self.pt, self.pl, self.fill, self.xg)
+            xg = self.xg
+        else:
+            xg = x.reshape((1,) + x.shape)
+        if self.has_xm:
+            xm = np.ascontiguousarray(ins[1])
+            if self.copy:
+                _regroup(xm, self.geom[10], self.pt, self.pl, self.tail, self.xmg)
+                xmg = self.xmg
+            else:
+                xmg = xm.reshape((1,) + xm.shape)
+        else:
+            xmg = self.xmg if self.masked else xg
+        st = self.stage
+        y, yb, ym = st.buffers(outs, 4)
+        binary_conv(xg, xmg, self.w, self.wm, self.geom, self.masked, self._block(), st.mode,
+                    st.out_mask, st.scale, st.bias, st.table, y, yb, ym)

@@ -1,0 +1,136 @@
+"""bnnc.BinaryDense: XNOR-popcount matrix product of a packed input with packed weights.
+
+``s[n, co] = K - 2 * sum_k popcount(x[n, k] ^ w[co, k])`` over the input words (bit convention:
+runtime/bitpack.py), or with nonzero masks ``sum popcount(m) - 2 * sum popcount((x ^ w) & m)``.
+
+The input may be a flattened packed image: physically ``[N, H*W*ceil(C/64)]`` words (pixel by
+pixel, each pixel's channels packed), while the logical weight column k refers to element k of
+the NCHW ("chw") or NHWC ("hwc") flattening of ``[C, H, W]`` (attributes ``in_chw``,
+``in_order``). ``__init__`` moves every weight bit to the physical position of its input element
+once, so the run time loop is a plain word-by-word XOR-popcount, vectorised by LLVM along k.
+Output channels are split into 64-channel blocks per task, so no two threads share an output word.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from runtime.bitpack import nwords, popcount
+from runtime.kernels.base import Kernel, Step, register
+from runtime.kernels.binary_common import (
+    FLOAT,
+    OutputStage,
+    check_input,
+    check_outputs,
+    emit_bits,
+    has_input,
+    pack_last,
+    weight_values,
+)
+
+
+@njit(cache=True, parallel=True)
+def _binary_dense(x, xm, w, wm, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym):
+    n_, kw = x.shape
+    cout = w.shape[0]
+    nblk = (cout + cb - 1) // cb
+    for blk in prange(nblk):
+        c0 = blk * cb
+        c1 = min(cout, c0 + cb)
+        srow = np.empty(c1 - c0, np.int64)
+        for n in range(n_):
+            xr = x[n]
+            xmr = xm[n] if masked else xm[0]
+            for co in range(c0, c1):
+                wr = w[co]
+                a = 0
+                if masked:
+                    b = 0
+                    wmr = wm[co]
+                    for i in range(kw):
+                        m = xmr[i] & wmr[i]
+                        a += popcount((xr[i] ^ wr[i]) & m)
+                        b += popcount(m)
+                    srow[co - c0] = b - 2 * a
+                else:
+                    for i in range(kw):
+                        a += popcount(xr[i] ^ wr[i])
+                    srow[co - c0] = k - 2 * a
+            if mode == FLOAT:
+                for j in range(c1 - c0):
+                    y[n, c0 + j] = np.float32(srow[j]) * scale[c0 + j] + bias[c0 + j]
+                continue
+            for q in range(c0 >> 6, ((c1 - 1) >> 6) + 1):
+                yb[n, q] = 0
+                if out_mask:
+                    ym[n, q] = 0
+            emit_bits(srow, table, c0, yb[n], ym[n] if out_mask else ym[0], out_mask)
+
+
+def binary_dense(x, xm, w, wm, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym) -> None:
+    """Checked entry to the compiled kernel. x, xm: uint64 [N, Kw]; w, wm: uint64 [Cout, Kw] in the
+    physical input order; k: number of valid input elements; cb: output channels per task (a
+    multiple of 64 for the bits output); y float32 [N, Cout] or yb/ym uint64 [N, ceil(Cout/64)]."""
+    for a in (x, xm, w, wm, yb, ym):
+        assert a.dtype == np.uint64 and a.flags.c_contiguous and a.ndim == 2
+    assert x.shape[1] == w.shape[1] and y.dtype == np.float32 and y.ndim == 2
+    assert mode == FLOAT or cb % 64 == 0
+    if masked:
+        assert xm.shape == x.shape and wm.shape == w.shape
+    _binary_dense(x, xm, w, wm, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym)
+
+
+@register("bnnc.BinaryDense")
+class BinaryDense(Kernel):
+    def __init__(self, step: Step):
+        super().__init__(step)
+        cout, k = int(step.attr("cout", 0)), int(step.attr("k", 0))
+        chw = [int(v) for v in step.attr("in_chw", [k, 1, 1])]
+        order = step.attr("in_order", "chw")
+        if len(chw) != 3 or min(chw) < 1 or chw[0] * chw[1] * chw[2] != k or cout < 1:
+            raise step.error(f"in_chw {chw} must be three positive dims whose product is k = {k}; cout >= 1")
+        if order not in ("chw", "hwc"):
+            raise step.error(f"in_order must be 'chw' or 'hwc', got {order!r}")
+        c, h, w_ = chw
+        xs = step.in_shapes[0]
+        kw = h * w_ * nwords(c)
+        if xs is None or len(xs) < 2 or int(np.prod(xs[1:])) != kw:
+            raise step.error(f"X must be packed [N, {kw}] words for in_chw {chw}, got {xs}")
+        n = xs[0]
+        check_input(step, 0, "X", tuple(xs), "uint64")
+        self.has_xm = has_input(step, 1)
+        if self.has_xm:
+            check_input(step, 1, "X_mask", tuple(xs), "uint64")
+        self.stage = OutputStage(step, 4, cout)
+        check_outputs(step, self.stage.out_shapes((n, cout), (n, nwords(cout))))
+
+        vals = weight_values(step, 2, (cout, k))
+        vals = vals.reshape(cout, c, h, w_).transpose(0, 2, 3, 1) if order == "chw" else vals.reshape(cout, h, w_, c)
+        signs, masks = pack_last(vals)  # [Cout, H, W, words]: the physical input order
+        self.masked = self.has_xm or has_input(step, 3)
+        self.w = np.ascontiguousarray(signs.reshape(cout, kw))
+        self.wm = np.ascontiguousarray(masks.reshape(cout, kw)) if self.masked else self.w[:1].copy()
+        self.xm_ones = None
+        if self.masked and not self.has_xm:
+            tail = pack_last(np.ones((h, w_, c), np.int8))[1].reshape(-1)
+            self.xm_ones = np.ascontiguousarray(np.broadcast_to(tail, (n, kw)))
+        self.k, self.n, self.kw, self.cout = k, n, kw, cout
+
+    def _block(self) -> int:
+        if self.stage.mode != FLOAT:
+            return 64
+        tasks = 4 * numba.get_num_threads()
+        return max(8, -(-self.cout // tasks))
+
+    def run(self, ins, outs):
+        x = np.ascontiguousarray(ins[0]).reshape(self.n, self.kw)
+        if self.has_xm:
+            xm = np.ascontiguousarray(ins[1]).reshape(self.n, self.kw)
+        else:
+            xm = self.xm_ones if self.masked else x
+        st = self.stage
+        y, yb, ym = st.buffers(outs, 2)
+        binary_dense(x, xm, self.w, self.wm, self.k, self.masked, self._block(), st.mode, st.out_mask,
+                     st.scale, st.bias, st.table, y, yb, ym)

@@ -1,0 +1,255 @@
+"""bnnc.Binarize, bnnc.BitMaxPool, bnnc.Unpack: moving between float and packed tensors, and
+max pooling on packed ones (bit convention: runtime/bitpack.py).
+
+- Binarize: x < 0 -> -1 (bit 1); x > 0 -> +1; x == 0 -> attribute ``zero`` (+1, -1, or 0 with
+  the nonzero-mask output). Each task packs one image row: for 64 channels at a time it ORs
+  ``(x[c, h, :] < 0) << bit`` into a row of words, contiguous loads that vectorise.
+- BitMaxPool: the max of +-1 values is -1 only when all are -1, so the result bit is the AND of
+  the window's bits. With nonzero masks (values in {-1, 0, +1}): the max is +1 if any value is
+  +1 (mask & ~sign), -1 if all are -1 (AND of mask & sign), else 0. Padding is ignored, as in
+  ONNX MaxPool.
+- Unpack: packed -> float32 ``+-scale`` (0 where the mask is 0) in the logical layout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from runtime.bitpack import nwords
+from runtime.kernels.base import Kernel, Step, register
+from runtime.kernels.binary_common import check_input, check_outputs, dummy, has_input
+
+
+# -- Binarize -----------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def _binarize_nchw(x, zero, y, ym, with_mask):
+    n_, c_, h_, w_ = x.shape
+    wc = y.shape[3]
+    zneg = zero == -1
+    zmask = zero != 0
+    for r in prange(n_ * h_):
+        n = r // h_
+        h = r % h_
+        sacc = np.empty(w_, np.uint64)
+        macc = np.empty(w_, np.uint64)
+        for q in range(wc):
+            sacc[:] = 0
+            macc[:] = 0
+            for b in range(min(64, c_ - q * 64)):
+                xr = x[n, q * 64 + b, h]
+                sh = np.uint64(b)
+                for w in range(w_):
+                    v = xr[w]
+                    sacc[w] |= np.uint64((v < 0) | ((v == 0) & zneg)) << sh
+                    macc[w] |= np.uint64((v != 0) | zmask) << sh
+            for w in range(w_):
+                y[n, h, w, q] = sacc[w]
+            if with_mask:
+                for w in range(w_):
+                    ym[n, h, w, q] = macc[w]
+
+
+@njit(cache=True, parallel=True)
+def _binarize_nc(x, zero, y, ym, with_mask):
+    n_, c_ = x.shape
+    wc = y.shape[1]
+    zneg = zero == -1
+    zmask = zero != 0
+    for r in prange(n_ * wc):
+        n = r // wc
+        q = r % wc
+        s = np.uint64(0)
+        m = np.uint64(0)
+        for b in range(min(64, c_ - q * 64)):
+            v = x[n, q * 64 + b]
+            s |= np.uint64((v < 0) | ((v == 0) & zneg)) << np.uint64(b)
+            m |= np.uint64((v != 0) | zmask) << np.uint64(b)
+        y[n, q] = s
+        if with_mask:
+            ym[n, q] = m
+
+
+def binarize(x: np.ndarray, zero: int, y: np.ndarray, ym: np.ndarray | None) -> None:
+    """Pack float32 ``x`` (NCHW or NC) into ``y`` (and the nonzero mask into ``ym``)."""
+    assert x.dtype == np.float32 and x.flags.c_contiguous and y.dtype == np.uint64
+    assert zero in (1, -1, 0) and (ym is not None or zero != 0)
+    with_mask = ym is not None
+    ym = ym if with_mask else dummy(y.ndim, np.uint64)
+    (_binarize_nchw if x.ndim == 4 else _binarize_nc)(x, zero, y, ym, with_mask)
+
+
+@register("bnnc.Binarize")
+class Binarize(Kernel):
+    def __init__(self, step: Step):
+        super().__init__(step)
+        self.zero = int(step.attr("zero", 1))
+        if self.zero not in (1, -1, 0):
+            raise step.error(f"zero must be 1, -1 or 0, got {self.zero}")
+        xs = step.in_shapes[0]
+        if xs is None or len(xs) not in (2, 4) or step.in_dtypes[0] != "float32":
+            raise step.error(f"X must be float32 of rank 2 or 4, got {step.in_dtypes[0]} {xs}")
+        packed = (xs[0], xs[2], xs[3], nwords(xs[1])) if len(xs) == 4 else (xs[0], nwords(xs[1]))
+        n_out = len(step.out_shapes)
+        if self.zero == 0 and n_out != 2:
+            raise step.error("zero = 0 maps exact zeros to 0, which needs the mask output Y_mask")
+        check_outputs(step, [(packed, "uint64")] * max(1, min(n_out, 2)))
+
+    def run(self, ins, outs):
+        binarize(np.ascontiguousarray(ins[0]), self.zero, outs[0], outs[1] if len(outs) > 1 else None)
+
+
+# -- BitMaxPool ---------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def _bit_maxpool(x, xm, geom, masked, y, ym):
+    kh_, kw_, sh, sw, dh, dw, pt, pl = geom
+    n_, h_, w_, wc = x.shape
+    oh_, ow_ = y.shape[1], y.shape[2]
+    ones = np.uint64(0xFFFFFFFFFFFFFFFF)
+    for r in prange(n_ * oh_):
+        n = r // oh_
+        oh = r % oh_
+        neg = np.empty(wc, np.uint64)
+        pos = np.empty(wc, np.uint64)
+        for ow in range(ow_):
+            neg[:] = ones
+            pos[:] = 0
+            for kh in range(kh_):
+                ih = oh * sh - pt + kh * dh
+                if ih < 0 or ih >= h_:
+                    continue
+                for kw in range(kw_):
+                    iw = ow * sw - pl + kw * dw
+                    if iw < 0 or iw >= w_:
+                        continue
+                    xr = x[n, ih, iw]
+                    if masked:
+                        mr = xm[n, ih, iw]
+                        for q in range(wc):
+                            neg[q] &= xr[q] & mr[q]
+                            pos[q] |= mr[q] & ~xr[q]
+                    else:
+                        for q in range(wc):
+                            neg[q] &= xr[q]
+            for q in range(wc):
+                y[n, oh, ow, q] = neg[q]
+            if masked:
+                for q in range(wc):
+                    ym[n, oh, ow, q] = pos[q] | neg[q]
+
+
+def bit_maxpool(x: np.ndarray, xm: np.ndarray | None, geom: tuple, y: np.ndarray, ym: np.ndarray | None) -> None:
+    """Max pool packed ``x`` [N, H, W, words] into ``y``; geom = (kh, kw, sh, sw, dh, dw, pt, pl).
+    Every window must hold at least one element of ``x`` (checked when the kernel is built)."""
+    assert x.dtype == np.uint64 and x.flags.c_contiguous and y.dtype == np.uint64 and len(geom) == 8
+    masked = xm is not None
+    assert masked == (ym is not None)
+    _bit_maxpool(x, xm if masked else x, geom, masked, y, ym if masked else y)
+
+
+def _pool_extent(size: int, k: int, s: int, d: int, p0: int, p1: int, ceil_mode: bool) -> int:
+    """ONNX MaxPool output size (with ceil_mode, a window starting in the end padding is dropped)."""
+    num = size + p0 + p1 - d * (k - 1) - 1
+    o = (-(-num // s) if ceil_mode else num // s) + 1
+    if ceil_mode and (o - 1) * s >= size + p0:
+        o -= 1
+    return o
+
+
+def _window_ok(o: int, size: int, k: int, s: int, d: int, p0: int) -> bool:
+    return all(any(0 <= i * s - p0 + t * d < size for t in range(k)) for i in range(o))
+
+
+@register("bnnc.BitMaxPool")
+class BitMaxPool(Kernel):
+    def __init__(self, step: Step):
+        super().__init__(step)
+        kh, kw = [int(v) for v in step.attr("kernel_shape", [])] or (0, 0)
+        sh, sw = [int(v) for v in step.attr("strides", [1, 1])]
+        pt, pl, pb, pr = [int(v) for v in step.attr("pads", [0, 0, 0, 0])]
+        dh, dw = [int(v) for v in step.attr("dilations", [1, 1])]
+        ceil_mode = bool(int(step.attr("ceil_mode", 0)))
+        c = int(step.attr("channels", 0))
+        xs = step.in_shapes[0]
+        if min(kh, kw, sh, sw, dh, dw, c) < 1 or min(pt, pl, pb, pr) < 0:
+            raise step.error("kernel_shape, strides, dilations, channels must be positive and pads >= 0")
+        if xs is None or len(xs) != 4:
+            raise step.error("X must be a packed activation [N, H, W, words]")
+        n, h, w_ = xs[0], xs[1], xs[2]
+        check_input(step, 0, "X", (n, h, w_, nwords(c)), "uint64")
+        self.masked = has_input(step, 1)
+        if self.masked:
+            check_input(step, 1, "X_mask", (n, h, w_, nwords(c)), "uint64")
+        oh = _pool_extent(h, kh, sh, dh, pt, pb, ceil_mode)
+        ow = _pool_extent(w_, kw, sw, dw, pl, pr, ceil_mode)
+        if oh < 1 or ow < 1 or not (_window_ok(oh, h, kh, sh, dh, pt) and _window_ok(ow, w_, kw, sw, dw, pl)):
+            raise step.error("some pooling window lies entirely in the padding")
+        if not self.masked and len(step.out_shapes) != 1:
+            raise step.error("Y_mask needs the input X_mask")
+        if self.masked and len(step.out_shapes) != 2:
+            raise step.error("X has a nonzero mask, so zeros can reach the output: Y_mask is required")
+        check_outputs(step, [((n, oh, ow, nwords(c)), "uint64")] * (2 if self.masked else 1))
+        self.geom = (kh, kw, sh, sw, dh, dw, pt, pl)
+
+    def run(self, ins, outs):
+        xm = np.ascontiguousarray(ins[1]) if self.masked else None
+        bit_maxpool(np.ascontiguousarray(ins[0]), xm, self.geom, outs[0], outs[1] if self.masked else None)
+
+
+# -- Unpack -------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def _unpack_nhwc(x, xm, masked, scale, y):
+    n_, c_, h_, w_ = y.shape
+    for r in prange(n_ * h_):
+        n = r // h_
+        h = r % h_
+        for c in range(c_):
+            q = c >> 6
+            b = np.uint64(c & 63)
+            yr = y[n, c, h]
+            for w in range(w_):
+                v = scale - 2 * scale * np.float32((x[n, h, w, q] >> b) & np.uint64(1))
+                if masked and (xm[n, h, w, q] >> b) & np.uint64(1) == 0:
+                    v = np.float32(0)
+                yr[w] = v
+
+
+@njit(cache=True, parallel=True)
+def _unpack_nc(x, xm, masked, scale, y):
+    n_, c_ = y.shape
+    for n in prange(n_):
+        for c in range(c_):
+            q = c >> 6
+            b = np.uint64(c & 63)
+            v = scale - 2 * scale * np.float32((x[n, q] >> b) & np.uint64(1))
+            if masked and (xm[n, q] >> b) & np.uint64(1) == 0:
+                v = np.float32(0)
+            y[n, c] = v
+
+
+def unpack(x: np.ndarray, xm: np.ndarray | None, scale: float, y: np.ndarray) -> None:
+    """Packed ``x`` [N, H, W, words] / [N, words] (mask ``xm``) -> float32 ``y`` NCHW / NC."""
+    assert x.dtype == np.uint64 and x.flags.c_contiguous and y.dtype == np.float32 and x.ndim == y.ndim
+    masked = xm is not None
+    (_unpack_nhwc if y.ndim == 4 else _unpack_nc)(x, xm if masked else x, masked, np.float32(scale), y)
+
+
+@register("bnnc.Unpack")
+class Unpack(Kernel):
+    def __init__(self, step: Step):
+        super().__init__(step)
+        c = int(step.attr("channels", 0))
+        self.scale = float(step.attr("scale", 1.0))
+        xs = step.in_shapes[0]
+        if c < 1 or xs is None or len(xs) not in (2, 4):
+            raise step.error(f"X must be packed [N, H, W, words] or [N, words] and channels >= 1, got {xs}")
+        check_input(step, 0, "X", tuple(xs[:-1]) + (nwords(c),), "uint64")
+        self.masked = has_input(step, 1)
+        if self.masked:
+            check_input(step, 1, "X_mask", tuple(xs), "uint64")
+        out = (xs[0], c, xs[1], xs[2]) if len(xs) == 4 else (xs[0], c)
+        check_outputs(step, [(out, "float32")])
+
+    def run(self, ins, outs):
+        xm = np.ascontiguousarray(ins[1]) if self.masked else None
+        unpack(np.ascontiguousarray(ins[0]), xm, self.scale, outs[0])

@@ -1,0 +1,44 @@
+"""move-binarizers-before-layout-ops: Sign moves up, transposes sink and cancel, same values."""
+
+import numpy as np
+from onnx import helper
+
+from passes.canonicalize_binarizers import CanonicalizeBinarizers
+from passes.move_binarizers_before_layout_ops import MoveBinarizersBeforeLayoutOps, transpose_equivalent
+from tests.helpers import load_graph, make_model, ort_run, run_graph
+
+N = helper.make_node
+
+
+def _run(nodes, inits, in_shape, out_shape):
+    model = make_model(nodes, [("x", in_shape)], [("y", out_shape)], inits)
+    graph = load_graph(model)
+    CanonicalizeBinarizers().call(graph)
+    res = MoveBinarizersBeforeLayoutOps().call(graph)
+    graph.toposort()
+    x = np.random.default_rng(0).standard_normal(in_shape).astype(np.float32)
+    x[0, 0, 0, 0] = 0
+    np.testing.assert_array_equal(run_graph(graph, {"x": x})[0], ort_run(model, {"x": x})[0])
+    return graph, res
+
+
+def test_nhwc_island_with_pad_cancels():
+    pads = np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64)
+    nodes = [N("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]), N("Sign", ["t"], ["s"]),
+             N("Pad", ["s", "p", "v"], ["q"]), N("Transpose", ["q"], ["y"], perm=[0, 3, 1, 2])]
+    graph, res = _run(nodes, {"p": pads, "v": np.float32(1)}, [1, 3, 4, 5], [1, 3, 6, 7])
+    assert [n.op_type for n in graph.nodes] == ["Sign", "Pad"]
+    assert res.stats["transposes_sunk"] == 1 and res.stats["pairs_merged"] == 1
+
+
+def test_sign_moves_above_reshape_and_maxpool():
+    nodes = [N("MaxPool", ["x"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+             N("Reshape", ["m", "shape"], ["r"]), N("Sign", ["r"], ["y"])]
+    graph, _ = _run(nodes, {"shape": np.array([1, -1], np.int64)}, [1, 3, 4, 4], [1, 12])
+    assert [n.op_type for n in graph.nodes] == ["Sign", "MaxPool", "Reshape"]
+
+
+def test_reshape_that_is_a_transpose():
+    assert transpose_equivalent((1, 512, 1, 1), (1, 1, 1, 512)) == [0, 2, 3, 1]
+    assert transpose_equivalent((1, 4, 2, 1), (1, 2, 4, 1)) is None
+    assert transpose_equivalent((1, 4, 1, 1), (1, 4, 1, 1)) is None

@@ -1,0 +1,65 @@
+"""bnnc.BinaryWeightConv / bnnc.BinaryWeightDense kernels against the numpy reference (bnnc.ops)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bnnc import ops
+from runtime.bitpack import pack_dense
+from runtime.errors import BnncError
+from tests.helpers import assert_close
+from tests.runtime.test_binary_helpers import run_step, signs
+
+# name: (N, Cin, H, W, Cout, kh, kw, strides, pads, dilations, group)
+CASES = {
+    "1x1_plain": (2, 65, 4, 5, 7, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "1x1_stride2": (1, 3, 5, 5, 4, 1, 1, (2, 2), (0, 0, 0, 0), (1, 1), 1),
+    "3x3_pad1": (1, 63, 6, 7, 64, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "5x5_s2_asym": (2, 3, 9, 8, 5, 5, 5, (2, 1), (2, 0, 1, 2), (1, 1), 1),
+    "3x3_dilation2": (1, 4, 8, 8, 6, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 1),
+    "group2_gemm": (1, 130, 5, 5, 6, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 2),
+    "group2_direct": (1, 6, 5, 5, 4, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 2),
+    "depthwise": (2, 5, 6, 6, 5, 3, 3, (2, 2), (1, 0, 1, 1), (1, 1), 5),
+}
+
+
+@pytest.mark.parametrize("ternary", [False, True])
+@pytest.mark.parametrize("case", list(CASES))
+def test_binary_weight_conv(case, ternary):
+    n, cin, h, w, cout, kh, kw, st, pads, dil, g = CASES[case]
+    rng = np.random.default_rng(cin * 10 + cout)
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    wv = signs(rng, (cout, cin // g, kh, kw), zeros=ternary)
+    scale = rng.uniform(0.1, 2, cout).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    wb, wm = pack_dense(wv, with_mask=ternary)
+    attrs = dict(kernel_shape=[kh, kw], strides=list(st), pads=list(pads), dilations=list(dil), group=g,
+                 cin=cin, cout=cout)
+    (y,) = run_step("bnnc.BinaryWeightConv", attrs, [x, wb, wm, scale, bias], {1, 2, 3, 4})
+    expect = ops.binary_weight_conv(x, wv, scale, bias, strides=st, pads=pads, dilations=dil, group=g)
+    assert_close(y, expect, rel=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 63, 64, 65, 130])
+@pytest.mark.parametrize("ternary", [False, True])
+def test_binary_weight_dense(k, ternary):
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    wv = signs(rng, (9, k), zeros=ternary)
+    scale = rng.uniform(0.1, 2, 9).astype(np.float32)
+    bias = rng.standard_normal(9).astype(np.float32)
+    wb, wm = pack_dense(wv, with_mask=ternary)
+    (y,) = run_step("bnnc.BinaryWeightDense", dict(cout=9, k=k), [x, wb, wm, scale, bias], {1, 2, 3, 4})
+    assert_close(y, ops.binary_weight_dense(x, wv, scale, bias), rel=1e-5)
+
+
+def test_errors():
+    x = np.zeros((1, 4), np.float32)
+    wb, _ = pack_dense(np.ones((2, 4)))
+    one = np.ones(2, np.float32)
+    with pytest.raises(BnncError, match="X must be"):
+        run_step("bnnc.BinaryWeightDense", dict(cout=2, k=5), [x, wb, None, one, one], {1, 3, 4},
+                 out_specs=[((1, 2), "float32")])
+    with pytest.raises(BnncError, match="constant"):
+        run_step("bnnc.BinaryWeightDense", dict(cout=2, k=4), [x, wb, None, one, one], {3, 4})
