@@ -1,0 +1,134 @@
+"""The bnnc command: every bad input is one line `error: ...`, exit code 2, no traceback."""
+
+import json
+import os
+import struct
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import helper
+
+from cli import main
+from tests.helpers import make_model, save
+
+N = helper.make_node
+
+
+def bnnc(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def assert_error(args, *needles):
+    code, out, err = bnnc(*args)
+    assert code == 2, (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err + out
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.fixture()
+def model_path(tmp_path):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [N("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), N("Relu", ["c"], ["y"])]
+    return save(make_model(nodes, [("x", ["N", 3, 5, 5])], [("y", ["N", 4, 5, 5])], {"w": w}), str(tmp_path))
+
+
+@pytest.fixture()
+def artifact(tmp_path, model_path):
+    out = tmp_path / "m.bnn"
+    assert bnnc("compile", model_path, "-o", out)[0] == 0
+    return out
+
+
+def test_compile_run_inspect_roundtrip(tmp_path, model_path, artifact):
+    x = np.random.default_rng(1).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code, out, _ = bnnc("run", artifact, "--input", tmp_path / "x.npy")
+    assert code == 0 and "y: shape [2, 4, 5, 5] float32" in out
+    code, out, _ = bnnc("run", artifact, "--input", f"x={tmp_path / 'x.npy'}", "--output", tmp_path / "o.npz")
+    assert code == 0
+    assert np.load(tmp_path / "o.npz")["y"].shape == (2, 4, 5, 5)
+    code, out, _ = bnnc("inspect", artifact, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["total_macs"] == 1 * 4 * 25 * 27 and report["layers"][0]["mode"] == "float"
+    assert {"binary_mac_fraction", "artifact_bytes", "fp32_bytes"} <= set(report)
+    code, out, _ = bnnc("passes")
+    assert code == 0 and "recognize-binary-layers" in out
+
+
+def test_dump_passes(tmp_path, model_path):
+    dump = tmp_path / "dump"
+    assert bnnc("compile", model_path, "-o", tmp_path / "m.bnn", "--dump-passes", dump)[0] == 0
+    files = sorted(os.listdir(dump))
+    assert files[0] == "00_input.onnx" and "summary.json" in files
+    summary = json.loads((dump / "summary.json").read_text())["passes"]
+    for i, p in enumerate(summary, start=1):
+        assert f"{i:02d}_{p['name']}.onnx" in files and f"{i:02d}_{p['name']}.txt" in files
+        assert {"modified", "stats", "op_counts", "seconds"} <= set(p)
+    for f in files:
+        if f.endswith(".onnx"):
+            onnx.load(str(dump / f))
+
+
+def test_not_onnx_and_truncated(tmp_path, model_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is not a protobuf at all \xff\xfe" * 10)
+    assert_error(["compile", junk], "junk.onnx")
+    data = open(model_path, "rb").read()
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(data[: len(data) // 2])
+    assert_error(["compile", cut, "-o", tmp_path / "cut.bnn"], "cut.onnx")
+    assert not (tmp_path / "cut.bnn").exists()
+    assert_error(["compile", tmp_path / "missing.onnx"], "no such file")
+
+
+def test_unsupported_ops_are_all_named(tmp_path):
+    nodes = [N("Relu", ["x"], ["a"], name="ok"), N("Foo", ["a"], ["b"], name="foo_1", domain="my.domain"),
+             N("Bar", ["b"], ["y"], name="bar_1", domain="my.domain")]
+    model = make_model(nodes, [("x", [1, 3])], [("y", [1, 3])], extra_opsets={"my.domain": 1})
+    path = save(model, str(tmp_path))
+    line = assert_error(["compile", path, "-o", tmp_path / "o.bnn"], "foo_1", "bar_1", "Foo", "Bar")
+    assert "unsupported" in line
+    assert not (tmp_path / "o.bnn").exists()
+
+
+def test_bad_run_inputs(tmp_path, artifact):
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 5, 5), np.float32))
+    np.save(tmp_path / "shape.npy", np.zeros((1, 3, 4, 5), np.float32))
+    np.save(tmp_path / "dtype.npy", np.zeros((1, 3, 5, 5), np.float64))
+    assert_error(["run", artifact, "--input", tmp_path / "nope.npy"], "nope.npy")
+    assert_error(["run", artifact, "--input", f"z={tmp_path / 'x.npy'}"], "'z'")
+    assert_error(["run", artifact, "--input", tmp_path / "shape.npy"], "shape")
+    assert_error(["run", artifact, "--input", tmp_path / "dtype.npy"], "dtype")
+
+
+def _corrupt(src, dst, fn):
+    data = bytearray(open(src, "rb").read())
+    fn(data)
+    open(dst, "wb").write(bytes(data))
+    return dst
+
+
+def test_corrupted_artifacts(tmp_path, artifact):
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 5, 5), np.float32))
+    x = tmp_path / "x.npy"
+
+    def flip_in_tensor(d):
+        (mlen,) = struct.unpack_from("<Q", d, 16)
+        start = 24 + mlen + (-(24 + mlen)) % 64  # the data section; the first tensor starts there
+        d[start + 5] ^= 0x01
+
+    flipped = _corrupt(artifact, tmp_path / "flip.bnn", flip_in_tensor)
+    assert_error(["run", flipped, "--input", x], "checksum")
+    truncated = _corrupt(artifact, tmp_path / "cut.bnn", lambda d: d.__delitem__(slice(len(d) - 100, None)))
+    assert_error(["run", truncated, "--input", x], "truncated")
+    future = _corrupt(artifact, tmp_path / "v9.bnn", lambda d: d.__setitem__(slice(8, 12), struct.pack("<I", 9)))
+    assert_error(["run", future, "--input", x], "version 9")
+    assert_error(["inspect", truncated], "truncated")
