@@ -7,6 +7,10 @@ the same thread count, interleaved, after warm-up; we print medians, min/max, th
 and binary GMAC/s. "binarize+conv" adds the bnnc.Binarize of a float input, the cost of a
 layer whose input arrives in float.
 
+With more than one thread, onnxruntime's pool threads spin-wait after each run by default and, in
+one process interleaved with bnnc, take the cores from numba's threads (bnnc then runs several
+times slower); the benchmark turns that spinning off unless --ort-spin is given.
+
     python benchmarks/bench_binary_conv.py [--threads N] [--reps 50] [--output float|bits] [--json]
 """
 
@@ -30,7 +34,7 @@ N, C, H, W, COUT, K = 1, 256, 14, 14, 256, 3
 MACS = N * COUT * H * W * C * K * K
 
 
-def onnx_session(w: np.ndarray, threads: int) -> ort.InferenceSession:
+def onnx_session(w: np.ndarray, threads: int, spin: bool = True) -> ort.InferenceSession:
     node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[K, K], pads=[1, 1, 1, 1])
     graph = helper.make_graph(
         [node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [N, C, H, W])],
@@ -42,6 +46,8 @@ def onnx_session(w: np.ndarray, threads: int) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
@@ -87,13 +93,14 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--output", choices=["float", "bits"], default="float", help="BinaryConv output stage")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ap.add_argument("--ort-spin", action="store_true", help="let onnxruntime's pool threads spin-wait")
     args = ap.parse_args(argv)
 
     rng = np.random.default_rng(0)
     x = rng.choice(np.array([-1.0, 1.0], np.float32), size=(N, C, H, W))
     w = rng.choice(np.array([-1, 1], np.int8), size=(COUT, C, K, K))
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-    sess = onnx_session(w, args.threads)
+    sess = onnx_session(w, args.threads, spin=args.ort_spin or args.threads == 1)
     conv, conv_out, xb, binz, binz_out = bnnc_layer(x, w, args.output)
 
     conv_in = [xb, None, None, None, None, None]
@@ -119,7 +126,8 @@ def main(argv=None) -> int:
         r["speedup"] = base / r["median_ms"]
         r["gmacs"] = MACS / (r["median_ms"] * 1e-3) / 1e9
     report = {"layer": f"conv {C}->{COUT} {K}x{K} pads 1, {H}x{W}, batch {N}", "macs": MACS,
-              "threads": args.threads, "reps": args.reps, "output": args.output, "results": res}
+              "threads": args.threads, "reps": args.reps, "output": args.output,
+              "ort_spinning": args.ort_spin or args.threads == 1, "results": res}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

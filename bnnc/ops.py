@@ -220,12 +220,14 @@ def binary_weight_dense(x, w, scale, bias) -> np.ndarray:
 
 # -- pooling ------------------------------------------------------------------------------------
 def bit_maxpool(x: np.ndarray, kernel_shape, strides=None, pads=(0, 0, 0, 0), dilations=(1, 1),
-                ceil_mode: int = 0) -> np.ndarray:
+                ceil_mode: int = 0, invert: np.ndarray | None = None) -> np.ndarray:
     """BitMaxPool: max of {-1, 0, +1} values over each window of NCHW ``x``, padding ignored
-    (as ONNX MaxPool). int8."""
+    (as ONNX MaxPool); channels where the bool vector ``invert`` [C] is set take the min. int8."""
     x = np.asarray(x).astype(np.int8)
     strides = strides or (1, 1)
     n, c, h, w = x.shape
+    inv = np.zeros(c, bool) if invert is None else np.asarray(invert, bool).reshape(-1)
+    x = np.where(inv.reshape(1, c, 1, 1), -x, x)  # min(x) = -max(-x)
     oh, ow = pool_output_hw(h, w, kernel_shape, strides, pads, dilations, ceil_mode)
     ext = [max(0, (o - 1) * strides[i] + dilations[i] * (kernel_shape[i] - 1) + 1 - size - pads[i])
            for i, (o, size) in enumerate(((oh, h), (ow, w)))]
@@ -238,7 +240,7 @@ def bit_maxpool(x: np.ndarray, kernel_shape, strides=None, pads=(0, 0, 0, 0), di
             out = np.maximum(out, xs)
     if (out < -1).any():
         raise ValueError("a pooling window lies entirely in the padding")
-    return out
+    return np.where(inv.reshape(1, c, 1, 1), -out, out).astype(np.int8)
 
 
 __all__ = [

@@ -149,12 +149,20 @@ def _lower_multithreshold(graph: Graph, node: onnx.NodeProto, em: _Emitter) -> N
     rank = len(graph.shapes[x])
     thr = graph.const(node.input[1]).astype(em.dtype)
     axis = qonnx.channel_axis(rank, a.get("data_layout", ""))
+    scale, bias = float(a.get("out_scale", 1.0)), float(a.get("out_bias", 0.0))
+    if thr.shape[1] == 1 and scale != 0 and bias == -scale / 2:
+        # one threshold and outputs ±scale/2: a binarizer of x - t (exact: for finite floats
+        # x >= t exactly when fl(x - t) >= 0, by Sterbenz and gradual underflow)
+        shape = [1] * rank
+        shape[axis] = thr.shape[0]
+        d = em.op("Sub", [x, em.const(thr.reshape(shape), "threshold")], "centered")
+        em.where_nonneg(d, em.const(scale / 2, "pos"), em.const(-scale / 2, "neg"), "where", output=out)
+        return
     shape = [1] * rank + [thr.shape[1]]
     shape[axis] = thr.shape[0]
     xr = em.op("Reshape", [x, em.const([0] * rank + [1], "shape", np.int64)], "expand")
     ge = em.ge(xr, em.const(thr.reshape(shape), "thresholds"), "ge")
     cnt = em.op("Cast", [ge], "cast", to=onnx_dtype(str(em.dtype)))
-    scale, bias = float(a.get("out_scale", 1.0)), float(a.get("out_bias", 0.0))
     y = em.reduce_sum_last(cnt, "count")
     if scale != 1.0:
         y = em.op("Mul", [y, em.const(scale, "out_scale")], "scale")

@@ -64,5 +64,5 @@ class Builder:
         ins = [x, self.const(w, "w")] + ([self.const(np.asarray(bias, np.float32), "b")] if bias is not None else [])
         return self.op("Conv", ins, "conv", **attrs)
 
-    def model(self, inputs, outputs, opset=17):
-        return make_model(self.nodes, inputs, outputs, self.inits, opset=opset)
+    def model(self, inputs, outputs, opset=17, extra_opsets=None):
+        return make_model(self.nodes, inputs, outputs, self.inits, opset=opset, extra_opsets=extra_opsets)

@@ -90,6 +90,7 @@ class OutputStage:
         self.kind = step.attr("output", "float")
         self.out_mask = bool(int(step.attr("out_mask", 0)))
         self.scale, self.bias, self.rule, self.table = F32_1, F32_1, I32_1x5, I64_8x1
+        self._dummies: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if self.kind == "float":
             self.mode = FLOAT
             self.scale = const_input(step, i, "scale", "float32").reshape(-1)
@@ -119,9 +120,12 @@ class OutputStage:
 
     def buffers(self, outs: list[np.ndarray], ndim: int):
         """(y_float, y_bits, y_mask) for the compiled kernel, dummies for the absent ones."""
+        if ndim not in self._dummies:
+            self._dummies[ndim] = (dummy(ndim, np.float32), dummy(ndim, np.uint64))
+        df, du = self._dummies[ndim]
         if self.mode == FLOAT:
-            return outs[0], dummy(ndim, np.uint64), dummy(ndim, np.uint64)
-        return dummy(ndim, np.float32), outs[0], (outs[1] if self.out_mask else dummy(ndim, np.uint64))
+            return outs[0], du, du
+        return df, outs[0], (outs[1] if self.out_mask else du)
 
 
 def rule_table(rule: np.ndarray) -> np.ndarray:
@@ -133,37 +137,43 @@ def rule_table(rule: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True)
-def emit_bits(s, rows, c0, yb, ym, out_mask, sg, mk):
+def emit_bits(s, table, c0, yb, ym, out_mask, sg, mk):
     """OR the rule values of ``s[j]`` (output channel c0 + j) into the packed word rows ``yb``
     (sign) and ``ym`` (nonzero mask), word = channel // 64; the caller zeroes the words first.
-    ``rows`` are the 8 rows of ``rule_table``; sg, mk are int64 scratch as long as s.
+    ``table`` is ``rule_table(rule)``; sg, mk are int64 scratch as long as s.
     v_below if s < lo, else v_mid if s <= hi, else v_above, branch-free so it vectorises."""
-    lo, hi, nb, nm, na, zb, zm, za = rows
     n = s.shape[0]
+    # two loops, not one: each then needs few runtime alias checks, and LLVM vectorises it
     for i in range(n):
         c = c0 + i
-        lt = -np.int64(s[i] < lo[c])
-        le = -np.int64(s[i] <= hi[c])
-        mid = ~lt & le
-        above = ~le
-        sg[i] = (lt & nb[c]) | (mid & nm[c]) | (above & na[c])
-        mk[i] = (lt & zb[c]) | (mid & zm[c]) | (above & za[c])
+        lt = -np.int64(s[i] < table[0, c])
+        le = -np.int64(s[i] <= table[1, c])
+        sg[i] = (lt & table[2, c]) | (~lt & le & table[3, c]) | (~le & table[4, c])
+    if out_mask:
+        for i in range(n):
+            c = c0 + i
+            lt = -np.int64(s[i] < table[0, c])
+            le = -np.int64(s[i] <= table[1, c])
+            mk[i] = (lt & table[5, c]) | (~lt & le & table[6, c]) | (~le & table[7, c])
     j = 0
     while j < n:
         b = (c0 + j) & 63
         take = min(64 - b, n - j)
-        ws = np.int64(0)
-        wm = np.int64(0)
-        for k in range(take):
-            ws |= (sg[j + k] & 1) << (b + k)
-            wm |= (mk[j + k] & 1) << (b + k)
         q = (c0 + j) >> 6
-        yb[q] |= np.uint64(ws)
+        yb[q] |= _pack_flags(sg, j, b, take)
         if out_mask:
-            ym[q] |= np.uint64(wm)
+            ym[q] |= _pack_flags(mk, j, b, take)
         j += take
 
 
-def rule_rows(table: np.ndarray) -> tuple:
-    """The rows of a rule table as a tuple of 1-D arrays, the form ``emit_bits`` takes."""
-    return tuple(table[i] for i in range(8))
+@njit(cache=True)
+def _pack_flags(f, j, b, take):
+    """Word with bit b + k set where the 0 / -1 flag f[j + k] is -1, k < take."""
+    w = np.int64(0)
+    if b == 0 and take == 64:  # the common whole word: constant shifts, vectorises
+        for k in range(64):
+            w |= f[j + k] & (np.int64(1) << k)
+    else:
+        for k in range(take):
+            w |= (f[j + k] & 1) << (b + k)
+    return np.uint64(w)

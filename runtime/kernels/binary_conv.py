@@ -41,16 +41,12 @@ from runtime.kernels.binary_common import (
 
 # -- compiled kernels ---------------------------------------------------------------------------
 @njit(cache=True, parallel=True)
-def _regroup(x, cg, pt, pl, fill, out):
+def _regroup(x, cg, pt, pl, fill, tail, out):
     """out[g, n, pt + h, pl + w, :] = bits g*cg .. g*cg + cg - 1 of pixel x[n, h, w], word
-    aligned; pixels of ``out`` outside ``x`` (the border) hold the words ``fill``."""
+    aligned and cut to ``tail`` (the valid bits of cg channels); pixels of ``out`` outside ``x``
+    (the border) hold the words ``fill``."""
     n_, h_, w_, wc = x.shape
     g_, _, hp, wp, wg = out.shape
-    tail = fill.copy()
-    for j in range(wg):
-        tail[j] = np.uint64(0xFFFFFFFFFFFFFFFF)
-    if cg % 64:
-        tail[wg - 1] = (np.uint64(1) << np.uint64(cg % 64)) - np.uint64(1)
     for r in prange(g_ * n_ * hp):
         ihp = r % hp
         q = r // hp
@@ -74,19 +70,23 @@ def _regroup(x, cg, pt, pl, fill, out):
 
 
 @njit(cache=True)
-def _xor_masked(a0, b0, x0, m0, wr, mr):
-    """a0[j] += popcount((x0 ^ wr[j]) & m), b0[j] += popcount(m), m = m0 & mr[j]."""
-    for j in range(wr.shape[0]):
-        m = m0 & mr[j]
-        a0[j] += popcount((x0 ^ wr[j]) & m)
-        b0[j] += popcount(m)
+def _masked_pixel(x, xm, w, wm, ih, iw, t, c0, a, b):
+    """One tap of one output pixel with nonzero masks: a += popcount((x ^ w) & m), b += popcount(m)."""
+    for wd in range(x.shape[2]):
+        x0 = x[ih, iw, wd]
+        m0 = xm[ih, iw, wd]
+        for j in range(a.shape[0]):
+            m = m0 & wm[t, wd, c0 + j]
+            a[j] += popcount((x0 ^ w[t, wd, c0 + j]) & m)
+            b[j] += popcount(m)
 
 
 @njit(cache=True)
-def _row(x, xm, w, wm, g, n, oh, c0, c1, geom, masked, pc, pm, nv):
-    """Accumulate the popcounts of one output row (all pixels, channels c0..c1 of group g)."""
+def _row(x, xm, w, wm, oh, c0, c1, geom, masked, pc, pm, nv):
+    """Accumulate the popcounts of one output row (all pixels, output channels c0..c1) of one
+    image and group: x, xm [Hx, Wx, WG], w, wm [taps, WG, Cout_g]."""
     kh_, kw_, sh, sw, dh, dw, pt, pl, _, ow_, _ = geom
-    hx, wx, wg = x.shape[2], x.shape[3], x.shape[4]
+    hx, wx, wg = x.shape
     for kh in range(kh_):
         ih = oh * sh - pt + kh * dh
         if ih < 0 or ih >= hx:
@@ -100,10 +100,7 @@ def _row(x, xm, w, wm, g, n, oh, c0, c1, geom, masked, pc, pm, nv):
                 nv[ow] += 1
             if masked:
                 for ow in range(ow0, ow1):
-                    iw = ow * sw + off
-                    for wd in range(wg):
-                        _xor_masked(pc[ow], pm[ow], x[g, n, ih, iw, wd], xm[g, n, ih, iw, wd],
-                                    w[g, t, wd, c0:c1], wm[g, t, wd, c0:c1])
+                    _masked_pixel(x, xm, w, wm, ih, ow * sw + off, t, c0, pc[ow], pm[ow])
                 continue
             ow = ow0  # pairs of output pixels share every weight load
             while ow + 1 < ow1:
@@ -111,9 +108,9 @@ def _row(x, xm, w, wm, g, n, oh, c0, c1, geom, masked, pc, pm, nv):
                 a0 = pc[ow]
                 a1 = pc[ow + 1]
                 for wd in range(wg):
-                    x0 = x[g, n, ih, iw, wd]
-                    x1 = x[g, n, ih, iw + sw, wd]
-                    wr = w[g, t, wd, c0:c1]
+                    x0 = x[ih, iw, wd]
+                    x1 = x[ih, iw + sw, wd]
+                    wr = w[t, wd, c0:c1]
                     for j in range(wr.shape[0]):
                         wv = wr[j]
                         a0[j] += popcount(x0 ^ wv)
@@ -123,33 +120,30 @@ def _row(x, xm, w, wm, g, n, oh, c0, c1, geom, masked, pc, pm, nv):
                 iw = ow * sw + off
                 a0 = pc[ow]
                 for wd in range(wg):
-                    x0 = x[g, n, ih, iw, wd]
-                    wr = w[g, t, wd, c0:c1]
+                    x0 = x[ih, iw, wd]
+                    wr = w[t, wd, c0:c1]
                     for j in range(wr.shape[0]):
                         a0[j] += popcount(x0 ^ wr[j])
 
 
 @njit(cache=True)
-def _emit(pc, pm, nv, masked, cg, oc0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym):
+def _emit(pc, pm, nv, masked, cg, oc0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, srow, sg, mk):
     """Turn one row of popcounts (channels oc0 .. oc0 + nc) into s and write it through the
-    output stage. Loops run over contiguous channel vectors so that they vectorise."""
+    output stage; srow, sg, mk are int64 scratch of length nc."""
     ow_, nc = pc.shape
-    srow = np.empty(nc, np.int64)
     for ow in range(ow_):
-        pr = pc[ow]
         if masked:
-            mr = pm[ow]
             for j in range(nc):
-                srow[j] = mr[j] - 2 * pr[j]
+                srow[j] = pm[ow, j] - 2 * pc[ow, j]
         else:
             base = nv[ow] * cg
             for j in range(nc):
-                srow[j] = base - 2 * pr[j]
+                srow[j] = base - 2 * pc[ow, j]
         if mode == FLOAT:
             for j in range(nc):
                 y[n, oc0 + j, oh, ow] = np.float32(srow[j]) * scale[oc0 + j] + bias[oc0 + j]
-            continue
-        emit_bits(srow, table, oc0, yb[n, oh, ow], ym[n, oh, ow] if out_mask else ym[0, 0, 0], out_mask)
+        else:
+            emit_bits(srow, table, oc0, yb[n, oh, ow], ym[n, oh, ow] if out_mask else ym[0, 0, 0], out_mask, sg, mk)
 
 
 @njit(cache=True, parallel=True)
@@ -168,6 +162,7 @@ def _binary_conv(x, xm, w, wm, geom, masked, cb, mode, out_mask, scale, bias, ta
         pc = np.empty((ow_, c1 - c0), np.int64)
         pm = np.empty((ow_ if masked else 1, c1 - c0), np.int64)
         nv = np.empty(ow_, np.int64)
+        scratch = np.empty((3, c1 - c0), np.int64)
         if mode == BITS:
             oc0, oc1 = (c0, c1) if g_ == 1 else (0, g_ * coutg)
             for ow in range(ow_):
@@ -179,8 +174,10 @@ def _binary_conv(x, xm, w, wm, geom, masked, cb, mode, out_mask, scale, bias, ta
             pc[:] = 0
             pm[:] = 0
             nv[:] = 0
-            _row(x, xm, w, wm, g, n, oh, c0, c1, geom, masked, pc, pm, nv)
-            _emit(pc, pm, nv, masked, cg, g * coutg + c0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym)
+            _row(x[g, n], xm[g, n] if masked else xm[0, 0], w[g], wm[g] if masked else wm[0], oh, c0, c1, geom,
+                 masked, pc, pm, nv)
+            _emit(pc, pm, nv, masked, cg, g * coutg + c0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym,
+                  scratch[0], scratch[1], scratch[2])
 
 
 def binary_conv(x, xm, w, wm, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym) -> None:
@@ -263,11 +260,11 @@ class BinaryConv(Kernel):
         self.geom = (kh, kw, sh, sw, dh, dw, cpt, cpl, oh, ow, cg)
         self.g, self.og, self.rows = g, og, n * oh
 
-    def _block(self) -> int:
+    def _block(self, threads: int) -> int:
         """Output channels per task: whole groups, or enough 64-channel blocks to feed threads."""
         if self.g > 1:
             return self.og
-        want = -(-2 * numba.get_num_threads() // self.rows)  # blocks per row
+        want = -(-2 * threads // self.rows)  # blocks per row
         if want <= 1:
             return self.og
         per = -(-self.og // want)
@@ -276,14 +273,14 @@ class BinaryConv(Kernel):
     def run(self, ins, outs):
         x = np.ascontiguousarray(ins[0])
         if self.copy:
-            _regroup(x, self.geom[10], self.pt, self.pl, self.fill, self.xg)
+            _regroup(x, self.geom[10], self.pt, self.pl, self.fill, self.tail, self.xg)
             xg = self.xg
         else:
             xg = x.reshape((1,) + x.shape)
         if self.has_xm:
             xm = np.ascontiguousarray(ins[1])
             if self.copy:
-                _regroup(xm, self.geom[10], self.pt, self.pl, self.tail, self.xmg)
+                _regroup(xm, self.geom[10], self.pt, self.pl, self.tail, self.tail, self.xmg)
                 xmg = self.xmg
             else:
                 xmg = xm.reshape((1,) + xm.shape)
@@ -291,5 +288,5 @@ class BinaryConv(Kernel):
             xmg = self.xmg if self.masked else xg
         st = self.stage
         y, yb, ym = st.buffers(outs, 4)
-        binary_conv(xg, xmg, self.w, self.wm, self.geom, self.masked, self._block(), st.mode,
+        binary_conv(xg, xmg, self.w, self.wm, self.geom, self.masked, self._block(numba.get_num_threads()), st.mode,
                     st.out_mask, st.scale, st.bias, st.table, y, yb, ym)

@@ -39,7 +39,8 @@ def _binary_dense(x, xm, w, wm, k, masked, cb, mode, out_mask, scale, bias, tabl
     for blk in prange(nblk):
         c0 = blk * cb
         c1 = min(cout, c0 + cb)
-        srow = np.empty(c1 - c0, np.int64)
+        scratch = np.empty((3, c1 - c0), np.int64)
+        srow = scratch[0]
         for n in range(n_):
             xr = x[n]
             xmr = xm[n] if masked else xm[0]
@@ -66,7 +67,7 @@ def _binary_dense(x, xm, w, wm, k, masked, cb, mode, out_mask, scale, bias, tabl
                 yb[n, q] = 0
                 if out_mask:
                     ym[n, q] = 0
-            emit_bits(srow, table, c0, yb[n], ym[n] if out_mask else ym[0], out_mask)
+            emit_bits(srow, table, c0, yb[n], ym[n] if out_mask else ym[0], out_mask, scratch[1], scratch[2])
 
 
 def binary_dense(x, xm, w, wm, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym) -> None:
@@ -118,11 +119,10 @@ class BinaryDense(Kernel):
             self.xm_ones = np.ascontiguousarray(np.broadcast_to(tail, (n, kw)))
         self.k, self.n, self.kw, self.cout = k, n, kw, cout
 
-    def _block(self) -> int:
-        if self.stage.mode != FLOAT:
-            return 64
-        tasks = 4 * numba.get_num_threads()
-        return max(8, -(-self.cout // tasks))
+    def _block(self, threads: int) -> int:
+        """Output channels per task: about four tasks per thread, whole words for the bits output."""
+        per = -(-self.cout // (4 * threads))
+        return -(-per // 64) * 64 if self.stage.mode != FLOAT else max(8, per)
 
     def run(self, ins, outs):
         x = np.ascontiguousarray(ins[0]).reshape(self.n, self.kw)
@@ -132,5 +132,5 @@ class BinaryDense(Kernel):
             xm = self.xm_ones if self.masked else x
         st = self.stage
         y, yb, ym = st.buffers(outs, 2)
-        binary_dense(x, xm, self.w, self.wm, self.k, self.masked, self._block(), st.mode, st.out_mask,
+        binary_dense(x, xm, self.w, self.wm, self.k, self.masked, self._block(numba.get_num_threads()), st.mode, st.out_mask,
                      st.scale, st.bias, st.table, y, yb, ym)

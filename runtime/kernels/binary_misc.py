@@ -6,8 +6,9 @@ max pooling on packed ones (bit convention: runtime/bitpack.py).
   ``(x[c, h, :] < 0) << bit`` into a row of words, contiguous loads that vectorise.
 - BitMaxPool: the max of +-1 values is -1 only when all are -1, so the result bit is the AND of
   the window's bits. With nonzero masks (values in {-1, 0, +1}): the max is +1 if any value is
-  +1 (mask & ~sign), -1 if all are -1 (AND of mask & sign), else 0. Padding is ignored, as in
-  ONNX MaxPool.
+  +1 (mask & ~sign), -1 if all are -1 (AND of mask & sign), else 0. Channels flagged in the
+  optional ``invert`` bits take the min instead: -1 if any is -1 (OR of the bits), else 0 if any
+  is 0, else +1. Padding is ignored, as in ONNX MaxPool.
 - Unpack: packed -> float32 ``+-scale`` (0 where the mask is 0) in the logical layout.
 """
 
@@ -16,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from runtime.bitpack import nwords
+from runtime.bitpack import nwords, tail_mask
 from runtime.kernels.base import Kernel, Step, register
-from runtime.kernels.binary_common import check_input, check_outputs, dummy, has_input
+from runtime.kernels.binary_common import check_input, check_outputs, const_input, dummy, has_input
 
 
 # -- Binarize -----------------------------------------------------------------------------------
@@ -37,10 +38,10 @@ def _binarize_nchw(x, zero, y, ym, with_mask):
             sacc[:] = 0
             macc[:] = 0
             for b in range(min(64, c_ - q * 64)):
-                xr = x[n, q * 64 + b, h]
+                c = q * 64 + b
                 sh = np.uint64(b)
                 for w in range(w_):
-                    v = xr[w]
+                    v = x[n, c, h, w]
                     sacc[w] |= np.uint64((v < 0) | ((v == 0) & zneg)) << sh
                     macc[w] |= np.uint64((v != 0) | zmask) << sh
             for w in range(w_):
@@ -101,7 +102,7 @@ class Binarize(Kernel):
 
 # -- BitMaxPool ---------------------------------------------------------------------------------
 @njit(cache=True, parallel=True)
-def _bit_maxpool(x, xm, geom, masked, y, ym):
+def _bit_maxpool(x, xm, inv, geom, masked, y, ym):
     kh_, kw_, sh, sw, dh, dw, pt, pl = geom
     n_, h_, w_, wc = x.shape
     oh_, ow_ = y.shape[1], y.shape[2]
@@ -109,11 +110,15 @@ def _bit_maxpool(x, xm, geom, masked, y, ym):
     for r in prange(n_ * oh_):
         n = r // oh_
         oh = r % oh_
-        neg = np.empty(wc, np.uint64)
-        pos = np.empty(wc, np.uint64)
+        all_neg = np.empty(wc, np.uint64)  # AND over the window of "value is -1"
+        any_neg = np.empty(wc, np.uint64)  # OR of "value is -1"
+        any_pos = np.empty(wc, np.uint64)  # OR of "value is +1" (masked only)
+        all_nz = np.empty(wc, np.uint64)  # AND of "value is nonzero" (masked only)
         for ow in range(ow_):
-            neg[:] = ones
-            pos[:] = 0
+            all_neg[:] = ones
+            any_neg[:] = 0
+            any_pos[:] = 0
+            all_nz[:] = ones
             for kh in range(kh_):
                 ih = oh * sh - pt + kh * dh
                 if ih < 0 or ih >= h_:
@@ -122,29 +127,37 @@ def _bit_maxpool(x, xm, geom, masked, y, ym):
                     iw = ow * sw - pl + kw * dw
                     if iw < 0 or iw >= w_:
                         continue
-                    xr = x[n, ih, iw]
                     if masked:
-                        mr = xm[n, ih, iw]
                         for q in range(wc):
-                            neg[q] &= xr[q] & mr[q]
-                            pos[q] |= mr[q] & ~xr[q]
+                            s = x[n, ih, iw, q]
+                            m = xm[n, ih, iw, q]
+                            all_neg[q] &= s & m
+                            any_neg[q] |= s & m
+                            any_pos[q] |= m & ~s
+                            all_nz[q] &= m
                     else:
                         for q in range(wc):
-                            neg[q] &= xr[q]
+                            all_neg[q] &= x[n, ih, iw, q]
+                            any_neg[q] |= x[n, ih, iw, q]
             for q in range(wc):
-                y[n, oh, ow, q] = neg[q]
+                # max: -1 only if all are -1; min (inverted channels): -1 if any is -1
+                y[n, oh, ow, q] = (all_neg[q] & ~inv[q]) | (any_neg[q] & inv[q])
             if masked:
                 for q in range(wc):
-                    ym[n, oh, ow, q] = pos[q] | neg[q]
+                    # max nonzero: any +1 or all -1; min nonzero: any -1 or all nonzero (+1)
+                    ym[n, oh, ow, q] = ((any_pos[q] | all_neg[q]) & ~inv[q]) | ((any_neg[q] | all_nz[q]) & inv[q])
 
 
-def bit_maxpool(x: np.ndarray, xm: np.ndarray | None, geom: tuple, y: np.ndarray, ym: np.ndarray | None) -> None:
-    """Max pool packed ``x`` [N, H, W, words] into ``y``; geom = (kh, kw, sh, sw, dh, dw, pt, pl).
-    Every window must hold at least one element of ``x`` (checked when the kernel is built)."""
+def bit_maxpool(x: np.ndarray, xm: np.ndarray | None, inv: np.ndarray, geom: tuple, y: np.ndarray,
+                ym: np.ndarray | None) -> None:
+    """Max pool packed ``x`` [N, H, W, words] into ``y`` (min pool on the channels whose bit is
+    set in ``inv`` [words]); geom = (kh, kw, sh, sw, dh, dw, pt, pl). Every window must hold at
+    least one element of ``x`` (checked when the kernel is built)."""
     assert x.dtype == np.uint64 and x.flags.c_contiguous and y.dtype == np.uint64 and len(geom) == 8
+    assert inv.dtype == np.uint64 and inv.shape == (x.shape[3],)
     masked = xm is not None
     assert masked == (ym is not None)
-    _bit_maxpool(x, xm if masked else x, geom, masked, y, ym if masked else y)
+    _bit_maxpool(x, xm if masked else x, inv, geom, masked, y, ym if masked else y)
 
 
 def _pool_extent(size: int, k: int, s: int, d: int, p0: int, p1: int, ceil_mode: bool) -> int:
@@ -190,10 +203,16 @@ class BitMaxPool(Kernel):
             raise step.error("X has a nonzero mask, so zeros can reach the output: Y_mask is required")
         check_outputs(step, [((n, oh, ow, nwords(c)), "uint64")] * (2 if self.masked else 1))
         self.geom = (kh, kw, sh, sw, dh, dw, pt, pl)
+        self.inv = np.zeros(nwords(c), np.uint64)
+        if has_input(step, 2):
+            inv = const_input(step, 2, "invert", "uint64").reshape(-1)
+            if inv.size != nwords(c):
+                raise step.error(f"invert must hold {nwords(c)} words (one bit per channel), got {inv.size}")
+            self.inv = inv & tail_mask(c)
 
     def run(self, ins, outs):
         xm = np.ascontiguousarray(ins[1]) if self.masked else None
-        bit_maxpool(np.ascontiguousarray(ins[0]), xm, self.geom, outs[0], outs[1] if self.masked else None)
+        bit_maxpool(np.ascontiguousarray(ins[0]), xm, self.inv, self.geom, outs[0], outs[1] if self.masked else None)
 
 
 # -- Unpack -------------------------------------------------------------------------------------
@@ -206,12 +225,11 @@ def _unpack_nhwc(x, xm, masked, scale, y):
         for c in range(c_):
             q = c >> 6
             b = np.uint64(c & 63)
-            yr = y[n, c, h]
             for w in range(w_):
                 v = scale - 2 * scale * np.float32((x[n, h, w, q] >> b) & np.uint64(1))
                 if masked and (xm[n, h, w, q] >> b) & np.uint64(1) == 0:
                     v = np.float32(0)
-                yr[w] = v
+                y[n, c, h, w] = v
 
 
 @njit(cache=True, parallel=True)

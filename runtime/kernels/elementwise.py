@@ -1,10 +1,11 @@
 """Elementwise float kernels: unary math, broadcasting binary arithmetic, comparisons and logic,
-Where, Cast, variadic Min/Max/Sum/Mean, and Softmax/LogSoftmax.
+Where, Cast, variadic Min/Max/Sum/Mean, Softmax/LogSoftmax, and the standalone activations
+(Relu, LeakyRelu, Sigmoid, Tanh, HardSigmoid, Clip, PRelu).
 
 Everything with a numpy ufunc writes straight into the planned output (``out=``), broadcasting
 as ONNX does (multidirectional numpy broadcasting). Float warnings (log(0), 1/0) are silenced:
-onnxruntime returns inf/nan there too. Activations with parameters (Relu, Clip, ...) live in
-``nn.py`` beside the fused layers that share their code.
+onnxruntime returns inf/nan there too. The float activations run the same Numba code as the
+fused layers' activations (``nn.activate``), so both agree to the bit.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.kernels.base import Kernel, Step, register
+from runtime.kernels.nn import activate, activation_of, same_shape
 
 _CHUNK = 16384
 
@@ -25,6 +27,21 @@ def _erf(x, y):
     for t in prange((n + _CHUNK - 1) // _CHUNK):
         for i in range(t * _CHUNK, min(n, (t + 1) * _CHUNK)):
             y[i] = math.erf(x[i])
+
+
+@njit(parallel=True, cache=True)
+def _channel_prelu(x, y, slope):
+    """y = x where x >= 0 else slope[c] * x, for (N, C, S) arrays."""
+    N, C, S = x.shape
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        xr = x[n, c]
+        yr = y[n, c]
+        a = slope[c]
+        for s in range(S):
+            v = xr[s]
+            yr[s] = v if v >= 0 else v * a
 
 
 @njit(parallel=True, cache=True)
@@ -78,6 +95,7 @@ class Unary(Kernel):
     def __init__(self, step: Step):
         super().__init__(step)
         self.fn = _UNARY[step.op]
+        same_shape(step)
 
     def run(self, ins, outs):
         x, y = ins[0], outs[0]
@@ -199,6 +217,7 @@ class Softmax(Kernel):
         r = len(shape)
         legacy = int(step.attr("_opset", 13)) < 13
         axis = int(step.attr("axis", 1 if legacy else -1))
+        same_shape(step)
         if not -r <= axis < max(r, 1):
             raise step.error(f"axis {axis} is out of range for rank {r}")
         axis %= max(r, 1)
@@ -211,3 +230,89 @@ class Softmax(Kernel):
 
     def run(self, ins, outs):
         _softmax(ins[0].reshape(self.shape3), outs[0].reshape(self.shape3), self.log)
+
+
+class _Activation(Kernel):
+    """A standalone activation: the fused-activation code applied out of place."""
+
+    name = ""
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        keys = {"LeakyRelu": ("alpha",), "HardSigmoid": ("alpha", "beta")}.get(self.name, ())
+        params = [step.attr(k) for k in keys]
+        self.act = activation_of(step, self.name, params if None not in params else None)
+        self.float = step.out_dtypes[0] in ("float32", "float64")
+        same_shape(step)
+
+    def run(self, ins, outs):
+        if self.float:
+            activate(ins[0], outs[0], *self.act)
+        else:
+            np.maximum(ins[0], 0, out=outs[0])
+
+
+def _activation_kernel(name: str):
+    cls = type(name, (_Activation,), {"name": name, "__doc__": f"Standalone {name}."})
+    return register(name)(cls)
+
+
+for _name in ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid"):
+    _activation_kernel(_name)
+
+
+@register("Clip")
+class Clip(Kernel):
+    """Clip with min/max as attributes (opset < 11) or optional scalar inputs (read per run
+    unless constant)."""
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        dt = np.dtype(step.out_dtypes[0])
+        info = np.finfo(dt) if dt.kind == "f" else np.iinfo(dt)
+        lo_hi = [step.attr("min", -math.inf if dt.kind == "f" else info.min),
+                 step.attr("max", math.inf if dt.kind == "f" else info.max)]
+        self.runtime = [None, None]
+        for k in (0, 1):
+            if len(step.in_shapes) > k + 1 and step.in_shapes[k + 1] is not None:
+                c = step.consts[k + 1]
+                if c is None:
+                    self.runtime[k] = k + 1
+                else:
+                    lo_hi[k] = c.reshape(-1)[0].item()
+        self.lo, self.hi = lo_hi
+        self.float = dt.kind == "f"
+        same_shape(step)
+
+    def run(self, ins, outs):
+        lo, hi = (ins[i].reshape(-1)[0].item() if i else v for i, v in zip(self.runtime, (self.lo, self.hi), strict=True))
+        if self.float:
+            activate(ins[0], outs[0], 3, lo, hi)
+        else:
+            np.maximum(ins[0], lo, out=outs[0])
+            np.minimum(outs[0], hi, out=outs[0])
+
+
+@register("PRelu")
+class PRelu(Kernel):
+    """y = x if x >= 0 else slope * x; a per-channel (or scalar) slope runs in Numba."""
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        xs = step.in_shapes[0]
+        s = step.consts[1]
+        same_shape(step)
+        self.slope = None
+        per_sample = s is not None and (s.ndim < len(xs) or s.shape[0] == 1)
+        if per_sample and len(xs) >= 2 and step.out_dtypes[0] in ("float32", "float64"):
+            flat = np.broadcast_to(s, xs)[0].reshape(xs[1], -1)
+            if np.all(flat == flat[:, :1]):
+                self.slope = np.ascontiguousarray(flat[:, 0], dtype=step.out_dtypes[0])
+
+    def run(self, ins, outs):
+        x, y = ins[0], outs[0]
+        if self.slope is not None:
+            _channel_prelu(x.reshape(x.shape[0], x.shape[1], -1), y.reshape(y.shape[0], y.shape[1], -1), self.slope)
+            return
+        np.multiply(x, ins[1], out=y)
+        np.copyto(y, x, where=x >= 0)

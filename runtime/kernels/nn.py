@@ -1,16 +1,25 @@
 """Float neural-network kernels: Conv, Gemm, MatMul (plain and bnnc.Fused*), BatchNormalization,
 activations, and the max/average/global pools.
 
-Conv runs as im2col + one BLAS GEMM per image and group: the patch matrix ``col[K, OH*OW]``
-(K = C/groups * kh * kw, rows ordered (c, ki, kj) like the weight's flattened ``[M, K]``) is built
-by a threaded Numba kernel into a scratch buffer allocated once, and ``W[M, K] @ col`` lands
-directly in the NCHW output. Depthwise and narrow grouped convs, where per-group GEMMs would be
-tiny, use a direct Numba kernel instead. Bias and the fused activation are applied in one pass
-over the output, per channel, while it is still in cache.
+Conv (NCHW, 1-D or 2-D, any stride, dilation, padding and groups) takes one of three paths:
+
+* im2col + BLAS: the image is copied once into a zero-padded buffer whose columns are split into
+  ``stride`` phases, so that every row of the patch matrix ``col[K, OH*OW]`` (K = C/g * kh * kw,
+  rows ordered (c, ki, kj) like the flattened weight ``[M, K]``) is a run of contiguous copies.
+  ``col`` is built and multiplied one band of output rows at a time (about 1 MB, so it stays in
+  cache) with ``W[M, K] @ col`` landing directly in the NCHW output. The bias rides in the GEMM as
+  an extra weight column against a row of ones; a fused activation is applied to each band
+  while it is in cache.
+* direct, stride 1 (depthwise and narrow groups, where per-group GEMMs would be tiny): on the
+  zero-padded image each tap is one long multiply-add over the whole flattened plane.
+* direct, any stride: the same accumulation one output row at a time.
 
 Activations are coded as small ints (``ACTIVATIONS``) with two float parameters so that one
 compiled kernel serves every fused layer; the code is applied in place, as onnxruntime's
 com.microsoft FusedConv does.
+
+Numba inner loops here index 0-based slices (``dst = o[lo:hi]; dst[i]``): with an index that may
+be negative Numba emits a wraparound check that stops LLVM from vectorizing the loop.
 """
 
 from __future__ import annotations
@@ -105,37 +114,33 @@ def _channel_affine_act(x, y, scale, bias, kind, a0, a1):
 
 
 @njit(parallel=True, cache=True)
-def _channel_prelu(x, y, slope):
-    """y = x where x >= 0 else slope[c] * x, for (N, C, S) arrays."""
-    N, C, S = x.shape
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc - n * C
-        xr = x[n, c]
-        yr = y[n, c]
-        a = slope[c]
-        for s in range(S):
-            v = xr[s]
-            yr[s] = v if v >= 0 else v * a
-
-
-@njit(cache=True)
-def _valid_range(off, stride, size, n_out):
-    """The [lo, hi) of output positions o with 0 <= o * stride + off < size."""
-    lo = 0 if off >= 0 else (-off + stride - 1) // stride
-    hi = (size - 1 - off) // stride + 1 if size - 1 - off >= 0 else 0
-    hi = min(hi, n_out)
-    lo = min(lo, hi)
-    return lo, hi
+def _pad_phases(x, xph, pt, pl):
+    """xph[c, p, pt + h, j] = x[c, h, j*sw + p - pl]: the zero-padded image with its columns split
+    into sw phases (sw = xph.shape[1]), so that every im2col row reads contiguous memory.
+    Only the interior is written; the padding border stays as allocated (zeros)."""
+    C, H, W = x.shape
+    sw = xph.shape[1]
+    Wq = xph.shape[3]
+    for c in prange(C):
+        for h in range(H):
+            xr = x[c, h]
+            for p in range(sw):
+                w0 = (p - pl) % sw
+                j0 = (w0 + pl) // sw
+                cnt = min((W - w0 + sw - 1) // sw, Wq - j0)
+                if cnt > 0:
+                    dst = xph[c, p, h + pt, j0:j0 + cnt]
+                    src = xr[w0:]
+                    for t in range(cnt):
+                        dst[t] = src[t * sw]
 
 
 @njit(parallel=True, cache=True)
-def _im2col(x, c0, cg, col, KH, KW, sh, sw, dh, dw, pt, pl, oh0, oh1, OW):
-    """col[(c, ki, kj), (oh - oh0, ow)] = x[c0 + c, oh*sh - pt + ki*dh, ow*sw - pl + kj*dw], 0 outside
-    the input, for the band of output rows oh0 <= oh < oh1; rows of col past cg*KH*KW (the bias
-    row) are set to 1."""
-    H = x.shape[1]
-    W = x.shape[2]
+def _im2col(xph, c0, cg, col, KH, KW, sh, dh, dw, oh0, oh1, OW):
+    """col[(c, ki, kj), (oh - oh0, ow)] = padded x[c0 + c, oh*sh + ki*dh, ow*sw + kj*dw] for the band
+    of output rows oh0 <= oh < oh1, read from the phase-split image of _pad_phases; rows of col
+    past cg*KH*KW (the bias row) are set to 1."""
+    sw = xph.shape[1]
     kk = KH * KW
     for r in prange(col.shape[0]):
         row = col[r]
@@ -145,25 +150,13 @@ def _im2col(x, c0, cg, col, KH, KW, sh, sw, dh, dw, pt, pl, oh0, oh1, OW):
         c = r // kk
         ki = (r - c * kk) // KW
         kj = r - c * kk - ki * KW
-        xc = x[c0 + c]
-        off = kj * dw - pl
-        lo, hi = _valid_range(off, sw, W, OW)
+        plane = xph[c0 + c, (kj * dw) % sw]
+        q = (kj * dw) // sw
         for oh in range(oh0, oh1):
-            ih = oh * sh - pt + ki * dh
-            base = (oh - oh0) * OW
-            if ih < 0 or ih >= H:
-                row[base:base + OW] = 0
-            else:
-                xrow = xc[ih]
-                row[base:base + lo] = 0
-                if sw == 1:
-                    row[base + lo:base + hi] = xrow[lo + off:hi + off]
-                else:
-                    dst = row[base + lo:base + hi]
-                    src = xrow[lo * sw + off:]
-                    for i in range(hi - lo):
-                        dst[i] = src[i * sw]
-                row[base + hi:base + OW] = 0
+            src = plane[oh * sh + ki * dh, q:q + OW]
+            dst = row[(oh - oh0) * OW:(oh - oh0 + 1) * OW]
+            for i in range(OW):
+                dst[i] = src[i]
 
 
 @njit(parallel=True, cache=True)
@@ -174,74 +167,100 @@ def _act_band(y, i, m0, m1, s0, s1, kind, a0, a1):
         _act_rows(r, r, kind, a0, a1)
 
 
-@njit(parallel=True, cache=True)
-def _conv_direct(x, w, bias, y, sh, sw, dh, dw, pt, pl, kind, a0, a1):
-    """Direct grouped convolution: x (N, C, H, W), w (M, C/g, KH, KW), y (N, M, OH, OW).
-
-    Each output row is accumulated in cache, one weight times a shifted input row at a time.
-    Inner loops index 0-based slices: Numba then knows the index is not negative (no
-    wraparound check) and vectorizes them; the same holds for the pools below.
-    """
-    N, C, H, W = x.shape
-    M, Cg, KH, KW = w.shape
-    OH = y.shape[2]
-    OW = y.shape[3]
-    Mg = M // (C // Cg)
-    for nm in prange(N * M):
-        n = nm // M
-        m = nm - n * M
-        c0 = (m // Mg) * Cg
-        b = bias[m]
-        for oh in range(OH):
-            o = y[n, m, oh]
-            for i in range(OW):
-                o[i] = b
-            for c in range(Cg):
-                for ki in range(KH):
-                    ih = oh * sh - pt + ki * dh
-                    if ih < 0 or ih >= H:
-                        continue
-                    xr = x[n, c0 + c, ih]
-                    for kj in range(KW):
-                        wv = w[m, c, ki, kj]
-                        off = kj * dw - pl
-                        lo, hi = _valid_range(off, sw, W, OW)
-                        dst = o[lo:hi]
-                        src = xr[lo * sw + off:]
-                        if sw == 1:
-                            for i in range(hi - lo):
-                                dst[i] += wv * src[i]
-                        else:
-                            for i in range(hi - lo):
-                                dst[i] += wv * src[i * sw]
-            if kind != 0:
-                _act_rows(o, o, kind, a0, a1)
+@njit(cache=True)
+def _split_row(xr, planes, a, pl):
+    """planes[p, a, j] = xr[j*sw + p - pl] where in range (sw = planes.shape[0]): one padded input
+    row split into its column phases. A serial function (inside a prange body these loops lose
+    vectorization), with division-free fast paths for strides 1 and 2 (it runs once per row)."""
+    W = xr.shape[0]
+    sw, Wq = planes.shape[0], planes.shape[2]
+    if sw == 1:
+        d = planes[0, a, pl:]
+        for t in range(min(W, Wq - pl)):
+            d[t] = xr[t]
+    elif sw == 2:  # both phases in one loop with a constant stride: LLVM deinterleaves it
+        w0 = pl & 1  # first input column of phase 0
+        j0 = (w0 + pl) >> 1
+        j1 = (1 - w0 + pl) >> 1
+        done = max(0, min((W - 1) >> 1, Wq - j0, Wq - j1))
+        d0 = planes[0, a, j0:]
+        d1 = planes[1, a, j1:]
+        s0 = xr[w0:]
+        s1 = xr[1 - w0:]
+        for t in range(done):
+            d0[t] = s0[2 * t]
+            d1[t] = s1[2 * t]
+        for t in range(done, Wq):  # the last column or two
+            if 2 * t + w0 < W and t + j0 < Wq:
+                d0[t] = s0[2 * t]
+            if 2 * t + 1 - w0 < W and t + j1 < Wq:
+                d1[t] = s1[2 * t]
+            if 2 * t >= W:
+                break
+    else:
+        for p in range(sw):
+            w0 = (p - pl) % sw
+            j0 = (w0 + pl) // sw
+            cnt = min((W - w0 + sw - 1) // sw, Wq - j0)
+            d = planes[p, a, j0:]
+            src = xr[w0:]
+            for t in range(cnt):
+                d[t] = src[t * sw]
 
 
 @njit(parallel=True, cache=True)
-def _conv_direct_s1(x, xp, wide, w, bias, y, dh, dw, pt, pl, kind, a0, a1):
-    """Direct grouped convolution with stride 1 on a zero-padded copy xp (N, C, Hp, Wp) of x.
+def _phase_split(x, xq, pt, pl):
+    """xq[n, c, pr, pc, a, b] = x[n, c, a*sh + pr - pt, b*sw + pc - pl] (sh, sw = xq.shape[2:4]): the
+    padded image split into stride phases along both axes. Only the interior is written; the
+    border keeps the padding value it was allocated with.
 
-    With the padded row width Wp, output (oh, ow) of tap (ki, kj) reads flat element
-    (oh + ki*dh) * Wp + ow + kj*dw of the channel: each tap is one long vectorized
-    multiply-add over the whole plane, computed Wp wide into ``wide`` (N, M, OH*Wp) and
-    cropped to OW columns at the end. Three taps of a kernel row share each pass.
+    On it, tap (ki, kj) of a window op with strides (sh, sw) reads phase
+    ((ki*dh) % sh, (kj*dw) % sw) at row offset (ki*dh) // sh and column offset (kj*dw) // sw for
+    every output (oh, ow): one uniform shift of the flattened (Hq, Wq) plane, so each tap is one
+    long contiguous loop over all outputs, computed Wq wide (the columns past OW are discarded).
     """
     N, C, H, W = x.shape
-    M, Cg, KH, KW = w.shape
-    Hp, Wp = xp.shape[2], xp.shape[3]
-    OH = y.shape[2]
-    OW = y.shape[3]
-    Mg = M // (C // Cg)
+    sh, Hq = xq.shape[2], xq.shape[4]
     for nc in prange(N * C):
         n = nc // C
         c = nc - n * C
-        for h in range(H):
-            dst = xp[n, c, pt + h, pl:pl + W]
-            src = x[n, c, h]
-            for i in range(W):
-                dst[i] = src[i]
-    L = (OH - 1) * Wp + OW
+        for h in range(min(H, Hq * sh - pt)):
+            a = (h + pt) // sh
+            _split_row(x[n, c, h], xq[n, c, h + pt - a * sh], a, pl)
+
+
+@njit(cache=True)
+def _tap(xq, n, c, ki, kj, dh, dw):
+    """The flattened phase plane of tap (ki, kj), starting at the tap's offset."""
+    sh, sw, Hq, Wq = xq.shape[2], xq.shape[3], xq.shape[4], xq.shape[5]
+    plane = xq[n, c, (ki * dh) % sh, (kj * dw) % sw].reshape(Hq * Wq)
+    return plane[((ki * dh) // sh) * Wq + (kj * dw) // sw:]
+
+
+@njit(cache=True)
+def _crop_rows(acc, Wq, o, kind, a0, a1):
+    """o[oh, :] = act(acc[oh*Wq : oh*Wq + OW]): the wide result cropped into the output plane."""
+    OH, OW = o.shape
+    for oh in range(OH):
+        r = o[oh]
+        src = acc[oh * Wq:]
+        for i in range(OW):
+            r[i] = src[i]
+        if kind != 0:
+            _act_rows(r, r, kind, a0, a1)
+
+
+@njit(parallel=True, cache=True)
+def _conv_direct(xq, wide, w, bias, y, dh, dw, kind, a0, a1):
+    """Direct grouped convolution on the phase-split image xq (see _phase_split): w (M, C/g, KH,
+    KW), y (N, M, OH, OW), wide (N, M, OH*Wq) scratch. Three taps of a kernel row share a pass."""
+    N, C = xq.shape[0], xq.shape[1]
+    Wq = xq.shape[5]
+    M, Cg, KH, KW = w.shape
+    OH = y.shape[2]
+    OW = y.shape[3]
+    Mg = M // (C // Cg)
+    L = (OH - 1) * Wq + OW
     for nm in prange(N * M):
         n = nm // M
         m = nm - n * M
@@ -251,71 +270,70 @@ def _conv_direct_s1(x, xp, wide, w, bias, y, dh, dw, pt, pl, kind, a0, a1):
         for i in range(L):
             acc[i] = b
         for c in range(Cg):
-            xf = xp[n, c0 + c].reshape(Hp * Wp)
             for ki in range(KH):
-                row = ki * dh * Wp
                 kj = 0
                 while kj + 3 <= KW:
                     w0 = w[m, c, ki, kj]
                     w1 = w[m, c, ki, kj + 1]
                     w2 = w[m, c, ki, kj + 2]
-                    s0 = xf[row + kj * dw:]
-                    s1 = xf[row + (kj + 1) * dw:]
-                    s2 = xf[row + (kj + 2) * dw:]
+                    s0 = _tap(xq, n, c0 + c, ki, kj, dh, dw)
+                    s1 = _tap(xq, n, c0 + c, ki, kj + 1, dh, dw)
+                    s2 = _tap(xq, n, c0 + c, ki, kj + 2, dh, dw)
                     for i in range(L):
                         acc[i] += w0 * s0[i] + w1 * s1[i] + w2 * s2[i]
                     kj += 3
                 while kj < KW:
                     wv = w[m, c, ki, kj]
-                    src = xf[row + kj * dw:]
+                    src = _tap(xq, n, c0 + c, ki, kj, dh, dw)
                     for i in range(L):
                         acc[i] += wv * src[i]
                     kj += 1
-        for oh in range(OH):
-            o = y[n, m, oh]
-            a = acc[oh * Wp:]
-            for i in range(OW):
-                o[i] = a[i]
-            if kind != 0:
-                _act_rows(o, o, kind, a0, a1)
+        _crop_rows(acc, Wq, y[n, m], kind, a0, a1)
+
+
+@njit(cache=True)
+def _max_into(acc, src):
+    """acc = max(acc, src). Numba's np.maximum vectorizes where a select loop does not; it sits in
+    its own (serial) function because inside a prange body the parfor pass would rewrite it."""
+    np.maximum(acc, src, acc)
 
 
 @njit(parallel=True, cache=True)
-def _pool(x, y, div, KH, KW, sh, sw, dh, dw, pt, pl, is_max, lowest):
-    """Max or average pooling of x (N, C, H, W) into y (N, C, OH, OW); an average is the window
-    sum over input positions divided by div[oh, ow] (the count the caller chose)."""
-    N, C, H, W = x.shape
+def _pool(xq, wide, y, div, KH, KW, dh, dw, is_max):
+    """Max or average pooling on the phase-split image xq (padded with the lowest value for max,
+    0 for average); an average is the window sum divided by div[oh, ow] (the count the caller
+    chose)."""
+    N, C = xq.shape[0], xq.shape[1]
+    Wq = xq.shape[5]
     OH = y.shape[2]
     OW = y.shape[3]
+    L = (OH - 1) * Wq + OW
     for nc in prange(N * C):
         n = nc // C
         c = nc - n * C
+        acc = wide[n, c]
+        for ki in range(KH):
+            for kj in range(KW):
+                src = _tap(xq, n, c, ki, kj, dh, dw)
+                if ki == 0 and kj == 0:
+                    for i in range(L):
+                        acc[i] = src[i]
+                elif is_max:
+                    _max_into(acc[:L], src[:L])
+                else:
+                    for i in range(L):
+                        acc[i] += src[i]
+        o = y[n, c]
         for oh in range(OH):
-            o = y[n, c, oh]
-            for i in range(OW):
-                o[i] = lowest if is_max else 0
-            for ki in range(KH):
-                ih = oh * sh - pt + ki * dh
-                if ih < 0 or ih >= H:
-                    continue
-                xr = x[n, c, ih]
-                for kj in range(KW):
-                    off = kj * dw - pl
-                    lo, hi = _valid_range(off, sw, W, OW)
-                    dst = o[lo:hi]
-                    src = xr[lo * sw + off:]
-                    if is_max:
-                        for i in range(hi - lo):
-                            v = src[i * sw]
-                            if v > dst[i]:
-                                dst[i] = v
-                    else:
-                        for i in range(hi - lo):
-                            dst[i] += src[i * sw]
-            if not is_max:
+            r = o[oh]
+            src = acc[oh * Wq:]
+            if is_max:
+                for i in range(OW):
+                    r[i] = src[i]
+            else:
                 d = div[oh]
                 for i in range(OW):
-                    o[i] = o[i] / d[i] if d[i] > 0 else 0
+                    r[i] = src[i] / d[i] if d[i] > 0 else 0
 
 
 @njit(parallel=True, cache=True)
@@ -401,7 +419,24 @@ def window_geometry(step: Step, in_sp, k_sp, out_sp):
 
 def _lift4(shape):
     """(N, C, L) -> (N, C, 1, L); (N, C, H, W) unchanged."""
-    return shape if len(shape) == 4 else (shape[0], shape[1], 1, shape[2])
+    return tuple(shape) if len(shape) == 4 else (shape[0], shape[1], 1, shape[2])
+
+
+def same_shape(step: Step) -> None:
+    """The Numba kernels index without bounds checks: an artifact whose plan gives an output
+    shape that does not match the input is refused here, not read out of bounds later."""
+    if tuple(step.in_shapes[0] or ()) != tuple(step.out_shapes[0]):
+        raise step.error(f"output shape {list(step.out_shapes[0])} differs from input shape {list(step.in_shapes[0])}")
+
+
+def phase_buffers(x4, y4, k, strides, dil, pad_value, dtype):
+    """The phase-split image buffer of a window op (filled with ``pad_value``; _phase_split
+    writes its interior) and the wide scratch of its output, shaped for _phase_split / _tap."""
+    (n, c), (oh, ow), (sh, sw), (dh, dw) = x4[:2], y4[2:], strides, dil
+    hq = oh + (k[0] - 1) * dh // sh
+    wq = ow + (k[1] - 1) * dw // sw
+    xq = np.full((n, c, sh, sw, hq, wq), pad_value, dtype)
+    return xq, np.empty((n, y4[1], oh * wq), dtype)
 
 
 # -- kernels -------------------------------------------------------------------------------------
@@ -425,8 +460,9 @@ class Conv(Kernel):
         self.x4, self.y4 = _lift4(xs), _lift4(ys)
         n, c, h, w = self.x4
         m, cg = ws[0], ws[1]
-        if c != cg * g or m % g or math.prod(ws[2:]) != kh * kw:
+        if c != cg * g or m % g or list(ws[2:]) != k_sp:
             raise step.error(f"input has {c} channels; weights {list(ws)} do not fit group={g}")
+        self._check_output(n, m, (kh, kw))
         self.w4 = (m, cg, kh, kw)
         self.groups, self.cg, self.mg = g, cg, m // g
         self.dtype = np.dtype(step.out_dtypes[0])
@@ -441,6 +477,17 @@ class Conv(Kernel):
         else:
             self._plan_im2col()
 
+    def _check_output(self, n: int, m: int, k: tuple[int, int]) -> None:
+        want = [n, m]
+        for a in (0, 1):
+            span = (k[a] - 1) * self.dil[a] + 1
+            want.append((self.x4[2 + a] + self.pads[a] + self.pads[a + 2] - span) // self.strides[a] + 1)
+        if list(self.y4) != want or min(want) < 1:
+            raise self.step.error(f"output shape {list(self.step.out_shapes[0])} does not match the convolution")
+        bias = self.step.in_shapes[2] if len(self.step.in_shapes) > 2 else None
+        if bias is not None and math.prod(bias) != m:
+            raise self.step.error(f"bias has shape {list(bias)}, expected [{m}]")
+
     def _params(self, w: np.ndarray, b: np.ndarray | None):
         """Weights (direct: [M, Cg, kh, kw] and bias; im2col: [M, K (+1 bias column)])."""
         m = self.w4[0]
@@ -454,16 +501,7 @@ class Conv(Kernel):
         return np.ascontiguousarray(w2), None
 
     def _plan_direct(self) -> None:
-        n, c, h, w = self.x4
-        oh, ow = self.y4[2:]
-        pt, pl, pb, pr = self.pads
-        hp, wp = h + pt + pb, w + pl + pr
-        kh, kw = self.w4[2:]
-        dh, dw = self.dil
-        self.flat = self.strides == (1, 1) and (hp - (kh - 1) * dh, wp - (kw - 1) * dw) == (oh, ow)
-        if self.flat:  # the padding border is written once, here
-            self.xp = np.zeros((n, c, hp, wp), self.dtype)
-            self.wide = np.empty((n, self.w4[0], oh * wp), self.dtype)
+        self.xq, self.wide = phase_buffers(self.x4, self.y4, self.w4[2:], self.strides, self.dil, 0, self.dtype)
 
     def _plan_im2col(self) -> None:
         # the patch matrix is built and multiplied one band of output rows at a time, so that
@@ -473,33 +511,43 @@ class Conv(Kernel):
         band = max(_COL_BYTES // (self.k * ow * self.dtype.itemsize), -(-_MIN_COLS // ow))
         self.band = min(oh, max(1, band))
         self.col = np.empty(self.k * self.band * ow, self.dtype)
+        n, c, h, w = self.x4
+        (kh, kw), (sh, sw), (dh, dw), pt = self.w4[2:], self.strides, self.dil, self.pads[0]
+        self.xph = None  # unpadded stride-1 input is its own phase-split image
+        if sw > 1 or any(self.pads):
+            hp = max(h + pt, (oh - 1) * sh + (kh - 1) * dh + 1)
+            self.xph = np.zeros((c, sw, hp, (kw - 1) * dw // sw + ow), self.dtype)
 
     def run(self, ins, outs):
         x = ins[0].reshape(self.x4)
         y = outs[0].reshape(self.y4)
         w, b = self.params if self.const else self._params(ins[1], ins[2] if self.has_bias else None)
         kind, a0, a1 = self.act
-        (sh, sw), (dh, dw), (pt, pl) = self.strides, self.dil, self.pads[:2]
-        if self.direct and self.flat:
-            _conv_direct_s1(x, self.xp, self.wide, w, b, y, dh, dw, pt, pl, kind, a0, a1)
-        elif self.direct:
-            _conv_direct(x, w, b, y, sh, sw, dh, dw, pt, pl, kind, a0, a1)
+        (dh, dw), (pt, pl) = self.dil, self.pads[:2]
+        if self.direct:
+            _phase_split(x, self.xq, pt, pl)
+            _conv_direct(self.xq, self.wide, w, b, y, dh, dw, kind, a0, a1)
         else:
             self._run_im2col(x, w, y)
 
     def _run_im2col(self, x: np.ndarray, w2: np.ndarray, y: np.ndarray) -> None:
         n, m, oh, ow = self.y4
         y3 = y.reshape(n, m, oh * ow)
-        (kh, kw), (sh, sw), (dh, dw), (pt, pl) = self.w4[2:], self.strides, self.dil, self.pads[:2]
+        (kh, kw), (sh, _), (dh, dw), (pt, pl) = self.w4[2:], self.strides, self.dil, self.pads[:2]
         kind, a0, a1 = self.act
         mg, cg = self.mg, self.cg
         for i in range(n):
+            xph = self.xph
+            if xph is None:
+                xph = x[i].reshape(x.shape[1], 1, x.shape[2], x.shape[3])
+            else:
+                _pad_phases(x[i], xph, pt, pl)
             for g in range(self.groups):
                 wg, yg = w2[g * mg:(g + 1) * mg], y3[i, g * mg:(g + 1) * mg]
                 for r0 in range(0, oh, self.band):
                     r1 = min(oh, r0 + self.band)
                     col = self.col[:self.k * (r1 - r0) * ow].reshape(self.k, (r1 - r0) * ow)
-                    _im2col(x[i], g * cg, cg, col, kh, kw, sh, sw, dh, dw, pt, pl, r0, r1, ow)
+                    _im2col(xph, g * cg, cg, col, kh, kw, sh, dh, dw, r0, r1, ow)
                     np.matmul(wg, col, out=yg[:, r0 * ow:r1 * ow])
                     if kind != 0:
                         _act_band(y3, i, g * mg, (g + 1) * mg, r0 * ow, r1 * ow, kind, a0, a1)
@@ -586,6 +634,10 @@ class BatchNormalization(Kernel):
             raise step.error("training-mode BatchNormalization is not supported (export the model in eval mode)")
         self.eps = float(step.attr("epsilon", 1e-5))
         self.dtype = np.dtype(step.out_dtypes[0])
+        same_shape(step)
+        c = step.in_shapes[0][1] if len(step.in_shapes[0]) > 1 else step.in_shapes[0][0]
+        if len(step.in_shapes) != 5 or any(math.prod(s or ()) != c for s in step.in_shapes[1:5]):
+            raise step.error(f"scale, B, mean and var must have {c} elements each")
         self.ab = self._fold(step.consts[1:5]) if all(c is not None for c in step.consts[1:5]) else None
 
     def _fold(self, p):
@@ -596,89 +648,6 @@ class BatchNormalization(Kernel):
     def run(self, ins, outs):
         a, b = self.ab if self.ab is not None else self._fold(ins[1:5])
         channel_affine(ins[0], outs[0], a, b)
-
-
-class _Activation(Kernel):
-    """A standalone activation: the fused-activation code applied out of place."""
-
-    name = ""
-
-    def __init__(self, step: Step):
-        super().__init__(step)
-        keys = {"LeakyRelu": ("alpha",), "HardSigmoid": ("alpha", "beta")}.get(self.name, ())
-        params = [step.attr(k) for k in keys]
-        self.act = activation_of(step, self.name, params if None not in params else None)
-        self.float = step.out_dtypes[0] in ("float32", "float64")
-
-    def run(self, ins, outs):
-        if self.float:
-            activate(ins[0], outs[0], *self.act)
-        else:
-            np.maximum(ins[0], 0, out=outs[0])
-
-
-def _activation_kernel(name: str):
-    cls = type(name, (_Activation,), {"name": name, "__doc__": f"Standalone {name}."})
-    return register(name)(cls)
-
-
-for _name in ("Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid"):
-    _activation_kernel(_name)
-
-
-@register("Clip")
-class Clip(Kernel):
-    """Clip with min/max as attributes (opset < 11) or optional scalar inputs (read per run
-    unless constant)."""
-
-    def __init__(self, step: Step):
-        super().__init__(step)
-        dt = np.dtype(step.out_dtypes[0])
-        info = np.finfo(dt) if dt.kind == "f" else np.iinfo(dt)
-        lo_hi = [step.attr("min", -math.inf if dt.kind == "f" else info.min),
-                 step.attr("max", math.inf if dt.kind == "f" else info.max)]
-        self.runtime = [None, None]
-        for k in (0, 1):
-            if len(step.in_shapes) > k + 1 and step.in_shapes[k + 1] is not None:
-                c = step.consts[k + 1]
-                if c is None:
-                    self.runtime[k] = k + 1
-                else:
-                    lo_hi[k] = c.reshape(-1)[0].item()
-        self.lo, self.hi = lo_hi
-        self.float = dt.kind == "f"
-
-    def run(self, ins, outs):
-        lo, hi = (ins[i].reshape(-1)[0].item() if i else v for i, v in zip(self.runtime, (self.lo, self.hi), strict=True))
-        if self.float:
-            activate(ins[0], outs[0], 3, lo, hi)
-        else:
-            np.maximum(ins[0], lo, out=outs[0])
-            np.minimum(outs[0], hi, out=outs[0])
-
-
-@register("PRelu")
-class PRelu(Kernel):
-    """y = x if x >= 0 else slope * x; a per-channel (or scalar) slope runs in Numba."""
-
-    def __init__(self, step: Step):
-        super().__init__(step)
-        xs = step.in_shapes[0]
-        s = step.consts[1]
-        self.slope = None
-        per_sample = s is not None and (s.ndim < len(xs) or s.shape[0] == 1)
-        if per_sample and len(xs) >= 2 and step.out_dtypes[0] in ("float32", "float64"):
-            flat = np.broadcast_to(s, xs)[0].reshape(xs[1], -1)
-            if np.all(flat == flat[:, :1]):
-                self.slope = np.ascontiguousarray(flat[:, 0], dtype=step.out_dtypes[0])
-
-    def run(self, ins, outs):
-        x, y = ins[0], outs[0]
-        if self.slope is not None:
-            _channel_prelu(x.reshape(x.shape[0], x.shape[1], -1), y.reshape(y.shape[0], y.shape[1], -1), self.slope)
-            return
-        np.multiply(x, ins[1], out=y)
-        np.copyto(y, x, where=x >= 0)
 
 
 class Pool(Kernel):
@@ -694,9 +663,13 @@ class Pool(Kernel):
             raise step.error("kernel_shape is required")
         self.k, self.s, self.d, self.p = window_geometry(step, xs[2:], list(k_sp), ys[2:])
         self.x4, self.y4 = _lift4(xs), _lift4(ys)
+        if self.x4[:2] != self.y4[:2] or len(xs) != len(ys):
+            raise step.error(f"output shape {list(ys)} does not match input shape {list(xs)}")
         dt = np.dtype(step.in_dtypes[0])
-        self.lowest = dt.type(np.finfo(dt).min if dt.kind == "f" else np.iinfo(dt).min)
         self.is_max = step.op == "MaxPool"
+        lowest = np.finfo(dt).min if dt.kind == "f" else np.iinfo(dt).min
+        self.xq, self.wide = phase_buffers(self.x4, self.y4, self.k, self.s, self.d,
+                                           lowest if self.is_max else 0, dt)
         self.div = np.ones((1, 1), dt)
         if not self.is_max:
             self.div = self._divisors(bool(step.attr("count_include_pad", 0))).astype(dt)
@@ -715,9 +688,9 @@ class Pool(Kernel):
         return np.outer(counts[0], counts[1])
 
     def run(self, ins, outs):
-        (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _) = self.k, self.s, self.d, self.p
-        _pool(ins[0].reshape(self.x4), outs[0].reshape(self.y4), self.div, kh, kw, sh, sw, dh, dw, pt, pl,
-              self.is_max, self.lowest)
+        (kh, kw), (dh, dw), (pt, pl, _, _) = self.k, self.d, self.p
+        _phase_split(ins[0].reshape(self.x4), self.xq, pt, pl)
+        _pool(self.xq, self.wide, outs[0].reshape(self.y4), self.div, kh, kw, dh, dw, self.is_max)
 
 
 register("MaxPool", "AveragePool")(Pool)
@@ -732,6 +705,8 @@ class GlobalPool(Kernel):
             raise step.error(f"expects an input with spatial axes, got shape {xs}")
         self.rows = xs[0] * xs[1]
         self.is_max = step.op == "GlobalMaxPool"
+        if math.prod(step.out_shapes[0]) != self.rows:
+            raise step.error(f"output shape {list(step.out_shapes[0])} does not match input shape {list(xs)}")
 
     def run(self, ins, outs):
         _global_pool(ins[0].reshape(self.rows, -1), outs[0].reshape(-1), self.is_max)

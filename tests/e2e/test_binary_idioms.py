@@ -12,6 +12,7 @@ import tempfile
 
 import numpy as np
 import pytest
+from onnx import helper
 
 import bnnc
 from bnnc.layers import KEY
@@ -100,6 +101,19 @@ def test_maxpool_between_conv_and_negative_batchnorm_pools_the_bits():
     res, _ = check(b.model([("x", [2, 4, 8, 8])], [(z, None)]), _x([2, 4, 8, 8]), ["xnor", "xnor"])
     ops = [s["op"] for s in res.manifest["plan"]]
     assert "bnnc.BitMaxPool" in ops and "MaxPool" not in ops
+
+
+def test_finn_multithreshold_binarizer():
+    b = Builder(13)
+    y = b.conv(b.sign("x", "bipolar"), b.pm1((6, 4, 3, 3)), pads=[1, 1, 1, 1])
+    thr = b.const(b.rng.integers(-4, 5, (6, 1)).astype(np.float32) + 0.5, "thr")
+    t = b.name("mt")
+    b.nodes.append(helper.make_node("MultiThreshold", [y, thr], [t], domain="qonnx.custom_op.general",
+                                    out_scale=2.0, out_bias=-1.0, name=t))
+    z = b.conv(t, b.pm1((3, 6, 3, 3)))
+    model = b.model([("x", [1, 4, 6, 6])], [(z, None)], extra_opsets={"qonnx.custom_op.general": 1})
+    res, _ = check(model, _x([1, 4, 6, 6]), ["xnor", "xnor"])
+    assert [s["attrs"]["output"] for s in res.manifest["plan"] if s["op"] == "bnnc.BinaryConv"] == ["bits", "float"]
 
 
 def test_sign_then_maxpool_then_conv_brevitas_style():

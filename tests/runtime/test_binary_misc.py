@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bnnc import ops
-from runtime.bitpack import pack_activation, tail_mask
+from runtime.bitpack import pack_activation, pack_bits, tail_mask
 from runtime.errors import BnncError
 from tests.runtime.test_binary_helpers import packed, run_step, signs, unpacked
 
@@ -58,19 +58,25 @@ POOLS = {
 
 @pytest.mark.parametrize("case", list(POOLS))
 @pytest.mark.parametrize("with_mask", [False, True])
-def test_bit_maxpool(case, with_mask):
+@pytest.mark.parametrize("inverted", [False, True])
+def test_bit_maxpool(case, with_mask, inverted):
     shape, k, st, pads, dil, ceil = POOLS[case]
     rng = np.random.default_rng(sum(shape))
     x = signs(rng, shape, zeros=with_mask)
-    if with_mask:  # some windows all -1 or all 0, so every outcome occurs
+    if with_mask:  # some windows all -1, all 0 or all +1, so every outcome occurs
         x[:, :, :2, :2] = -1
         x[:, :, 2:4, 2:4] = 0
+        x[:, :, 4:, 4:] = 1
     attrs = dict(kernel_shape=list(k), strides=list(st), pads=list(pads), dilations=list(dil), ceil_mode=ceil,
                  channels=shape[1])
     xb, xm = packed(x, with_mask)
-    outs = run_step("bnnc.BitMaxPool", attrs, [xb, xm], set(), n_outputs=2 if with_mask else 1)
+    invert = rng.random(shape[1]) < 0.5 if inverted else None
+    ins = [xb, xm] + ([pack_bits(invert)] if inverted else [])
+    outs = run_step("bnnc.BitMaxPool", attrs, ins, {2}, n_outputs=2 if with_mask else 1)
     got = unpacked(outs[0], shape[1], outs[1] if with_mask else None)
-    np.testing.assert_array_equal(got, ops.bit_maxpool(x, k, st, pads, dil, ceil))
+    np.testing.assert_array_equal(got, ops.bit_maxpool(x, k, st, pads, dil, ceil, invert))
+    for o in outs:
+        assert not (o[..., -1] & ~tail_mask(shape[1])[-1]).any()
 
 
 def test_bit_maxpool_errors():
@@ -79,6 +85,8 @@ def test_bit_maxpool_errors():
     attrs = dict(kernel_shape=[2, 2], strides=[2, 2], channels=3)
     with pytest.raises(BnncError, match="Y_mask"):
         run_step("bnnc.BitMaxPool", attrs, [xb, xm], set(), n_outputs=1)
+    with pytest.raises(BnncError, match="invert"):
+        run_step("bnnc.BitMaxPool", attrs, [xb, xm, np.zeros(2, np.uint64)], {2}, n_outputs=2)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -89,6 +89,11 @@ def test_bit_maxpool_matches_maxpool(case, ceil_mode):
     got = ops.bit_maxpool(x, k, st, pads, dil, ceil_mode)
     np.testing.assert_array_equal(got, y.astype(np.int8))
     assert got.shape[2:] == ops.pool_output_hw(6, 7, k, st, pads, dil, ceil_mode)
+    # inverted channels take the min: -MaxPool(-x)
+    (ymin,) = ort_run(make_model([node], [("x", list(x.shape))], [("y", None)]), {"x": -x.astype(np.float32)})
+    invert = np.array([True, False, True, True, False])
+    expect = np.where(invert.reshape(1, 5, 1, 1), -ymin, y).astype(np.int8)
+    np.testing.assert_array_equal(ops.bit_maxpool(x, k, st, pads, dil, ceil_mode, invert), expect)
 
 
 def test_binarize_zero_0_matches_sign():
