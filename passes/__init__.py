@@ -7,8 +7,8 @@ from passes.canonicalize_binarizers import CanonicalizeBinarizers
 from passes.fold_affine_into_binary_output import FoldAffineIntoBinaryOutput
 from passes.fold_batchnorm_into_conv import FoldBatchNormIntoConv
 from passes.fold_constants import FoldConstants
-from passes.fuse_activation_into_conv import FuseActivationIntoConv
 from passes.fold_thresholds_into_binary_layers import FoldThresholdsIntoBinaryLayers
+from passes.fuse_activation_into_conv import FuseActivationIntoConv
 from passes.lower_qonnx_ops import LowerQonnxOpsToOnnx
 from passes.move_binarizers_before_layout_ops import MoveBinarizersBeforeLayoutOps
 from passes.recognize_binary_layers import RecognizeBinaryLayers
