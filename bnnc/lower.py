@@ -28,6 +28,17 @@ def _jsonable(v: Any) -> Any:
     raise BnncError(f"attribute value of type {type(v).__name__} cannot be stored in an artifact")
 
 
+# ops whose meaning changed with the opset without a change of attributes: the kernel is told
+_OPSET_SENSITIVE = {"Softmax", "LogSoftmax", "Hardmax"}
+
+
+def _plan_attrs(node, opset: int) -> dict[str, Any]:
+    attrs = {k: _jsonable(v) for k, v in attrs_of(node).items()}
+    if node.op_type in _OPSET_SENSITIVE and node.domain in ("", "ai.onnx"):
+        attrs["_opset"] = int(opset)
+    return attrs
+
+
 def lower(graph: Graph, producer: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Return ``(manifest, tensors)`` for ``graph``; see the module docstring."""
     missing: dict[str, list[str]] = {}
@@ -47,13 +58,14 @@ def lower(graph: Graph, producer: str) -> tuple[dict[str, Any], dict[str, np.nda
             where = next((f" (output of node '{n.name}')" for n in graph.nodes if name in n.output), "")
             raise BnncError(f"cannot determine the static shape of '{name}'{where}")
         values[name] = {"shape": list(shape), "dtype": dtype}
+    opset = graph.opsets.get("", graph.opsets.get("ai.onnx", 0))
     plan = [
         {
             "name": n.name,
             "op": op_key(n),
             "inputs": list(n.input),
             "outputs": list(n.output),
-            "attrs": {k: _jsonable(v) for k, v in attrs_of(n).items()},
+            "attrs": _plan_attrs(n, opset),
         }
         for n in graph.nodes
     ]
@@ -74,5 +86,5 @@ def lower(graph: Graph, producer: str) -> tuple[dict[str, Any], dict[str, np.nda
         "plan": plan,
         "metadata": {k: v for k, v in graph.metadata.items() if not k.startswith("bnnc.dynamic")},
     }
-    tensors = {k: np.ascontiguousarray(v) for k, v in graph.consts.items()}
+    tensors = {k: np.asarray(v, order="C") for k, v in graph.consts.items()}
     return manifest, tensors

@@ -53,7 +53,7 @@ def write_artifact(path: str, manifest: dict[str, Any], tensors: dict[str, np.nd
     blobs: list[bytes] = []
     offset = 0
     for name, arr in tensors.items():
-        arr = np.ascontiguousarray(arr)
+        arr = np.asarray(arr, order="C")  # (ascontiguousarray would make scalars 1-D)
         dtype = str(arr.dtype)
         if dtype not in DTYPES:
             raise BnncError(f"tensor '{name}' has dtype {dtype}, which an artifact cannot hold")

@@ -10,6 +10,7 @@ next value of the same dtype and size. Graph outputs keep their own buffers and 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,12 +203,29 @@ class InferenceSession:
             raise BnncError("all inputs must have the same batch size")
         return arrays, batch
 
-    def _execute(self, feeds: dict[str, np.ndarray], observe=None) -> dict[str, np.ndarray]:
+    def profile(self, feeds: dict[str, Any], repeat: int = 10) -> list[tuple[str, str, float]]:
+        """Median seconds of every plan step over ``repeat`` runs: (node name, op, seconds)."""
+        arrays, batch = self._check_feeds(feeds)
+        if batch is not None:
+            raise BnncError("profile needs inputs of exactly the compiled shapes")
+        if self._threads is not None:
+            import numba
+
+            numba.set_num_threads(self._threads)
+        times: list[list[float]] = [[] for _ in self._steps]
+        for _ in range(repeat):
+            self._execute(arrays, timings=times)
+        return [(s["name"], s["op"], float(np.median(t))) for s, t in zip(self._steps, times)]
+
+    def _execute(self, feeds: dict[str, np.ndarray], observe=None, timings=None) -> dict[str, np.ndarray]:
         env: dict[str, np.ndarray] = dict(self._consts)
         env.update(feeds)
-        for s, k, bufs in zip(self._steps, self._kernels, self._buffers):
+        for i, (s, k, bufs) in enumerate(zip(self._steps, self._kernels, self._buffers)):
             ins = [env[n] if n else None for n in s["inputs"]]
+            t0 = time.perf_counter() if timings is not None else 0.0
             res = k.run(ins, bufs)
+            if timings is not None:
+                timings[i].append(time.perf_counter() - t0)
             outs = res if k.view else bufs
             for n, a in zip(s["outputs"], outs):
                 env[n] = a

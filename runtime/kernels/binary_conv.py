@@ -13,7 +13,8 @@ with nonzero masks ``s = sum popcount(m) - 2 * sum popcount((x ^ w) & m)``, m = 
 - Weights are re-laid out once per session as ``w[g, tap, word, cout_g]``: for one input word
   the innermost loop runs over output channels, ``acc[co] += popcount(x_word ^ w[t, wd, co])``,
   which LLVM vectorises (AVX2: a pshufb nibble-table popcount over 4 channels per instruction;
-  NEON: cnt). Two neighbouring output pixels share each weight load.
+  NEON: cnt). Two neighbouring output pixels share each weight load, and two input words go
+  through each pass over the channels.
 - Work is split over (image, output row, block of output channels); a block of the bits
   output always covers whole 64-channel words, so no two threads write the same word.
 """
@@ -107,7 +108,21 @@ def _row(x, xm, w, wm, oh, c0, c1, geom, masked, pc, pm, nv):
                 iw = ow * sw + off
                 a0 = pc[ow]
                 a1 = pc[ow + 1]
-                for wd in range(wg):
+                wd = 0
+                while wd + 1 < wg:
+                    x0 = x[ih, iw, wd]
+                    x1 = x[ih, iw + sw, wd]
+                    y0 = x[ih, iw, wd + 1]
+                    y1 = x[ih, iw + sw, wd + 1]
+                    wr = w[t, wd, c0:c1]
+                    vr = w[t, wd + 1, c0:c1]
+                    for j in range(wr.shape[0]):
+                        wv = wr[j]
+                        vv = vr[j]
+                        a0[j] += popcount(x0 ^ wv) + popcount(y0 ^ vv)
+                        a1[j] += popcount(x1 ^ wv) + popcount(y1 ^ vv)
+                    wd += 2
+                if wd < wg:
                     x0 = x[ih, iw, wd]
                     x1 = x[ih, iw + sw, wd]
                     wr = w[t, wd, c0:c1]

@@ -2,7 +2,7 @@
 max pooling on packed ones (bit convention: runtime/bitpack.py).
 
 - Binarize: x < 0 -> -1 (bit 1); x > 0 -> +1; x == 0 -> attribute ``zero`` (+1, -1, or 0 with
-  the nonzero-mask output). Each task packs one image row: for 64 channels at a time it ORs
+  the nonzero-mask output); NaN is treated like 0, as in bnnc.ops.binarize. Each task packs one image row: for 64 channels at a time it ORs
   ``(x[c, h, :] < 0) << bit`` into a row of words, contiguous loads that vectorise.
 - BitMaxPool: the max of +-1 values is -1 only when all are -1, so the result bit is the AND of
   the window's bits. With nonzero masks (values in {-1, 0, +1}): the max is +1 if any value is
@@ -27,23 +27,29 @@ from runtime.kernels.binary_common import check_input, check_outputs, const_inpu
 def _binarize_nchw(x, zero, y, ym, with_mask):
     n_, c_, h_, w_ = x.shape
     wc = y.shape[3]
-    zneg = zero == -1
-    zmask = zero != 0
     for r in prange(n_ * h_):
         n = r // h_
         h = r % h_
         sacc = np.empty(w_, np.uint64)
         macc = np.empty(w_, np.uint64)
         for q in range(wc):
+            nb = min(64, c_ - q * 64)
             sacc[:] = 0
-            macc[:] = 0
-            for b in range(min(64, c_ - q * 64)):
+            # zero = +-1: every value is nonzero, the mask word is all valid bits
+            macc[:] = np.uint64(0) if zero == 0 else (np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - nb))
+            for b in range(nb):
                 c = q * 64 + b
                 sh = np.uint64(b)
-                for w in range(w_):
-                    v = x[n, c, h, w]
-                    sacc[w] |= np.uint64((v < 0) | ((v == 0) & zneg)) << sh
-                    macc[w] |= np.uint64((v != 0) | zmask) << sh
+                if zero == -1:
+                    for w in range(w_):
+                        sacc[w] |= np.uint64(not x[n, c, h, w] > 0) << sh
+                else:
+                    for w in range(w_):
+                        sacc[w] |= np.uint64(x[n, c, h, w] < 0) << sh
+                if with_mask and zero == 0:
+                    for w in range(w_):
+                        v = x[n, c, h, w]
+                        macc[w] |= np.uint64((v > 0) | (v < 0)) << sh
             for w in range(w_):
                 y[n, h, w, q] = sacc[w]
             if with_mask:
@@ -55,8 +61,6 @@ def _binarize_nchw(x, zero, y, ym, with_mask):
 def _binarize_nc(x, zero, y, ym, with_mask):
     n_, c_ = x.shape
     wc = y.shape[1]
-    zneg = zero == -1
-    zmask = zero != 0
     for r in prange(n_ * wc):
         n = r // wc
         q = r % wc
@@ -64,8 +68,9 @@ def _binarize_nc(x, zero, y, ym, with_mask):
         m = np.uint64(0)
         for b in range(min(64, c_ - q * 64)):
             v = x[n, q * 64 + b]
-            s |= np.uint64((v < 0) | ((v == 0) & zneg)) << np.uint64(b)
-            m |= np.uint64((v != 0) | zmask) << np.uint64(b)
+            neg = (not v > 0) if zero == -1 else v < 0
+            s |= np.uint64(neg) << np.uint64(b)
+            m |= np.uint64((v > 0) | (v < 0) | (zero != 0)) << np.uint64(b)
         y[n, q] = s
         if with_mask:
             ym[n, q] = m

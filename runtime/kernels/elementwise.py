@@ -243,6 +243,8 @@ class _Activation(Kernel):
         params = [step.attr(k) for k in keys]
         self.act = activation_of(step, self.name, params if None not in params else None)
         self.float = step.out_dtypes[0] in ("float32", "float64")
+        if not self.float and self.name != "Relu":
+            raise step.error(f"{self.name} of {step.out_dtypes[0]} is not supported (float only)")
         same_shape(step)
 
     def run(self, ins, outs):
@@ -303,10 +305,16 @@ class PRelu(Kernel):
         s = step.consts[1]
         same_shape(step)
         self.slope = None
-        per_sample = s is not None and (s.ndim < len(xs) or s.shape[0] == 1)
-        if per_sample and len(xs) >= 2 and step.out_dtypes[0] in ("float32", "float64"):
-            flat = np.broadcast_to(s, xs)[0].reshape(xs[1], -1)
-            if np.all(flat == flat[:, :1]):
+        if s is None:
+            return
+        try:
+            full = np.broadcast_to(s, xs)
+        except ValueError:
+            raise step.error(f"slope of shape {list(s.shape)} does not broadcast to {list(xs)}") from None
+        same_for_all_samples = s.ndim < len(xs) or s.shape[0] == 1
+        if same_for_all_samples and len(xs) >= 2 and step.out_dtypes[0] in ("float32", "float64"):
+            flat = full[0].reshape(xs[1], -1)
+            if np.all(flat == flat[:, :1]):  # one slope per channel (or one for all)
                 self.slope = np.ascontiguousarray(flat[:, 0], dtype=step.out_dtypes[0])
 
     def run(self, ins, outs):

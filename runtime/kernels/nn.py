@@ -113,6 +113,16 @@ def _channel_affine_act(x, y, scale, bias, kind, a0, a1):
             _act_rows(yr, yr, kind, a0, a1)
 
 
+@njit(cache=True)
+def _valid_range(off, stride, size, n_out):
+    """The [lo, hi) of output positions o with 0 <= o * stride + off < size."""
+    lo = 0 if off >= 0 else (-off + stride - 1) // stride
+    hi = (size - 1 - off) // stride + 1 if size - 1 - off >= 0 else 0
+    hi = min(hi, n_out)
+    lo = min(lo, hi)
+    return lo, hi
+
+
 @njit(parallel=True, cache=True)
 def _pad_phases(x, xph, pt, pl):
     """xph[c, p, pt + h, j] = x[c, h, j*sw + p - pl]: the zero-padded image with its columns split
@@ -167,100 +177,81 @@ def _act_band(y, i, m0, m1, s0, s1, kind, a0, a1):
         _act_rows(r, r, kind, a0, a1)
 
 
-@njit(cache=True)
-def _split_row(xr, planes, a, pl):
-    """planes[p, a, j] = xr[j*sw + p - pl] where in range (sw = planes.shape[0]): one padded input
-    row split into its column phases. A serial function (inside a prange body these loops lose
-    vectorization), with division-free fast paths for strides 1 and 2 (it runs once per row)."""
-    W = xr.shape[0]
-    sw, Wq = planes.shape[0], planes.shape[2]
-    if sw == 1:
-        d = planes[0, a, pl:]
-        for t in range(min(W, Wq - pl)):
-            d[t] = xr[t]
-    elif sw == 2:  # both phases in one loop with a constant stride: LLVM deinterleaves it
-        w0 = pl & 1  # first input column of phase 0
-        j0 = (w0 + pl) >> 1
-        j1 = (1 - w0 + pl) >> 1
-        done = max(0, min((W - 1) >> 1, Wq - j0, Wq - j1))
-        d0 = planes[0, a, j0:]
-        d1 = planes[1, a, j1:]
-        s0 = xr[w0:]
-        s1 = xr[1 - w0:]
-        for t in range(done):
-            d0[t] = s0[2 * t]
-            d1[t] = s1[2 * t]
-        for t in range(done, Wq):  # the last column or two
-            if 2 * t + w0 < W and t + j0 < Wq:
-                d0[t] = s0[2 * t]
-            if 2 * t + 1 - w0 < W and t + j1 < Wq:
-                d1[t] = s1[2 * t]
-            if 2 * t >= W:
-                break
-    else:
-        for p in range(sw):
-            w0 = (p - pl) % sw
-            j0 = (w0 + pl) // sw
-            cnt = min((W - w0 + sw - 1) // sw, Wq - j0)
-            d = planes[p, a, j0:]
-            src = xr[w0:]
-            for t in range(cnt):
-                d[t] = src[t * sw]
-
-
 @njit(parallel=True, cache=True)
-def _phase_split(x, xq, pt, pl):
-    """xq[n, c, pr, pc, a, b] = x[n, c, a*sh + pr - pt, b*sw + pc - pl] (sh, sw = xq.shape[2:4]): the
-    padded image split into stride phases along both axes. Only the interior is written; the
-    border keeps the padding value it was allocated with.
+def _conv_direct(x, w, bias, y, sh, sw, dh, dw, pt, pl, kind, a0, a1):
+    """Direct grouped convolution: x (N, C, H, W), w (M, C/g, KH, KW), y (N, M, OH, OW).
 
-    On it, tap (ki, kj) of a window op with strides (sh, sw) reads phase
-    ((ki*dh) % sh, (kj*dw) % sw) at row offset (ki*dh) // sh and column offset (kj*dw) // sw for
-    every output (oh, ow): one uniform shift of the flattened (Hq, Wq) plane, so each tap is one
-    long contiguous loop over all outputs, computed Wq wide (the columns past OW are discarded).
+    Each output row is accumulated in cache, one weight times a shifted input row at a time.
+    Inner loops index 0-based slices: Numba then knows the index is not negative (no
+    wraparound check) and vectorizes them; the same holds for the pools below.
     """
     N, C, H, W = x.shape
-    sh, Hq = xq.shape[2], xq.shape[4]
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc - n * C
-        for h in range(min(H, Hq * sh - pt)):
-            a = (h + pt) // sh
-            _split_row(x[n, c, h], xq[n, c, h + pt - a * sh], a, pl)
-
-
-@njit(cache=True)
-def _tap(xq, n, c, ki, kj, dh, dw):
-    """The flattened phase plane of tap (ki, kj), starting at the tap's offset."""
-    sh, sw, Hq, Wq = xq.shape[2], xq.shape[3], xq.shape[4], xq.shape[5]
-    plane = xq[n, c, (ki * dh) % sh, (kj * dw) % sw].reshape(Hq * Wq)
-    return plane[((ki * dh) // sh) * Wq + (kj * dw) // sw:]
-
-
-@njit(cache=True)
-def _crop_rows(acc, Wq, o, kind, a0, a1):
-    """o[oh, :] = act(acc[oh*Wq : oh*Wq + OW]): the wide result cropped into the output plane."""
-    OH, OW = o.shape
-    for oh in range(OH):
-        r = o[oh]
-        src = acc[oh * Wq:]
-        for i in range(OW):
-            r[i] = src[i]
-        if kind != 0:
-            _act_rows(r, r, kind, a0, a1)
-
-
-@njit(parallel=True, cache=True)
-def _conv_direct(xq, wide, w, bias, y, dh, dw, kind, a0, a1):
-    """Direct grouped convolution on the phase-split image xq (see _phase_split): w (M, C/g, KH,
-    KW), y (N, M, OH, OW), wide (N, M, OH*Wq) scratch. Three taps of a kernel row share a pass."""
-    N, C = xq.shape[0], xq.shape[1]
-    Wq = xq.shape[5]
     M, Cg, KH, KW = w.shape
     OH = y.shape[2]
     OW = y.shape[3]
     Mg = M // (C // Cg)
-    L = (OH - 1) * Wq + OW
+    los = np.empty(KW, np.int64)
+    his = np.empty(KW, np.int64)
+    for kj in range(KW):
+        los[kj], his[kj] = _valid_range(kj * dw - pl, sw, W, OW)
+    for nm in prange(N * M):
+        n = nm // M
+        m = nm - n * M
+        c0 = (m // Mg) * Cg
+        b = bias[m]
+        for oh in range(OH):
+            o = y[n, m, oh]
+            for i in range(OW):
+                o[i] = b
+            for c in range(Cg):
+                for ki in range(KH):
+                    ih = oh * sh - pt + ki * dh
+                    if ih < 0 or ih >= H:
+                        continue
+                    xr = x[n, c0 + c, ih]
+                    for kj in range(KW):
+                        wv = w[m, c, ki, kj]
+                        off = kj * dw - pl
+                        lo, hi = los[kj], his[kj]
+                        dst = o[lo:hi]
+                        src = xr[lo * sw + off:]
+                        if sw == 1:
+                            for i in range(hi - lo):
+                                dst[i] += wv * src[i]
+                        elif sw == 2:  # a constant stride vectorizes (interleaved loads)
+                            for i in range(hi - lo):
+                                dst[i] += wv * src[2 * i]
+                        else:
+                            for i in range(hi - lo):
+                                dst[i] += wv * src[i * sw]
+            if kind != 0:
+                _act_rows(o, o, kind, a0, a1)
+
+
+@njit(parallel=True, cache=True)
+def _conv_direct_s1(x, xp, wide, w, bias, y, dh, dw, pt, pl, kind, a0, a1):
+    """Direct grouped convolution with stride 1 on a zero-padded copy xp (N, C, Hp, Wp) of x.
+
+    With the padded row width Wp, output (oh, ow) of tap (ki, kj) reads flat element
+    (oh + ki*dh) * Wp + ow + kj*dw of the channel: each tap is one long vectorized
+    multiply-add over the whole plane, computed Wp wide into ``wide`` (N, M, OH*Wp) and
+    cropped to OW columns at the end. Three taps of a kernel row share each pass.
+    """
+    N, C, H, W = x.shape
+    M, Cg, KH, KW = w.shape
+    Hp, Wp = xp.shape[2], xp.shape[3]
+    OH = y.shape[2]
+    OW = y.shape[3]
+    Mg = M // (C // Cg)
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        for h in range(H):
+            dst = xp[n, c, pt + h, pl:pl + W]
+            src = x[n, c, h]
+            for i in range(W):
+                dst[i] = src[i]
+    L = (OH - 1) * Wp + OW
     for nm in prange(N * M):
         n = nm // M
         m = nm - n * M
@@ -270,25 +261,33 @@ def _conv_direct(xq, wide, w, bias, y, dh, dw, kind, a0, a1):
         for i in range(L):
             acc[i] = b
         for c in range(Cg):
+            xf = xp[n, c0 + c].reshape(Hp * Wp)
             for ki in range(KH):
+                row = ki * dh * Wp
                 kj = 0
                 while kj + 3 <= KW:
                     w0 = w[m, c, ki, kj]
                     w1 = w[m, c, ki, kj + 1]
                     w2 = w[m, c, ki, kj + 2]
-                    s0 = _tap(xq, n, c0 + c, ki, kj, dh, dw)
-                    s1 = _tap(xq, n, c0 + c, ki, kj + 1, dh, dw)
-                    s2 = _tap(xq, n, c0 + c, ki, kj + 2, dh, dw)
+                    s0 = xf[row + kj * dw:]
+                    s1 = xf[row + (kj + 1) * dw:]
+                    s2 = xf[row + (kj + 2) * dw:]
                     for i in range(L):
                         acc[i] += w0 * s0[i] + w1 * s1[i] + w2 * s2[i]
                     kj += 3
                 while kj < KW:
                     wv = w[m, c, ki, kj]
-                    src = _tap(xq, n, c0 + c, ki, kj, dh, dw)
+                    src = xf[row + kj * dw:]
                     for i in range(L):
                         acc[i] += wv * src[i]
                     kj += 1
-        _crop_rows(acc, Wq, y[n, m], kind, a0, a1)
+        for oh in range(OH):
+            o = y[n, m, oh]
+            a = acc[oh * Wp:]
+            for i in range(OW):
+                o[i] = a[i]
+            if kind != 0:
+                _act_rows(o, o, kind, a0, a1)
 
 
 @njit(cache=True)
@@ -299,41 +298,61 @@ def _max_into(acc, src):
 
 
 @njit(parallel=True, cache=True)
-def _pool(xq, wide, y, div, KH, KW, dh, dw, is_max):
-    """Max or average pooling on the phase-split image xq (padded with the lowest value for max,
-    0 for average); an average is the window sum divided by div[oh, ow] (the count the caller
-    chose)."""
-    N, C = xq.shape[0], xq.shape[1]
-    Wq = xq.shape[5]
+def _pool(x, y, div, KH, KW, sh, sw, dh, dw, pt, pl, is_max, lowest):
+    """Max or average pooling of x (N, C, H, W) into y (N, C, OH, OW); an average is the window
+    sum over input positions divided by div[oh, ow] (the count the caller chose).
+
+    Separable: per output row, the KH input rows are first reduced into a padded row ``vm``
+    (long contiguous loops), then the KW taps are reduced along it. Maxima use a select, not a
+    branch (random data mispredicts half the time).
+    """
+    N, C, H, W = x.shape
     OH = y.shape[2]
     OW = y.shape[3]
-    L = (OH - 1) * Wq + OW
+    pad = lowest if is_max else 0
+    Lp = max((OW - 1) * sw + (KW - 1) * dw + 1, pl + W)
     for nc in prange(N * C):
         n = nc // C
         c = nc - n * C
-        acc = wide[n, c]
-        for ki in range(KH):
-            for kj in range(KW):
-                src = _tap(xq, n, c, ki, kj, dh, dw)
-                if ki == 0 and kj == 0:
-                    for i in range(L):
-                        acc[i] = src[i]
-                elif is_max:
-                    _max_into(acc[:L], src[:L])
-                else:
-                    for i in range(L):
-                        acc[i] += src[i]
-        o = y[n, c]
+        vm = np.full(Lp, pad, dtype=y.dtype)  # positions outside [pl, pl + W) stay padding
+        vin = vm[pl:pl + W]
         for oh in range(OH):
-            r = o[oh]
-            src = acc[oh * Wq:]
-            if is_max:
-                for i in range(OW):
-                    r[i] = src[i]
-            else:
+            first = True
+            for ki in range(KH):
+                ih = oh * sh - pt + ki * dh
+                if ih < 0 or ih >= H:
+                    continue
+                src = x[n, c, ih]
+                if first:
+                    for i in range(W):
+                        vin[i] = src[i]
+                    first = False
+                elif is_max:
+                    _max_into(vin, src)
+                else:
+                    for i in range(W):
+                        vin[i] += src[i]
+            if first:
+                for i in range(W):
+                    vin[i] = pad
+            o = y[n, c, oh]
+            for kj in range(KW):
+                tap = vm[kj * dw:]
+                if kj == 0:
+                    for i in range(OW):
+                        o[i] = tap[i * sw]
+                elif is_max:
+                    for i in range(OW):
+                        v = tap[i * sw]
+                        d = o[i]
+                        o[i] = v if v > d else d
+                else:
+                    for i in range(OW):
+                        o[i] += tap[i * sw]
+            if not is_max:
                 d = div[oh]
                 for i in range(OW):
-                    r[i] = src[i] / d[i] if d[i] > 0 else 0
+                    o[i] = o[i] / d[i] if d[i] > 0 else 0
 
 
 @njit(parallel=True, cache=True)
@@ -429,16 +448,6 @@ def same_shape(step: Step) -> None:
         raise step.error(f"output shape {list(step.out_shapes[0])} differs from input shape {list(step.in_shapes[0])}")
 
 
-def phase_buffers(x4, y4, k, strides, dil, pad_value, dtype):
-    """The phase-split image buffer of a window op (filled with ``pad_value``; _phase_split
-    writes its interior) and the wide scratch of its output, shaped for _phase_split / _tap."""
-    (n, c), (oh, ow), (sh, sw), (dh, dw) = x4[:2], y4[2:], strides, dil
-    hq = oh + (k[0] - 1) * dh // sh
-    wq = ow + (k[1] - 1) * dw // sw
-    xq = np.full((n, c, sh, sw, hq, wq), pad_value, dtype)
-    return xq, np.empty((n, y4[1], oh * wq), dtype)
-
-
 # -- kernels -------------------------------------------------------------------------------------
 @register("Conv", "bnnc.FusedConv")
 class Conv(Kernel):
@@ -501,7 +510,16 @@ class Conv(Kernel):
         return np.ascontiguousarray(w2), None
 
     def _plan_direct(self) -> None:
-        self.xq, self.wide = phase_buffers(self.x4, self.y4, self.w4[2:], self.strides, self.dil, 0, self.dtype)
+        n, c, h, w = self.x4
+        oh, ow = self.y4[2:]
+        pt, pl, pb, pr = self.pads
+        hp, wp = h + pt + pb, w + pl + pr
+        kh, kw = self.w4[2:]
+        dh, dw = self.dil
+        self.flat = self.strides == (1, 1) and (hp - (kh - 1) * dh, wp - (kw - 1) * dw) == (oh, ow)
+        if self.flat:  # the padding border is written once, here
+            self.xp = np.zeros((n, c, hp, wp), self.dtype)
+            self.wide = np.empty((n, self.w4[0], oh * wp), self.dtype)
 
     def _plan_im2col(self) -> None:
         # the patch matrix is built and multiplied one band of output rows at a time, so that
@@ -523,10 +541,11 @@ class Conv(Kernel):
         y = outs[0].reshape(self.y4)
         w, b = self.params if self.const else self._params(ins[1], ins[2] if self.has_bias else None)
         kind, a0, a1 = self.act
-        (dh, dw), (pt, pl) = self.dil, self.pads[:2]
-        if self.direct:
-            _phase_split(x, self.xq, pt, pl)
-            _conv_direct(self.xq, self.wide, w, b, y, dh, dw, kind, a0, a1)
+        (sh, sw), (dh, dw), (pt, pl) = self.strides, self.dil, self.pads[:2]
+        if self.direct and self.flat:
+            _conv_direct_s1(x, self.xp, self.wide, w, b, y, dh, dw, pt, pl, kind, a0, a1)
+        elif self.direct:
+            _conv_direct(x, w, b, y, sh, sw, dh, dw, pt, pl, kind, a0, a1)
         else:
             self._run_im2col(x, w, y)
 
@@ -666,10 +685,8 @@ class Pool(Kernel):
         if self.x4[:2] != self.y4[:2] or len(xs) != len(ys):
             raise step.error(f"output shape {list(ys)} does not match input shape {list(xs)}")
         dt = np.dtype(step.in_dtypes[0])
+        self.lowest = dt.type(np.finfo(dt).min if dt.kind == "f" else np.iinfo(dt).min)
         self.is_max = step.op == "MaxPool"
-        lowest = np.finfo(dt).min if dt.kind == "f" else np.iinfo(dt).min
-        self.xq, self.wide = phase_buffers(self.x4, self.y4, self.k, self.s, self.d,
-                                           lowest if self.is_max else 0, dt)
         self.div = np.ones((1, 1), dt)
         if not self.is_max:
             self.div = self._divisors(bool(step.attr("count_include_pad", 0))).astype(dt)
@@ -688,9 +705,9 @@ class Pool(Kernel):
         return np.outer(counts[0], counts[1])
 
     def run(self, ins, outs):
-        (kh, kw), (dh, dw), (pt, pl, _, _) = self.k, self.d, self.p
-        _phase_split(ins[0].reshape(self.x4), self.xq, pt, pl)
-        _pool(self.xq, self.wide, outs[0].reshape(self.y4), self.div, kh, kw, dh, dw, self.is_max)
+        (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _) = self.k, self.s, self.d, self.p
+        _pool(ins[0].reshape(self.x4), outs[0].reshape(self.y4), self.div, kh, kw, sh, sw, dh, dw, pt, pl,
+              self.is_max, self.lowest)
 
 
 register("MaxPool", "AveragePool")(Pool)

@@ -17,6 +17,7 @@ def floats_with_zeros(rng, shape):
     x = rng.standard_normal(shape).astype(np.float32)
     x[rng.random(shape) < 0.25] = 0.0
     x.flat[0] = -0.0  # negative zero is zero too
+    x.flat[-1] = np.nan  # NaN binarizes like 0 (bnnc.ops.binarize)
     return x
 
 

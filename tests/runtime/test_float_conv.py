@@ -7,6 +7,8 @@ import pytest
 from onnx import helper
 
 from bnnc.graph import BNNC_DOMAIN
+from runtime.errors import BnncError
+from runtime.kernels import KERNELS, Step
 from tests.helpers import load_graph, ort_run, run_graph
 from tests.runtime.test_float_helpers import build, check, compare, randn
 
@@ -174,3 +176,23 @@ def test_fused_without_activation_is_the_layer():
     fused = helper.make_node("FusedGemm", list(node.input), ["y"], name="f", domain=BNNC_DOMAIN, **attrs)
     graph.replace(graph.nodes, [fused])
     compare(run_graph(graph, feeds), ort_run(model, feeds))
+
+
+def test_conv3d_is_a_clear_error():
+    node = helper.make_node("Conv", ["x", "w"], ["y"])
+    with pytest.raises(BnncError, match="1-D or 2-D"):
+        check(node, {"x": randn(1, 2, 4, 4, 4)}, {"w": randn(3, 2, 2, 2, 2)})
+
+
+def test_inconsistent_plan_shapes_are_refused():
+    """Numba kernels index without bounds checks, so a plan whose shapes do not fit is refused
+    when the session is built (a hand-edited or hostile artifact), never read out of bounds."""
+    step = Step(name="c", op="Conv", attrs={"pads": [1, 1, 1, 1]}, in_shapes=[(1, 2, 5, 5), (3, 2, 3, 3)],
+                in_dtypes=["float32"] * 2, out_shapes=[(1, 3, 9, 9)], out_dtypes=["float32"],
+                consts=[None, np.zeros((3, 2, 3, 3), np.float32)])
+    with pytest.raises(BnncError, match="does not match the convolution"):
+        KERNELS["Conv"](step)
+    relu = Step(name="r", op="Relu", attrs={}, in_shapes=[(4,)], in_dtypes=["float32"], out_shapes=[(8,)],
+                out_dtypes=["float32"], consts=[None])
+    with pytest.raises(BnncError, match="differs from input shape"):
+        KERNELS["Relu"](relu)
