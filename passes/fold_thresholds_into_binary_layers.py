@@ -62,6 +62,8 @@ def find_chain(graph: Graph, binarize: onnx.NodeProto, prods: dict, cons: dict):
             if node_attr(node, "output", "float") != "float":
                 return None, "layer already writes bits"
             return node, chain[::-1]
+        if is_bnnc(node, "BinaryWeightConv", "BinaryWeightDense"):
+            return None, f"'{x}' comes from binary-weight layer {node.name}, whose real input makes its output real"
         if node is None or not (is_std(node, *_ELEMENTWISE) or is_std(node, "MaxPool")):
             return None, f"'{x}' is not computed from a binary layer by per-channel ops"
         if is_std(node, "MaxPool") and (len(node.output) > 1 or any(is_std(n, "MaxPool") for n in chain)):

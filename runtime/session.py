@@ -14,12 +14,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
 
 from runtime.artifact import read_artifact
 from runtime.errors import BnncError
 from runtime.kernels import KERNELS
 from runtime.kernels.base import Step
+from runtime.threads import limit_threads, max_threads
 
 
 @dataclass(frozen=True)
@@ -64,19 +66,16 @@ class InferenceSession:
             if n not in names:
                 raise BnncError(f"unknown output '{n}' (the model's outputs: {', '.join(names)})")
         arrays, batch = self._check_feeds(feeds)
-        if self._threads is not None:
-            import numba
-
-            numba.set_num_threads(self._threads)
-        if batch is None:
-            env = self._execute(arrays)
-            return [env[n].copy() for n in wanted]
-        parts: list[list[np.ndarray]] = [[] for _ in wanted]
-        b = self._inputs[0]["shape"][0]
-        for i in range(0, batch, b):
-            env = self._execute({k: v[i:i + b] for k, v in arrays.items()})
-            for j, n in enumerate(wanted):
-                parts[j].append(env[n].copy())
+        with limit_threads(self._threads or numba.get_num_threads()):
+            if batch is None:
+                env = self._execute(arrays)
+                return [env[n].copy() for n in wanted]
+            parts: list[list[np.ndarray]] = [[] for _ in wanted]
+            b = self._inputs[0]["shape"][0]
+            for i in range(0, batch, b):
+                env = self._execute({k: v[i:i + b] for k, v in arrays.items()})
+                for j, n in enumerate(wanted):
+                    parts[j].append(env[n].copy())
         return [np.concatenate(p, axis=0) for p in parts]
 
     def run_with_values(self, feeds: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
@@ -89,7 +88,8 @@ class InferenceSession:
         wanted = set(names)
         taken: dict[str, np.ndarray] = {n: arrays[n].copy() for n in wanted if n in arrays}
         taken.update({n: self._consts[n].copy() for n in wanted if n in self._consts})
-        self._execute(arrays, lambda name, value: taken.__setitem__(name, value.copy()) if name in wanted else None)
+        with limit_threads(self._threads or numba.get_num_threads()):
+            self._execute(arrays, lambda name, value: taken.__setitem__(name, value.copy()) if name in wanted else None)
         return taken
 
     # -- internals ----------------------------------------------------------------------------
@@ -208,13 +208,10 @@ class InferenceSession:
         arrays, batch = self._check_feeds(feeds)
         if batch is not None:
             raise BnncError("profile needs inputs of exactly the compiled shapes")
-        if self._threads is not None:
-            import numba
-
-            numba.set_num_threads(self._threads)
         times: list[list[float]] = [[] for _ in self._steps]
-        for _ in range(repeat):
-            self._execute(arrays, timings=times)
+        with limit_threads(self._threads or numba.get_num_threads()):
+            for _ in range(repeat):
+                self._execute(arrays, timings=times)
         return [(s["name"], s["op"], float(np.median(t))) for s, t in zip(self._steps, times)]
 
     def _execute(self, feeds: dict[str, np.ndarray], observe=None, timings=None) -> dict[str, np.ndarray]:
@@ -234,11 +231,11 @@ class InferenceSession:
         return env
 
 
-def _check_threads(threads):
-    if threads is None:
+def _check_threads(n):
+    """None (Numba's current thread count when the session runs) or a count, capped at the
+    pool size. Either way the same count bounds the BLAS threads (see runtime.threads)."""
+    if n is None:
         return None
-    if not isinstance(threads, int) or threads < 1:
-        raise BnncError(f"threads must be a positive integer, got {threads!r}")
-    import numba
-
-    return min(threads, numba.config.NUMBA_NUM_THREADS)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise BnncError(f"threads must be a positive integer, got {n!r}")
+    return min(n, max_threads())

@@ -132,3 +132,21 @@ def test_corrupted_artifacts(tmp_path, artifact):
     future = _corrupt(artifact, tmp_path / "v9.bnn", lambda d: d.__setitem__(slice(8, 12), struct.pack("<I", 9)))
     assert_error(["run", future, "--input", x], "version 9")
     assert_error(["inspect", truncated], "truncated")
+
+
+MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+
+
+def test_verify_and_inspect_on_a_bnn():
+    code, out, _ = bnnc("verify", os.path.join(MODELS, "digits_bnn.onnx"), "--samples", "3")
+    assert code == 0 and "OK" in out and " 0 of " in out and "bits differ" in out
+    code, out, _ = bnnc("verify", os.path.join(MODELS, "bwn.onnx"), "--tolerance", "0")
+    assert code == 1 and "MISMATCH" in out  # float layers round differently: nothing is exact there
+    code, out, _ = bnnc("inspect", os.path.join(MODELS, "digits_bnn.onnx"), "--json")
+    report = json.loads(out)
+    assert code == 0
+    for layer in report["layers"]:
+        assert {"name", "op", "mode", "reason", "macs", "weight_bytes", "packed_weight_bytes"} <= set(layer)
+    assert 0.9 < report["binary_mac_fraction"] < 1 and report["artifact_bytes"] * 10 < report["fp32_bytes"]
+    code, out, _ = bnnc("inspect", os.path.join(MODELS, "digits_bnn.onnx"))
+    assert code == 0 and "xnor" in out and "weights are not ±alpha" in out

@@ -2,7 +2,8 @@
 
 For an output pixel and channel, s = sum over taps t and input words of the packed dot product
 (runtime/bitpack.py): without masks ``s = n_valid_taps * Cin_g - 2 * sum popcount(x ^ w)``,
-with nonzero masks ``s = sum popcount(m) - 2 * sum popcount((x ^ w) & m)``, m = x_mask & w_mask.
+with nonzero masks ``s = sum popcount(m) - 2 * sum popcount((x ^ w) & m)``, m = x_mask & w_mask
+(with one mask only, sum popcount(m) is counted per input word or precomputed per tap).
 
 - Zero padding (``pad_value`` 0) is exact: taps that fall outside the image are skipped, so they
   count neither in the popcounts nor in K. One-padding (``pad_value`` +-1) copies the input once
@@ -71,19 +72,68 @@ def _regroup(x, cg, pt, pl, fill, tail, out):
 
 
 @njit(cache=True)
-def _masked_pixel(x, xm, w, wm, ih, iw, t, c0, a, b):
-    """One tap of one output pixel with nonzero masks: a += popcount((x ^ w) & m), b += popcount(m)."""
-    for wd in range(x.shape[2]):
-        x0 = x[ih, iw, wd]
-        m0 = xm[ih, iw, wd]
-        for j in range(a.shape[0]):
-            m = m0 & wm[t, wd, c0 + j]
-            a[j] += popcount((x0 ^ w[t, wd, c0 + j]) & m)
-            b[j] += popcount(m)
+def _masked_tap(x, xm, w, wm, wcnt, ih, t, off, sw, lo, hi, c0, c1, mmode, pc, pm):
+    """Tap t for output pixels lo..hi-1 with nonzero masks: pc += popcount((x ^ w) & m) and
+    pm += popcount(m), m = x_mask & w_mask. mmode 1 (activation mask only): popcount(m) is
+    one count per input word; 2 (weight mask only): the precomputed count wcnt[t] per channel;
+    3 (both): counted per channel. Pixel pairs share the weight loads as in the plain path."""
+    wg = x.shape[2]
+    ow = lo
+    while ow < hi:
+        two = ow + 1 < hi
+        iw = ow * sw + off
+        a0 = pc[ow]
+        a1 = pc[ow + 1] if two else pc[ow]
+        for wd in range(wg):
+            x0 = x[ih, iw, wd]
+            x1 = x[ih, iw + sw, wd] if two else x0
+            wr = w[t, wd, c0:c1]
+            if mmode == 1:
+                m0 = xm[ih, iw, wd]
+                m1 = xm[ih, iw + sw, wd] if two else m0
+                if two:
+                    for j in range(wr.shape[0]):
+                        a0[j] += popcount((x0 ^ wr[j]) & m0)
+                        a1[j] += popcount((x1 ^ wr[j]) & m1)
+                else:
+                    for j in range(wr.shape[0]):
+                        a0[j] += popcount((x0 ^ wr[j]) & m0)
+                for p in range(ow, ow + 1 + two):
+                    cnt = popcount(m0 if p == ow else m1)
+                    b = pm[p]
+                    for j in range(b.shape[0]):
+                        b[j] += cnt
+            elif mmode == 2:
+                mr = wm[t, wd, c0:c1]
+                if two:
+                    for j in range(wr.shape[0]):
+                        a0[j] += popcount((x0 ^ wr[j]) & mr[j])
+                        a1[j] += popcount((x1 ^ wr[j]) & mr[j])
+                else:
+                    for j in range(wr.shape[0]):
+                        a0[j] += popcount((x0 ^ wr[j]) & mr[j])
+            else:
+                mr = wm[t, wd, c0:c1]
+                for p in range(ow, ow + 1 + two):
+                    xp = x0 if p == ow else x1
+                    mp = xm[ih, iw + (p - ow) * sw, wd]
+                    a = pc[p]
+                    b = pm[p]
+                    for j in range(wr.shape[0]):
+                        m = mp & mr[j]
+                        a[j] += popcount((xp ^ wr[j]) & m)
+                        b[j] += popcount(m)
+        if mmode == 2:
+            wc = wcnt[t, c0:c1]
+            for p in range(ow, ow + 1 + two):
+                b = pm[p]
+                for j in range(b.shape[0]):
+                    b[j] += wc[j]
+        ow += 2
 
 
 @njit(cache=True)
-def _row(x, xm, w, wm, oh, c0, c1, geom, masked, pc, pm, nv):
+def _row(x, xm, w, wm, wcnt, oh, c0, c1, geom, masked, pc, pm, nv):
     """Accumulate the popcounts of one output row (all pixels, output channels c0..c1) of one
     image and group: x, xm [Hx, Wx, WG], w, wm [taps, WG, Cout_g]."""
     kh_, kw_, sh, sw, dh, dw, pt, pl, _, ow_, _ = geom
@@ -100,8 +150,7 @@ def _row(x, xm, w, wm, oh, c0, c1, geom, masked, pc, pm, nv):
             for ow in range(ow0, ow1):
                 nv[ow] += 1
             if masked:
-                for ow in range(ow0, ow1):
-                    _masked_pixel(x, xm, w, wm, ih, ow * sw + off, t, c0, pc[ow], pm[ow])
+                _masked_tap(x, xm, w, wm, wcnt, ih, t, off, sw, ow0, ow1, c0, c1, masked, pc, pm)
                 continue
             ow = ow0  # pairs of output pixels share every weight load
             while ow + 1 < ow1:
@@ -162,7 +211,7 @@ def _emit(pc, pm, nv, masked, cg, oc0, n, oh, mode, out_mask, scale, bias, table
 
 
 @njit(cache=True, parallel=True)
-def _binary_conv(x, xm, w, wm, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym):
+def _binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym):
     oh_, ow_, cg = geom[8], geom[9], geom[10]
     g_, n_ = x.shape[0], x.shape[1]
     coutg = w.shape[3]
@@ -189,24 +238,29 @@ def _binary_conv(x, xm, w, wm, geom, masked, cb, mode, out_mask, scale, bias, ta
             pc[:] = 0
             pm[:] = 0
             nv[:] = 0
-            _row(x[g, n], xm[g, n] if masked else xm[0, 0], w[g], wm[g] if masked else wm[0], oh, c0, c1, geom,
-                 masked, pc, pm, nv)
+            _row(x[g, n], xm[g, n] if masked & 1 else xm[0, 0], w[g], wm[g] if masked & 2 else wm[0],
+                 wcnt[g] if masked & 2 else wcnt[0], oh, c0, c1, geom, masked, pc, pm, nv)
             _emit(pc, pm, nv, masked, cg, g * coutg + c0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym,
                   scratch[0], scratch[1], scratch[2])
 
 
-def binary_conv(x, xm, w, wm, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym) -> None:
-    """Checked entry to the compiled kernel. x, xm: uint64 [G, N, Hx, Wx, WG] (xm unused unless
-    ``masked``); w, wm: uint64 [G, taps, WG, Cout_g]; geom: (kh, kw, sh, sw, dh, dw, pt, pl, OH,
+def binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym) -> None:
+    """Checked entry to the compiled kernel. x, xm: uint64 [G, N, Hx, Wx, WG]; w, wm: uint64
+    [G, taps, WG, Cout_g]; masked: 0 no masks, 1 activation mask (xm), 2 weight mask (wm, with
+    wcnt int64 [G, taps, Cout_g] its per-tap popcounts), 3 both; unused operands may be dummies;
+    geom: (kh, kw, sh, sw, dh, dw, pt, pl, OH,
     OW, Cin_g); cb: output channels per task (a multiple of 64 when G == 1 and cb < Cout_g);
     y float32 NCHW or yb/ym uint64 NHWC-words by ``mode``."""
     for a in (x, xm, w, wm, yb, ym):
         assert a.dtype == np.uint64 and a.flags.c_contiguous
     assert x.ndim == 5 and w.ndim == 4 and x.shape[0] == w.shape[0] and x.shape[4] == w.shape[2]
     assert y.dtype == np.float32 and y.flags.c_contiguous and len(geom) == 11
-    if masked:
-        assert xm.shape == x.shape and wm.shape == w.shape
-    _binary_conv(x, xm, w, wm, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym)
+    assert masked in (0, 1, 2, 3)
+    if masked & 1:
+        assert xm.shape == x.shape
+    if masked & 2:
+        assert wm.shape == w.shape and wcnt.shape == (w.shape[0], w.shape[1], w.shape[3])
+    _binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym)
 
 
 # -- the kernel ---------------------------------------------------------------------------------
@@ -250,11 +304,16 @@ class BinaryConv(Kernel):
 
         cg, og = cin // g, cout // g
         vals = weight_values(step, 2, (cout, cg, kh, kw))
-        self.masked = self.has_xm or has_input(step, 3)
+        # mask mode: 1 activation mask, 2 weight mask (ternary), 3 both
+        self.masked = (1 if self.has_xm else 0) | (2 if has_input(step, 3) else 0)
         vals = vals.reshape(g, og, cg, kh * kw).transpose(0, 3, 1, 2)  # [G, taps, og, cg]
         signs, masks = pack_last(vals)
         self.w = np.ascontiguousarray(signs.transpose(0, 1, 3, 2))  # [G, taps, WG, og]
-        self.wm = np.ascontiguousarray(masks.transpose(0, 1, 3, 2)) if self.masked else self.w[:1, :1, :1, :1].copy()
+        self.wm = self.w[:1, :1, :1, :1].copy()
+        self.wcnt = np.zeros((1, 1, 1), np.int64)
+        if self.masked & 2:
+            self.wm = np.ascontiguousarray(masks.transpose(0, 1, 3, 2))
+            self.wcnt = np.ascontiguousarray((vals != 0).sum(axis=3, dtype=np.int64))  # [G, taps, og]
 
         # pre-padding (pad +-1) and group re-packing share one scratch copy of the input
         self.pad = pad_value != 0
@@ -266,11 +325,7 @@ class BinaryConv(Kernel):
         self.tail = tail
         self.pt, self.pl = (pt, pl) if self.pad else (0, 0)
         self.xg = np.empty(shape, np.uint64) if self.copy else None
-        if self.masked and not self.has_xm:
-            self.xmg = np.empty(shape, np.uint64)
-            self.xmg[...] = tail
-        else:
-            self.xmg = np.empty(shape, np.uint64) if self.masked and self.copy else None
+        self.xmg = np.empty(shape, np.uint64) if self.has_xm and self.copy else None
         cpt, cpl = (0, 0) if self.pad else (pt, pl)
         self.geom = (kh, kw, sh, sw, dh, dw, cpt, cpl, oh, ow, cg)
         self.g, self.og, self.rows = g, og, n * oh
@@ -300,8 +355,8 @@ class BinaryConv(Kernel):
             else:
                 xmg = xm.reshape((1,) + xm.shape)
         else:
-            xmg = self.xmg if self.masked else xg
+            xmg = xg  # unused
         st = self.stage
         y, yb, ym = st.buffers(outs, 4)
-        binary_conv(xg, xmg, self.w, self.wm, self.geom, self.masked, self._block(numba.get_num_threads()), st.mode,
-                    st.out_mask, st.scale, st.bias, st.table, y, yb, ym)
+        binary_conv(xg, xmg, self.w, self.wm, self.wcnt, self.geom, self.masked, self._block(numba.get_num_threads()),
+                    st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym)
