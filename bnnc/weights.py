@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from runtime.bitpack import pack_bits
+
 DEFAULT_TOL = 1e-4
 MIN_BINARY_FAN_IN = 4  # fewer weights per channel than this are trivially "±alpha": keep float
 
@@ -53,10 +55,5 @@ def classify(w: np.ndarray, tol: float = DEFAULT_TOL) -> WeightClass:
 
 
 def pack_dense(bits: np.ndarray) -> np.ndarray:
-    """Dense bitstream of a boolean tensor in C order: element i -> word i // 64, bit i % 64."""
-    flat = np.ascontiguousarray(bits, dtype=bool).reshape(-1)
-    n_words = (flat.size + 63) // 64
-    padded = np.zeros(n_words * 64, dtype=np.uint8)
-    padded[: flat.size] = flat
-    by_byte = np.packbits(padded.reshape(-1, 8), axis=1, bitorder="little").reshape(n_words, 8)
-    return by_byte.view("<u8").reshape(n_words).astype(np.uint64)
+    """Dense bitstream of a boolean tensor in C order (the layout of runtime/bitpack.py)."""
+    return pack_bits(np.asarray(bits, dtype=bool).reshape(-1))
