@@ -1,11 +1,16 @@
 """Thread control: one number bounds both Numba's kernels and the BLAS that numpy's matmul calls.
 
-Numba's ``set_num_threads`` is per calling thread; the BLAS thread count (numpy's bundled
-OpenBLAS, or a system OpenBLAS numpy was built against) is process-wide. Without a bound the two
-pools together run more busy threads than there are cores, and on a small machine each waits
-for the other's cores: a 2-core VM ran a 224x224 stem 10-100x slower than with one thread.
-``limit_threads(n)`` sets both for the duration of one inference and restores the BLAS count after, so
-the user's own numpy work keeps its setting.
+Two thread pools must never take turns: OpenBLAS's idle workers spin for a long while after each
+GEMM, and a Numba kernel launched next then waits for a core they hold (on a 2-core VM, a
+conv stem alternating an im2col kernel with 2-thread GEMMs ran 100x slower than with one
+thread). So during an inference Numba's pool does the kernels with ``n`` threads, BLAS runs with
+one thread, and the few GEMMs large enough to need more cores are split into column bands that
+``run_parts`` hands to plain Python worker threads (they sleep in the kernel when idle, and
+numpy's matmul releases the GIL). Numba's OpenMP workers are made to sleep when idle too
+(``OMP_WAIT_POLICY=PASSIVE``, set in ``runtime/__init__.py`` before Numba starts its pool).
+
+``limit_threads(n)`` sets Numba's count (per calling thread) and the BLAS count (process-wide) for
+one inference and restores the BLAS count after, so the user's own numpy work keeps its setting.
 
 The BLAS library is found through ctypes among the shared libraries this process has loaded
 (``/proc/self/maps`` on Linux) or next to numpy (its wheels' ``numpy.libs`` / ``.dylibs``). When no
@@ -14,11 +19,12 @@ OpenBLAS is found (MKL, Accelerate, a static build), BLAS threads are simply lef
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import glob
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 
@@ -85,18 +91,71 @@ def max_threads() -> int:
     return numba.config.NUMBA_NUM_THREADS
 
 
-@contextlib.contextmanager
-def limit_threads(threads: int) -> Iterator[None]:
-    """Run the body with ``threads`` Numba threads (in this thread) and BLAS threads."""
-    numba.set_num_threads(threads)
-    saved = []
-    for setter, getter in blas_libraries():
-        before = getter()
-        if before != threads:
-            setter(threads)
-            saved.append((setter, before))
+_blas_users = 0  # inferences running now (sessions may run in several threads at once)
+_blas_saved: list[tuple] = []  # the BLAS counts to restore when the last of them ends
+_blas_lock = threading.Lock()
+
+
+class limit_threads:  # noqa: N801  (used like a function: ``with limit_threads(2): ...``)
+    """Within the block: ``threads`` Numba threads in this thread, one BLAS thread."""
+
+    __slots__ = ("threads",)
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def __enter__(self) -> None:
+        global _blas_users
+        numba.set_num_threads(self.threads)
+        with _blas_lock:
+            _blas_users += 1
+            if _blas_users == 1:
+                for setter, getter in blas_libraries():
+                    before = getter()
+                    if before != 1:
+                        setter(1)
+                        _blas_saved.append((setter, before))
+
+    def __exit__(self, *exc) -> None:
+        global _blas_users
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                for setter, before in _blas_saved:
+                    setter(before)
+                _blas_saved.clear()
+
+
+_workers: ThreadPoolExecutor | None = None
+_workers_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _workers
+    with _workers_lock:
+        if _workers is None:
+            _workers = ThreadPoolExecutor(max(1, max_threads() - 1), thread_name_prefix="bnnc")
+        return _workers
+
+
+def run_parts(fn: Callable[[int, int], None], parts: int, threads: int) -> None:
+    """Call ``fn(part, worker)`` for every part in range(parts), spread over ``threads`` threads:
+    worker 0 is the calling thread, the others are pool threads; parts go round-robin, so a
+    worker's scratch buffers (indexed by ``worker``) are never shared. ``fn`` should spend its
+    time in code that releases the GIL (numpy's matmul, ``nogil`` Numba functions)."""
+    threads = max(1, min(threads, parts))
+    if threads == 1:
+        for p in range(parts):
+            fn(p, 0)
+        return
+
+    def share(worker: int) -> None:
+        for p in range(worker, parts, threads):
+            fn(p, worker)
+
+    futures = [_pool().submit(share, w) for w in range(1, threads)]
     try:
-        yield
+        share(0)
     finally:
-        for setter, before in saved:
-            setter(before)
+        for f in futures:
+            f.result()

@@ -1,7 +1,8 @@
 """bnnc.BinaryDense: XNOR-popcount matrix product of a packed input with packed weights.
 
 ``s[n, co] = K - 2 * sum_k popcount(x[n, k] ^ w[co, k])`` over the input words (bit convention:
-runtime/bitpack.py), or with nonzero masks ``sum popcount(m) - 2 * sum popcount((x ^ w) & m)``.
+runtime/bitpack.py), or with nonzero masks ``sum popcount(m) - 2 * sum popcount((x ^ w) & m)``
+(with one mask only, sum popcount(m) is one count per image or precomputed per weight row).
 
 The input may be a flattened packed image: physically ``[N, H*W*ceil(C/64)]`` words (pixel by
 pixel, each pixel's channels packed), while the logical weight column k refers to element k of
@@ -32,7 +33,7 @@ from runtime.kernels.binary_common import (
 
 
 @njit(cache=True, parallel=True)
-def _binary_dense(x, xm, w, wm, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym):
+def _binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym):
     n_, kw = x.shape
     cout = w.shape[0]
     nblk = (cout + cb - 1) // cb
@@ -43,11 +44,28 @@ def _binary_dense(x, xm, w, wm, k, masked, cb, mode, out_mask, scale, bias, tabl
         srow = scratch[0]
         for n in range(n_):
             xr = x[n]
-            xmr = xm[n] if masked else xm[0]
+            xmr = xm[n] if masked & 1 else xm[0]
+            xcnt = 0
+            if masked == 1:
+                for i in range(kw):
+                    xcnt += popcount(xmr[i])
             for co in range(c0, c1):
                 wr = w[co]
                 a = 0
-                if masked:
+                if masked == 0:
+                    for i in range(kw):
+                        a += popcount(xr[i] ^ wr[i])
+                    srow[co - c0] = k - 2 * a
+                elif masked == 1:
+                    for i in range(kw):
+                        a += popcount((xr[i] ^ wr[i]) & xmr[i])
+                    srow[co - c0] = xcnt - 2 * a
+                elif masked == 2:
+                    wmr = wm[co]
+                    for i in range(kw):
+                        a += popcount((xr[i] ^ wr[i]) & wmr[i])
+                    srow[co - c0] = wcnt[co] - 2 * a
+                else:
                     b = 0
                     wmr = wm[co]
                     for i in range(kw):
@@ -55,10 +73,6 @@ def _binary_dense(x, xm, w, wm, k, masked, cb, mode, out_mask, scale, bias, tabl
                         a += popcount((xr[i] ^ wr[i]) & m)
                         b += popcount(m)
                     srow[co - c0] = b - 2 * a
-                else:
-                    for i in range(kw):
-                        a += popcount(xr[i] ^ wr[i])
-                    srow[co - c0] = k - 2 * a
             if mode == FLOAT:
                 for j in range(c1 - c0):
                     y[n, c0 + j] = np.float32(srow[j]) * scale[c0 + j] + bias[c0 + j]
@@ -70,17 +84,19 @@ def _binary_dense(x, xm, w, wm, k, masked, cb, mode, out_mask, scale, bias, tabl
             emit_bits(srow, table, c0, yb[n], ym[n] if out_mask else ym[0], out_mask, scratch[1], scratch[2])
 
 
-def binary_dense(x, xm, w, wm, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym) -> None:
+def binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym) -> None:
     """Checked entry to the compiled kernel. x, xm: uint64 [N, Kw]; w, wm: uint64 [Cout, Kw] in the
-    physical input order; k: number of valid input elements; cb: output channels per task (a
+    physical input order; masked: 0 no masks, 1 activation mask xm, 2 weight mask wm (wcnt int64
+    [Cout]: nonzero weights per row), 3 both; k: number of valid input elements; cb: output channels
+    per task (a
     multiple of 64 for the bits output); y float32 [N, Cout] or yb/ym uint64 [N, ceil(Cout/64)]."""
     for a in (x, xm, w, wm, yb, ym):
         assert a.dtype == np.uint64 and a.flags.c_contiguous and a.ndim == 2
     assert x.shape[1] == w.shape[1] and y.dtype == np.float32 and y.ndim == 2
     assert mode == FLOAT or cb % 64 == 0
-    if masked:
-        assert xm.shape == x.shape and wm.shape == w.shape
-    _binary_dense(x, xm, w, wm, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym)
+    assert masked in (0, 1, 2, 3) and (not masked & 1 or xm.shape == x.shape)
+    assert not masked & 2 or (wm.shape == w.shape and wcnt.shape == (w.shape[0],))
+    _binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym)
 
 
 @register("bnnc.BinaryDense")
@@ -110,13 +126,13 @@ class BinaryDense(Kernel):
         vals = weight_values(step, 2, (cout, k))
         vals = vals.reshape(cout, c, h, w_).transpose(0, 2, 3, 1) if order == "chw" else vals.reshape(cout, h, w_, c)
         signs, masks = pack_last(vals)  # [Cout, H, W, words]: the physical input order
-        self.masked = self.has_xm or has_input(step, 3)
+        # mask mode: 1 activation mask, 2 weight mask (ternary), 3 both
+        self.masked = (1 if self.has_xm else 0) | (2 if has_input(step, 3) else 0)
         self.w = np.ascontiguousarray(signs.reshape(cout, kw))
-        self.wm = np.ascontiguousarray(masks.reshape(cout, kw)) if self.masked else self.w[:1].copy()
-        self.xm_ones = None
-        if self.masked and not self.has_xm:
-            tail = pack_last(np.ones((h, w_, c), np.int8))[1].reshape(-1)
-            self.xm_ones = np.ascontiguousarray(np.broadcast_to(tail, (n, kw)))
+        self.wm, self.wcnt = self.w[:1].copy(), np.zeros(1, np.int64)
+        if self.masked & 2:
+            self.wm = np.ascontiguousarray(masks.reshape(cout, kw))
+            self.wcnt = (vals != 0).reshape(cout, -1).sum(axis=1, dtype=np.int64)
         self.k, self.n, self.kw, self.cout = k, n, kw, cout
 
     def _block(self, threads: int) -> int:
@@ -126,11 +142,8 @@ class BinaryDense(Kernel):
 
     def run(self, ins, outs):
         x = np.ascontiguousarray(ins[0]).reshape(self.n, self.kw)
-        if self.has_xm:
-            xm = np.ascontiguousarray(ins[1]).reshape(self.n, self.kw)
-        else:
-            xm = self.xm_ones if self.masked else x
+        xm = np.ascontiguousarray(ins[1]).reshape(self.n, self.kw) if self.has_xm else x
         st = self.stage
         y, yb, ym = st.buffers(outs, 2)
-        binary_dense(x, xm, self.w, self.wm, self.k, self.masked, self._block(numba.get_num_threads()), st.mode, st.out_mask,
-                     st.scale, st.bias, st.table, y, yb, ym)
+        binary_dense(x, xm, self.w, self.wm, self.wcnt, self.k, self.masked, self._block(numba.get_num_threads()),
+                     st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym)
