@@ -38,6 +38,8 @@ def bench(onnx_path: str, threads: int = 1, repeat: int = 30, warmup: int = 3,
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    if threads > 1:  # onnxruntime's spinning pool threads would starve numba's on a small machine
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     ref_sess = ort.InferenceSession(ref.to_model().SerializeToString(), so, providers=["CPUExecutionProvider"])
     run_ours = lambda: sess.run(None, feeds)  # noqa: E731
     run_ref = lambda: ref_sess.run(None, feeds)  # noqa: E731

@@ -25,6 +25,7 @@ from onnx import helper, numpy_helper
 from bnnc.graph import Graph, attrs_of, node_attr, onnx_dtype
 from bnnc.layers import update_layer
 from bnnc.matching import bnnc_node, is_bnnc, is_std, only_reader
+from bnnc.ops import packed_shape
 from bnnc.pipeline import Pass, PassResult
 from bnnc.weights import pack_dense
 
@@ -230,7 +231,7 @@ class FoldThresholdsIntoBinaryLayers(Pass):
             outs = b_outs[:1] + (b_outs[1:2] if out_mask else [])
         else:
             shape = graph.shape(layer.output[0])
-            packed = [shape[0], shape[2], shape[3], (shape[1] + 63) // 64]
+            packed = packed_shape(shape)
             outs = [graph.unique_name(layer.output[0] + "_bits")]
             if out_mask:
                 outs.append(graph.unique_name(layer.output[0] + "_nonzero"))

@@ -23,22 +23,12 @@ import onnx
 from bnnc.graph import Graph, attrs_of, node_attr
 from bnnc.layers import record_bits, set_layer
 from bnnc.matching import bnnc_node, is_bnnc, is_std, scalar, std_node
+from bnnc.ops import packed_shape
 from bnnc.pipeline import Pass, PassResult
 from bnnc.weights import classify, pack_dense
 
 NAME = "recognize-binary-layers"
 _FLATTENERS = ("Transpose", "Reshape", "Flatten")
-
-
-def _words(c: int) -> int:
-    return (c + 63) // 64
-
-
-def _packed_shape(logical: tuple[int, ...]) -> list[int]:
-    if len(logical) == 4:
-        n, c, h, w = logical
-        return [n, h, w, _words(c)]
-    return [logical[0], _words(logical[1])]
 
 
 def weight_matrix(graph: Graph, node: onnx.NodeProto) -> tuple[np.ndarray | None, str]:
@@ -254,11 +244,11 @@ class _Rewrite:
             raise _Unsupported("binarized tensor is not 2-D or 4-D")
         bits = g.unique_name(u + "_bits")
         outs = [bits]
-        g.set_value(bits, _packed_shape(shape), "uint64")
+        g.set_value(bits, packed_shape(shape), "uint64")
         mask = ""
         if zero == 0:
             mask = g.unique_name(u + "_nonzero")
-            g.set_value(mask, _packed_shape(shape), "uint64")
+            g.set_value(mask, packed_shape(shape), "uint64")
             outs.append(mask)
         node = bnnc_node("Binarize", [u], outs, g.unique_name(u + "_binarize"), NAME, zero=zero)
         self.binarized[key] = (bits, mask)
@@ -279,10 +269,10 @@ class _Rewrite:
                 raise _Unsupported("MaxPool with auto_pad or indices")
             nb = self.g.unique_name(op.output[0] + "_bits")
             outs = [nb]
-            self.g.set_value(nb, _packed_shape(out_shape), "uint64")
+            self.g.set_value(nb, packed_shape(out_shape), "uint64")
             if mask:
                 nm = self.g.unique_name(op.output[0] + "_nonzero")
-                self.g.set_value(nm, _packed_shape(out_shape), "uint64")
+                self.g.set_value(nm, packed_shape(out_shape), "uint64")
                 outs.append(nm)
             attrs = {k: list(a[k]) for k in ("kernel_shape", "strides", "pads", "dilations") if k in a}
             nodes.append(bnnc_node("BitMaxPool", [bits, mask], outs, op.name + "_bits", NAME,
@@ -294,7 +284,7 @@ class _Rewrite:
         if rest and not self.dense:
             raise _Unsupported(f"{rest[0].op_type} between the binarizer and the conv")
         if self.dense and len(shape) == 4:
-            flat = [shape[0], int(np.prod(_packed_shape(shape)[1:]))]
+            flat = [shape[0], int(np.prod(packed_shape(shape)[1:]))]
             for name in (bits, mask):
                 if name:
                     out = self.g.unique_name(name + "_flat")
