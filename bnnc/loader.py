@@ -101,15 +101,57 @@ def load_model(path: str, input_shapes: dict[str, list[int]] | None = None) -> G
     model.graph.input.extend(real_inputs)
     dynamic_batch = _fix_input_shapes(model, input_shapes)
     _clear_stale_shapes(model)
-    try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BnncError(f"shape inference failed on '{path}': {first}") from None
+    model = _infer(model, path)
+    if _fix_ceil_mode_pools(model):
+        _clear_stale_shapes(model)
+        model = _infer(model, path)
     graph = Graph(model)
     graph.metadata["bnnc.dynamic_batch"] = "1" if dynamic_batch else "0"
     graph.name_nodes()
     return graph
+
+
+def _infer(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BnncError(f"shape inference failed on '{path}': {first}") from None
+
+
+def _fix_ceil_mode_pools(model: onnx.ModelProto) -> bool:
+    """MaxPool with ceil_mode=1 becomes ceil_mode=0 with end pads that give the same windows.
+
+    onnxruntime (like PyTorch) drops a last window that would start in the end padding; ONNX shape
+    inference keeps it. Padded positions never win a max, so padding the end just enough for the
+    onnxruntime window count, with ceil_mode=0, computes the same values and infers the same shape.
+    """
+    from bnnc.ops import pool_output_hw
+
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in list(model.graph.value_info) + list(model.graph.input)}
+    changed = False
+    for node in model.graph.node:
+        a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
+        shape = shapes.get(node.input[0]) if node.input else None
+        if node.op_type != "MaxPool" or not a.get("ceil_mode") or not shape or len(shape) != 4 or min(shape[2:]) < 1:
+            continue
+        k, st = list(a["kernel_shape"]), list(a.get("strides", [1, 1]))
+        pads, dil = list(a.get("pads", [0, 0, 0, 0])), list(a.get("dilations", [1, 1]))
+        out = pool_output_hw(shape[2], shape[3], k, st, pads, dil, 1)
+        for i in (0, 1):
+            span = dil[i] * (k[i] - 1) + 1
+            pads[i + 2] = max(0, (out[i] - 1) * st[i] + span - shape[2 + i] - pads[i])
+        for x in node.attribute:
+            if x.name == "ceil_mode":
+                x.i = 0
+            elif x.name == "pads":
+                del x.ints[:]
+                x.ints.extend(pads)
+        if "pads" not in a:
+            node.attribute.append(onnx.helper.make_attribute("pads", pads))
+        changed = True
+    return changed
 
 
 def _convert_opset(model: onnx.ModelProto, path: str) -> onnx.ModelProto:

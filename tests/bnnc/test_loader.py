@@ -61,3 +61,12 @@ def test_dynamic_batch_becomes_one_and_other_dims_need_a_shape(tmp_path):
 def test_bad_input_shape_specs(spec):
     with pytest.raises(BnncError, match="bad --input-shape"):
         parse_input_shapes([spec])
+
+
+@pytest.mark.parametrize("size, k, s, pads", [(6, 3, 3, [0, 0, 2, 2]), (7, 3, 2, [1, 1, 1, 1]), (8, 2, 2, [0, 0, 0, 0])])
+def test_ceil_mode_maxpool_matches_onnxruntime_window_count(size, k, s, pads):
+    nodes = [N("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s], pads=pads, ceil_mode=1)]
+    model = make_model(nodes, [("x", [1, 2, size, size])], [("y", None)])
+    x = np.random.default_rng(0).standard_normal((1, 2, size, size)).astype(np.float32)
+    expected = ort_run(model, {"x": x})[0]
+    np.testing.assert_array_equal(bnnc_run(model, {"x": x})[0], expected)
