@@ -42,6 +42,18 @@ def const_input(step: Step, i: int, what: str, dtype: str, optional: bool = Fals
     return np.ascontiguousarray(c)
 
 
+def window_attrs(step: Step) -> tuple[tuple[int, ...], ...]:
+    """(kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) of a 2-D window op, lengths checked."""
+    out = []
+    for key, default, n in (("kernel_shape", [], 2), ("strides", [1, 1], 2), ("pads", [0, 0, 0, 0], 4),
+                            ("dilations", [1, 1], 2)):
+        v = [int(a) for a in step.attr(key, default)]
+        if len(v) != n:
+            raise step.error(f"{key} must have {n} values (2-D window), got {v}")
+        out.append(tuple(v))
+    return tuple(out)
+
+
 def has_input(step: Step, i: int) -> bool:
     return len(step.in_shapes) > i and step.in_shapes[i] is not None
 

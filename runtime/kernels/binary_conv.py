@@ -38,6 +38,7 @@ from runtime.kernels.binary_common import (
     has_input,
     pack_last,
     weight_values,
+    window_attrs,
 )
 
 
@@ -264,21 +265,11 @@ def binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bia
 
 
 # -- the kernel ---------------------------------------------------------------------------------
-def _ints(step: Step, key: str, default: list[int], n: int) -> tuple[int, ...]:
-    v = [int(a) for a in step.attr(key, default)]
-    if len(v) != n:
-        raise step.error(f"{key} must have {n} values (2-D convolution), got {v}")
-    return tuple(v)
-
-
 @register("bnnc.BinaryConv")
 class BinaryConv(Kernel):
     def __init__(self, step: Step):
         super().__init__(step)
-        kh, kw = _ints(step, "kernel_shape", [], 2)
-        sh, sw = _ints(step, "strides", [1, 1], 2)
-        pt, pl, pb, pr = _ints(step, "pads", [0, 0, 0, 0], 4)
-        dh, dw = _ints(step, "dilations", [1, 1], 2)
+        (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = window_attrs(step)
         g, cin, cout = int(step.attr("group", 1)), int(step.attr("cin", 0)), int(step.attr("cout", 0))
         pad_value = int(step.attr("pad_value", 0))
         if min(kh, kw, sh, sw, dh, dw, g, cin, cout) < 1 or min(pt, pl, pb, pr) < 0:

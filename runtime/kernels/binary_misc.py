@@ -19,7 +19,7 @@ from numba import njit, prange
 
 from runtime.bitpack import nwords, tail_mask
 from runtime.kernels.base import Kernel, Step, register
-from runtime.kernels.binary_common import check_input, check_outputs, const_input, dummy, has_input
+from runtime.kernels.binary_common import check_input, check_outputs, const_input, dummy, has_input, window_attrs
 
 
 # -- Binarize -----------------------------------------------------------------------------------
@@ -182,10 +182,7 @@ def _window_ok(o: int, size: int, k: int, s: int, d: int, p0: int) -> bool:
 class BitMaxPool(Kernel):
     def __init__(self, step: Step):
         super().__init__(step)
-        kh, kw = [int(v) for v in step.attr("kernel_shape", [])] or (0, 0)
-        sh, sw = [int(v) for v in step.attr("strides", [1, 1])]
-        pt, pl, pb, pr = [int(v) for v in step.attr("pads", [0, 0, 0, 0])]
-        dh, dw = [int(v) for v in step.attr("dilations", [1, 1])]
+        (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = window_attrs(step)
         ceil_mode = bool(int(step.attr("ceil_mode", 0)))
         c = int(step.attr("channels", 0))
         xs = step.in_shapes[0]

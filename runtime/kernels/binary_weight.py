@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.kernels.base import Kernel, Step, register
-from runtime.kernels.binary_common import check_input, check_outputs, const_input, weight_values
+from runtime.kernels.binary_common import check_input, check_outputs, const_input, weight_values, window_attrs
 
 
 @njit(cache=True, parallel=True)
@@ -94,10 +94,7 @@ def _scale_bias_of(step: Step, cout: int) -> tuple[np.ndarray, np.ndarray]:
 class BinaryWeightConv(Kernel):
     def __init__(self, step: Step):
         super().__init__(step)
-        kh, kw = [int(v) for v in step.attr("kernel_shape", [])] or (0, 0)
-        sh, sw = [int(v) for v in step.attr("strides", [1, 1])]
-        pt, pl, pb, pr = [int(v) for v in step.attr("pads", [0, 0, 0, 0])]
-        dh, dw = [int(v) for v in step.attr("dilations", [1, 1])]
+        (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = window_attrs(step)
         g, cin, cout = int(step.attr("group", 1)), int(step.attr("cin", 0)), int(step.attr("cout", 0))
         if min(kh, kw, sh, sw, dh, dw, g, cin, cout) < 1 or min(pt, pl, pb, pr) < 0 or cin % g or cout % g:
             raise step.error("bad convolution attributes (sizes must be positive, channels multiples of group)")
