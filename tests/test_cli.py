@@ -150,3 +150,11 @@ def test_verify_and_inspect_on_a_bnn():
     assert 0.9 < report["binary_mac_fraction"] < 1 and report["artifact_bytes"] * 10 < report["fp32_bytes"]
     code, out, _ = bnnc("inspect", os.path.join(MODELS, "digits_bnn.onnx"))
     assert code == 0 and "xnor" in out and "weights are not ±alpha" in out
+
+
+def test_bench_reports_both_engines():
+    # a smoke test of the command, not a timing: performance is measured by benchmarks, not tests
+    code, out, _ = bnnc("bench", os.path.join(MODELS, "digits_bnn.onnx"), "--repeat", "3", "--warmup", "1", "--json")
+    r = json.loads(out)
+    assert code == 0 and r["bnnc"]["median_ms"] > 0 and r["onnxruntime"]["median_ms"] > 0 and r["speedup"] > 0
+    assert r["max_abs_output_difference"] < 1e-3

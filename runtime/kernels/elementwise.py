@@ -13,24 +13,25 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from runtime.kernels.base import Kernel, Step, register
-from runtime.kernels.nn import activate, activation_of, same_shape
+from runtime.kernels.nn import PARALLEL_WORK, activate, activation_of, same_shape, twin
 
 _CHUNK = 16384
 
 
-@njit(parallel=True, cache=True)
-def _erf(x, y):
+def _erf_body(x, y):
     n = x.shape[0]
     for t in prange((n + _CHUNK - 1) // _CHUNK):
         for i in range(t * _CHUNK, min(n, (t + 1) * _CHUNK)):
             y[i] = math.erf(x[i])
 
 
-@njit(parallel=True, cache=True)
-def _channel_prelu(x, y, slope):
+_erf, _erf_serial = twin(_erf_body)
+
+
+def _channel_prelu_body(x, y, slope):
     """y = x where x >= 0 else slope[c] * x, for (N, C, S) arrays."""
     N, C, S = x.shape
     for nc in prange(N * C):
@@ -44,8 +45,10 @@ def _channel_prelu(x, y, slope):
             yr[s] = v if v >= 0 else v * a
 
 
-@njit(parallel=True, cache=True)
-def _softmax(x, y, log):
+_channel_prelu, _channel_prelu_serial = twin(_channel_prelu_body)
+
+
+def _softmax_body(x, y, log):
     """Softmax over axis 1 of (P, n, Q) arrays: y = exp(x - max) / sum (or its log)."""
     P, n, Q = x.shape
     for pq in prange(P * Q):
@@ -69,6 +72,9 @@ def _softmax(x, y, log):
             r = 1.0 / s
             for i in range(n):
                 y[p, i, q] = y[p, i, q] * r
+
+
+_softmax, _softmax_serial = twin(_softmax_body)
 
 
 _UNARY = {
@@ -103,7 +109,7 @@ class Unary(Kernel):
             if self.fn is not None:
                 self.fn(x, out=y)
             elif self.step.op == "Erf":
-                _erf(x.reshape(-1), y.reshape(-1))
+                (_erf if x.size >= PARALLEL_WORK else _erf_serial)(x.reshape(-1), y.reshape(-1))
             else:  # Softplus: log(1 + exp(x)), stable for large x
                 np.logaddexp(x, x.dtype.type(0), out=y)
 
@@ -227,9 +233,10 @@ class Softmax(Kernel):
         else:
             self.shape3 = (p, shape[axis] if r else 1, math.prod(shape[axis + 1:]))
         self.log = step.op == "LogSoftmax"
+        self.fn = _softmax if math.prod(shape) >= PARALLEL_WORK else _softmax_serial
 
     def run(self, ins, outs):
-        _softmax(ins[0].reshape(self.shape3), outs[0].reshape(self.shape3), self.log)
+        self.fn(ins[0].reshape(self.shape3), outs[0].reshape(self.shape3), self.log)
 
 
 class _Activation(Kernel):
@@ -320,7 +327,8 @@ class PRelu(Kernel):
     def run(self, ins, outs):
         x, y = ins[0], outs[0]
         if self.slope is not None:
-            _channel_prelu(x.reshape(x.shape[0], x.shape[1], -1), y.reshape(y.shape[0], y.shape[1], -1), self.slope)
+            fn = _channel_prelu if x.size >= PARALLEL_WORK else _channel_prelu_serial
+            fn(x.reshape(x.shape[0], x.shape[1], -1), y.reshape(y.shape[0], y.shape[1], -1), self.slope)
             return
         np.multiply(x, ins[1], out=y)
         np.copyto(y, x, where=x >= 0)

@@ -1,0 +1,151 @@
+"""Every path of the float Conv, pool and matmul kernels against onnxruntime, and the thread
+control of the runtime (runtime.threads).
+
+The kernels pick a path from the planned shapes (scalar loops for tiny planes, serial or
+parallel Numba, GEMM bands spread over worker threads above a size); the thresholds are module
+constants, patched here so that small, fast cases take every path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import runtime.kernels.conv as conv
+import runtime.kernels.nn as nn
+import runtime.kernels.pool as pool
+import runtime.threads as threads
+from runtime.errors import BnncError
+from runtime.session import _check_threads
+from tests.runtime.test_float_helpers import check, randn
+
+# name -> module constants that force the path (the others keep their values)
+CONV_PATHS = {
+    "default": {},
+    "tiny": {"_TINY_PLANE": 10_000},
+    "parallel": {"PARALLEL_WORK": 0, "_TINY_PLANE": 0},
+    "serial": {"PARALLEL_WORK": 1 << 40, "_TINY_PLANE": 0},
+    "threaded_bands": {"_SPLIT_MACS": 0, "_BAND_BYTES": 1, "_MIN_COLS": 1},
+    "narrow_bands": {"_MAX_WASTE": -1.0},
+}
+
+# (input NCHW, weight MCkk, attributes): the GEMM path wide and narrow, pointwise, strides 1, 2,
+# 3 and 4 (each with its own phase-split loop), groups, depthwise, dilation, odd sizes
+CONVS = {
+    "stem_s4_k11": ((1, 3, 23, 21), (5, 3, 11, 11), dict(strides=[4, 4], pads=[3, 3, 4, 4])),
+    "stem_s2_k7": ((2, 3, 17, 15), (6, 3, 7, 7), dict(strides=[2, 2], pads=[3, 3, 3, 3])),
+    "s3_dilated": ((1, 4, 16, 14), (5, 4, 3, 3), dict(strides=[3, 3], dilations=[2, 1], pads=[2, 1, 0, 2])),
+    "pointwise": ((2, 7, 6, 5), (9, 7, 1, 1), {}),
+    "pointwise_s2": ((1, 7, 9, 8), (9, 7, 1, 1), dict(strides=[2, 2])),
+    "3x3_small_image": ((1, 5, 4, 3), (6, 5, 3, 3), dict(pads=[1, 1, 1, 1])),
+    "groups2": ((1, 6, 9, 8), (8, 3, 3, 3), dict(group=2, pads=[1, 0, 1, 2], strides=[2, 1])),
+    "depthwise_s2": ((2, 6, 11, 9), (6, 1, 3, 3), dict(group=6, strides=[2, 2], pads=[1, 1, 1, 1])),
+    "depthwise_mult_dil": ((1, 3, 10, 10), (6, 1, 5, 5), dict(group=3, dilations=[2, 1], pads=[4, 2, 4, 2])),
+    "depthwise_1x1_image": ((1, 5, 1, 1), (5, 1, 3, 3), dict(group=5, strides=[2, 2], pads=[1, 1, 1, 1])),
+    "grouped_pointwise": ((1, 8, 5, 6), (4, 2, 1, 1), dict(group=4)),
+}
+
+POOL_PATHS = {
+    "default": {},
+    "tiny": {"_TINY_WORK": 1 << 40},
+    "rows_serial": {"_TINY_WORK": 0, "PARALLEL_WORK": 1 << 40},
+    "rows_parallel": {"_TINY_WORK": 0, "PARALLEL_WORK": 0},
+}
+
+POOLS = {
+    "3x3_s2_pad1": ((1, 3, 13, 12), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    "2x2_s1": ((2, 4, 6, 7), dict(kernel_shape=[2, 2])),
+    "3x3_s4_ceil": ((1, 2, 13, 14), dict(kernel_shape=[3, 3], strides=[4, 4], pads=[1, 1, 0, 0], ceil_mode=1)),
+    "dilated_s3": ((1, 3, 14, 16), dict(kernel_shape=[2, 3], strides=[3, 3], dilations=[2, 2], pads=[1, 1, 1, 1])),
+    "1x1": ((1, 5, 1, 1), dict(kernel_shape=[1, 1])),
+}
+
+
+@pytest.fixture
+def patch(monkeypatch):
+    def apply(module, values: dict) -> None:
+        for name, value in values.items():
+            monkeypatch.setattr(module, name, value)
+
+    return apply
+
+
+@pytest.mark.parametrize("path", list(CONV_PATHS))
+@pytest.mark.parametrize("case", list(CONVS))
+def test_conv_paths(case, path, patch):
+    patch(conv, CONV_PATHS[path])
+    xs, ws, attrs = CONVS[case]
+    inits = {"w": randn(*ws, salt=1) * 0.3, "b": randn(ws[0], salt=2)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["y"])]
+    check(nodes, {"x": randn(*xs)}, inits)
+
+
+@pytest.mark.parametrize("path", list(POOL_PATHS))
+@pytest.mark.parametrize("case", list(POOLS))
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_pool_paths(op, case, path, patch):
+    patch(pool, POOL_PATHS[path])
+    shape, attrs = POOLS[case]
+    x = randn(*shape)
+    x.reshape(-1)[::5] = -50.0
+    opset = 19 if "dilations" in attrs else 17
+    check(helper.make_node(op, ["x"], ["y"], **attrs), {"x": x}, opset=opset)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
+def test_global_pool_paths(op, parallel, patch):
+    patch(pool, {"PARALLEL_WORK": 0 if parallel else 1 << 40})
+    check(helper.make_node(op, ["x"], ["y"]), {"x": randn(2, 5, 7, 9) - 2.0})
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_elementwise_activation_and_batchnorm_paths(parallel, patch):
+    patch(nn, {"PARALLEL_WORK": 0 if parallel else 1 << 40})
+    c = 5
+    inits = {"s": randn(c, salt=1), "b": randn(c, salt=2), "m": randn(c, salt=3), "v": np.abs(randn(c, salt=4)) + 0.1}
+    nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["t"]),
+             helper.make_node("Sigmoid", ["t"], ["y"])]
+    check(nodes, {"x": randn(2, c, 6, 7)}, inits)
+
+
+@pytest.mark.parametrize("shapes", [((37, 20), (20, 9)), ((3, 20), (20, 41)), ((2, 5, 20), (20, 9))])
+def test_matmul_split_over_threads(shapes, patch):
+    patch(nn, {"_SPLIT_MACS": 0})
+    a, b = randn(*shapes[0]), randn(*shapes[1], salt=1)
+    check(helper.make_node("MatMul", ["a", "b"], ["y"]), {"a": a}, {"b": b})
+    check(helper.make_node("Gemm", ["a", "b"], ["y"], alpha=0.5), {"a": a.reshape(-1, 20)}, {"b": b})
+
+
+def test_run_parts_covers_every_part_once_per_worker_slot():
+    seen: list[tuple[int, int]] = []
+    threads.run_parts(lambda p, w: seen.append((p, w)), 7, 3)
+    assert sorted(p for p, _ in seen) == list(range(7))
+    assert all(p % 3 == w for p, w in seen)
+    with pytest.raises(ZeroDivisionError):
+        threads.run_parts(lambda p, w: 1 / (p - 5), 7, 2)  # a worker's error reaches the caller
+
+
+def test_limit_threads_bounds_blas_and_restores_it():
+    libs = threads.blas_libraries()
+    if not libs:
+        pytest.skip("no OpenBLAS found in this process")
+    setter, getter = libs[0]
+    setter(2)
+    with threads.limit_threads(1):
+        assert getter() == 1
+        with threads.limit_threads(1):  # nested (or concurrent) inferences
+            assert getter() == 1
+        assert getter() == 1
+    assert getter() == 2
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_bad_thread_counts_are_refused(bad):
+    with pytest.raises(BnncError, match="threads must be a positive integer"):
+        _check_threads(bad)
+
+
+def test_thread_count_is_capped_at_the_pool_size():
+    assert _check_threads(10_000) == threads.max_threads()
