@@ -90,6 +90,21 @@ def weight_values(step: Step, i: int, shape: tuple[int, ...]) -> np.ndarray:
     return v
 
 
+@njit(cache=True)
+def _all_set(words, tail):
+    for i in range(words.shape[0]):
+        for j in range(words.shape[1]):
+            if words[i, j] != tail[j]:
+                return False
+    return True
+
+
+def all_set(mask: np.ndarray, tail: np.ndarray) -> bool:
+    """Whether a packed nonzero mask [..., words] marks every value nonzero (each pixel's words
+    equal ``tail``, the valid-bit pattern): then the tensor holds no zero."""
+    return _all_set(np.ascontiguousarray(mask).reshape(-1, tail.shape[0]), tail)
+
+
 def pack_last(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sign and nonzero-mask words of int8 values packed along the last axis."""
     return pack_bits(values < 0, -1), pack_bits(values != 0, -1)

@@ -32,6 +32,7 @@ from runtime.kernels.binary_common import (
     BITS,
     FLOAT,
     OutputStage,
+    all_set,
     check_input,
     check_outputs,
     emit_bits,
@@ -40,6 +41,7 @@ from runtime.kernels.binary_common import (
     weight_values,
     window_attrs,
 )
+from runtime.kernels.binary_conv_narrow import NarrowPlan
 
 
 # -- compiled kernels ---------------------------------------------------------------------------
@@ -265,6 +267,15 @@ def binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bia
 
 
 # -- the kernel ---------------------------------------------------------------------------------
+def choose_narrow(cg: int, kw: int, og: int, ow: int) -> bool:
+    """Whether a layer takes the narrow path (binary_conv_narrow.py), from Cin_g, the kernel
+    width, Cout_g and the output width. Measured (benchmarks/bench_binary_conv_paths.py, one
+    thread): the narrow path is 1.4-5x faster with a merged kernel row of at most 3 words
+    (Cin_g <= 64 at kw = 3) and rows of at least 8 pixels, unless the many output channels (more
+    than 64) of a short row (under 32 pixels) suit the general path's channel loop better."""
+    return nwords(kw * cg) <= 3 and ow >= 8 and (og <= 64 or ow >= 32)
+
+
 @register("bnnc.BinaryConv")
 class BinaryConv(Kernel):
     def __init__(self, step: Step):
@@ -297,6 +308,10 @@ class BinaryConv(Kernel):
         vals = weight_values(step, 2, (cout, cg, kh, kw))
         # mask mode: 1 activation mask, 2 weight mask (ternary), 3 both
         self.masked = (1 if self.has_xm else 0) | (2 if has_input(step, 3) else 0)
+        self.cin_tail = tail_mask(cin)
+        self.narrow = None
+        if not self.masked & 2 and choose_narrow(cg, kw, og, ow):
+            self.narrow = NarrowPlan(vals, g, n, h, w_, (kh, kw, sh, sw, dh, dw, oh, ow), (pt, pl, pb, pr), pad_value)
         vals = vals.reshape(g, og, cg, kh * kw).transpose(0, 3, 1, 2)  # [G, taps, og, cg]
         signs, masks = pack_last(vals)
         self.w = np.ascontiguousarray(signs.transpose(0, 1, 3, 2))  # [G, taps, WG, og]
@@ -333,12 +348,20 @@ class BinaryConv(Kernel):
 
     def run(self, ins, outs):
         x = np.ascontiguousarray(ins[0])
+        st = self.stage
+        y, yb, ym = st.buffers(outs, 4)
+        masked = self.masked
+        if self.has_xm and all_set(ins[1], self.cin_tail):
+            masked &= 2  # no zero among the activations: the mask changes nothing
+        if self.narrow is not None and not masked:
+            self.narrow.run(x, st, y, yb, ym)
+            return
         if self.copy:
             _regroup(x, self.geom[10], self.pt, self.pl, self.fill, self.tail, self.xg)
             xg = self.xg
         else:
             xg = x.reshape((1,) + x.shape)
-        if self.has_xm:
+        if masked & 1:
             xm = np.ascontiguousarray(ins[1])
             if self.copy:
                 _regroup(xm, self.geom[10], self.pt, self.pl, self.tail, self.tail, self.xmg)
@@ -347,7 +370,5 @@ class BinaryConv(Kernel):
                 xmg = xm.reshape((1,) + xm.shape)
         else:
             xmg = xg  # unused
-        st = self.stage
-        y, yb, ym = st.buffers(outs, 4)
-        binary_conv(xg, xmg, self.w, self.wm, self.wcnt, self.geom, self.masked, self._block(numba.get_num_threads()),
+        binary_conv(xg, xmg, self.w, self.wm, self.wcnt, self.geom, masked, self._block(numba.get_num_threads()),
                     st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym)

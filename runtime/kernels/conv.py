@@ -238,11 +238,25 @@ class Conv(Kernel):
 
     def __init__(self, step: Step):
         super().__init__(step)
-        xs, ws, ys = step.in_shapes[0], step.in_shapes[1], step.out_shapes[0]
+        ws = step.in_shapes[1]
+        act = activation_of(step) if step.op == "bnnc.FusedConv" else (0, 0.0, 0.0)
+        self._plan(ws, int(step.attr("group", 1)), act)
+        bias = step.in_shapes[2] if len(step.in_shapes) > 2 else None
+        if bias is not None and math.prod(bias) != self.w4[0]:
+            raise step.error(f"bias has shape {list(bias)}, expected [{self.w4[0]}]")
+        consts = list(step.consts) + [None]
+        self.has_bias = bias is not None
+        self.const = consts[1] is not None and (consts[2] is not None or not self.has_bias)
+        self.params = self._params(consts[1], consts[2]) if self.const else None
+
+    def _plan(self, ws, g: int, act: tuple[int, float, float]) -> None:
+        """Check the geometry of input, weights ``ws`` [M, C/g, k...] and output, and plan the
+        path and its buffers."""
+        step = self.step
+        xs, ys = step.in_shapes[0], step.out_shapes[0]
         if xs is None or ws is None or len(xs) not in (3, 4) or len(ws) != len(xs):
             raise step.error(f"expects 1-D or 2-D NCHW input and weights, got shapes {xs} and {ws}")
-        self.act = activation_of(step) if step.op == "bnnc.FusedConv" else (0, 0.0, 0.0)
-        g = int(step.attr("group", 1))
+        self.act = act
         k_sp = list(step.attr("kernel_shape") or ws[2:])
         (kh, kw), self.strides, self.dil, self.pads = window_geometry(step, xs[2:], k_sp, ys[2:])
         self.x4, self.y4 = lift4(xs), lift4(ys)
@@ -250,17 +264,18 @@ class Conv(Kernel):
         m, cg = ws[0], ws[1]
         if c != cg * g or m % g or list(ws[2:]) != k_sp:
             raise step.error(f"input has {c} channels; weights {list(ws)} do not fit group={g}")
-        self._check_output(n, m, (kh, kw))
+        want = [n, m]
+        for a, k in enumerate((kh, kw)):
+            span = (k - 1) * self.dil[a] + 1
+            want.append((self.x4[2 + a] + self.pads[a] + self.pads[a + 2] - span) // self.strides[a] + 1)
+        if list(self.y4) != want or min(want) < 1:
+            raise step.error(f"output shape {list(ys)} does not match the convolution")
         self.w4 = (m, cg, kh, kw)
         self.groups, self.cg, self.mg = g, cg, m // g
         self.dtype = np.dtype(step.out_dtypes[0])
         self.macs = n * m * self.y4[2] * self.y4[3] * cg * kh * kw
         # narrow groups make tiny GEMMs: a direct loop is faster there
         self.direct = g > 1 and cg * self.mg <= 256
-        consts = list(step.consts) + [None]
-        self.has_bias = len(step.in_shapes) > 2 and step.in_shapes[2] is not None
-        self.const = consts[1] is not None and (consts[2] is not None or not self.has_bias)
-        self.params = self._params(consts[1], consts[2]) if self.const else None
         self.pointwise = (kh, kw) == (1, 1) and self.strides == (1, 1) and not any(self.pads)
         self.xq = None if self.pointwise and not self.direct else self._phase_buffer()
         if self.direct:
@@ -269,17 +284,6 @@ class Conv(Kernel):
             self.tiny = self.y4[2] * self.y4[3] <= _TINY_PLANE
         else:
             self._plan_gemm()
-
-    def _check_output(self, n: int, m: int, k: tuple[int, int]) -> None:
-        want = [n, m]
-        for a in (0, 1):
-            span = (k[a] - 1) * self.dil[a] + 1
-            want.append((self.x4[2 + a] + self.pads[a] + self.pads[a + 2] - span) // self.strides[a] + 1)
-        if list(self.y4) != want or min(want) < 1:
-            raise self.step.error(f"output shape {list(self.step.out_shapes[0])} does not match the convolution")
-        bias = self.step.in_shapes[2] if len(self.step.in_shapes) > 2 else None
-        if bias is not None and math.prod(bias) != m:
-            raise self.step.error(f"bias has shape {list(bias)}, expected [{m}]")
 
     def _params(self, w: np.ndarray, b: np.ndarray | None):
         """Weights (direct: [M, Cg, kh, kw]; GEMM: [M, K]) and the bias [M] (zeros when absent)."""

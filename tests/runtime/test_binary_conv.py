@@ -11,6 +11,7 @@ from bnnc import ops
 from bnnc.graph import BNNC_DOMAIN, Graph
 from runtime.bitpack import pack_dense, tail_mask
 from runtime.errors import BnncError
+from runtime.kernels import binary_conv
 from tests.helpers import make_model, run_graph
 from tests.runtime.test_binary_helpers import packed, random_rules, run_step, signs, unpacked
 
@@ -33,7 +34,16 @@ CASES = {
     "depthwise_mult2_s2": (1, 3, 7, 7, 6, 5, 5, (2, 2), (2, 2, 2, 2), (1, 1), 3),
 }
 
-MASKS = [(False, False), (True, False), (False, True), (True, True)]
+# (activation mask, weight mask, zeros among the activations): a mask with no zero to mark is
+# dropped at run time, so that case takes the unmasked paths
+MASKS = [(False, False, False), (True, False, True), (False, True, False), (True, True, True), (True, False, False)]
+
+
+@pytest.fixture(params=["general", "narrow"])
+def path(request, monkeypatch):
+    """Force BinaryConv's general kernel or, wherever it applies, the narrow one."""
+    monkeypatch.setattr(binary_conv, "choose_narrow", lambda *a: request.param == "narrow")
+    return request.param
 
 
 def conv_attrs(case, pad_value, output, out_mask=0):
@@ -48,10 +58,10 @@ def ref_kwargs(attrs):
                 group=attrs["group"], pad_value=attrs["pad_value"])
 
 
-def data(case, seed, xmask, wmask):
+def data(case, seed, xzeros, wmask):
     n, cin, h, w, cout, kh, kw, *_, g = CASES[case]
     rng = np.random.default_rng(seed)
-    return rng, signs(rng, (n, cin, h, w), xmask), signs(rng, (cout, cin // g, kh, kw), wmask)
+    return rng, signs(rng, (n, cin, h, w), xzeros), signs(rng, (cout, cin // g, kh, kw), wmask)
 
 
 def run_conv(attrs, x, w, xmask, wmask, tail, n_outputs=1):
@@ -62,10 +72,10 @@ def run_conv(attrs, x, w, xmask, wmask, tail, n_outputs=1):
 
 @pytest.mark.parametrize("pad_value", [0, 1, -1])
 @pytest.mark.parametrize("case", list(CASES))
-def test_float_output(case, pad_value):
+def test_float_output(case, pad_value, path):
     attrs = conv_attrs(case, pad_value, "float")
-    for i, (xmask, wmask) in enumerate(MASKS):
-        rng, x, w = data(case, 100 + i, xmask, wmask)
+    for i, (xmask, wmask, xzeros) in enumerate(MASKS):
+        rng, x, w = data(case, 100 + i, xzeros, wmask)
         cout = attrs["cout"]
         scale = rng.standard_normal(cout).astype(np.float32)
         bias = rng.standard_normal(cout).astype(np.float32)
@@ -76,9 +86,9 @@ def test_float_output(case, pad_value):
 
 @pytest.mark.parametrize("pad_value", [0, 1, -1])
 @pytest.mark.parametrize("case", list(CASES))
-def test_bits_output(case, pad_value):
-    for i, (xmask, wmask) in enumerate(MASKS):
-        rng, x, w = data(case, 200 + i, xmask, wmask)
+def test_bits_output(case, pad_value, path):
+    for i, (xmask, wmask, xzeros) in enumerate(MASKS):
+        rng, x, w = data(case, 200 + i, xzeros, wmask)
         s = ops.binary_conv_int(x, w, **ref_kwargs(conv_attrs(case, pad_value, "bits")))
         for out_mask in (0, 1):
             attrs = conv_attrs(case, pad_value, "bits", out_mask)

@@ -1,0 +1,197 @@
+"""The narrow path of bnnc.BinaryConv: input groups of few channels.
+
+The general kernel (binary_conv.py) XORs one ``nwords(Cin_g)``-word input pixel per tap and runs
+its inner loop over output channels. With 16 or 32 input channels most of each 64-bit word is
+padding, and with few output channels the inner loop is too short to vectorise well. Here:
+
+- Merged rows: the ``kw`` taps of one kernel row, for output column ``ow`` and input row ``ih``,
+  read pixels ``ow*sw - pl + kj*dw`` (kj = 0 .. kw-1). Their ``Cin_g`` channel bits, concatenated
+  (tap kj at bit ``kj*Cin_g``), make one merged row of ``kw*Cin_g`` bits, built once per run
+  (``merge_rows``) into ``xm[G, N, Hx, WG, OW]``: a kernel row is one tap of
+  ``WG = nwords(kw*Cin_g)`` words instead of ``kw`` taps of ``nwords(Cin_g)`` words. Weights are
+  merged the same way once per session, ``w[G, kh, WG, Cout_g]``.
+- The inner loop runs over output columns (contiguous merged rows) with one weight word
+  broadcast: ``acc[co, ow] += popcount(xm[.., wd, ow] ^ w[ki, wd, co])``.
+- Padding: with ``pad_value`` +-1 the merged rows (and extra rows above and below) hold that
+  value, so every tap is valid. With zero padding, rows outside the image are skipped, and a
+  merged row that crosses the left or right border holds +1 bits (0) for the pixels outside;
+  their contribution is taken back exactly by a per-column, per-channel correction ``d``
+  computed from the weights: for the set S of outside taps, ``s`` over the valid bits is
+  ``kw*Cin_g - 2*popcount + (2*c_w - |S|*Cin_g)``, c_w the count of -1 weights in S.
+
+Activation masks (``Sign(0) = 0``) and ternary weights take the general kernel.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from runtime.bitpack import nwords, pack_bits, popcount
+from runtime.kernels.binary_common import BITS
+
+_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@njit(cache=True, inline="always")
+def _take(row, start, count):
+    """``count`` (1 .. 64) bits of the word row ``row`` from bit ``start``, in the low bits."""
+    q = start >> 6
+    off = start & 63
+    v = row[q] >> np.uint64(off)
+    if off != 0 and q + 1 < row.shape[0]:
+        v |= row[q + 1] << np.uint64(64 - off)
+    if count < 64:
+        v &= (np.uint64(1) << np.uint64(count)) - np.uint64(1)
+    return v
+
+
+@njit(cache=True, inline="always")
+def _put(out, ow, pos, v, count):
+    """OR the ``count`` low bits of ``v`` into the merged row ``out[:, ow]`` at bit ``pos``."""
+    q = pos >> 6
+    off = pos & 63
+    out[q, ow] |= v << np.uint64(off)
+    if off != 0 and off + count > 64:
+        out[q + 1, ow] |= v >> np.uint64(64 - off)
+
+
+@njit(cache=True, parallel=True)
+def merge_rows(x, cg, kw, sw, dw, pl, ptop, fill, out):
+    """out[g, n, ihp, :, ow] = the merged row of input row ``ihp - ptop``, output column ow:
+    for tap kj, bits g*cg .. g*cg + cg - 1 of pixel x[n, ih, ow*sw - pl + kj*dw] at bit kj*cg,
+    or ``cg`` bits of ``fill`` (0 or all ones) where that pixel is outside x."""
+    n_, h_, w_ = x.shape[0], x.shape[1], x.shape[2]
+    g_, _, hp, _, ow_ = out.shape
+    for r in prange(g_ * n_ * hp):
+        ihp = r % hp
+        q = r // hp
+        n = q % n_
+        g = q // n_
+        ih = ihp - ptop
+        o = out[g, n, ihp]
+        o[:] = 0
+        for ow in range(ow_):
+            for kj in range(kw):
+                iw = ow * sw - pl + kj * dw
+                inside = 0 <= ih < h_ and 0 <= iw < w_
+                done = 0
+                while done < cg:
+                    cnt = min(64, cg - done)
+                    if inside:
+                        v = _take(x[n, ih, iw], g * cg + done, cnt)
+                    elif cnt < 64:
+                        v = fill & ((np.uint64(1) << np.uint64(cnt)) - np.uint64(1))
+                    else:
+                        v = fill
+                    _put(o, ow, kj * cg + done, v, cnt)
+                    done += cnt
+
+
+@njit(cache=True)
+def _emit_rows(acc, base, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym):
+    """s = base - 2 * acc ([Cout_g, OW]) for one output row of group g, through the output stage,
+    one channel at a time along the row (runtime/kernels/binary_common.py: OutputStage)."""
+    og, ow_ = acc.shape
+    for co in range(og):
+        c = g * og + co
+        a = acc[co]
+        b = base[co]
+        if mode != BITS:
+            yr = y[n, c, oh]
+            sc = scale[c]
+            bi = bias[c]
+            for ow in range(ow_):
+                yr[ow] = np.float32(b[ow] - 2 * a[ow]) * sc + bi
+            continue
+        lo, hi = table[0, c], table[1, c]
+        q = c >> 6
+        sh = np.uint64(c & 63)
+        for plane in range(2 if out_mask else 1):
+            f_below, f_mid, f_above = table[2 + 3 * plane, c], table[3 + 3 * plane, c], table[4 + 3 * plane, c]
+            out = yb[n, oh] if plane == 0 else ym[n, oh]
+            for ow in range(ow_):
+                v = b[ow] - 2 * a[ow]
+                lt = -np.int64(v < lo)
+                le = -np.int64(v <= hi)
+                f = (lt & f_below) | (~lt & le & f_mid) | (~le & f_above)
+                out[ow, q] |= np.uint64(f & 1) << sh
+
+
+@njit(cache=True, parallel=True)
+def narrow_conv(xm, w, d, geom, tasks, mode, out_mask, scale, bias, table, y, yb, ym):
+    """xm uint64 [G, N, Hx, WG, OW] merged rows; w uint64 [G, kh, WG, Cout_g] merged weights;
+    d int64 [G, kh, Cout_g, OW] border corrections (zeros without zero padding); geom: (kh, sh,
+    dh, pt, OH, bits of a merged row); the N * OH output rows are split into ``tasks`` runs;
+    outputs as binary_conv's."""
+    kh_, sh, dh, pt, oh_, bits = geom
+    g_, n_, hx, wg, ow_ = xm.shape
+    og = w.shape[3]
+    rows = n_ * oh_
+    for task in prange(tasks):
+        acc = np.empty((og, ow_), np.int64)
+        base = np.empty((og, ow_), np.int64)
+        for r in range(task * rows // tasks, (task + 1) * rows // tasks):
+            n = r // oh_
+            oh = r % oh_
+            if mode == BITS:
+                yb[n, oh] = 0
+                if out_mask:
+                    ym[n, oh] = 0
+            for g in range(g_):
+                acc[:] = 0
+                base[:] = 0
+                for ki in range(kh_):
+                    ih = oh * sh - pt + ki * dh
+                    if ih < 0 or ih >= hx:
+                        continue
+                    for wd in range(wg):
+                        xr = xm[g, n, ih, wd]
+                        wr = w[g, ki, wd]
+                        for co in range(og):
+                            w0 = wr[co]
+                            a0 = acc[co]
+                            for ow in range(ow_):
+                                a0[ow] += popcount(xr[ow] ^ w0)
+                    dk = d[g, ki]
+                    for co in range(og):
+                        b = base[co]
+                        dr = dk[co]
+                        for ow in range(ow_):
+                            b[ow] += bits + dr[ow]
+                _emit_rows(acc, base, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym)
+
+
+class NarrowPlan:
+    """The merged weights, border corrections and buffers of one BinaryConv layer's narrow path.
+    ``vals``: int8 weights {-1, +1} [Cout, Cin_g, kh, kw]."""
+
+    def __init__(self, vals, g, n, h, w_, geom, pads, pad_value):
+        kh, kw, sh, sw, dh, dw, oh, ow = geom
+        pt, pl, pb, _ = pads
+        cout, cg = vals.shape[0], vals.shape[1]
+        og = cout // g
+        v = vals.reshape(g, og, cg, kh, kw).transpose(0, 3, 1, 4, 2).reshape(g, kh, og, kw * cg)
+        self.w = np.ascontiguousarray(pack_bits(v < 0, -1).transpose(0, 1, 3, 2))  # [G, kh, WG, og]
+        self.d = np.zeros((g, kh, og, ow), np.int64)
+        if pad_value == 0:
+            # S(ow): the taps of a kernel row that fall outside the image, left or right
+            neg = (vals < 0).reshape(g, og, cg, kh, kw).sum(axis=2).transpose(0, 2, 3, 1)  # [G, kh, kw, og]
+            for c in range(ow):
+                out = [kj for kj in range(kw) if not 0 <= c * sw - pl + kj * dw < w_]
+                if out:
+                    self.d[:, :, :, c] = 2 * neg[:, :, out, :].sum(axis=2) - len(out) * cg
+        self.ptop = pt if pad_value else 0
+        hx = h + pt + pb if pad_value else h
+        self.fill = _ONES if pad_value == -1 else np.uint64(0)
+        self.xm = np.empty((g, n, hx, nwords(kw * cg), ow), np.uint64)
+        self.merge = (cg, kw, sw, dw, pl, self.ptop)
+        self.geom = (kh, sh, dh, 0 if pad_value else pt, oh, kw * cg)
+
+    def run(self, x, stage, y, yb, ym):
+        cg, kw, sw, dw, pl, ptop = self.merge
+        merge_rows(x, cg, kw, sw, dw, pl, ptop, self.fill, self.xm)
+        tasks = min(self.xm.shape[1] * self.geom[4], 4 * numba.get_num_threads())
+        narrow_conv(self.xm, self.w, self.d, self.geom, tasks, stage.mode, stage.out_mask, stage.scale, stage.bias,
+                    stage.table, y, yb, ym)
