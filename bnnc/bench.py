@@ -36,6 +36,7 @@ def bench(onnx_path: str, threads: int = 1, repeat: int = 30, warmup: int = 3,
         sess = InferenceSession(res.path, threads=threads)
     ref = _reference_model(onnx_path, shapes, [])
     so = ort.SessionOptions()
+    so.log_severity_level = 3  # errors only: its warnings about unused initializers are noise here
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     if threads > 1:  # onnxruntime's spinning pool threads would starve numba's on a small machine

@@ -89,6 +89,7 @@ def verify(onnx_path: str, feeds: dict[str, np.ndarray] | None = None, samples: 
         ours = sess.run_with_values(feeds, [w for w in wanted if w in res.manifest["values"]])
     ref_graph = _reference_model(onnx_path, shapes, [e["source"] for e in table.values()])
     so = ort.SessionOptions()
+    so.log_severity_level = 3  # errors only: its warnings about unused initializers are noise here
     so.intra_op_num_threads = 1
     # the graph as written: onnxruntime's fusions (Conv+BatchNorm) would change its arithmetic
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -64,6 +64,7 @@ def merge_rows(x, cg, kw, sw, dw, pl, ptop, fill, out):
     or ``cg`` bits of ``fill`` (0 or all ones) where that pixel is outside x."""
     n_, h_, w_ = x.shape[0], x.shape[1], x.shape[2]
     g_, _, hp, _, ow_ = out.shape
+    whole = g_ == 1 and cg <= 64  # a pixel's first word is its whole channel set, tail bits 0
     for r in prange(g_ * n_ * hp):
         ihp = r % hp
         q = r // hp
@@ -72,21 +73,42 @@ def merge_rows(x, cg, kw, sw, dw, pl, ptop, fill, out):
         ih = ihp - ptop
         o = out[g, n, ihp]
         o[:] = 0
-        for ow in range(ow_):
-            for kj in range(kw):
-                iw = ow * sw - pl + kj * dw
-                inside = 0 <= ih < h_ and 0 <= iw < w_
-                done = 0
-                while done < cg:
-                    cnt = min(64, cg - done)
-                    if inside:
-                        v = _take(x[n, ih, iw], g * cg + done, cnt)
-                    elif cnt < 64:
-                        v = fill & ((np.uint64(1) << np.uint64(cnt)) - np.uint64(1))
-                    else:
-                        v = fill
-                    _put(o, ow, kj * cg + done, v, cnt)
-                    done += cnt
+        xr = x[n, min(max(ih, 0), h_ - 1)]
+        for kj in range(kw):
+            d = kj * dw - pl  # column ow reads pixel ow*sw + d
+            lo, hi = 0, 0  # the columns whose pixel is inside x
+            if 0 <= ih < h_:
+                lo = 0 if d >= 0 else min(ow_, (sw - 1 - d) // sw)
+                hi = max(lo, min(ow_, (w_ - 1 - d) // sw + 1))
+            done = 0
+            while done < cg:
+                cnt = min(64, cg - done)
+                pos = kj * cg + done
+                wq = pos >> 6
+                off = pos & 63
+                spill = off != 0 and off + cnt > 64
+                sl = np.uint64(off)
+                sr = np.uint64(64 - off if spill else 0)
+                fv = fill if cnt == 64 else fill & ((np.uint64(1) << np.uint64(cnt)) - np.uint64(1))
+                if whole:
+                    for c in range(lo, hi):
+                        v = xr[c * sw + d, 0]
+                        o[wq, c] |= v << sl
+                        if spill:
+                            o[wq + 1, c] |= v >> sr
+                else:
+                    for c in range(lo, hi):
+                        v = _take(xr[c * sw + d], g * cg + done, cnt)
+                        o[wq, c] |= v << sl
+                        if spill:
+                            o[wq + 1, c] |= v >> sr
+                if fv != 0:
+                    for c in range(ow_):
+                        if c < lo or c >= hi:
+                            o[wq, c] |= fv << sl
+                            if spill:
+                                o[wq + 1, c] |= fv >> sr
+                done += cnt
 
 
 @njit(cache=True)
