@@ -8,16 +8,52 @@ session planned for this step's outputs (shape and dtype from the manifest); ``r
 Kernels whose outputs are views of their inputs (Reshape, Flatten, Squeeze...) set
 ``view = True``: the session allocates nothing for them and ``run(ins, None)`` returns the list
 of output arrays.
+
+Small work runs serially: a parallel Numba kernel pays for waking the thread pool (a few
+microseconds with one thread, tens with several on a busy machine) before it does anything, so
+parallel kernels get a serial twin (``twin``, ``Twin``) for work below ``PARALLEL_WORK``
+elements (or multiply-adds, or word operations).
 """
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numba
 import numpy as np
+from numba import njit
 
 from runtime.errors import BnncError
+
+PARALLEL_WORK = 1 << 16  # below this much work (elements, or multiply-adds) a kernel runs serially
+
+
+def twin(body):
+    """(parallel, serial) compiled versions of one kernel body written with ``prange``: the serial
+    one (``prange`` is ``range`` there) for work too small to pay for waking the thread pool.
+    The serial copy gets its own name, so Numba's on-disk cache keeps the two apart."""
+    clone = types.FunctionType(body.__code__, body.__globals__, body.__name__ + "_serial",
+                               body.__defaults__, body.__closure__)
+    clone.__qualname__ = body.__qualname__ + "_serial"
+    clone.__module__ = body.__module__
+    return njit(parallel=True, cache=True)(body), njit(cache=True, nogil=True)(clone)
+
+
+class Twin:
+    """A kernel body written with ``prange``, compiled both ways (``twin``); a call names its
+    amount of work first, and runs in parallel only when there is enough of it and more than one
+    thread to share it: ``kernel(work, *args)``."""
+
+    def __init__(self, body):
+        self.parallel, self.serial = twin(body)
+        self.__doc__ = body.__doc__
+
+    def __call__(self, work: int, *args):
+        if work >= PARALLEL_WORK and numba.get_num_threads() > 1:
+            return self.parallel(*args)
+        return self.serial(*args)
 
 
 @dataclass

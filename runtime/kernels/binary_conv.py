@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.bitpack import nwords, popcount, tail_mask
-from runtime.kernels.base import Kernel, Step, register
+from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.binary_common import (
     BITS,
     FLOAT,
@@ -45,7 +45,7 @@ from runtime.kernels.binary_conv_narrow import NarrowPlan
 
 
 # -- compiled kernels ---------------------------------------------------------------------------
-@njit(cache=True, parallel=True)
+@Twin
 def _regroup(x, cg, pt, pl, fill, tail, out):
     """out[g, n, pt + h, pl + w, :] = bits g*cg .. g*cg + cg - 1 of pixel x[n, h, w], word
     aligned and cut to ``tail`` (the valid bits of cg channels); pixels of ``out`` outside ``x``
@@ -213,7 +213,7 @@ def _emit(pc, pm, nv, masked, cg, oc0, n, oh, mode, out_mask, scale, bias, table
             emit_bits(srow, table, oc0, yb[n, oh, ow], ym[n, oh, ow] if out_mask else ym[0, 0, 0], out_mask, sg, mk)
 
 
-@njit(cache=True, parallel=True)
+@Twin
 def _binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym):
     oh_, ow_, cg = geom[8], geom[9], geom[10]
     g_, n_ = x.shape[0], x.shape[1]
@@ -263,7 +263,9 @@ def binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bia
         assert xm.shape == x.shape
     if masked & 2:
         assert wm.shape == w.shape and wcnt.shape == (w.shape[0], w.shape[1], w.shape[3])
-    _binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym)
+    kh, kw, oh, ow = geom[0], geom[1], geom[8], geom[9]
+    work = x.shape[0] * x.shape[1] * oh * ow * w.shape[3] * kh * kw * x.shape[4]  # word operations
+    _binary_conv(work, x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym)
 
 
 # -- the kernel ---------------------------------------------------------------------------------
@@ -357,14 +359,14 @@ class BinaryConv(Kernel):
             self.narrow.run(x, st, y, yb, ym)
             return
         if self.copy:
-            _regroup(x, self.geom[10], self.pt, self.pl, self.fill, self.tail, self.xg)
+            _regroup(self.xg.size, x, self.geom[10], self.pt, self.pl, self.fill, self.tail, self.xg)
             xg = self.xg
         else:
             xg = x.reshape((1,) + x.shape)
         if masked & 1:
             xm = np.ascontiguousarray(ins[1])
             if self.copy:
-                _regroup(xm, self.geom[10], self.pt, self.pl, self.tail, self.tail, self.xmg)
+                _regroup(self.xmg.size, xm, self.geom[10], self.pt, self.pl, self.tail, self.tail, self.xmg)
                 xmg = self.xmg
             else:
                 xmg = xm.reshape((1,) + xm.shape)

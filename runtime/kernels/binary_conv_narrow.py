@@ -29,6 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.bitpack import nwords, pack_bits, popcount
+from runtime.kernels.base import Twin
 from runtime.kernels.binary_common import BITS
 
 _ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -57,7 +58,7 @@ def _put(out, ow, pos, v, count):
         out[q + 1, ow] |= v >> np.uint64(64 - off)
 
 
-@njit(cache=True, parallel=True)
+@Twin
 def merge_rows(x, cg, kw, sw, dw, pl, ptop, fill, out):
     """out[g, n, ihp, :, ow] = the merged row of input row ``ihp - ptop``, output column ow:
     for tap kj, bits g*cg .. g*cg + cg - 1 of pixel x[n, ih, ow*sw - pl + kj*dw] at bit kj*cg,
@@ -141,7 +142,7 @@ def _emit_rows(acc, base, g, n, oh, mode, out_mask, scale, bias, table, y, yb, y
                 out[ow, q] |= np.uint64(f & 1) << sh
 
 
-@njit(cache=True, parallel=True)
+@Twin
 def narrow_conv(xm, w, d, geom, tasks, mode, out_mask, scale, bias, table, y, yb, ym):
     """xm uint64 [G, N, Hx, WG, OW] merged rows; w uint64 [G, kh, WG, Cout_g] merged weights;
     d int64 [G, kh, Cout_g, OW] border corrections (zeros without zero padding); geom: (kh, sh,
@@ -210,10 +211,11 @@ class NarrowPlan:
         self.xm = np.empty((g, n, hx, nwords(kw * cg), ow), np.uint64)
         self.merge = (cg, kw, sw, dw, pl, self.ptop)
         self.geom = (kh, sh, dh, 0 if pad_value else pt, oh, kw * cg)
+        self.work = n * oh * ow * cout * kh * self.xm.shape[3]  # word operations
 
     def run(self, x, stage, y, yb, ym):
         cg, kw, sw, dw, pl, ptop = self.merge
-        merge_rows(x, cg, kw, sw, dw, pl, ptop, self.fill, self.xm)
+        merge_rows(self.xm.size * kw, x, cg, kw, sw, dw, pl, ptop, self.fill, self.xm)
         tasks = min(self.xm.shape[1] * self.geom[4], 4 * numba.get_num_threads())
-        narrow_conv(self.xm, self.w, self.d, self.geom, tasks, stage.mode, stage.out_mask, stage.scale, stage.bias,
+        narrow_conv(self.work, self.xm, self.w, self.d, self.geom, tasks, stage.mode, stage.out_mask, stage.scale, stage.bias,
                     stage.table, y, yb, ym)

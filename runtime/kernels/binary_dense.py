@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from runtime.bitpack import nwords, popcount
-from runtime.kernels.base import Kernel, Step, register
+from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.binary_common import (
     FLOAT,
     OutputStage,
@@ -32,7 +32,7 @@ from runtime.kernels.binary_common import (
 )
 
 
-@njit(cache=True, parallel=True)
+@Twin
 def _binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym):
     n_, kw = x.shape
     cout = w.shape[0]
@@ -96,7 +96,7 @@ def binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias,
     assert mode == FLOAT or cb % 64 == 0
     assert masked in (0, 1, 2, 3) and (not masked & 1 or xm.shape == x.shape)
     assert not masked & 2 or (wm.shape == w.shape and wcnt.shape == (w.shape[0],))
-    _binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym)
+    _binary_dense(x.shape[0] * w.size, x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym)
 
 
 @register("bnnc.BinaryDense")

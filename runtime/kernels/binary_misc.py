@@ -15,15 +15,15 @@ max pooling on packed ones (bit convention: runtime/bitpack.py).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from runtime.bitpack import nwords, tail_mask
-from runtime.kernels.base import Kernel, Step, register
+from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.binary_common import check_input, check_outputs, const_input, dummy, has_input, window_attrs
 
 
 # -- Binarize -----------------------------------------------------------------------------------
-@njit(cache=True, parallel=True)
+@Twin
 def _binarize_nchw(x, zero, y, ym, with_mask):
     n_, c_, h_, w_ = x.shape
     wc = y.shape[3]
@@ -57,7 +57,7 @@ def _binarize_nchw(x, zero, y, ym, with_mask):
                     ym[n, h, w, q] = macc[w]
 
 
-@njit(cache=True, parallel=True)
+@Twin
 def _binarize_nc(x, zero, y, ym, with_mask):
     n_, c_ = x.shape
     wc = y.shape[1]
@@ -82,7 +82,7 @@ def binarize(x: np.ndarray, zero: int, y: np.ndarray, ym: np.ndarray | None) -> 
     assert zero in (1, -1, 0) and (ym is not None or zero != 0)
     with_mask = ym is not None
     ym = ym if with_mask else dummy(y.ndim, np.uint64)
-    (_binarize_nchw if x.ndim == 4 else _binarize_nc)(x, zero, y, ym, with_mask)
+    (_binarize_nchw if x.ndim == 4 else _binarize_nc)(x.size, x, zero, y, ym, with_mask)
 
 
 @register("bnnc.Binarize")
@@ -106,7 +106,7 @@ class Binarize(Kernel):
 
 
 # -- BitMaxPool ---------------------------------------------------------------------------------
-@njit(cache=True, parallel=True)
+@Twin
 def _bit_maxpool(x, xm, inv, geom, masked, y, ym):
     kh_, kw_, sh, sw, dh, dw, pt, pl = geom
     n_, h_, w_, wc = x.shape
@@ -162,7 +162,7 @@ def bit_maxpool(x: np.ndarray, xm: np.ndarray | None, inv: np.ndarray, geom: tup
     assert inv.dtype == np.uint64 and inv.shape == (x.shape[3],)
     masked = xm is not None
     assert masked == (ym is not None)
-    _bit_maxpool(x, xm if masked else x, inv, geom, masked, y, ym if masked else y)
+    _bit_maxpool(y.size * geom[0] * geom[1], x, xm if masked else x, inv, geom, masked, y, ym if masked else y)
 
 
 def _pool_extent(size: int, k: int, s: int, d: int, p0: int, p1: int, ceil_mode: bool) -> int:
@@ -218,7 +218,7 @@ class BitMaxPool(Kernel):
 
 
 # -- Unpack -------------------------------------------------------------------------------------
-@njit(cache=True, parallel=True)
+@Twin
 def _unpack_nhwc(x, xm, masked, scale, y):
     n_, c_, h_, w_ = y.shape
     for r in prange(n_ * h_):
@@ -234,7 +234,7 @@ def _unpack_nhwc(x, xm, masked, scale, y):
                 y[n, c, h, w] = v
 
 
-@njit(cache=True, parallel=True)
+@Twin
 def _unpack_nc(x, xm, masked, scale, y):
     n_, c_ = y.shape
     for n in prange(n_):
@@ -251,7 +251,7 @@ def unpack(x: np.ndarray, xm: np.ndarray | None, scale: float, y: np.ndarray) ->
     """Packed ``x`` [N, H, W, words] / [N, words] (mask ``xm``) -> float32 ``y`` NCHW / NC."""
     assert x.dtype == np.uint64 and x.flags.c_contiguous and y.dtype == np.float32 and x.ndim == y.ndim
     masked = xm is not None
-    (_unpack_nhwc if y.ndim == 4 else _unpack_nc)(x, xm if masked else x, masked, np.float32(scale), y)
+    (_unpack_nhwc if y.ndim == 4 else _unpack_nc)(y.size, x, xm if masked else x, masked, np.float32(scale), y)
 
 
 @register("bnnc.Unpack")

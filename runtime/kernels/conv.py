@@ -32,8 +32,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from runtime.kernels.base import Kernel, Step, register
-from runtime.kernels.nn import PARALLEL_WORK, act_rows, activation_of, lift4, twin, window_geometry
+from runtime.kernels.base import PARALLEL_WORK, Kernel, Step, register, twin
+from runtime.kernels.nn import act_rows, activation_of, lift4, window_geometry
 from runtime.threads import max_threads, run_parts
 
 _BAND_BYTES = 1 << 19  # target size of one band of the patch matrix (stays in L2 with the GEMM)

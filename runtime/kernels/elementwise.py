@@ -15,8 +15,8 @@ import math
 import numpy as np
 from numba import prange
 
-from runtime.kernels.base import Kernel, Step, register
-from runtime.kernels.nn import PARALLEL_WORK, activate, activation_of, same_shape, twin
+from runtime.kernels.base import PARALLEL_WORK, Kernel, Step, register, twin
+from runtime.kernels.nn import activate, activation_of, same_shape
 
 _CHUNK = 16384
 

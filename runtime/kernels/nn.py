@@ -6,10 +6,9 @@ Activations are coded as small ints (``ACTIVATIONS``) with two float parameters 
 compiled kernel serves every fused layer; the code is applied in place, as onnxruntime's
 com.microsoft FusedConv does.
 
-Small work runs serially: a parallel Numba kernel pays for waking the thread pool (a few
-microseconds with one thread, tens with several on a busy machine) before it does anything, so
-every parallel kernel has a serial twin (``twin``) that the kernels pick below ``PARALLEL_WORK``
-elements (or multiply-adds) of work, a choice made once, from the planned shapes.
+Small work runs serially: every parallel kernel has a serial twin (runtime/kernels/base.py:
+``twin``) that the kernels pick below ``PARALLEL_WORK`` elements (or multiply-adds) of work, a
+choice made once, from the planned shapes.
 
 Numba inner loops here index 0-based slices (``dst = o[lo:hi]; dst[i]``): with an index that may
 be negative Numba emits a wraparound check that stops LLVM from vectorizing the loop.
@@ -18,13 +17,12 @@ be negative Numba emits a wraparound check that stops LLVM from vectorizing the 
 from __future__ import annotations
 
 import math
-import types
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-from runtime.kernels.base import Kernel, Step, register
+from runtime.kernels.base import PARALLEL_WORK, Kernel, Step, register, twin
 from runtime.threads import run_parts
 
 # activation name -> (code, default parameters); the parameters are a0, a1 of act_rows
@@ -37,20 +35,8 @@ ACTIVATIONS = {
     "Tanh": (5, ()),
     "HardSigmoid": (6, (0.2, 0.5)),
 }
-PARALLEL_WORK = 1 << 16  # below this much work (elements, or multiply-adds) a kernel runs serially
 _CHUNK = 16384  # elements per task of the flat elementwise kernels
 _SPLIT_MACS = 1 << 22  # a matmul with more multiply-adds than this is split over threads
-
-
-def twin(body):
-    """(parallel, serial) compiled versions of one kernel body written with ``prange``: the serial
-    one (``prange`` is ``range`` there) for work too small to pay for waking the thread pool.
-    The serial copy gets its own name, so Numba's on-disk cache keeps the two apart."""
-    clone = types.FunctionType(body.__code__, body.__globals__, body.__name__ + "_serial",
-                               body.__defaults__, body.__closure__)
-    clone.__qualname__ = body.__qualname__ + "_serial"
-    clone.__module__ = body.__module__
-    return njit(parallel=True, cache=True)(body), njit(cache=True, nogil=True)(clone)
 
 
 # -- shared Numba helpers ------------------------------------------------------------------------

@@ -14,9 +14,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from runtime.kernels.base import Kernel, Step, register
+from runtime.kernels.base import PARALLEL_WORK, Kernel, Step, register, twin
 from runtime.kernels.conv import _phase_split, _tap_ranges
-from runtime.kernels.nn import PARALLEL_WORK, lift4, twin, window_geometry
+from runtime.kernels.nn import lift4, window_geometry
 
 _TINY_WORK = 1 << 15  # below this many comparisons or additions a pool runs as plain loops
 
