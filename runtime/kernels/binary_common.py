@@ -58,6 +58,20 @@ def has_input(step: Step, i: int) -> bool:
     return len(step.in_shapes) > i and step.in_shapes[i] is not None
 
 
+def packed_image_input(step: Step, channels: int) -> tuple[int, int, int, bool]:
+    """N, H, W of the packed activation X [N, H, W, words] of ``channels`` channels (input 0), and
+    whether its nonzero mask X_mask (input 1, same shape) is there; both checked."""
+    xs = step.in_shapes[0]
+    if xs is None or len(xs) != 4:
+        raise step.error("X must be a packed activation [N, H, W, words]")
+    n, h, w = xs[0], xs[1], xs[2]
+    check_input(step, 0, "X", (n, h, w, nwords(channels)), "uint64")
+    masked = has_input(step, 1)
+    if masked:
+        check_input(step, 1, "X_mask", (n, h, w, nwords(channels)), "uint64")
+    return n, h, w, masked
+
+
 def check_input(step: Step, i: int, what: str, shape: tuple, dtype: str) -> None:
     if tuple(step.in_shapes[i] or ()) != tuple(shape) or step.in_dtypes[i] != dtype:
         raise step.error(

@@ -33,11 +33,11 @@ from runtime.kernels.binary_common import (
     FLOAT,
     OutputStage,
     all_set,
-    check_input,
     check_outputs,
     emit_bits,
     has_input,
     pack_last,
+    packed_image_input,
     weight_values,
     window_attrs,
 )
@@ -291,14 +291,7 @@ class BinaryConv(Kernel):
             raise step.error(f"cin {cin} and cout {cout} must be multiples of group {g}")
         if pad_value not in (0, 1, -1):
             raise step.error(f"pad_value must be 0, 1 or -1, got {pad_value}")
-        xs = step.in_shapes[0]
-        if xs is None or len(xs) != 4:
-            raise step.error("X must be a packed activation [N, H, W, words]")
-        n, h, w_ = xs[0], xs[1], xs[2]
-        check_input(step, 0, "X", (n, h, w_, nwords(cin)), "uint64")
-        self.has_xm = has_input(step, 1)
-        if self.has_xm:
-            check_input(step, 1, "X_mask", (n, h, w_, nwords(cin)), "uint64")
+        n, h, w_, self.has_xm = packed_image_input(step, cin)
         oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
         ow = (w_ + pl + pr - dw * (kw - 1) - 1) // sw + 1
         if oh < 1 or ow < 1:

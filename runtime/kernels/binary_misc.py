@@ -19,7 +19,15 @@ from numba import prange
 
 from runtime.bitpack import nwords, tail_mask
 from runtime.kernels.base import Kernel, Step, Twin, register
-from runtime.kernels.binary_common import check_input, check_outputs, const_input, dummy, has_input, window_attrs
+from runtime.kernels.binary_common import (
+    check_input,
+    check_outputs,
+    const_input,
+    dummy,
+    has_input,
+    packed_image_input,
+    window_attrs,
+)
 
 
 # -- Binarize -----------------------------------------------------------------------------------
@@ -185,16 +193,9 @@ class BitMaxPool(Kernel):
         (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = window_attrs(step)
         ceil_mode = bool(int(step.attr("ceil_mode", 0)))
         c = int(step.attr("channels", 0))
-        xs = step.in_shapes[0]
         if min(kh, kw, sh, sw, dh, dw, c) < 1 or min(pt, pl, pb, pr) < 0:
             raise step.error("kernel_shape, strides, dilations, channels must be positive and pads >= 0")
-        if xs is None or len(xs) != 4:
-            raise step.error("X must be a packed activation [N, H, W, words]")
-        n, h, w_ = xs[0], xs[1], xs[2]
-        check_input(step, 0, "X", (n, h, w_, nwords(c)), "uint64")
-        self.masked = has_input(step, 1)
-        if self.masked:
-            check_input(step, 1, "X_mask", (n, h, w_, nwords(c)), "uint64")
+        n, h, w_, self.masked = packed_image_input(step, c)
         oh = _pool_extent(h, kh, sh, dh, pt, pb, ceil_mode)
         ow = _pool_extent(w_, kw, sw, dw, pl, pr, ceil_mode)
         if oh < 1 or ow < 1 or not (_window_ok(oh, h, kh, sh, dh, pt) and _window_ok(ow, w_, kw, sw, dw, pl)):
