@@ -91,28 +91,65 @@ def _pool_body(x, y, div, KH, KW, sh, sw, dh, dw, pt, pl, is_max, pad):
 _pool, _pool_serial = twin(_pool_body)
 
 
-@njit(cache=True, nogil=True)
-def _pool_tiny(x, y, div, KH, KW, sh, sw, dh, dw, pt, pl, is_max, pad):
-    """_pool_body in scalar loops, for pools so small that its per-row machinery costs more than
-    the comparisons."""
+def _pool_direct_body(x, y, div, KH, KW, sh, sw, dh, dw, pt, pl, is_max, pad):
+    """_pool_body as plain window loops over the valid taps of each output, for pools so small
+    that the row machinery costs more than the comparisons."""
     N, C, H, W = x.shape
     OH, OW = y.shape[2], y.shape[3]
     rlo, rhi = _tap_ranges(OH, H, KH, sh, dh, pt)
     clo, chi = _tap_ranges(OW, W, KW, sw, dw, pl)
-    for n in range(N):
-        for c in range(C):
-            for oh in range(OH):
-                for ow in range(OW):
-                    acc = pad
-                    for ki in range(rlo[oh], rhi[oh]):
-                        ih = oh * sh - pt + ki * dh
-                        for kj in range(clo[ow], chi[ow]):
-                            v = x[n, c, ih, ow * sw - pl + kj * dw]
-                            acc = np.maximum(acc, v) if is_max else acc + v
-                    if not is_max:
-                        d = div[oh, ow]
-                        acc = acc / d if d > 0 else 0
-                    y[n, c, oh, ow] = acc
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        xc = x[n, c]
+        yc = y[n, c]
+        for oh in range(OH):
+            yr = yc[oh]
+            for ow in range(OW):
+                acc = pad
+                for ki in range(rlo[oh], rhi[oh]):
+                    xr = xc[oh * sh - pt + ki * dh]
+                    for kj in range(clo[ow], chi[ow]):
+                        v = xr[ow * sw - pl + kj * dw]
+                        acc = np.maximum(acc, v) if is_max else acc + v
+                if not is_max:
+                    d = div[oh, ow]
+                    acc = acc / d if d > 0 else 0
+                yr[ow] = acc
+
+
+_pool_direct, _pool_direct_serial = twin(_pool_direct_body)
+
+
+def _pool_tiled_body(x, y, KH, KW, is_max):
+    """Windows that tile the image (stride = kernel, no padding or dilation, every window inside
+    x): each output row is KH * KW strided passes over input rows, which LLVM vectorizes."""
+    N, C = x.shape[0], x.shape[1]
+    OH, OW = y.shape[2], y.shape[3]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        for oh in range(OH):
+            o = y[n, c, oh]
+            for ki in range(KH):
+                xr = x[n, c, oh * KH + ki]
+                for kj in range(KW):
+                    if ki == 0 and kj == 0:
+                        for i in range(OW):
+                            o[i] = xr[i * KW]
+                    elif is_max:
+                        for i in range(OW):
+                            o[i] = np.maximum(o[i], xr[i * KW + kj])
+                    else:
+                        for i in range(OW):
+                            o[i] += xr[i * KW + kj]
+            if not is_max:
+                d = KH * KW
+                for i in range(OW):
+                    o[i] /= d
+
+
+_pool_tiled, _pool_tiled_serial = twin(_pool_tiled_body)
 
 
 def _global_pool_body(x, y, is_max):
@@ -158,9 +195,15 @@ class Pool(Kernel):
         if not self.is_max:
             self.div = self._divisors(bool(step.attr("count_include_pad", 0))).astype(dt)
         work = math.prod(self.x4) * self.k[0] // self.s[0]
-        self.fn = _pool if work >= PARALLEL_WORK else _pool_serial
-        if math.prod(self.y4) * self.k[0] * self.k[1] < _TINY_WORK:
-            self.fn = _pool_tiny
+        parallel = work >= PARALLEL_WORK
+        self.tiled = self.k == self.s and self.d == (1, 1) and not any(self.p) and \
+            self.y4[2] * self.k[0] <= self.x4[2] and self.y4[3] * self.k[1] <= self.x4[3]
+        if self.tiled:
+            self.fn = _pool_tiled if parallel else _pool_tiled_serial
+        elif math.prod(self.y4) * self.k[0] * self.k[1] < _TINY_WORK:
+            self.fn = _pool_direct if parallel else _pool_direct_serial
+        else:
+            self.fn = _pool if parallel else _pool_serial
 
     def _check_output(self) -> None:
         """The output size must be floor or ceil of the window count (ceil_mode); anything else
@@ -186,6 +229,9 @@ class Pool(Kernel):
 
     def run(self, ins, outs):
         (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _) = self.k, self.s, self.d, self.p
+        if self.tiled:
+            self.fn(ins[0].reshape(self.x4), outs[0].reshape(self.y4), kh, kw, self.is_max)
+            return
         self.fn(ins[0].reshape(self.x4), outs[0].reshape(self.y4), self.div, kh, kw, sh, sw, dh, dw, pt, pl,
                 self.is_max, self.pad)
 

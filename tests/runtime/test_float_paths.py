@@ -48,7 +48,8 @@ CONVS = {
 
 POOL_PATHS = {
     "default": {},
-    "tiny": {"_TINY_WORK": 1 << 40},
+    "direct_serial": {"_TINY_WORK": 1 << 40, "PARALLEL_WORK": 1 << 40},
+    "direct_parallel": {"_TINY_WORK": 1 << 40, "PARALLEL_WORK": 0},
     "rows_serial": {"_TINY_WORK": 0, "PARALLEL_WORK": 1 << 40},
     "rows_parallel": {"_TINY_WORK": 0, "PARALLEL_WORK": 0},
 }
@@ -59,6 +60,9 @@ POOLS = {
     "3x3_s4_ceil": ((1, 2, 13, 14), dict(kernel_shape=[3, 3], strides=[4, 4], pads=[1, 1, 0, 0], ceil_mode=1)),
     "dilated_s3": ((1, 3, 14, 16), dict(kernel_shape=[2, 3], strides=[3, 3], dilations=[2, 2], pads=[1, 1, 1, 1])),
     "1x1": ((1, 5, 1, 1), dict(kernel_shape=[1, 1])),
+    "2x2_s2_tiles_odd_width": ((2, 3, 8, 9), dict(kernel_shape=[2, 2], strides=[2, 2])),
+    "3x2_tiles": ((1, 4, 9, 8), dict(kernel_shape=[3, 2], strides=[3, 2])),
+    "2x2_s2_ceil_partial": ((1, 3, 7, 7), dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)),
 }
 
 
