@@ -208,7 +208,7 @@ def _emit(pc, pm, nv, masked, cg, oc0, n, oh, mode, out_mask, scale, bias, table
                 srow[j] = base - 2 * pc[ow, j]
         if mode == FLOAT:
             for j in range(nc):
-                y[n, oc0 + j, oh, ow] = np.float32(srow[j]) * scale[oc0 + j] + bias[oc0 + j]
+                y[n, oc0 + j, oh, ow] = np.float32(np.int32(srow[j])) * scale[oc0 + j] + bias[oc0 + j]
         else:
             emit_bits(srow, table, oc0, yb[n, oh, ow], ym[n, oh, ow] if out_mask else ym[0, 0, 0], out_mask, sg, mk)
 

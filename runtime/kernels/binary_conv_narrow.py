@@ -91,30 +91,35 @@ def merge_rows(x, cg, kw, sw, dw, pl, ptop, fill, out):
                 sl = np.uint64(off)
                 sr = np.uint64(64 - off if spill else 0)
                 fv = fill if cnt == 64 else fill & ((np.uint64(1) << np.uint64(cnt)) - np.uint64(1))
+                # 0-based slices: a possibly negative index would cost a wraparound check that
+                # keeps LLVM from vectorizing (runtime/kernels/nn.py)
+                dst = o[wq, lo:hi]
+                nxt = o[wq + 1 if spill else wq, lo:hi]
                 if whole:
-                    for c in range(lo, hi):
-                        v = xr[c * sw + d, 0]
-                        o[wq, c] |= v << sl
-                        if spill:
-                            o[wq + 1, c] |= v >> sr
+                    src = xr[lo * sw + d:, 0]
+                    for i in range(hi - lo):
+                        dst[i] |= src[i * sw] << sl
+                    if spill:
+                        for i in range(hi - lo):
+                            nxt[i] |= src[i * sw] >> sr
                 else:
-                    for c in range(lo, hi):
-                        v = _take(xr[c * sw + d], g * cg + done, cnt)
-                        o[wq, c] |= v << sl
+                    for i in range(hi - lo):
+                        v = _take(xr[(lo + i) * sw + d], g * cg + done, cnt)
+                        dst[i] |= v << sl
                         if spill:
-                            o[wq + 1, c] |= v >> sr
-                if fv != 0:
-                    for c in range(ow_):
-                        if c < lo or c >= hi:
-                            o[wq, c] |= fv << sl
-                            if spill:
-                                o[wq + 1, c] |= fv >> sr
+                            nxt[i] |= v >> sr
+                if fv != 0:  # the columns whose pixel is outside x: [0, lo) and [hi, ow_)
+                    for c in range(ow_ - (hi - lo)):
+                        cc = c if c < lo else c + hi - lo
+                        o[wq, cc] |= fv << sl
+                        if spill:
+                            o[wq + 1, cc] |= fv >> sr
                 done += cnt
 
 
 @njit(cache=True)
-def _emit_rows(acc, base, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym):
-    """s = base - 2 * acc ([Cout_g, OW]) for one output row of group g, through the output stage,
+def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym):
+    """s = k0 + base - 2 * acc ([Cout_g, OW]) for one output row of group g, through the output stage,
     one channel at a time along the row (runtime/kernels/binary_common.py: OutputStage)."""
     og, ow_ = acc.shape
     for co in range(og):
@@ -126,7 +131,7 @@ def _emit_rows(acc, base, g, n, oh, mode, out_mask, scale, bias, table, y, yb, y
             sc = scale[c]
             bi = bias[c]
             for ow in range(ow_):
-                yr[ow] = np.float32(b[ow] - 2 * a[ow]) * sc + bi
+                yr[ow] = np.float32(np.int32(k0 + b[ow] - 2 * a[ow])) * sc + bi  # via int32: vectorizes
             continue
         lo, hi = table[0, c], table[1, c]
         q = c >> 6
@@ -135,7 +140,7 @@ def _emit_rows(acc, base, g, n, oh, mode, out_mask, scale, bias, table, y, yb, y
             f_below, f_mid, f_above = table[2 + 3 * plane, c], table[3 + 3 * plane, c], table[4 + 3 * plane, c]
             out = yb[n, oh] if plane == 0 else ym[n, oh]
             for ow in range(ow_):
-                v = b[ow] - 2 * a[ow]
+                v = k0 + b[ow] - 2 * a[ow]
                 lt = -np.int64(v < lo)
                 le = -np.int64(v <= hi)
                 f = (lt & f_below) | (~lt & le & f_mid) | (~le & f_above)
@@ -145,16 +150,17 @@ def _emit_rows(acc, base, g, n, oh, mode, out_mask, scale, bias, table, y, yb, y
 @Twin
 def narrow_conv(xm, w, d, geom, tasks, mode, out_mask, scale, bias, table, y, yb, ym):
     """xm uint64 [G, N, Hx, WG, OW] merged rows; w uint64 [G, kh, WG, Cout_g] merged weights;
-    d int64 [G, kh, Cout_g, OW] border corrections (zeros without zero padding); geom: (kh, sh,
-    dh, pt, OH, bits of a merged row); the N * OH output rows are split into ``tasks`` runs;
+    d int64 [G, kh, Cout_g, OW] border corrections, used when ``has_d`` (zero padding); geom: (kh,
+    sh, dh, pt, OH, bits of a merged row); the N * OH output rows are split into ``tasks`` runs;
     outputs as binary_conv's."""
     kh_, sh, dh, pt, oh_, bits = geom
+    has_d = d.shape[0] > 0
     g_, n_, hx, wg, ow_ = xm.shape
     og = w.shape[3]
     rows = n_ * oh_
     for task in prange(tasks):
         acc = np.empty((og, ow_), np.int64)
-        base = np.empty((og, ow_), np.int64)
+        base = np.zeros((og, ow_), np.int64)
         for r in range(task * rows // tasks, (task + 1) * rows // tasks):
             n = r // oh_
             oh = r % oh_
@@ -164,7 +170,9 @@ def narrow_conv(xm, w, d, geom, tasks, mode, out_mask, scale, bias, table, y, yb
                     ym[n, oh] = 0
             for g in range(g_):
                 acc[:] = 0
-                base[:] = 0
+                if has_d:
+                    base[:] = 0
+                valid = 0
                 for ki in range(kh_):
                     ih = oh * sh - pt + ki * dh
                     if ih < 0 or ih >= hx:
@@ -177,13 +185,15 @@ def narrow_conv(xm, w, d, geom, tasks, mode, out_mask, scale, bias, table, y, yb
                             a0 = acc[co]
                             for ow in range(ow_):
                                 a0[ow] += popcount(xr[ow] ^ w0)
-                    dk = d[g, ki]
-                    for co in range(og):
-                        b = base[co]
-                        dr = dk[co]
-                        for ow in range(ow_):
-                            b[ow] += bits + dr[ow]
-                _emit_rows(acc, base, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym)
+                    valid += 1
+                    if has_d:
+                        dk = d[g, ki]
+                        for co in range(og):
+                            b = base[co]
+                            dr = dk[co]
+                            for ow in range(ow_):
+                                b[ow] += dr[ow]
+                _emit_rows(acc, base, valid * bits, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym)
 
 
 class NarrowPlan:
@@ -192,13 +202,14 @@ class NarrowPlan:
 
     def __init__(self, vals, g, n, h, w_, geom, pads, pad_value):
         kh, kw, sh, sw, dh, dw, oh, ow = geom
-        pt, pl, pb, _ = pads
+        pt, pl, pb, pr = pads
         cout, cg = vals.shape[0], vals.shape[1]
         og = cout // g
         v = vals.reshape(g, og, cg, kh, kw).transpose(0, 3, 1, 4, 2).reshape(g, kh, og, kw * cg)
         self.w = np.ascontiguousarray(pack_bits(v < 0, -1).transpose(0, 1, 3, 2))  # [G, kh, WG, og]
-        self.d = np.zeros((g, kh, og, ow), np.int64)
-        if pad_value == 0:
+        self.d = np.zeros((0, kh, og, ow), np.int64)  # empty: no corrections
+        if pad_value == 0 and (pl or pr):
+            self.d = np.zeros((g, kh, og, ow), np.int64)
             # S(ow): the taps of a kernel row that fall outside the image, left or right
             neg = (vals < 0).reshape(g, og, cg, kh, kw).sum(axis=2).transpose(0, 2, 3, 1)  # [G, kh, kw, og]
             for c in range(ow):

@@ -75,7 +75,7 @@ def _binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias
                     srow[co - c0] = b - 2 * a
             if mode == FLOAT:
                 for j in range(c1 - c0):
-                    y[n, c0 + j] = np.float32(srow[j]) * scale[c0 + j] + bias[c0 + j]
+                    y[n, c0 + j] = np.float32(np.int32(srow[j])) * scale[c0 + j] + bias[c0 + j]
                 continue
             for q in range(c0 >> 6, ((c1 - 1) >> 6) + 1):
                 yb[n, q] = 0
