@@ -184,7 +184,7 @@ class InferenceSession:
             x = feeds[n]
             if not isinstance(x, np.ndarray):
                 raise BnncError(f"input '{n}' must be a numpy array, got {type(x).__name__}")
-            if str(x.dtype) != dtype:
+            if x.dtype != np.dtype(dtype):
                 raise BnncError(f"input '{n}' has dtype {x.dtype}; the model expects {dtype}")
             if x.shape != shape:
                 dyn_ok = (

@@ -96,17 +96,31 @@ _blas_saved: list[tuple] = []  # the BLAS counts to restore when the last of the
 _blas_lock = threading.Lock()
 
 
+_current = threading.local()  # .threads: the count limit_threads set in this thread
+
+
+def current_threads() -> int:
+    """Numba's thread count in this thread: the one ``limit_threads`` set for the inference
+    under way (read without the checks ``numba.get_num_threads`` makes on every call), else
+    Numba's own."""
+    n = getattr(_current, "threads", None)
+    return numba.get_num_threads() if n is None else n
+
+
 class limit_threads:  # noqa: N801  (used like a function: ``with limit_threads(2): ...``)
     """Within the block: ``threads`` Numba threads in this thread, one BLAS thread."""
 
-    __slots__ = ("threads",)
+    __slots__ = ("threads", "outer")
 
     def __init__(self, threads: int):
         self.threads = threads
+        self.outer: int | None = None
 
     def __enter__(self) -> None:
         global _blas_users
         numba.set_num_threads(self.threads)
+        self.outer = getattr(_current, "threads", None)
+        _current.threads = self.threads
         with _blas_lock:
             _blas_users += 1
             if _blas_users == 1:
@@ -118,6 +132,7 @@ class limit_threads:  # noqa: N801  (used like a function: ``with limit_threads(
 
     def __exit__(self, *exc) -> None:
         global _blas_users
+        _current.threads = self.outer
         with _blas_lock:
             _blas_users -= 1
             if _blas_users == 0:

@@ -21,11 +21,11 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numba
 import numpy as np
 from numba import njit
 
 from runtime.errors import BnncError
+from runtime.threads import current_threads
 
 PARALLEL_WORK = 1 << 16  # below this much work (elements, or multiply-adds) a kernel runs serially
 
@@ -51,7 +51,7 @@ class Twin:
         self.__doc__ = body.__doc__
 
     def __call__(self, work: int, *args):
-        if work >= PARALLEL_WORK and numba.get_num_threads() > 1:
+        if work >= PARALLEL_WORK and current_threads() > 1:
             return self.parallel(*args)
         return self.serial(*args)
 

@@ -22,7 +22,6 @@ with nonzero masks ``s = sum popcount(m) - 2 * sum popcount((x ^ w) & m)``, m = 
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -42,6 +41,7 @@ from runtime.kernels.binary_common import (
     window_attrs,
 )
 from runtime.kernels.binary_conv_narrow import NarrowPlan
+from runtime.threads import current_threads
 
 
 # -- compiled kernels ---------------------------------------------------------------------------
@@ -215,6 +215,11 @@ def _emit(pc, pm, nv, masked, cg, oc0, n, oh, mode, out_mask, scale, bias, table
 
 @Twin
 def _binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym):
+    """x, xm: uint64 [G, N, Hx, Wx, WG]; w, wm: uint64 [G, taps, WG, Cout_g]; masked: 0 no masks,
+    1 activation mask (xm), 2 weight mask (wm, with wcnt int64 [G, taps, Cout_g] its per-tap
+    popcounts), 3 both; unused operands may be dummies; geom: (kh, kw, sh, sw, dh, dw, pt, pl,
+    OH, OW, Cin_g); cb: output channels per task (a multiple of 64 when G == 1 and cb < Cout_g);
+    y float32 NCHW or yb/ym uint64 NHWC-words by ``mode``. BinaryConv.__init__ checks all that."""
     oh_, ow_, cg = geom[8], geom[9], geom[10]
     g_, n_ = x.shape[0], x.shape[1]
     coutg = w.shape[3]
@@ -245,27 +250,6 @@ def _binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bi
                  wcnt[g] if masked & 2 else wcnt[0], oh, c0, c1, geom, masked, pc, pm, nv)
             _emit(pc, pm, nv, masked, cg, g * coutg + c0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym,
                   scratch[0], scratch[1], scratch[2])
-
-
-def binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym) -> None:
-    """Checked entry to the compiled kernel. x, xm: uint64 [G, N, Hx, Wx, WG]; w, wm: uint64
-    [G, taps, WG, Cout_g]; masked: 0 no masks, 1 activation mask (xm), 2 weight mask (wm, with
-    wcnt int64 [G, taps, Cout_g] its per-tap popcounts), 3 both; unused operands may be dummies;
-    geom: (kh, kw, sh, sw, dh, dw, pt, pl, OH,
-    OW, Cin_g); cb: output channels per task (a multiple of 64 when G == 1 and cb < Cout_g);
-    y float32 NCHW or yb/ym uint64 NHWC-words by ``mode``."""
-    for a in (x, xm, w, wm, yb, ym):
-        assert a.dtype == np.uint64 and a.flags.c_contiguous
-    assert x.ndim == 5 and w.ndim == 4 and x.shape[0] == w.shape[0] and x.shape[4] == w.shape[2]
-    assert y.dtype == np.float32 and y.flags.c_contiguous and len(geom) == 11
-    assert masked in (0, 1, 2, 3)
-    if masked & 1:
-        assert xm.shape == x.shape
-    if masked & 2:
-        assert wm.shape == w.shape and wcnt.shape == (w.shape[0], w.shape[1], w.shape[3])
-    kh, kw, oh, ow = geom[0], geom[1], geom[8], geom[9]
-    work = x.shape[0] * x.shape[1] * oh * ow * w.shape[3] * kh * kw * x.shape[4]  # word operations
-    _binary_conv(work, x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym)
 
 
 # -- the kernel ---------------------------------------------------------------------------------
@@ -330,6 +314,7 @@ class BinaryConv(Kernel):
         cpt, cpl = (0, 0) if self.pad else (pt, pl)
         self.geom = (kh, kw, sh, sw, dh, dw, cpt, cpl, oh, ow, cg)
         self.g, self.og, self.rows = g, og, n * oh
+        self.work = n * oh * ow * cout * kh * kw * nwords(cg)  # word operations
 
     def _block(self, threads: int) -> int:
         """Output channels per task: whole groups, or enough 64-channel blocks to feed threads."""
@@ -365,5 +350,5 @@ class BinaryConv(Kernel):
                 xmg = xm.reshape((1,) + xm.shape)
         else:
             xmg = xg  # unused
-        binary_conv(xg, xmg, self.w, self.wm, self.wcnt, self.geom, masked, self._block(numba.get_num_threads()),
-                    st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym)
+        _binary_conv(self.work, xg, xmg, self.w, self.wm, self.wcnt, self.geom, masked, self._block(current_threads()),
+                     st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym)

@@ -24,13 +24,13 @@ Activation masks (``Sign(0) = 0``) and ternary weights take the general kernel.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from runtime.bitpack import nwords, pack_bits, popcount
 from runtime.kernels.base import Twin
 from runtime.kernels.binary_common import BITS
+from runtime.threads import current_threads
 
 _ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -227,6 +227,6 @@ class NarrowPlan:
     def run(self, x, stage, y, yb, ym):
         cg, kw, sw, dw, pl, ptop = self.merge
         merge_rows(self.xm.size * kw, x, cg, kw, sw, dw, pl, ptop, self.fill, self.xm)
-        tasks = min(self.xm.shape[1] * self.geom[4], 4 * numba.get_num_threads())
+        tasks = min(self.xm.shape[1] * self.geom[4], 4 * current_threads())
         narrow_conv(self.work, self.xm, self.w, self.d, self.geom, tasks, stage.mode, stage.out_mask, stage.scale, stage.bias,
                     stage.table, y, yb, ym)

@@ -14,7 +14,6 @@ Output channels are split into 64-channel blocks per task, so no two threads sha
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
 
@@ -30,10 +29,16 @@ from runtime.kernels.binary_common import (
     pack_last,
     weight_values,
 )
+from runtime.threads import current_threads
 
 
 @Twin
 def _binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym):
+    """x, xm: uint64 [N, Kw]; w, wm: uint64 [Cout, Kw] in the physical input order; masked: 0 no
+    masks, 1 activation mask xm, 2 weight mask wm (wcnt int64 [Cout]: nonzero weights per row),
+    3 both; k: number of valid input elements; cb: output channels per task (a multiple of 64
+    for the bits output); y float32 [N, Cout] or yb/ym uint64 [N, ceil(Cout/64)].
+    BinaryDense.__init__ checks all that."""
     n_, kw = x.shape
     cout = w.shape[0]
     nblk = (cout + cb - 1) // cb
@@ -84,21 +89,6 @@ def _binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias
             emit_bits(srow, table, c0, yb[n], ym[n] if out_mask else ym[0], out_mask, scratch[1], scratch[2])
 
 
-def binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym) -> None:
-    """Checked entry to the compiled kernel. x, xm: uint64 [N, Kw]; w, wm: uint64 [Cout, Kw] in the
-    physical input order; masked: 0 no masks, 1 activation mask xm, 2 weight mask wm (wcnt int64
-    [Cout]: nonzero weights per row), 3 both; k: number of valid input elements; cb: output channels
-    per task (a
-    multiple of 64 for the bits output); y float32 [N, Cout] or yb/ym uint64 [N, ceil(Cout/64)]."""
-    for a in (x, xm, w, wm, yb, ym):
-        assert a.dtype == np.uint64 and a.flags.c_contiguous and a.ndim == 2
-    assert x.shape[1] == w.shape[1] and y.dtype == np.float32 and y.ndim == 2
-    assert mode == FLOAT or cb % 64 == 0
-    assert masked in (0, 1, 2, 3) and (not masked & 1 or xm.shape == x.shape)
-    assert not masked & 2 or (wm.shape == w.shape and wcnt.shape == (w.shape[0],))
-    _binary_dense(x.shape[0] * w.size, x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym)
-
-
 @register("bnnc.BinaryDense")
 class BinaryDense(Kernel):
     def __init__(self, step: Step):
@@ -145,5 +135,5 @@ class BinaryDense(Kernel):
         xm = np.ascontiguousarray(ins[1]).reshape(self.n, self.kw) if self.has_xm else x
         st = self.stage
         y, yb, ym = st.buffers(outs, 2)
-        binary_dense(x, xm, self.w, self.wm, self.wcnt, self.k, self.masked, self._block(numba.get_num_threads()),
-                     st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym)
+        _binary_dense(self.n * self.w.size, x, xm, self.w, self.wm, self.wcnt, self.k, self.masked,
+                      self._block(current_threads()), st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym)

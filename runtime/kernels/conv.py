@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from runtime.kernels.base import PARALLEL_WORK, Kernel, Step, register, twin
 from runtime.kernels.nn import act_rows, activation_of, lift4, window_geometry
-from runtime.threads import max_threads, run_parts
+from runtime.threads import current_threads, max_threads, run_parts
 
 _BAND_BYTES = 1 << 19  # target size of one band of the patch matrix (stays in L2 with the GEMM)
 _MIN_COLS = 256  # but at least this many columns per band, for GEMM efficiency
@@ -357,4 +356,4 @@ class Conv(Kernel):
             np.matmul(w[g * self.mg:(g + 1) * self.mg], src, out=out)
             _crop(out, y[i], b, g * self.mg, r0, r1, kind, a0, a1)
 
-        run_parts(part, len(self.parts), numba.get_num_threads() if self.threaded else 1)
+        run_parts(part, len(self.parts), current_threads() if self.threaded else 1)

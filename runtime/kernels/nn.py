@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from runtime.kernels.base import PARALLEL_WORK, Kernel, Step, register, twin
-from runtime.threads import run_parts
+from runtime.threads import current_threads, run_parts
 
 # activation name -> (code, default parameters); the parameters are a0, a1 of act_rows
 ACTIVATIONS = {
@@ -133,7 +132,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     if a.ndim != 2 or b.ndim != 2 or a.shape[0] * a.shape[1] * b.shape[1] < _SPLIT_MACS:
         np.matmul(a, b, out=out)
         return
-    threads = numba.get_num_threads()
+    threads = current_threads()
     if threads == 1:
         np.matmul(a, b, out=out)
         return
