@@ -108,13 +108,17 @@ def binarize(x: np.ndarray, zero: int = 1) -> np.ndarray:
     return np.where(x > 0, 1, np.where(x < 0, -1, zero)).astype(np.int8)
 
 
-def output_float(s: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """The "float" stage: float32(s) * scale[c] + bias[c], channels on axis 1, in float32."""
+def output_float(s: np.ndarray, scale: np.ndarray, bias: np.ndarray, residual=None) -> np.ndarray:
+    """The "float" stage: float32(s) * scale[c] + bias[c], channels on axis 1, in float32; plus
+    ``residual`` (same shape as s), added last, when given."""
     s = np.asarray(s)
     shape = (1, -1) + (1,) * (s.ndim - 2)
     sc = np.asarray(scale, np.float32).reshape(shape)
     bi = np.asarray(bias, np.float32).reshape(shape)
-    return (s.astype(np.float32) * sc + bi).astype(np.float32)
+    y = (s.astype(np.float32) * sc + bi).astype(np.float32)
+    if residual is not None:
+        y = (y + np.asarray(residual, np.float32).reshape(y.shape)).astype(np.float32)
+    return y
 
 
 def output_bits(s: np.ndarray, rule: np.ndarray) -> np.ndarray:
@@ -127,9 +131,9 @@ def output_bits(s: np.ndarray, rule: np.ndarray) -> np.ndarray:
     return np.where(s < lo, vb, np.where(s <= hi, vm, va)).astype(np.int8)
 
 
-def _stage(s, output, scale, bias, rule):
+def _stage(s, output, scale, bias, rule, residual=None):
     if output == "float":
-        return output_float(s, scale, bias)
+        return output_float(s, scale, bias, residual)
     if output == "bits":
         return output_bits(s, rule)
     raise ValueError(f"output must be 'float' or 'bits', got {output!r}")
@@ -172,10 +176,11 @@ def binary_conv_int(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0,
 
 
 def binary_conv(x, w, scale=None, bias=None, rule=None, *, strides=(1, 1), pads=(0, 0, 0, 0),
-                dilations=(1, 1), group: int = 1, pad_value: int = 0, output: str = "float") -> np.ndarray:
-    """BinaryConv: float32 NCHW for output "float", int8 {-1, 0, +1} NCHW for "bits"."""
+                dilations=(1, 1), group: int = 1, pad_value: int = 0, output: str = "float",
+                residual=None) -> np.ndarray:
+    """BinaryConv: float32 NCHW for output "float" (plus ``residual``), int8 {-1, 0, +1} NCHW for "bits"."""
     s = binary_conv_int(x, w, strides, pads, dilations, group, pad_value)
-    return _stage(s, output, scale, bias, rule)
+    return _stage(s, output, scale, bias, rule, residual)
 
 
 def dense_input(x: np.ndarray, in_order: str = "chw") -> np.ndarray:
@@ -196,10 +201,11 @@ def binary_dense_int(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.asarray(x).astype(np.int64) @ np.asarray(w).astype(np.int64).T
 
 
-def binary_dense(x, w, scale=None, bias=None, rule=None, *, in_order: str = "chw", output: str = "float") -> np.ndarray:
+def binary_dense(x, w, scale=None, bias=None, rule=None, *, in_order: str = "chw", output: str = "float",
+                 residual=None) -> np.ndarray:
     """BinaryDense on a logical [N, K] or [N, C, H, W] input (flattened by ``in_order``)."""
     s = binary_dense_int(dense_input(x, in_order), w)
-    return _stage(s, output, scale, bias, rule)
+    return _stage(s, output, scale, bias, rule, residual)
 
 
 def binary_weight_conv(x, w, scale, bias, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),

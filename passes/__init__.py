@@ -7,6 +7,7 @@ from passes.canonicalize_binarizers import CanonicalizeBinarizers
 from passes.fold_affine_into_binary_output import FoldAffineIntoBinaryOutput
 from passes.fold_batchnorm_into_conv import FoldBatchNormIntoConv
 from passes.fold_constants import FoldConstants
+from passes.fold_residual_add_into_binary_output import FoldResidualAddIntoBinaryOutput
 from passes.fold_thresholds_into_binary_layers import FoldThresholdsIntoBinaryLayers
 from passes.fuse_activation_into_conv import FuseActivationIntoConv
 from passes.lower_qonnx_ops import LowerQonnxOpsToOnnx
@@ -41,6 +42,8 @@ PIPELINE: list[type[Pass]] = [
     FoldThresholdsIntoBinaryLayers,
     # what follows a float-output binary layer per channel goes into its scale and bias
     FoldAffineIntoBinaryOutput,
+    # then a shortcut Add after it (Bi-Real Net) becomes its residual input
+    FoldResidualAddIntoBinaryOutput,
     # float layers only: binary layers are bnnc ops by now, and their BatchNorm goes into thresholds
     FoldBatchNormIntoConv,
     # last: a fused layer hides its activation from every pattern above

@@ -125,11 +125,14 @@ def pack_last(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class OutputStage:
-    """The parsed output stage of a BinaryConv / BinaryDense node (inputs from index ``i``)."""
+    """The parsed output stage of a BinaryConv / BinaryDense node (inputs from index ``i``):
+    scale, bias and the optional residual R (float), or the rule (bits)."""
 
     def __init__(self, step: Step, i: int, cout: int):
         self.kind = step.attr("output", "float")
         self.out_mask = bool(int(step.attr("out_mask", 0)))
+        self.residual = has_input(step, i + 2)
+        self.res_index = i + 2
         self.scale, self.bias, self.rule, self.table = F32_1, F32_1, I32_1x5, I64_8x1
         self._dummies: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if self.kind == "float":
@@ -140,6 +143,8 @@ class OutputStage:
                 raise step.error(f"scale and bias must have {cout} values (one per output channel)")
             if self.out_mask:
                 raise step.error("out_mask applies to output 'bits' only")
+            if self.residual and (step.in_shapes[i + 2] != step.out_shapes[0] or step.in_dtypes[i + 2] != "float32"):
+                raise step.error(f"residual R must be float32 of the output's shape {list(step.out_shapes[0])}")
         elif self.kind == "bits":
             self.mode = BITS
             self.rule = const_input(step, i, "rule", "int32")
@@ -151,6 +156,8 @@ class OutputStage:
             if not self.out_mask and (v == 0).any():
                 raise step.error("rule has zero values but the node has no mask output (out_mask = 0)")
             self.table = rule_table(self.rule)
+            if self.residual:
+                raise step.error("a residual input applies to output 'float' only")
         else:
             raise step.error(f"output must be 'float' or 'bits', got {self.kind!r}")
 
@@ -167,6 +174,12 @@ class OutputStage:
         if self.mode == FLOAT:
             return outs[0], du, du
         return df, outs[0], (outs[1] if self.out_mask else du)
+
+    def residual_of(self, ins: list, ndim: int) -> np.ndarray:
+        """The residual R for the compiled kernel, a float32 dummy when there is none."""
+        if self.residual:
+            return np.ascontiguousarray(ins[self.res_index])
+        return self._dummies.setdefault(ndim, (dummy(ndim, np.float32), dummy(ndim, np.uint64)))[0]
 
 
 def rule_table(rule: np.ndarray) -> np.ndarray:

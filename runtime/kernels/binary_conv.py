@@ -194,9 +194,9 @@ def _row(x, xm, w, wm, wcnt, oh, c0, c1, geom, masked, pc, pm, nv):
 
 
 @njit(cache=True)
-def _emit(pc, pm, nv, masked, cg, oc0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, srow, sg, mk):
+def _emit(pc, pm, nv, masked, cg, oc0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, r, has_r, srow, sg, mk):
     """Turn one row of popcounts (channels oc0 .. oc0 + nc) into s and write it through the
-    output stage; srow, sg, mk are int64 scratch of length nc."""
+    output stage (plus the residual r when has_r); srow, sg, mk are int64 scratch of length nc."""
     ow_, nc = pc.shape
     for ow in range(ow_):
         if masked:
@@ -206,7 +206,11 @@ def _emit(pc, pm, nv, masked, cg, oc0, n, oh, mode, out_mask, scale, bias, table
             base = nv[ow] * cg
             for j in range(nc):
                 srow[j] = base - 2 * pc[ow, j]
-        if mode == FLOAT:
+        if mode == FLOAT and has_r:
+            for j in range(nc):
+                c = oc0 + j
+                y[n, c, oh, ow] = (np.float32(np.int32(srow[j])) * scale[c] + bias[c]) + r[n, c, oh, ow]
+        elif mode == FLOAT:
             for j in range(nc):
                 y[n, oc0 + j, oh, ow] = np.float32(np.int32(srow[j])) * scale[oc0 + j] + bias[oc0 + j]
         else:
@@ -214,12 +218,13 @@ def _emit(pc, pm, nv, masked, cg, oc0, n, oh, mode, out_mask, scale, bias, table
 
 
 @Twin
-def _binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym):
+def _binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r):
     """x, xm: uint64 [G, N, Hx, Wx, WG]; w, wm: uint64 [G, taps, WG, Cout_g]; masked: 0 no masks,
     1 activation mask (xm), 2 weight mask (wm, with wcnt int64 [G, taps, Cout_g] its per-tap
     popcounts), 3 both; unused operands may be dummies; geom: (kh, kw, sh, sw, dh, dw, pt, pl,
     OH, OW, Cin_g); cb: output channels per task (a multiple of 64 when G == 1 and cb < Cout_g);
-    y float32 NCHW or yb/ym uint64 NHWC-words by ``mode``. BinaryConv.__init__ checks all that."""
+    y float32 NCHW or yb/ym uint64 NHWC-words by ``mode``; res float32 NCHW, added to y when has_r.
+    BinaryConv.__init__ checks all that."""
     oh_, ow_, cg = geom[8], geom[9], geom[10]
     g_, n_ = x.shape[0], x.shape[1]
     coutg = w.shape[3]
@@ -248,7 +253,7 @@ def _binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bi
             nv[:] = 0
             _row(x[g, n], xm[g, n] if masked & 1 else xm[0, 0], w[g], wm[g] if masked & 2 else wm[0],
                  wcnt[g] if masked & 2 else wcnt[0], oh, c0, c1, geom, masked, pc, pm, nv)
-            _emit(pc, pm, nv, masked, cg, g * coutg + c0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym,
+            _emit(pc, pm, nv, masked, cg, g * coutg + c0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r,
                   scratch[0], scratch[1], scratch[2])
 
 
@@ -333,8 +338,9 @@ class BinaryConv(Kernel):
         masked = self.masked
         if self.has_xm and all_set(ins[1], self.cin_tail):
             masked &= 2  # no zero among the activations: the mask changes nothing
+        r = st.residual_of(ins, 4)
         if self.narrow is not None and not masked:
-            self.narrow.run(x, st, y, yb, ym)
+            self.narrow.run(x, st, y, yb, ym, r)
             return
         if self.copy:
             _regroup(self.xg.size, x, self.geom[10], self.pt, self.pl, self.fill, self.tail, self.xg)
@@ -351,4 +357,4 @@ class BinaryConv(Kernel):
         else:
             xmg = xg  # unused
         _binary_conv(self.work, xg, xmg, self.w, self.wm, self.wcnt, self.geom, masked, self._block(current_threads()),
-                     st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym)
+                     st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual)

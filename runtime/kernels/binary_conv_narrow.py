@@ -118,7 +118,7 @@ def merge_rows(x, cg, kw, sw, dw, pl, ptop, fill, out):
 
 
 @njit(cache=True)
-def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym):
+def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r):
     """s = k0 + base - 2 * acc ([Cout_g, OW]) for one output row of group g, through the output stage,
     one channel at a time along the row (runtime/kernels/binary_common.py: OutputStage)."""
     og, ow_ = acc.shape
@@ -132,6 +132,10 @@ def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, y
             bi = bias[c]
             for ow in range(ow_):
                 yr[ow] = np.float32(np.int32(k0 + b[ow] - 2 * a[ow])) * sc + bi  # via int32: vectorizes
+            if has_r:
+                rr = res[n, c, oh]
+                for ow in range(ow_):
+                    yr[ow] += rr[ow]
             continue
         lo, hi = table[0, c], table[1, c]
         q = c >> 6
@@ -148,11 +152,11 @@ def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, y
 
 
 @Twin
-def narrow_conv(xm, w, d, geom, tasks, mode, out_mask, scale, bias, table, y, yb, ym):
+def narrow_conv(xm, w, d, geom, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r):
     """xm uint64 [G, N, Hx, WG, OW] merged rows; w uint64 [G, kh, WG, Cout_g] merged weights;
     d int64 [G, kh, Cout_g, OW] border corrections, used when ``has_d`` (zero padding); geom: (kh,
     sh, dh, pt, OH, bits of a merged row); the N * OH output rows are split into ``tasks`` runs;
-    outputs as binary_conv's."""
+    outputs as binary_conv's (res: the residual, added to the float output when has_r)."""
     kh_, sh, dh, pt, oh_, bits = geom
     has_d = d.shape[0] > 0
     g_, n_, hx, wg, ow_ = xm.shape
@@ -193,7 +197,7 @@ def narrow_conv(xm, w, d, geom, tasks, mode, out_mask, scale, bias, table, y, yb
                             dr = dk[co]
                             for ow in range(ow_):
                                 b[ow] += dr[ow]
-                _emit_rows(acc, base, valid * bits, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym)
+                _emit_rows(acc, base, valid * bits, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r)
 
 
 class NarrowPlan:
@@ -224,9 +228,9 @@ class NarrowPlan:
         self.geom = (kh, sh, dh, 0 if pad_value else pt, oh, kw * cg)
         self.work = n * oh * ow * cout * kh * self.xm.shape[3]  # word operations
 
-    def run(self, x, stage, y, yb, ym):
+    def run(self, x, stage, y, yb, ym, r):
         cg, kw, sw, dw, pl, ptop = self.merge
         merge_rows(self.xm.size * kw, x, cg, kw, sw, dw, pl, ptop, self.fill, self.xm)
         tasks = min(self.xm.shape[1] * self.geom[4], 4 * current_threads())
         narrow_conv(self.work, self.xm, self.w, self.d, self.geom, tasks, stage.mode, stage.out_mask, stage.scale, stage.bias,
-                    stage.table, y, yb, ym)
+                    stage.table, y, yb, ym, r, stage.residual)

@@ -33,11 +33,12 @@ from runtime.threads import current_threads
 
 
 @Twin
-def _binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym):
+def _binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym, r, has_r):
     """x, xm: uint64 [N, Kw]; w, wm: uint64 [Cout, Kw] in the physical input order; masked: 0 no
     masks, 1 activation mask xm, 2 weight mask wm (wcnt int64 [Cout]: nonzero weights per row),
     3 both; k: number of valid input elements; cb: output channels per task (a multiple of 64
-    for the bits output); y float32 [N, Cout] or yb/ym uint64 [N, ceil(Cout/64)].
+    for the bits output); y float32 [N, Cout] or yb/ym uint64 [N, ceil(Cout/64)]; r float32
+    [N, Cout], added to y when has_r.
     BinaryDense.__init__ checks all that."""
     n_, kw = x.shape
     cout = w.shape[0]
@@ -81,6 +82,9 @@ def _binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias
             if mode == FLOAT:
                 for j in range(c1 - c0):
                     y[n, c0 + j] = np.float32(np.int32(srow[j])) * scale[c0 + j] + bias[c0 + j]
+                if has_r:
+                    for j in range(c1 - c0):
+                        y[n, c0 + j] += r[n, c0 + j]
                 continue
             for q in range(c0 >> 6, ((c1 - 1) >> 6) + 1):
                 yb[n, q] = 0
@@ -136,4 +140,5 @@ class BinaryDense(Kernel):
         st = self.stage
         y, yb, ym = st.buffers(outs, 2)
         _binary_dense(self.n * self.w.size, x, xm, self.w, self.wm, self.wcnt, self.k, self.masked,
-                      self._block(current_threads()), st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym)
+                      self._block(current_threads()), st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym,
+                      st.residual_of(ins, 2), st.residual)

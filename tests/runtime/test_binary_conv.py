@@ -79,9 +79,12 @@ def test_float_output(case, pad_value, path):
         cout = attrs["cout"]
         scale = rng.standard_normal(cout).astype(np.float32)
         bias = rng.standard_normal(cout).astype(np.float32)
-        (y,) = run_conv(attrs, x, w, xmask, wmask, [scale, bias])
-        expect = ops.binary_conv(x, w, scale, bias, **ref_kwargs(attrs))
-        np.testing.assert_array_equal(y, expect, err_msg=f"masks x={xmask} w={wmask}")
+        # every other case adds a residual input R (a folded shortcut Add)
+        res = None if i % 2 else rng.standard_normal(ops.binary_conv_int(x, w, **ref_kwargs(attrs)).shape)
+        res = None if res is None else res.astype(np.float32)
+        (y,) = run_conv(attrs, x, w, xmask, wmask, [scale, bias] + ([] if res is None else [res]))
+        expect = ops.binary_conv(x, w, scale, bias, residual=res, **ref_kwargs(attrs))
+        np.testing.assert_array_equal(y, expect, err_msg=f"masks x={xmask} w={wmask} residual={res is not None}")
 
 
 @pytest.mark.parametrize("pad_value", [0, 1, -1])

@@ -48,9 +48,10 @@ def test_float_output(case):
         rng, x, w, attrs, ins = setup(case, 10 + i, xmask, wmask, "float")
         scale = rng.standard_normal(attrs["cout"]).astype(np.float32)
         bias = rng.standard_normal(attrs["cout"]).astype(np.float32)
-        (y,) = run_step("bnnc.BinaryDense", attrs, ins + [scale, bias], {2, 3, 4, 5})
-        expect = ops.binary_dense(x, w, scale, bias, in_order=attrs["in_order"])
-        np.testing.assert_array_equal(y, expect, err_msg=f"masks x={xmask} w={wmask}")
+        res = rng.standard_normal((x.shape[0], attrs["cout"])).astype(np.float32) if i % 2 == 0 else None
+        (y,) = run_step("bnnc.BinaryDense", attrs, ins + [scale, bias] + ([] if res is None else [res]), {2, 3, 4, 5})
+        expect = ops.binary_dense(x, w, scale, bias, in_order=attrs["in_order"], residual=res)
+        np.testing.assert_array_equal(y, expect, err_msg=f"masks x={xmask} w={wmask} residual={res is not None}")
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -1,0 +1,87 @@
+"""fold-residual-add-into-binary-output: a shortcut Add becomes the binary layer's residual input,
+and the graph computes bit-identical outputs before and after the pass."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from bnnc.graph import op_key
+from bnnc.pipeline import run_pipeline
+from passes import PIPELINE
+from passes.fold_residual_add_into_binary_output import FoldResidualAddIntoBinaryOutput
+from tests.bnn_graphs import Builder
+from tests.helpers import assert_close, load_graph, ort_run, run_graph
+
+C, H = 9, 7  # an odd channel count, and a kernel with zero padding at every border
+
+
+def _before_pass(model):
+    """The graph as the default pipeline leaves it just before this pass."""
+    graph = load_graph(model)
+    until = PIPELINE.index(FoldResidualAddIntoBinaryOutput)
+    run_pipeline(graph, [cls() for cls in PIPELINE[:until]])
+    return graph
+
+
+def _bireal(b: Builder, x: str, blocks: int) -> str:
+    for _ in range(blocks):
+        y = b.conv(b.sign(x), b.pm1((C, C, 3, 3)), pads=[1, 1, 1, 1])
+        x = b.op("Add", [b.bn(y, C, neg_frac=0.4), x])
+    return x
+
+
+def _x(seed=0):
+    x = np.random.default_rng(seed).standard_normal((2, C, H, H)).astype(np.float32)
+    x[0, :, 0, :] = 0.0  # zeros: Sign(0) = 0 on a whole row
+    return x
+
+
+def test_bireal_shortcuts_fold_and_the_outputs_do_not_change():
+    b = Builder(1)
+    y = _bireal(b, "x", 3)
+    model = b.model([("x", [2, C, H, H])], [(y, [2, C, H, H])])
+    graph = _before_pass(model)
+    assert [op_key(n) for n in graph.nodes].count("Add") == 3
+    x = _x()
+    before = run_graph(graph, {"x": x})[0]
+    rec = run_pipeline(graph, [FoldResidualAddIntoBinaryOutput()])[0]
+    assert rec.stats == {"folded": 3}
+    assert "Add" not in [op_key(n) for n in graph.nodes]
+    layers = [n for n in graph.nodes if op_key(n) == "bnnc.BinaryConv"]
+    assert len(layers) == 3 and all(len(n.input) == 7 and n.input[6] for n in layers)
+    assert layers[-1].output[0] == y and graph.outputs == [y]
+    after = run_graph(graph, {"x": x})[0]
+    np.testing.assert_array_equal(after, before)  # the same float32 roundings, in the same order
+    assert_close(after, ort_run(model, {"x": x})[0], rel=1e-5)
+
+
+def test_shortcut_on_the_left_folds_too():
+    b = Builder(2)
+    y = b.conv(b.sign("x"), b.pm1((C, C, 3, 3)), pads=[1, 1, 1, 1])
+    out = b.op("Add", ["x", b.bn(y, C)])
+    model = b.model([("x", [2, C, H, H])], [(out, [2, C, H, H])])
+    graph = _before_pass(model)
+    x = _x(1)
+    before = run_graph(graph, {"x": x})[0]
+    rec = run_pipeline(graph, [FoldResidualAddIntoBinaryOutput()])[0]
+    assert rec.stats == {"folded": 1}
+    np.testing.assert_array_equal(run_graph(graph, {"x": x})[0], before)
+
+
+def test_broadcasting_add_and_shared_outputs_are_left_alone():
+    b = Builder(3)
+    y1 = b.bn(b.conv(b.sign("x"), b.pm1((C, C, 3, 3)), pads=[1, 1, 1, 1]), C)
+    pooled = b.op("GlobalAveragePool", ["x"])  # [N, C, 1, 1]: the Add broadcasts
+    out1 = b.op("Add", [y1, pooled])
+    y2 = b.bn(b.conv(b.sign(out1), b.pm1((C, C, 3, 3)), pads=[1, 1, 1, 1]), C)
+    out2 = b.op("Add", [y2, out1])
+    out3 = b.op("Mul", [y2, out2])  # y2 has a second reader
+    model = b.model([("x", [2, C, H, H])], [(out3, [2, C, H, H])])
+    graph = _before_pass(model)
+    original = copy.deepcopy(graph.nodes)
+    rec = run_pipeline(graph, [FoldResidualAddIntoBinaryOutput()])[0]
+    assert rec.stats == {"folded": 0} and not rec.modified
+    assert [n.SerializeToString() for n in graph.nodes] == [n.SerializeToString() for n in original]
+    assert any("broadcasting Add" in r for r in rec.reasons), rec.reasons
