@@ -66,6 +66,14 @@ def _conv_attrs(attrs: dict) -> tuple[list[int], list[int], list[int], list[int]
             [int(v) for v in attrs.get("dilations", [1, 1])])
 
 
+def _float_bits_outputs(attrs: dict) -> int:
+    """Packed outputs after a "float" output: its binarized twin (attribute bits_zero) and, when
+    that maps 0 to 0, the nonzero mask."""
+    if "bits_zero" not in attrs:
+        return 0
+    return 2 if int(attrs["bits_zero"]) == 0 else 1
+
+
 def output_shapes(op: str, attrs: dict, in_shape: Sequence[int], n_outputs: int = 1) -> list[tuple[tuple[int, ...], str]]:
     """Physical ``(shape, dtype)`` of each output of bnnc node ``op`` ("BinaryConv" or
     "bnnc.BinaryConv") whose first input has physical shape ``in_shape``."""
@@ -79,14 +87,16 @@ def output_shapes(op: str, attrs: dict, in_shape: Sequence[int], n_outputs: int 
         h, w = (s[1], s[2]) if op == "BinaryConv" else (s[2], s[3])
         oh, ow = conv_output_hw(h, w, k, st, p, d)
         cout = int(attrs["cout"])
+        bits = ((s[0], oh, ow, _words(cout)), "uint64")
         if op == "BinaryWeightConv" or attrs.get("output", "float") == "float":
-            return [((s[0], cout, oh, ow), "float32")]
-        return [((s[0], oh, ow, _words(cout)), "uint64")] * n_outputs
+            return [((s[0], cout, oh, ow), "float32")] + [bits] * _float_bits_outputs(attrs)
+        return [bits] * n_outputs
     if op in ("BinaryDense", "BinaryWeightDense"):
         cout = int(attrs["cout"])
+        bits = ((s[0], _words(cout)), "uint64")
         if op == "BinaryWeightDense" or attrs.get("output", "float") == "float":
-            return [((s[0], cout), "float32")]
-        return [((s[0], _words(cout)), "uint64")] * n_outputs
+            return [((s[0], cout), "float32")] + [bits] * _float_bits_outputs(attrs)
+        return [bits] * n_outputs
     if op == "BitMaxPool":
         k, st, p, d = _conv_attrs(attrs)
         if len(s) == 2:

@@ -8,6 +8,10 @@ import os
 # Numba starts its thread pool; a value the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from runtime.jitcache import use_versioned_cache  # noqa: E402
+
+use_versioned_cache()  # before any kernel module is imported (runtime/jitcache.py says why)
+
 from runtime.errors import BnncError  # noqa: E402
 from runtime.session import InferenceSession, NodeArg  # noqa: E402
 

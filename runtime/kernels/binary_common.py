@@ -17,6 +17,7 @@ from runtime.bitpack import nwords, pack_bits, unpack_bits
 from runtime.kernels.base import Step
 
 FLOAT, BITS = 0, 1
+NO_BITS = 2  # bits_zero when the float output has no binarized twin
 F32_1 = np.zeros(1, np.float32)
 I32_1x5 = np.zeros((1, 5), np.int32)
 I64_8x1 = np.zeros((8, 1), np.int64)
@@ -133,6 +134,9 @@ class OutputStage:
         self.out_mask = bool(int(step.attr("out_mask", 0)))
         self.residual = has_input(step, i + 2)
         self.res_index = i + 2
+        # bits_zero: the float output also written binarized (a fused bnnc.Binarize); NO_BITS: not
+        self.bits_zero = int(step.attr("bits_zero", NO_BITS))
+        self.also_bits = self.bits_zero != NO_BITS
         self.scale, self.bias, self.rule, self.table = F32_1, F32_1, I32_1x5, I64_8x1
         self._dummies: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if self.kind == "float":
@@ -145,6 +149,9 @@ class OutputStage:
                 raise step.error("out_mask applies to output 'bits' only")
             if self.residual and (step.in_shapes[i + 2] != step.out_shapes[0] or step.in_dtypes[i + 2] != "float32"):
                 raise step.error(f"residual R must be float32 of the output's shape {list(step.out_shapes[0])}")
+            if self.bits_zero not in (NO_BITS, 1, -1, 0):
+                raise step.error(f"bits_zero must be 1, -1 or 0, got {self.bits_zero}")
+            self.out_mask = self.bits_zero == 0  # the binarized output's zeros need the mask
         elif self.kind == "bits":
             self.mode = BITS
             self.rule = const_input(step, i, "rule", "int32")
@@ -156,23 +163,26 @@ class OutputStage:
             if not self.out_mask and (v == 0).any():
                 raise step.error("rule has zero values but the node has no mask output (out_mask = 0)")
             self.table = rule_table(self.rule)
-            if self.residual:
-                raise step.error("a residual input applies to output 'float' only")
+            if self.residual or self.also_bits:
+                raise step.error("a residual input and bits_zero apply to output 'float' only")
         else:
             raise step.error(f"output must be 'float' or 'bits', got {self.kind!r}")
 
     def out_shapes(self, float_shape: tuple, bits_shape: tuple) -> list[tuple[tuple, str]]:
+        bits = [(bits_shape, "uint64")] * (2 if self.out_mask else 1)
         if self.mode == FLOAT:
-            return [(float_shape, "float32")]
-        return [(bits_shape, "uint64")] * (2 if self.out_mask else 1)
+            return [(float_shape, "float32")] + (bits if self.also_bits else [])
+        return bits
 
     def buffers(self, outs: list[np.ndarray], ndim: int):
         """(y_float, y_bits, y_mask) for the compiled kernel, dummies for the absent ones."""
         if ndim not in self._dummies:
             self._dummies[ndim] = (dummy(ndim, np.float32), dummy(ndim, np.uint64))
         df, du = self._dummies[ndim]
-        if self.mode == FLOAT:
+        if self.mode == FLOAT and not self.also_bits:
             return outs[0], du, du
+        if self.mode == FLOAT:
+            return outs[0], outs[1], (outs[2] if self.out_mask else du)
         return df, outs[0], (outs[1] if self.out_mask else du)
 
     def residual_of(self, ins: list, ndim: int) -> np.ndarray:
@@ -209,6 +219,13 @@ def emit_bits(s, table, c0, yb, ym, out_mask, sg, mk):
             lt = -np.int64(s[i] < table[0, c])
             le = -np.int64(s[i] <= table[1, c])
             mk[i] = (lt & table[5, c]) | (~lt & le & table[6, c]) | (~le & table[7, c])
+    or_flags(sg, mk, n, c0, yb, ym, out_mask)
+
+
+@njit(cache=True)
+def or_flags(sg, mk, n, c0, yb, ym, out_mask):
+    """OR the 0 / -1 flags sg[:n] (and mk[:n]) of channels c0 .. c0 + n - 1 into the word rows
+    yb (and ym), word = channel // 64."""
     j = 0
     while j < n:
         b = (c0 + j) & 63
@@ -218,6 +235,24 @@ def emit_bits(s, table, c0, yb, ym, out_mask, sg, mk):
         if out_mask:
             ym[q] |= _pack_flags(mk, j, b, take)
         j += take
+
+
+@njit(cache=True, inline="always")
+def sign_flags(v, zero):
+    """(negative, nonzero) of a float as 0 / -1 flags, the value at 0 (and NaN) being ``zero``
+    (1, -1 or 0), as bnnc.Binarize: bit 1 = -1; nonzero mask bit 1 = not 0."""
+    neg = (not v > 0) if zero == -1 else v < 0
+    return -np.int64(neg), -np.int64((v > 0) | (v < 0))
+
+
+@njit(cache=True)
+def emit_sign_bits(y, zero, c0, yb, ym, with_mask, sg, mk):
+    """Binarize the float values y[:] (channels c0 ..) into the word rows yb (and the nonzero mask
+    ym): the "float" stage's extra bits output (attribute bits_zero). The caller zeroes the words."""
+    n = y.shape[0]
+    for i in range(n):
+        sg[i], mk[i] = sign_flags(y[i], zero)
+    or_flags(sg, mk, n, c0, yb, ym, with_mask)
 
 
 @njit(cache=True)

@@ -30,10 +30,12 @@ from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.binary_common import (
     BITS,
     FLOAT,
+    NO_BITS,
     OutputStage,
     all_set,
     check_outputs,
     emit_bits,
+    emit_sign_bits,
     has_input,
     pack_last,
     packed_image_input,
@@ -194,9 +196,11 @@ def _row(x, xm, w, wm, wcnt, oh, c0, c1, geom, masked, pc, pm, nv):
 
 
 @njit(cache=True)
-def _emit(pc, pm, nv, masked, cg, oc0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, r, has_r, srow, sg, mk):
+def _emit(pc, pm, nv, masked, cg, oc0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, r, has_r, bz,
+          srow, sg, mk):
     """Turn one row of popcounts (channels oc0 .. oc0 + nc) into s and write it through the
-    output stage (plus the residual r when has_r); srow, sg, mk are int64 scratch of length nc."""
+    output stage (plus the residual r when has_r, and binarized with bz unless NO_BITS); srow,
+    sg, mk are int64 scratch of length nc."""
     ow_, nc = pc.shape
     for ow in range(ow_):
         if masked:
@@ -213,17 +217,22 @@ def _emit(pc, pm, nv, masked, cg, oc0, n, oh, mode, out_mask, scale, bias, table
         elif mode == FLOAT:
             for j in range(nc):
                 y[n, oc0 + j, oh, ow] = np.float32(np.int32(srow[j])) * scale[oc0 + j] + bias[oc0 + j]
-        else:
+        if mode == FLOAT and bz != NO_BITS:
+            emit_sign_bits(y[n, oc0:oc0 + nc, oh, ow], bz, oc0, yb[n, oh, ow], ym[n, oh, ow] if out_mask else ym[0, 0, 0],
+                           out_mask, sg, mk)
+        elif mode == BITS:
             emit_bits(srow, table, oc0, yb[n, oh, ow], ym[n, oh, ow] if out_mask else ym[0, 0, 0], out_mask, sg, mk)
 
 
 @Twin
-def _binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r):
+def _binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
     """x, xm: uint64 [G, N, Hx, Wx, WG]; w, wm: uint64 [G, taps, WG, Cout_g]; masked: 0 no masks,
     1 activation mask (xm), 2 weight mask (wm, with wcnt int64 [G, taps, Cout_g] its per-tap
     popcounts), 3 both; unused operands may be dummies; geom: (kh, kw, sh, sw, dh, dw, pt, pl,
     OH, OW, Cin_g); cb: output channels per task (a multiple of 64 when G == 1 and cb < Cout_g);
-    y float32 NCHW or yb/ym uint64 NHWC-words by ``mode``; res float32 NCHW, added to y when has_r.
+    y float32 NCHW or yb/ym uint64 NHWC-words by ``mode``; res float32 NCHW, added to y when has_r;
+    bz: with the float output, also write it binarized into yb/ym with that value at 0 (NO_BITS:
+    not).
     BinaryConv.__init__ checks all that."""
     oh_, ow_, cg = geom[8], geom[9], geom[10]
     g_, n_ = x.shape[0], x.shape[1]
@@ -240,7 +249,7 @@ def _binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bi
         pm = np.empty((ow_ if masked else 1, c1 - c0), np.int64)
         nv = np.empty(ow_, np.int64)
         scratch = np.empty((3, c1 - c0), np.int64)
-        if mode == BITS:
+        if mode == BITS or bz != NO_BITS:
             oc0, oc1 = (c0, c1) if g_ == 1 else (0, g_ * coutg)
             for ow in range(ow_):
                 for q in range(oc0 >> 6, ((oc1 - 1) >> 6) + 1):
@@ -254,7 +263,7 @@ def _binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bi
             _row(x[g, n], xm[g, n] if masked & 1 else xm[0, 0], w[g], wm[g] if masked & 2 else wm[0],
                  wcnt[g] if masked & 2 else wcnt[0], oh, c0, c1, geom, masked, pc, pm, nv)
             _emit(pc, pm, nv, masked, cg, g * coutg + c0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r,
-                  scratch[0], scratch[1], scratch[2])
+                  bz, scratch[0], scratch[1], scratch[2])
 
 
 # -- the kernel ---------------------------------------------------------------------------------
@@ -357,4 +366,4 @@ class BinaryConv(Kernel):
         else:
             xmg = xg  # unused
         _binary_conv(self.work, xg, xmg, self.w, self.wm, self.wcnt, self.geom, masked, self._block(current_threads()),
-                     st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual)
+                     st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero)

@@ -29,7 +29,7 @@ from numba import njit, prange
 
 from runtime.bitpack import nwords, pack_bits, popcount
 from runtime.kernels.base import Twin
-from runtime.kernels.binary_common import BITS
+from runtime.kernels.binary_common import BITS, NO_BITS, sign_flags
 from runtime.threads import current_threads
 
 _ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -118,7 +118,7 @@ def merge_rows(x, cg, kw, sw, dw, pl, ptop, fill, out):
 
 
 @njit(cache=True)
-def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r):
+def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
     """s = k0 + base - 2 * acc ([Cout_g, OW]) for one output row of group g, through the output stage,
     one channel at a time along the row (runtime/kernels/binary_common.py: OutputStage)."""
     og, ow_ = acc.shape
@@ -136,6 +136,18 @@ def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, y
                 rr = res[n, c, oh]
                 for ow in range(ow_):
                     yr[ow] += rr[ow]
+            if bz != NO_BITS:  # the float row binarized too (a fused bnnc.Binarize)
+                q = c >> 6
+                sh = np.uint64(c & 63)
+                ybr = yb[n, oh]
+                for ow in range(ow_):
+                    neg, nz = sign_flags(yr[ow], bz)
+                    ybr[ow, q] |= np.uint64(neg & 1) << sh
+                if out_mask:
+                    ymr = ym[n, oh]
+                    for ow in range(ow_):
+                        neg, nz = sign_flags(yr[ow], bz)
+                        ymr[ow, q] |= np.uint64(nz & 1) << sh
             continue
         lo, hi = table[0, c], table[1, c]
         q = c >> 6
@@ -152,11 +164,12 @@ def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, y
 
 
 @Twin
-def narrow_conv(xm, w, d, geom, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r):
+def narrow_conv(xm, w, d, geom, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
     """xm uint64 [G, N, Hx, WG, OW] merged rows; w uint64 [G, kh, WG, Cout_g] merged weights;
     d int64 [G, kh, Cout_g, OW] border corrections, used when ``has_d`` (zero padding); geom: (kh,
     sh, dh, pt, OH, bits of a merged row); the N * OH output rows are split into ``tasks`` runs;
-    outputs as binary_conv's (res: the residual, added to the float output when has_r)."""
+    outputs as binary_conv's (res: the residual, added to the float output when has_r; bz: the
+    float output binarized too, unless NO_BITS)."""
     kh_, sh, dh, pt, oh_, bits = geom
     has_d = d.shape[0] > 0
     g_, n_, hx, wg, ow_ = xm.shape
@@ -168,7 +181,7 @@ def narrow_conv(xm, w, d, geom, tasks, mode, out_mask, scale, bias, table, y, yb
         for r in range(task * rows // tasks, (task + 1) * rows // tasks):
             n = r // oh_
             oh = r % oh_
-            if mode == BITS:
+            if mode == BITS or bz != NO_BITS:
                 yb[n, oh] = 0
                 if out_mask:
                     ym[n, oh] = 0
@@ -197,7 +210,8 @@ def narrow_conv(xm, w, d, geom, tasks, mode, out_mask, scale, bias, table, y, yb
                             dr = dk[co]
                             for ow in range(ow_):
                                 b[ow] += dr[ow]
-                _emit_rows(acc, base, valid * bits, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r)
+                _emit_rows(acc, base, valid * bits, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r,
+                           bz)
 
 
 class NarrowPlan:
@@ -233,4 +247,4 @@ class NarrowPlan:
         merge_rows(self.xm.size * kw, x, cg, kw, sw, dw, pl, ptop, self.fill, self.xm)
         tasks = min(self.xm.shape[1] * self.geom[4], 4 * current_threads())
         narrow_conv(self.work, self.xm, self.w, self.d, self.geom, tasks, stage.mode, stage.out_mask, stage.scale, stage.bias,
-                    stage.table, y, yb, ym, r, stage.residual)
+                    stage.table, y, yb, ym, r, stage.residual, stage.bits_zero)

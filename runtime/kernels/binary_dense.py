@@ -20,11 +20,14 @@ from numba import prange
 from runtime.bitpack import nwords, popcount
 from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.binary_common import (
+    BITS,
     FLOAT,
+    NO_BITS,
     OutputStage,
     check_input,
     check_outputs,
     emit_bits,
+    emit_sign_bits,
     has_input,
     pack_last,
     weight_values,
@@ -33,13 +36,13 @@ from runtime.threads import current_threads
 
 
 @Twin
-def _binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym, r, has_r):
+def _binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym, r, has_r, bz):
     """x, xm: uint64 [N, Kw]; w, wm: uint64 [Cout, Kw] in the physical input order; masked: 0 no
     masks, 1 activation mask xm, 2 weight mask wm (wcnt int64 [Cout]: nonzero weights per row),
     3 both; k: number of valid input elements; cb: output channels per task (a multiple of 64
     for the bits output); y float32 [N, Cout] or yb/ym uint64 [N, ceil(Cout/64)]; r float32
-    [N, Cout], added to y when has_r.
-    BinaryDense.__init__ checks all that."""
+    [N, Cout], added to y when has_r; bz: with the float output, also write it binarized into
+    yb/ym with that value at 0 (NO_BITS: not). BinaryDense.__init__ checks all that."""
     n_, kw = x.shape
     cout = w.shape[0]
     nblk = (cout + cb - 1) // cb
@@ -79,17 +82,21 @@ def _binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias
                         a += popcount((xr[i] ^ wr[i]) & m)
                         b += popcount(m)
                     srow[co - c0] = b - 2 * a
+            if mode == BITS or bz != NO_BITS:
+                for q in range(c0 >> 6, ((c1 - 1) >> 6) + 1):
+                    yb[n, q] = 0
+                    if out_mask:
+                        ym[n, q] = 0
             if mode == FLOAT:
                 for j in range(c1 - c0):
                     y[n, c0 + j] = np.float32(np.int32(srow[j])) * scale[c0 + j] + bias[c0 + j]
                 if has_r:
                     for j in range(c1 - c0):
                         y[n, c0 + j] += r[n, c0 + j]
+                if bz != NO_BITS:
+                    emit_sign_bits(y[n, c0:c1], bz, c0, yb[n], ym[n] if out_mask else ym[0], out_mask, scratch[1],
+                                   scratch[2])
                 continue
-            for q in range(c0 >> 6, ((c1 - 1) >> 6) + 1):
-                yb[n, q] = 0
-                if out_mask:
-                    ym[n, q] = 0
             emit_bits(srow, table, c0, yb[n], ym[n] if out_mask else ym[0], out_mask, scratch[1], scratch[2])
 
 
@@ -132,7 +139,8 @@ class BinaryDense(Kernel):
     def _block(self, threads: int) -> int:
         """Output channels per task: about four tasks per thread, whole words for the bits output."""
         per = -(-self.cout // (4 * threads))
-        return -(-per // 64) * 64 if self.stage.mode != FLOAT else max(8, per)
+        words = self.stage.mode != FLOAT or self.stage.also_bits  # no two tasks write one word
+        return -(-per // 64) * 64 if words else max(8, per)
 
     def run(self, ins, outs):
         x = np.ascontiguousarray(ins[0]).reshape(self.n, self.kw)
@@ -141,4 +149,4 @@ class BinaryDense(Kernel):
         y, yb, ym = st.buffers(outs, 2)
         _binary_dense(self.n * self.w.size, x, xm, self.w, self.wm, self.wcnt, self.k, self.masked,
                       self._block(current_threads()), st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym,
-                      st.residual_of(ins, 2), st.residual)
+                      st.residual_of(ins, 2), st.residual, st.bits_zero)

@@ -73,18 +73,30 @@ def run_conv(attrs, x, w, xmask, wmask, tail, n_outputs=1):
 @pytest.mark.parametrize("pad_value", [0, 1, -1])
 @pytest.mark.parametrize("case", list(CASES))
 def test_float_output(case, pad_value, path):
-    attrs = conv_attrs(case, pad_value, "float")
     for i, (xmask, wmask, xzeros) in enumerate(MASKS):
+        # the float output also binarized (a fused Binarize), with each value at 0
+        bits_zero = [None, 1, -1, 0, 0][i]
+        attrs = conv_attrs(case, pad_value, "float")
+        if bits_zero is not None:
+            attrs["bits_zero"] = bits_zero
         rng, x, w = data(case, 100 + i, xzeros, wmask)
         cout = attrs["cout"]
         scale = rng.standard_normal(cout).astype(np.float32)
         bias = rng.standard_normal(cout).astype(np.float32)
+        scale[0] = bias[0] = 0  # channel 0 is exactly 0: the binarized output's zero case
         # every other case adds a residual input R (a folded shortcut Add)
         res = None if i % 2 else rng.standard_normal(ops.binary_conv_int(x, w, **ref_kwargs(attrs)).shape)
         res = None if res is None else res.astype(np.float32)
-        (y,) = run_conv(attrs, x, w, xmask, wmask, [scale, bias] + ([] if res is None else [res]))
+        outs = run_conv(attrs, x, w, xmask, wmask, [scale, bias] + ([] if res is None else [res]))
         expect = ops.binary_conv(x, w, scale, bias, residual=res, **ref_kwargs(attrs))
-        np.testing.assert_array_equal(y, expect, err_msg=f"masks x={xmask} w={wmask} residual={res is not None}")
+        what = f"masks x={xmask} w={wmask} residual={res is not None} bits_zero={bits_zero}"
+        np.testing.assert_array_equal(outs[0], expect, err_msg=what)
+        if bits_zero is not None:
+            assert len(outs) == (3 if bits_zero == 0 else 2)
+            got = unpacked(outs[1], cout, outs[2] if bits_zero == 0 else None)
+            np.testing.assert_array_equal(got, ops.binarize(expect, bits_zero), err_msg=what)
+            for o in outs[1:]:  # the unused tail bits of the last word stay 0
+                assert not (o[..., -1] & ~tail_mask(cout)[-1]).any()
 
 
 @pytest.mark.parametrize("pad_value", [0, 1, -1])

@@ -49,9 +49,17 @@ def test_float_output(case):
         scale = rng.standard_normal(attrs["cout"]).astype(np.float32)
         bias = rng.standard_normal(attrs["cout"]).astype(np.float32)
         res = rng.standard_normal((x.shape[0], attrs["cout"])).astype(np.float32) if i % 2 == 0 else None
-        (y,) = run_step("bnnc.BinaryDense", attrs, ins + [scale, bias] + ([] if res is None else [res]), {2, 3, 4, 5})
+        bits_zero = [1, None, 0, -1][i]  # the float output also binarized (a fused Binarize)
+        if bits_zero is not None:
+            attrs["bits_zero"] = bits_zero
+            scale[0] = bias[0] = 0  # channel 0 is exactly 0: the binarized output's zero case
+        outs = run_step("bnnc.BinaryDense", attrs, ins + [scale, bias] + ([] if res is None else [res]), {2, 3, 4, 5})
         expect = ops.binary_dense(x, w, scale, bias, in_order=attrs["in_order"], residual=res)
-        np.testing.assert_array_equal(y, expect, err_msg=f"masks x={xmask} w={wmask} residual={res is not None}")
+        what = f"masks x={xmask} w={wmask} residual={res is not None} bits_zero={bits_zero}"
+        np.testing.assert_array_equal(outs[0], expect, err_msg=what)
+        if bits_zero is not None:
+            got = unpacked(outs[1], attrs["cout"], outs[2] if bits_zero == 0 else None)
+            np.testing.assert_array_equal(got, ops.binarize(expect, bits_zero), err_msg=what)
 
 
 @pytest.mark.parametrize("case", list(CASES))
