@@ -10,6 +10,7 @@ from passes.fold_constants import FoldConstants
 from passes.fold_residual_add_into_binary_output import FoldResidualAddIntoBinaryOutput
 from passes.fold_thresholds_into_binary_layers import FoldThresholdsIntoBinaryLayers
 from passes.fuse_activation_into_conv import FuseActivationIntoConv
+from passes.fuse_binarize_into_binary_output import FuseBinarizeIntoBinaryOutput
 from passes.lower_qonnx_ops import LowerQonnxOpsToOnnx
 from passes.move_binarizers_before_layout_ops import MoveBinarizersBeforeLayoutOps
 from passes.recognize_binary_layers import RecognizeBinaryLayers
@@ -44,6 +45,8 @@ PIPELINE: list[type[Pass]] = [
     FoldAffineIntoBinaryOutput,
     # then a shortcut Add after it (Bi-Real Net) becomes its residual input
     FoldResidualAddIntoBinaryOutput,
+    # and a Binarize of its result one more output, written in the same pass
+    FuseBinarizeIntoBinaryOutput,
     # float layers only: binary layers are bnnc ops by now, and their BatchNorm goes into thresholds
     FoldBatchNormIntoConv,
     # last: a fused layer hides its activation from every pattern above

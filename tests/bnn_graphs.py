@@ -64,5 +64,12 @@ class Builder:
         ins = [x, self.const(w, "w")] + ([self.const(np.asarray(bias, np.float32), "b")] if bias is not None else [])
         return self.op("Conv", ins, "conv", **attrs)
 
+    def bireal(self, x: str, c: int, blocks: int, idiom: str = "sign") -> str:
+        """Bi-Real Net blocks: x + BatchNorm(BinaryConv3x3(sign(x))), ``blocks`` times."""
+        for _ in range(blocks):
+            y = self.conv(self.sign(x, idiom), self.pm1((c, c, 3, 3)), pads=[1, 1, 1, 1])
+            x = self.op("Add", [self.bn(y, c, neg_frac=0.4), x])
+        return x
+
     def model(self, inputs, outputs, opset=17, extra_opsets=None):
         return make_model(self.nodes, inputs, outputs, self.inits, opset=opset, extra_opsets=extra_opsets)

@@ -17,22 +17,18 @@ from tests.helpers import assert_close, load_graph, ort_run, run_graph
 C, H = 9, 7  # an odd channel count, and a kernel with zero padding at every border
 
 
-def _before_pass(model):
-    """The graph as the default pipeline leaves it just before this pass."""
+def before_pass(model, pass_cls):
+    """The graph as the default pipeline leaves it just before ``pass_cls``."""
     graph = load_graph(model)
-    until = PIPELINE.index(FoldResidualAddIntoBinaryOutput)
-    run_pipeline(graph, [cls() for cls in PIPELINE[:until]])
+    run_pipeline(graph, [cls() for cls in PIPELINE[:PIPELINE.index(pass_cls)]])
     return graph
 
 
-def _bireal(b: Builder, x: str, blocks: int) -> str:
-    for _ in range(blocks):
-        y = b.conv(b.sign(x), b.pm1((C, C, 3, 3)), pads=[1, 1, 1, 1])
-        x = b.op("Add", [b.bn(y, C, neg_frac=0.4), x])
-    return x
+def _before_pass(model):
+    return before_pass(model, FoldResidualAddIntoBinaryOutput)
 
 
-def _x(seed=0):
+def bireal_input(seed=0):
     x = np.random.default_rng(seed).standard_normal((2, C, H, H)).astype(np.float32)
     x[0, :, 0, :] = 0.0  # zeros: Sign(0) = 0 on a whole row
     return x
@@ -40,11 +36,11 @@ def _x(seed=0):
 
 def test_bireal_shortcuts_fold_and_the_outputs_do_not_change():
     b = Builder(1)
-    y = _bireal(b, "x", 3)
+    y = b.bireal("x", C, 3)
     model = b.model([("x", [2, C, H, H])], [(y, [2, C, H, H])])
     graph = _before_pass(model)
     assert [op_key(n) for n in graph.nodes].count("Add") == 3
-    x = _x()
+    x = bireal_input()
     before = run_graph(graph, {"x": x})[0]
     rec = run_pipeline(graph, [FoldResidualAddIntoBinaryOutput()])[0]
     assert rec.stats == {"folded": 3}
@@ -63,7 +59,7 @@ def test_shortcut_on_the_left_folds_too():
     out = b.op("Add", ["x", b.bn(y, C)])
     model = b.model([("x", [2, C, H, H])], [(out, [2, C, H, H])])
     graph = _before_pass(model)
-    x = _x(1)
+    x = bireal_input(1)
     before = run_graph(graph, {"x": x})[0]
     rec = run_pipeline(graph, [FoldResidualAddIntoBinaryOutput()])[0]
     assert rec.stats == {"folded": 1}
