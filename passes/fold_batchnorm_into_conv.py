@@ -1,5 +1,4 @@
-"""fold-batchnorm-into-conv: an inference BatchNormalization after a float Conv/Gemm/MatMul
-is folded into that layer's weights and bias.
+"""Fold an inference BatchNormalization after a float Conv/Gemm/MatMul into its weights and bias.
 
 BN(y) = gamma * (y - mean) / sqrt(var + eps) + beta = f * y + (beta - f * mean), f = gamma / sqrt(var + eps),
 per channel (axis 1). With y = W * x + b:  W' = W * f (per output channel), b' = (b - mean) * f + beta.

@@ -1,4 +1,4 @@
-"""fold-constants: every node whose inputs are all constants becomes an initializer.
+"""Turn every node whose inputs are all constants into an initializer.
 
 * ``Constant`` nodes become initializers; ``Shape``/``Size`` of a value with a static shape become
   int64 constants, so shape arithmetic (Gather, Slice, Concat, ConstantOfShape, Reshape...) folds.

@@ -1,5 +1,6 @@
-"""fuse-activation-into-conv: a float Conv/Gemm/MatMul followed by its only reader, an activation,
-becomes one ``bnnc.FusedConv`` / ``bnnc.FusedGemm`` / ``bnnc.FusedMatMul`` node.
+"""Fuse a float Conv/Gemm/MatMul and the activation that alone reads it into one bnnc.Fused* node.
+
+The node is ``bnnc.FusedConv`` / ``bnnc.FusedGemm`` / ``bnnc.FusedMatMul``.
 
 y = act(layer(x)): the fused node has the layer's inputs and attributes plus ``activation`` (the
 activation's op type) and ``activation_params`` (floats):

@@ -1,4 +1,4 @@
-"""lower-qonnx-ops: QONNX custom ops become standard ONNX ops with the same arithmetic.
+"""Lower QONNX custom ops to standard ONNX ops with the same arithmetic.
 
 The references in ``bnnc/qonnx.py`` define the semantics; each lowering performs the same float
 operations in the same order, so onnxruntime on the lowered graph reproduces them exactly:

@@ -1,4 +1,4 @@
-"""remove-identity-ops: nodes that return their input unchanged disappear.
+"""Remove the nodes that return their input unchanged.
 
 y = x holds for: Identity; Dropout at inference (mask output unused, training_mode not set);
 Cast to the input's own dtype; Reshape, Flatten, Squeeze and Expand whose static output shape equals
