@@ -64,7 +64,7 @@ def lower(graph: Graph, producer: str) -> tuple[dict[str, Any], dict[str, np.nda
             "name": n.name,
             "op": op_key(n),
             "inputs": list(n.input),
-            "outputs": list(n.output),
+            "outputs": _without_trailing_blanks(list(n.output)),
             "attrs": _plan_attrs(n, opset),
         }
         for n in graph.nodes
@@ -88,3 +88,10 @@ def lower(graph: Graph, producer: str) -> tuple[dict[str, Any], dict[str, np.nda
     }
     tensors = {k: np.asarray(v, order="C") for k, v in graph.consts.items()}
     return manifest, tensors
+
+
+def _without_trailing_blanks(names: list[str]) -> list[str]:
+    """A node's output names without the trailing "" of optional outputs it does not produce."""
+    while names and not names[-1]:
+        names.pop()
+    return names

@@ -111,8 +111,8 @@ class InferenceSession:
             attrs=s.get("attrs", {}),
             in_shapes=[self._shape_of(n) for n in ins],
             in_dtypes=[self._dtype_of(n) for n in ins],
-            out_shapes=[self._values[n][0] for n in outs],
-            out_dtypes=[self._values[n][1] for n in outs],
+            out_shapes=[self._values[n][0] if n else None for n in outs],  # "": an optional output
+            out_dtypes=[self._values[n][1] if n else None for n in outs],  # the node does not produce
             consts=[self._consts.get(n) if n else None for n in ins],
         )
         return cls(step)
@@ -149,7 +149,8 @@ class InferenceSession:
         for i, s in enumerate(self._steps):
             if not self._kernels[i].view:
                 for o in s["outputs"]:
-                    dies_at.setdefault(last_use.get(o, i), []).append(o)
+                    if o:
+                        dies_at.setdefault(last_use.get(o, i), []).append(o)
         free: dict[tuple, list[np.ndarray]] = {}
         owned: dict[str, np.ndarray] = {}
         self._buffers: list[list[np.ndarray] | None] = []
@@ -159,6 +160,9 @@ class InferenceSession:
             else:
                 bufs = []
                 for o in s["outputs"]:
+                    if not o:
+                        bufs.append(None)
+                        continue
                     shape, dtype = self._values[o]
                     pool = free.get((shape, dtype))
                     owned[o] = pool.pop() if pool else np.empty(shape, dtype=dtype)
@@ -225,6 +229,8 @@ class InferenceSession:
                 timings[i].append(time.perf_counter() - t0)
             outs = res if k.view else bufs
             for n, a in zip(s["outputs"], outs):
+                if not n:
+                    continue
                 env[n] = a
                 if observe is not None:
                     observe(n, a)

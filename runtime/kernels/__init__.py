@@ -1,6 +1,16 @@
 """Kernel registry: importing this package registers every kernel module's kernels."""
 
-from runtime.kernels import binary, conv, elementwise, nn, pool, sign, tensor  # noqa: F401  (registration)
+from runtime.kernels import (  # noqa: F401  (registration)
+    activations,
+    binary,
+    conv,
+    elementwise,
+    nn,
+    norm,
+    pool,
+    sign,
+    tensor,
+)
 from runtime.kernels.base import KERNELS, Kernel, Step, register
 
 __all__ = ["KERNELS", "Kernel", "Step", "register"]

@@ -1,6 +1,7 @@
 """Elementwise float kernels: unary math, broadcasting binary arithmetic, comparisons and logic,
 Where, Cast, variadic Min/Max/Sum/Mean, Softmax/LogSoftmax, and the standalone activations
-(Relu, LeakyRelu, Sigmoid, Tanh, HardSigmoid, Clip, PRelu).
+(Relu, LeakyRelu, Sigmoid, Tanh, HardSigmoid, Clip, PRelu); the activations that no layer fuses
+(Elu, Gelu, Mish, ...) are in activations.py.
 
 Everything with a numpy ufunc writes straight into the planned output (``out=``), broadcasting
 as ONNX does (multidirectional numpy broadcasting). Float warnings (log(0), 1/0) are silenced:

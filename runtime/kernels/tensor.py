@@ -1,5 +1,6 @@
 """Tensor-layout kernels: views (Reshape, Flatten, Squeeze, Unsqueeze, Identity), copies
-(Transpose, Concat, Split, Slice, Gather, Expand, Tile, Pad) and the Reduce family.
+(Transpose, Concat, Split, Slice, Gather, Expand, Tile, Pad), the Reduce family and
+ArgMax/ArgMin.
 
 Every output shape is static in the artifact, so shape-like inputs (Reshape's shape, Expand's
 shape, Split's sizes) are not needed at run time: the kernels reshape or broadcast to the
@@ -12,8 +13,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit, prange
 
-from runtime.kernels.base import Kernel, Step, register
+from runtime.kernels.base import Kernel, Step, Twin, register
 
 
 def _const_ints(step: Step, i: int, what: str) -> list[int] | None:
@@ -261,3 +263,110 @@ class Reduce(Kernel):
             np.copyto(outs[0], ins[0])
         else:
             self.fn(ins[0], axis=self.axes, keepdims=True, out=outs[0].reshape(self.kept))
+
+
+_ARG_BLOCK = 256  # columns q scanned together by one task of _arg_extreme
+
+
+@njit(cache=True, nogil=True)
+def _arg_extreme_row(v, lowest, last):
+    """The index of the largest v[i] (the smallest if lowest): the first one, or the last if last.
+
+    A scan that replaces the running best when v[i] > best (>= for the last index; < and <= for
+    ArgMin). A comparison with NaN is false, so a NaN never replaces anything and only a NaN at
+    index 0 is ever chosen, as in onnxruntime's scan. Four explicit loops: LLVM does not unswitch
+    the flags out of a loop, and a branch per element costs 3-4x."""
+    best = v[0]
+    k = 0
+    n = v.shape[0]
+    if lowest and last:
+        for i in range(1, n):
+            if v[i] <= best:
+                best, k = v[i], i
+    elif lowest:
+        for i in range(1, n):
+            if v[i] < best:
+                best, k = v[i], i
+    elif last:
+        for i in range(1, n):
+            if v[i] >= best:
+                best, k = v[i], i
+    else:
+        for i in range(1, n):
+            if v[i] > best:
+                best, k = v[i], i
+    return k
+
+
+@njit(cache=True, nogil=True)
+def _arg_extreme_step(row, i, best, arg, lowest, last):
+    """One row i of a scan of many columns at once: best[j], arg[j] = row[j], i where row[j]
+    replaces best[j] by the rule of _arg_extreme_row."""
+    m = row.shape[0]
+    if lowest and last:
+        for j in range(m):
+            if row[j] <= best[j]:
+                best[j], arg[j] = row[j], i
+    elif lowest:
+        for j in range(m):
+            if row[j] < best[j]:
+                best[j], arg[j] = row[j], i
+    elif last:
+        for j in range(m):
+            if row[j] >= best[j]:
+                best[j], arg[j] = row[j], i
+    else:
+        for j in range(m):
+            if row[j] > best[j]:
+                best[j], arg[j] = row[j], i
+
+
+def _arg_extreme_body(x, out, lowest, last):
+    """out[p, q] = argmax_i x[p, i, q] (argmin if lowest; ties to the first i, or the last if last)
+    for an (P, n, Q) array, n >= 1. With Q > 1 a task scans one block of columns q row by row, so
+    the inner loop reads contiguous memory whatever Q is."""
+    P, n, Q = x.shape
+    if Q == 1:
+        for p in prange(P):
+            out[p, 0] = _arg_extreme_row(x[p, :, 0], lowest, last)
+        return
+    blocks = (Q + _ARG_BLOCK - 1) // _ARG_BLOCK
+    for t in prange(P * blocks):
+        p = t // blocks
+        lo = (t - p * blocks) * _ARG_BLOCK
+        hi = min(Q, lo + _ARG_BLOCK)
+        best = x[p, 0, lo:hi].copy()
+        arg = out[p, lo:hi]
+        arg[:] = 0
+        for i in range(1, n):
+            _arg_extreme_step(x[p, i, lo:hi], i, best, arg, lowest, last)
+
+
+_arg_extreme = Twin(_arg_extreme_body)
+
+
+@register("ArgMax", "ArgMin")
+class ArgExtreme(Kernel):
+    """ArgMax / ArgMin along ``axis`` (default 0) with keepdims (default 1) and select_last_index
+    (default 0, opset 12+); int64 indices."""
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        shape = tuple(step.in_shapes[0])
+        if not shape:
+            raise step.error("the input must have at least one axis")
+        axis = _axes(step, [int(step.attr("axis", 0))], len(shape))[0]
+        if shape[axis] == 0:
+            raise step.error(f"axis {axis} is empty: there is no extreme to pick")
+        keep = bool(step.attr("keepdims", 1))
+        want = shape[:axis] + ((1,) if keep else ()) + shape[axis + 1:]
+        if tuple(step.out_shapes[0]) != want or step.out_dtypes[0] != "int64":
+            raise step.error(f"the output is {step.out_dtypes[0]} {list(step.out_shapes[0])}, expected int64 {list(want)}")
+        self.shape3 = (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
+        self.lowest = step.op == "ArgMin"
+        self.last = bool(step.attr("select_last_index", 0))
+
+    def run(self, ins, outs):
+        x = ins[0].reshape(self.shape3)
+        y = outs[0].reshape(self.shape3[0], self.shape3[2])
+        _arg_extreme(x.size, x, y, self.lowest, self.last)
