@@ -158,3 +158,18 @@ def test_bench_reports_both_engines():
     r = json.loads(out)
     assert code == 0 and r["bnnc"]["median_ms"] > 0 and r["onnxruntime"]["median_ms"] > 0 and r["speedup"] > 0
     assert r["max_abs_output_difference"] < 1e-3
+
+
+def test_output_cut_short_by_the_reader_is_not_an_error(model_path):
+    """`bnnc inspect MODEL | head -1`: when the reader has gone away before bnnc writes, bnnc
+    stops quietly with exit code 0 (no BrokenPipeError report)."""
+    import subprocess
+    import sys
+
+    code = "import sys; from cli import main; sys.argv = ['bnnc', 'inspect', sys.argv[1]]; main()"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-c", code, str(model_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=root)
+    proc.stdout.close()  # the reader is gone before the report is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0 and "error" not in err and "Traceback" not in err, err
