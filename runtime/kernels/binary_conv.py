@@ -202,6 +202,24 @@ def _emit(pc, pm, nv, masked, cg, oc0, n, oh, mode, out_mask, scale, bias, table
     output stage (plus the residual r when has_r, and binarized with bz unless NO_BITS); srow,
     sg, mk are int64 scratch of length nc."""
     ow_, nc = pc.shape
+    if mode == FLOAT and bz == NO_BITS:
+        # channel by channel: each channel's row of y is contiguous (NCHW), so the stores stream
+        for j in range(nc):
+            c = oc0 + j
+            sc = scale[c]
+            bi = bias[c]
+            yr = y[n, c, oh]
+            if masked:
+                for ow in range(ow_):
+                    yr[ow] = np.float32(np.int32(pm[ow, j] - 2 * pc[ow, j])) * sc + bi
+            else:
+                for ow in range(ow_):
+                    yr[ow] = np.float32(np.int32(nv[ow] * cg - 2 * pc[ow, j])) * sc + bi
+            if has_r:
+                rr = r[n, c, oh]
+                for ow in range(ow_):
+                    yr[ow] += rr[ow]
+        return
     for ow in range(ow_):
         if masked:
             for j in range(nc):
