@@ -48,16 +48,6 @@ def _take(row, start, count):
     return v
 
 
-@njit(cache=True, inline="always")
-def _put(out, ow, pos, v, count):
-    """OR the ``count`` low bits of ``v`` into the merged row ``out[:, ow]`` at bit ``pos``."""
-    q = pos >> 6
-    off = pos & 63
-    out[q, ow] |= v << np.uint64(off)
-    if off != 0 and off + count > 64:
-        out[q + 1, ow] |= v >> np.uint64(64 - off)
-
-
 @Twin
 def merge_rows(x, cg, kw, sw, dw, pl, ptop, fill, out):
     """out[g, n, ihp, :, ow] = the merged row of input row ``ihp - ptop``, output column ow:
