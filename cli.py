@@ -214,9 +214,10 @@ def _print_verify(report):
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Batch size of the random input (dynamic-batch models).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Static shape of an input.")
+@click.option("--profile", is_flag=True, help="Also time every kernel of bnnc's plan and list the slowest.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def bench_cmd(model, threads, repeat, warmup, batch, input_shapes, as_json):
+def bench_cmd(model, threads, repeat, warmup, batch, input_shapes, profile, as_json):
     """Time bnnc against onnxruntime on MODEL.onnx (same threads, interleaved, medians)."""
     from bnnc.bench import bench, format_bench
     from bnnc.loader import parse_input_shapes
@@ -225,7 +226,7 @@ def bench_cmd(model, threads, repeat, warmup, batch, input_shapes, as_json):
         if not as_json and sys.stderr.isatty():
             click.echo(f"\r  run {i}/{n}", nl=False, err=True)
 
-    r = bench(model, threads, repeat, warmup, parse_input_shapes(list(input_shapes)), batch, progress)
+    r = bench(model, threads, repeat, warmup, parse_input_shapes(list(input_shapes)), batch, progress, profile)
     if not as_json and sys.stderr.isatty():
         click.echo("", err=True)
     click.echo(json.dumps(r, indent=1) if as_json else format_bench(r))

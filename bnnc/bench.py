@@ -30,7 +30,9 @@ def _stats(ts: list[float]) -> dict:
 
 
 def bench(onnx_path: str, threads: int = 1, repeat: int = 30, warmup: int = 3,
-          input_shapes: dict | None = None, batch: int = 1, progress=None) -> dict:
+          input_shapes: dict | None = None, batch: int = 1, progress=None, profile: bool = False) -> dict:
+    """Time bnnc and onnxruntime on random inputs; with ``profile``, also the median time of
+    every kernel of bnnc's plan over ``repeat`` more runs (``InferenceSession.profile``)."""
     import bnnc
 
     feeds = random_inputs(load_model(onnx_path, input_shapes), batch)
@@ -67,17 +69,40 @@ def bench(onnx_path: str, threads: int = 1, repeat: int = 30, warmup: int = 3,
     agree = float(np.max(np.abs(out - np.asarray(run_ref()[0])))) if out.size else 0.0
     result = {
         "model": onnx_path, "threads": threads, "repeat": repeat, "batch": batch,
+        "inputs": {k: list(v.shape) for k, v in feeds.items()},
         "bnnc": _stats(ours), "onnxruntime": _stats(theirs),
         "speedup": statistics.median(theirs) / statistics.median(ours),
         "max_abs_output_difference": agree,
     }
+    if profile:
+        result["profile"] = [{"name": n, "op": op, "median_ms": t * 1e3} for n, op, t in sess.profile(feeds, repeat)]
     return result
 
 
 def format_bench(r: dict) -> str:
-    lines = [f"{r['model']}: batch {r['batch']}, {r['threads']} thread(s), {r['repeat']} interleaved runs"]
+    shapes = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in r["inputs"].items())
+    lines = [f"{r['model']}: inputs {shapes}, {r['threads']} thread(s), {r['repeat']} interleaved runs"]
     for k in ("onnxruntime", "bnnc"):
         s = r[k]
         lines.append(f"  {k:<12} median {s['median_ms']:9.3f} ms   min {s['min_ms']:9.3f}   max {s['max_ms']:9.3f}")
     lines.append(f"  speedup      {r['speedup']:.2f}x (onnxruntime median / bnnc median)")
+    if "profile" in r:
+        lines += format_profile(r["profile"])
     return "\n".join(lines)
+
+
+def format_profile(rows: list[dict], top: int = 15) -> list[str]:
+    """The ``top`` slowest kernels of the plan (median ms, share of the kernels' sum), the rest
+    summed in one line."""
+    total = sum(r["median_ms"] for r in rows) or 1.0
+    ranked = sorted(rows, key=lambda r: -r["median_ms"])
+    width = max([len(r["name"]) for r in ranked[:top]] + [6])
+    lines = ["", f"bnnc kernels, medians (sum {total:.3f} ms; the sum of medians, not a run's time):",
+             f"  {'kernel':<{width}}  {'op':<22} {'ms':>9} {'share':>6}"]
+    for r in ranked[:top]:
+        lines.append(f"  {r['name']:<{width}}  {r['op']:<22} {r['median_ms']:>9.3f} {r['median_ms'] / total:>6.1%}")
+    rest = ranked[top:]
+    if rest:
+        t = sum(r["median_ms"] for r in rest)
+        lines.append(f"  {f'({len(rest)} more)':<{width}}  {'':<22} {t:>9.3f} {t / total:>6.1%}")
+    return lines

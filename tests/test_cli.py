@@ -160,6 +160,19 @@ def test_bench_reports_both_engines():
     assert r["max_abs_output_difference"] < 1e-3
 
 
+def test_bench_profile_lists_every_kernel_of_the_plan(tmp_path):
+    model = os.path.join(MODELS, "digits_bnn.onnx")
+    code, out, _ = bnnc("bench", model, "--repeat", "3", "--warmup", "1", "--profile", "--json")
+    r = json.loads(out)
+    artifact = str(tmp_path / "d.bnn")
+    assert bnnc("compile", model, "-o", artifact)[0] == 0
+    plan = json.loads(bnnc("inspect", artifact, "--json")[1])["nodes"]
+    assert code == 0 and [p["name"] for p in r["profile"]] == [n["name"] for n in plan]
+    assert all(p["median_ms"] > 0 for p in r["profile"])
+    code, out, _ = bnnc("bench", model, "--repeat", "3", "--warmup", "1", "--profile")
+    assert code == 0 and "bnnc kernels, medians" in out and "bnnc.BinaryConv" in out
+
+
 def test_output_cut_short_by_the_reader_is_not_an_error(model_path):
     """`bnnc inspect MODEL | head -1`: when the reader has gone away before bnnc writes, bnnc
     stops quietly with exit code 0 (no BrokenPipeError report)."""
