@@ -92,6 +92,11 @@ def merge_rows(x, cg, kw, sw, dw, pl, ptop, fill, out):
                     if spill:
                         for i in range(hi - lo):
                             nxt[i] |= src[i * sw] >> sr
+                elif cg == 1:  # depthwise: one bit of each pixel, no spill
+                    src = xr[lo * sw + d:, g >> 6]
+                    gb = np.uint64(g & 63)
+                    for i in range(hi - lo):
+                        dst[i] |= ((src[i * sw] >> gb) & np.uint64(1)) << sl
                 else:
                     for i in range(hi - lo):
                         v = _take(xr[(lo + i) * sw + d], g * cg + done, cnt)
