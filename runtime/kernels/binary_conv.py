@@ -366,8 +366,8 @@ class BinaryConv(Kernel):
         if self.has_xm and all_set(ins[1], self.cin_tail):
             masked &= 2  # no zero among the activations: the mask changes nothing
         r = st.residual_of(ins, 4)
-        if self.narrow is not None and not masked:
-            self.narrow.run(x, st, y, yb, ym, r)
+        if self.narrow is not None:  # no weight mask there; the activation mask if it has zeros
+            self.narrow.run(x, np.ascontiguousarray(ins[1]) if masked else None, st, y, yb, ym, r)
             return
         if self.copy:
             _regroup(self.xg.size, x, self.geom[10], self.pt, self.pl, self.fill, self.tail, self.xg)

@@ -19,7 +19,10 @@ padding, and with few output channels the inner loop is too short to vectorise w
   computed from the weights: for the set S of outside taps, ``s`` over the valid bits is
   ``kw*Cin_g - 2*popcount + (2*c_w - |S|*Cin_g)``, c_w the count of -1 weights in S.
 
-Activation masks (``Sign(0) = 0``) and ternary weights take the general kernel.
+- Exact zeros (``Sign(0) = 0``): the activation's nonzero mask is merged the same way (pixels
+  outside the image get mask 0 under zero padding), and ``s = popcount(m) - 2 popcount((x ^ w) &
+  m)``; the count is the same for every output channel, so it is taken once per row. Ternary
+  weights (a weight mask) take the general kernel.
 """
 
 from __future__ import annotations
@@ -159,20 +162,23 @@ def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, y
 
 
 @Twin
-def narrow_conv(xm, w, d, geom, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
-    """xm uint64 [G, N, Hx, WG, OW] merged rows; w uint64 [G, kh, WG, Cout_g] merged weights;
-    d int64 [G, kh, Cout_g, OW] border corrections, used when ``has_d`` (zero padding); geom: (kh,
+def narrow_conv(xm, mm, masked, w, d, geom, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
+    """xm uint64 [G, N, Hx, WG, OW] merged rows, mm their merged nonzero masks (when ``masked``:
+    s = popcount(m) - 2 popcount((x ^ w) & m), and outside pixels, mask 0, count for nothing);
+    w uint64 [G, kh, WG, Cout_g] merged weights; d int64 [G, kh, Cout_g, OW] border corrections,
+    used when ``has_d`` (zero padding without masks); geom: (kh,
     sh, dh, pt, OH, bits of a merged row); the N * OH output rows are split into ``tasks`` runs;
     outputs as binary_conv's (res: the residual, added to the float output when has_r; bz: the
     float output binarized too, unless NO_BITS)."""
     kh_, sh, dh, pt, oh_, bits = geom
-    has_d = d.shape[0] > 0
+    has_d = d.shape[0] > 0 and not masked
     g_, n_, hx, wg, ow_ = xm.shape
     og = w.shape[3]
     rows = n_ * oh_
     for task in prange(tasks):
         acc = np.empty((og, ow_), np.int64)
         base = np.zeros((og, ow_), np.int64)
+        cnt = np.zeros(ow_, np.int64)
         for r in range(task * rows // tasks, (task + 1) * rows // tasks):
             n = r // oh_
             oh = r % oh_
@@ -184,6 +190,8 @@ def narrow_conv(xm, w, d, geom, tasks, mode, out_mask, scale, bias, table, y, yb
                 acc[:] = 0
                 if has_d:
                     base[:] = 0
+                if masked:
+                    cnt[:] = 0
                 valid = 0
                 for ki in range(kh_):
                     ih = oh * sh - pt + ki * dh
@@ -192,6 +200,16 @@ def narrow_conv(xm, w, d, geom, tasks, mode, out_mask, scale, bias, table, y, yb
                     for wd in range(wg):
                         xr = xm[g, n, ih, wd]
                         wr = w[g, ki, wd]
+                        if masked:
+                            mr = mm[g, n, ih, wd]
+                            for ow in range(ow_):
+                                cnt[ow] += popcount(mr[ow])
+                            for co in range(og):
+                                w0 = wr[co]
+                                a0 = acc[co]
+                                for ow in range(ow_):
+                                    a0[ow] += popcount((xr[ow] ^ w0) & mr[ow])
+                            continue
                         for co in range(og):
                             w0 = wr[co]
                             a0 = acc[co]
@@ -205,7 +223,10 @@ def narrow_conv(xm, w, d, geom, tasks, mode, out_mask, scale, bias, table, y, yb
                             dr = dk[co]
                             for ow in range(ow_):
                                 b[ow] += dr[ow]
-                _emit_rows(acc, base, valid * bits, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r,
+                if masked:  # s = popcount(m) - 2 * acc, the same count for every channel
+                    for co in range(og):
+                        base[co] = cnt
+                _emit_rows(acc, base, 0 if masked else valid * bits, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r,
                            bz)
 
 
@@ -232,14 +253,23 @@ class NarrowPlan:
         self.ptop = pt if pad_value else 0
         hx = h + pt + pb if pad_value else h
         self.fill = _ONES if pad_value == -1 else np.uint64(0)
+        self.mask_fill = _ONES if pad_value else np.uint64(0)  # padding values +-1 are nonzero
         self.xm = np.empty((g, n, hx, nwords(kw * cg), ow), np.uint64)
+        self.mm = None  # merged nonzero masks, allocated on the first run that has zeros
         self.merge = (cg, kw, sw, dw, pl, self.ptop)
         self.geom = (kh, sh, dh, 0 if pad_value else pt, oh, kw * cg)
         self.work = n * oh * ow * cout * kh * self.xm.shape[3]  # word operations
 
-    def run(self, x, stage, y, yb, ym, r):
+    def run(self, x, xmask, stage, y, yb, ym, r):
+        """One run; ``xmask``: the activation's nonzero mask, or None when it has no zero."""
         cg, kw, sw, dw, pl, ptop = self.merge
         merge_rows(self.xm.size * kw, x, cg, kw, sw, dw, pl, ptop, self.fill, self.xm)
+        mm = self.xm
+        if xmask is not None:
+            if self.mm is None:
+                self.mm = np.empty_like(self.xm)
+            merge_rows(self.mm.size * kw, xmask, cg, kw, sw, dw, pl, ptop, self.mask_fill, self.mm)
+            mm = self.mm
         tasks = min(self.xm.shape[1] * self.geom[4], 4 * current_threads())
-        narrow_conv(self.work, self.xm, self.w, self.d, self.geom, tasks, stage.mode, stage.out_mask, stage.scale, stage.bias,
-                    stage.table, y, yb, ym, r, stage.residual, stage.bits_zero)
+        narrow_conv(self.work, self.xm, mm, xmask is not None, self.w, self.d, self.geom, tasks, stage.mode,
+                    stage.out_mask, stage.scale, stage.bias, stage.table, y, yb, ym, r, stage.residual, stage.bits_zero)
