@@ -35,6 +35,16 @@ _ELEMENTWISE = ("BatchNormalization", "Add", "Sub", "Mul", "Div", "Relu", "Leaky
 _LAYERS = ("BinaryConv", "BinaryDense")
 
 
+def data_input(graph: Graph, node: onnx.NodeProto) -> str | None:
+    """The input of a chain node that carries the layer's values: MaxPool's first; for the
+    elementwise ops the one input that is not a constant (either side of an Add or a Mul), None
+    when there is not exactly one."""
+    if is_std(node, "MaxPool"):
+        return node.input[0]
+    ins = [i for i in node.input if i and graph.const(i) is None]
+    return ins[0] if len(ins) == 1 else None
+
+
 def _const_inputs_ok(graph: Graph, node: onnx.NodeProto, x: str, channels: int, rank: int) -> bool:
     """Every input other than ``x`` is a constant that varies at most along the channel axis."""
     for i in node.input:
@@ -69,8 +79,13 @@ def find_chain(graph: Graph, binarize: onnx.NodeProto, prods: dict, cons: dict):
             return None, f"'{x}' is not computed from a binary layer by per-channel ops"
         if is_std(node, "MaxPool") and (len(node.output) > 1 or any(is_std(n, "MaxPool") for n in chain)):
             return None, "more than one MaxPool, or MaxPool with indices"
+        src = data_input(graph, node)
+        shape = graph.shape(x)
+        if src is None or shape is None or len(shape) < 2 or not (
+                is_std(node, "MaxPool") or _const_inputs_ok(graph, node, src, shape[1], len(shape))):
+            return None, f"{node.op_type} node {node.name} mixes in a value that is not a per-channel constant"
         chain.append(node)
-        x = node.input[0]
+        x = src
 
 
 def _tabulate(graph: Graph, layer, chain, s: np.ndarray):
@@ -86,12 +101,13 @@ def _tabulate(graph: Graph, layer, chain, s: np.ndarray):
         if node.op_type == "MaxPool":
             pre_pool = x
             continue
+        src = data_input(graph, node)
         copy = onnx.NodeProto()
         copy.CopyFrom(node)
         del copy.input[:]
-        copy.input.extend([x if i == node.input[0] else i for i in node.input])
+        copy.input.extend([x if i == src else i for i in node.input])
         ops.append(copy)
-        inits.update({i: graph.const(i) for i in node.input[1:] if i and graph.const(i) is not None})
+        inits.update({i: graph.const(i) for i in node.input if i and graph.const(i) is not None})
         x = node.output[0]
     outs = [x] + ([pre_pool] if pre_pool and pre_pool not in (x, layer.output[0]) else [])
     res = _run(graph, ops, layer.output[0], feed, outs, inits)

@@ -184,3 +184,15 @@ def test_float_layer_says_why():
         res = bnnc.compile_model(save(b.model([("x", [1, 3, 5, 5])], [(y, None)]), d), os.path.join(d, "m.bnn"))
     (layer,) = json.loads(res.manifest["metadata"][KEY])
     assert layer["mode"] == "float" and "not ±alpha" in layer["reason"]
+
+
+@pytest.mark.parametrize("order", ["layer_first", "shortcut_first", "constant_first"])
+def test_add_before_the_next_binarizer_with_the_layer_on_either_side(order):
+    """Sign(Add(BN(conv), r)): a real shortcut r (not foldable into a threshold, so it stays a
+    residual) or a per-channel constant (folded), with the layer's value on either side."""
+    b = Builder(11)
+    y = b.bn(b.conv(b.sign("x"), b.pm1((7, 7, 3, 3)), pads=[1, 1, 1, 1]), 7)
+    other = "x" if order != "constant_first" else b.const(np.linspace(-1, 1, 7, dtype=np.float32).reshape(1, 7, 1, 1))
+    z = b.op("Add", [y, other] if order == "layer_first" else [other, y])
+    y2 = b.conv(b.sign(z), b.pm1((5, 7, 3, 3)), pads=[1, 1, 1, 1])
+    check(b.model([("x", [2, 7, 6, 6])], [(y2, None)]), _x([2, 7, 6, 6], zeros=0.1), ["xnor", "xnor"])
