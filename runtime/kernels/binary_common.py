@@ -176,9 +176,7 @@ class OutputStage:
 
     def buffers(self, outs: list[np.ndarray], ndim: int):
         """(y_float, y_bits, y_mask) for the compiled kernel, dummies for the absent ones."""
-        if ndim not in self._dummies:
-            self._dummies[ndim] = (dummy(ndim, np.float32), dummy(ndim, np.uint64))
-        df, du = self._dummies[ndim]
+        df, du = self._dummy_pair(ndim)
         if self.mode == FLOAT and not self.also_bits:
             return outs[0], du, du
         if self.mode == FLOAT:
@@ -189,7 +187,13 @@ class OutputStage:
         """The residual R for the compiled kernel, a float32 dummy when there is none."""
         if self.residual:
             return np.ascontiguousarray(ins[self.res_index])
-        return self._dummies.setdefault(ndim, (dummy(ndim, np.float32), dummy(ndim, np.uint64)))[0]
+        return self._dummy_pair(ndim)[0]
+
+    def _dummy_pair(self, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+        """float32 and uint64 stand-ins of rank ndim for absent operands, made once."""
+        if ndim not in self._dummies:
+            self._dummies[ndim] = (dummy(ndim, np.float32), dummy(ndim, np.uint64))
+        return self._dummies[ndim]
 
 
 def rule_table(rule: np.ndarray) -> np.ndarray:
