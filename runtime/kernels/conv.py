@@ -31,7 +31,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from runtime.kernels.base import PARALLEL_WORK, Kernel, Step, register, twin
+from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.nn import act_rows, activation_of, lift4, window_geometry
 from runtime.threads import current_threads, max_threads, run_parts
 
@@ -184,7 +184,7 @@ def _conv_direct_body(x, xq, wide, w, bias, y, pt, pl, dh, dw, kind, a0, a1):
                 _bias_act(acc[oh * Wq:oh * Wq + OW], y[n, m, oh], 0, kind, a0, a1)
 
 
-_conv_direct, _conv_direct_serial = twin(_conv_direct_body)
+_conv_direct = Twin(_conv_direct_body)
 
 
 @njit(cache=True, nogil=True)
@@ -279,7 +279,6 @@ class Conv(Kernel):
         self.xq = None if self.pointwise and not self.direct else self._phase_buffer()
         if self.direct:
             self.wide = np.empty((n, m, self.y4[2] * self.xq.shape[-1]), self.dtype)
-            self.direct_fn = _conv_direct_serial if self.macs < PARALLEL_WORK else _conv_direct
             self.tiny = self.y4[2] * self.y4[3] <= _TINY_PLANE
         else:
             self._plan_gemm()
@@ -333,7 +332,7 @@ class Conv(Kernel):
             _conv_tiny(x, w, b, y, self.strides[0], self.strides[1], dh, dw, pt, pl, kind, a0, a1)
             return
         if self.direct:
-            self.direct_fn(x, self.xq, self.wide, w, b, y, pt, pl, dh, dw, kind, a0, a1)
+            _conv_direct(self.macs, x, self.xq, self.wide, w, b, y, pt, pl, dh, dw, kind, a0, a1)
             return
         if not self.pointwise:
             for i in range(self.x4[0]):

@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import prange
 
-from runtime.kernels.base import PARALLEL_WORK, Kernel, Step, register, twin
+from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.nn import activate, activation_of, same_shape
 
 _CHUNK = 16384
@@ -29,7 +29,7 @@ def _erf_body(x, y):
             y[i] = math.erf(x[i])
 
 
-_erf, _erf_serial = twin(_erf_body)
+_erf = Twin(_erf_body)
 
 
 def _channel_prelu_body(x, y, slope):
@@ -46,7 +46,7 @@ def _channel_prelu_body(x, y, slope):
             yr[s] = v if v >= 0 else v * a
 
 
-_channel_prelu, _channel_prelu_serial = twin(_channel_prelu_body)
+_channel_prelu = Twin(_channel_prelu_body)
 
 
 def _softmax_body(x, y, log):
@@ -75,7 +75,7 @@ def _softmax_body(x, y, log):
                 y[p, i, q] = y[p, i, q] * r
 
 
-_softmax, _softmax_serial = twin(_softmax_body)
+_softmax = Twin(_softmax_body)
 
 
 _UNARY = {
@@ -110,7 +110,7 @@ class Unary(Kernel):
             if self.fn is not None:
                 self.fn(x, out=y)
             elif self.step.op == "Erf":
-                (_erf if x.size >= PARALLEL_WORK else _erf_serial)(x.reshape(-1), y.reshape(-1))
+                _erf(x.size, x.reshape(-1), y.reshape(-1))
             else:  # Softplus: log(1 + exp(x)), stable for large x
                 np.logaddexp(x, x.dtype.type(0), out=y)
 
@@ -234,10 +234,10 @@ class Softmax(Kernel):
         else:
             self.shape3 = (p, shape[axis] if r else 1, math.prod(shape[axis + 1:]))
         self.log = step.op == "LogSoftmax"
-        self.fn = _softmax if math.prod(shape) >= PARALLEL_WORK else _softmax_serial
+        self.work = math.prod(shape)
 
     def run(self, ins, outs):
-        self.fn(ins[0].reshape(self.shape3), outs[0].reshape(self.shape3), self.log)
+        _softmax(self.work, ins[0].reshape(self.shape3), outs[0].reshape(self.shape3), self.log)
 
 
 class _Activation(Kernel):
@@ -328,8 +328,7 @@ class PRelu(Kernel):
     def run(self, ins, outs):
         x, y = ins[0], outs[0]
         if self.slope is not None:
-            fn = _channel_prelu if x.size >= PARALLEL_WORK else _channel_prelu_serial
-            fn(x.reshape(x.shape[0], x.shape[1], -1), y.reshape(y.shape[0], y.shape[1], -1), self.slope)
+            _channel_prelu(x.size, x.reshape(x.shape[0], x.shape[1], -1), y.reshape(y.shape[0], y.shape[1], -1), self.slope)
             return
         np.multiply(x, ins[1], out=y)
         np.copyto(y, x, where=x >= 0)

@@ -6,9 +6,9 @@ Activations are coded as small ints (``ACTIVATIONS``) with two float parameters 
 compiled kernel serves every fused layer; the code is applied in place, as onnxruntime's
 com.microsoft FusedConv does.
 
-Small work runs serially: every parallel kernel has a serial twin (runtime/kernels/base.py:
-``twin``) that the kernels pick below ``PARALLEL_WORK`` elements (or multiply-adds) of work, a
-choice made once, from the planned shapes.
+Small work runs serially: every parallel kernel is a ``Twin`` (runtime/kernels/base.py), called
+with its amount of work (elements, or multiply-adds), which runs serially below
+``PARALLEL_WORK`` or with one thread.
 
 Numba inner loops here index 0-based slices (``dst = o[lo:hi]; dst[i]``): with an index that may
 be negative Numba emits a wraparound check that stops LLVM from vectorizing the loop.
@@ -21,7 +21,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from runtime.kernels.base import PARALLEL_WORK, Kernel, Step, register, twin
+from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.threads import current_threads, run_parts
 
 # activation name -> (code, default parameters); the parameters are a0, a1 of act_rows
@@ -79,7 +79,7 @@ def act_rows(x, y, kind, a0, a1):
             y[i] = min(1.0, max(0.0, v))
 
 
-@njit(parallel=True, cache=True)
+@Twin
 def _act_flat(x, y, kind, a0, a1):
     n = x.shape[0]
     for t in prange((n + _CHUNK - 1) // _CHUNK):
@@ -104,7 +104,7 @@ def _channel_affine_act_body(x, y, scale, bias, kind, a0, a1):
             act_rows(yr, yr, kind, a0, a1)
 
 
-_channel_affine_act, _channel_affine_act_serial = twin(_channel_affine_act_body)
+_channel_affine_act = Twin(_channel_affine_act_body)
 
 
 # -- validated wrappers --------------------------------------------------------------------------
@@ -112,8 +112,7 @@ def activate(x: np.ndarray, y: np.ndarray, kind: int, a0: float = 0.0, a1: float
     """y = act(x) elementwise for contiguous arrays of one shape (x may be y)."""
     assert x.shape == y.shape and x.flags.c_contiguous and y.flags.c_contiguous
     if kind != 0 or x is not y:
-        fn = _act_flat if x.size >= PARALLEL_WORK else act_rows
-        fn(x.reshape(-1), y.reshape(-1), kind, float(a0), float(a1))
+        _act_flat(x.size, x.reshape(-1), y.reshape(-1), kind, float(a0), float(a1))
 
 
 def channel_affine(x: np.ndarray, y: np.ndarray, scale: np.ndarray, bias: np.ndarray,
@@ -121,8 +120,7 @@ def channel_affine(x: np.ndarray, y: np.ndarray, scale: np.ndarray, bias: np.nda
     """y = act(x * scale[c] + bias[c]) with channels on axis 1 of contiguous x and y."""
     assert x.shape == y.shape and x.flags.c_contiguous and y.flags.c_contiguous
     n, c = (x.shape[0], x.shape[1]) if x.ndim >= 2 else (1, x.shape[0])
-    fn = _channel_affine_act if x.size >= PARALLEL_WORK else _channel_affine_act_serial
-    fn(x.reshape(n, c, -1), y.reshape(n, c, -1), scale, bias, kind, float(a0), float(a1))
+    _channel_affine_act(x.size, x.reshape(n, c, -1), y.reshape(n, c, -1), scale, bias, kind, float(a0), float(a1))
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from runtime.kernels.base import PARALLEL_WORK, Kernel, Step, register, twin
+from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.conv import _phase_split, _tap_ranges
 from runtime.kernels.nn import lift4, window_geometry
 
@@ -88,7 +88,7 @@ def _pool_body(x, y, div, KH, KW, sh, sw, dh, dw, pt, pl, is_max, pad):
             _pool_channel(x[n, c], y[n, c], vm, ph, div, KH, KW, sh, sw, dh, dw, pt, pl, is_max, pad)
 
 
-_pool, _pool_serial = twin(_pool_body)
+_pool = Twin(_pool_body)
 
 
 def _pool_direct_body(x, y, div, KH, KW, sh, sw, dh, dw, pt, pl, is_max, pad):
@@ -118,7 +118,7 @@ def _pool_direct_body(x, y, div, KH, KW, sh, sw, dh, dw, pt, pl, is_max, pad):
                 yr[ow] = acc
 
 
-_pool_direct, _pool_direct_serial = twin(_pool_direct_body)
+_pool_direct = Twin(_pool_direct_body)
 
 
 def _pool_tiled_body(x, y, KH, KW, is_max):
@@ -149,7 +149,7 @@ def _pool_tiled_body(x, y, KH, KW, is_max):
                     o[i] /= d
 
 
-_pool_tiled, _pool_tiled_serial = twin(_pool_tiled_body)
+_pool_tiled = Twin(_pool_tiled_body)
 
 
 def _global_pool_body(x, y, is_max):
@@ -169,7 +169,7 @@ def _global_pool_body(x, y, is_max):
             y[r] = acc / S
 
 
-_global_pool, _global_pool_serial = twin(_global_pool_body)
+_global_pool = Twin(_global_pool_body)
 
 
 class Pool(Kernel):
@@ -194,16 +194,15 @@ class Pool(Kernel):
         self.div = np.ones((1, 1), dt)
         if not self.is_max:
             self.div = self._divisors(bool(step.attr("count_include_pad", 0))).astype(dt)
-        work = math.prod(self.x4) * self.k[0] // self.s[0]
-        parallel = work >= PARALLEL_WORK
+        self.work = math.prod(self.x4) * self.k[0] // self.s[0]
         self.tiled = self.k == self.s and self.d == (1, 1) and not any(self.p) and \
             self.y4[2] * self.k[0] <= self.x4[2] and self.y4[3] * self.k[1] <= self.x4[3]
         if self.tiled:
-            self.fn = _pool_tiled if parallel else _pool_tiled_serial
+            self.fn = _pool_tiled
         elif math.prod(self.y4) * self.k[0] * self.k[1] < _TINY_WORK:
-            self.fn = _pool_direct if parallel else _pool_direct_serial
+            self.fn = _pool_direct
         else:
-            self.fn = _pool if parallel else _pool_serial
+            self.fn = _pool
 
     def _check_output(self) -> None:
         """The output size must be floor or ceil of the window count (ceil_mode); anything else
@@ -230,9 +229,9 @@ class Pool(Kernel):
     def run(self, ins, outs):
         (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _) = self.k, self.s, self.d, self.p
         if self.tiled:
-            self.fn(ins[0].reshape(self.x4), outs[0].reshape(self.y4), kh, kw, self.is_max)
+            self.fn(self.work, ins[0].reshape(self.x4), outs[0].reshape(self.y4), kh, kw, self.is_max)
             return
-        self.fn(ins[0].reshape(self.x4), outs[0].reshape(self.y4), self.div, kh, kw, sh, sw, dh, dw, pt, pl,
+        self.fn(self.work, ins[0].reshape(self.x4), outs[0].reshape(self.y4), self.div, kh, kw, sh, sw, dh, dw, pt, pl,
                 self.is_max, self.pad)
 
 
@@ -250,7 +249,7 @@ class GlobalPool(Kernel):
         self.is_max = step.op == "GlobalMaxPool"
         if math.prod(step.out_shapes[0]) != self.rows:
             raise step.error(f"output shape {list(step.out_shapes[0])} does not match input shape {list(xs)}")
-        self.fn = _global_pool if math.prod(xs) >= PARALLEL_WORK else _global_pool_serial
+        self.work = math.prod(xs)
 
     def run(self, ins, outs):
-        self.fn(ins[0].reshape(self.rows, -1), outs[0].reshape(-1), self.is_max)
+        _global_pool(self.work, ins[0].reshape(self.rows, -1), outs[0].reshape(-1), self.is_max)

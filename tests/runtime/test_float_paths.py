@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
+import runtime.kernels.base as base
 import runtime.kernels.conv as conv
 import runtime.kernels.nn as nn
 import runtime.kernels.pool as pool
@@ -70,7 +71,8 @@ POOLS = {
 def patch(monkeypatch):
     def apply(module, values: dict) -> None:
         for name, value in values.items():
-            monkeypatch.setattr(module, name, value)
+            # PARALLEL_WORK is the one threshold every Twin reads (runtime/kernels/base.py)
+            monkeypatch.setattr(base if name == "PARALLEL_WORK" else module, name, value)
 
     return apply
 
