@@ -4,13 +4,20 @@ The API mirrors onnxruntime's: ``InferenceSession(path, threads=None)``, ``run(o
 feeds)``, ``get_inputs()``, ``get_outputs()``.
 
 Buffers are planned once per session: every value that is not a constant, a graph input or a
-view gets a buffer, and a buffer whose value is dead (its last reader has run) is handed to the
-next value of the same dtype and size. Graph outputs keep their own buffers and are copied out.
+view gets a buffer slot, and a slot whose value is dead (its last reader has run) is handed to
+the next value of the same dtype and size. Graph outputs keep their own slots and are copied out.
+
+``run`` is thread-safe, as onnxruntime's is. Kernels are read-only after loading; everything an
+inference writes (the planned buffers, each kernel's scratch) belongs to a workspace, which one
+inference uses at a time. The session keeps its idle workspaces: a session used from one thread
+holds one workspace, used from n threads at once up to n.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +40,15 @@ class NodeArg:
     type: str
 
 
+@dataclass
+class _Workspace:
+    """What one inference writes: a buffer list per step (None for views) and each kernel's
+    scratch. Used by one thread at a time."""
+
+    bufs: list[list[np.ndarray | None] | None]
+    scratch: list[Any]
+
+
 class InferenceSession:
     def __init__(self, path: str, threads: int | None = None):
         self._path = str(path)
@@ -50,6 +66,8 @@ class InferenceSession:
         self._kernels = [self._build(s) for s in plan]
         self._steps = plan
         self._plan_buffers()
+        self._lock = threading.Lock()
+        self._idle: list[_Workspace] = [self._new_workspace()]
 
     # -- public API ---------------------------------------------------------------------------
     def get_inputs(self) -> list[NodeArg]:
@@ -66,14 +84,14 @@ class InferenceSession:
             if n not in names:
                 raise BnncError(f"unknown output '{n}' (the model's outputs: {', '.join(names)})")
         arrays, batch = self._check_feeds(feeds)
-        with limit_threads(self._threads or numba.get_num_threads()):
+        with limit_threads(self._threads or numba.get_num_threads()), self._workspace() as ws:
             if batch is None:
-                env = self._execute(arrays)
+                env = self._execute(ws, arrays)
                 return [env[n].copy() for n in wanted]
             parts: list[list[np.ndarray]] = [[] for _ in wanted]
             b = self._inputs[0]["shape"][0]
             for i in range(0, batch, b):
-                env = self._execute({k: v[i:i + b] for k, v in arrays.items()})
+                env = self._execute(ws, {k: v[i:i + b] for k, v in arrays.items()})
                 for j, n in enumerate(wanted):
                     parts[j].append(env[n].copy())
         return [np.concatenate(p, axis=0) for p in parts]
@@ -88,8 +106,8 @@ class InferenceSession:
         wanted = set(names)
         taken: dict[str, np.ndarray] = {n: arrays[n].copy() for n in wanted if n in arrays}
         taken.update({n: self._consts[n].copy() for n in wanted if n in self._consts})
-        with limit_threads(self._threads or numba.get_num_threads()):
-            self._execute(arrays, lambda name, value: taken.__setitem__(name, value.copy()) if name in wanted else None)
+        with limit_threads(self._threads or numba.get_num_threads()), self._workspace() as ws:
+            self._execute(ws, arrays, lambda name, value: taken.__setitem__(name, value.copy()) if name in wanted else None)
         return taken
 
     # -- internals ----------------------------------------------------------------------------
@@ -132,7 +150,8 @@ class InferenceSession:
         return self._values[name][1]
 
     def _plan_buffers(self) -> None:
-        """Assign a buffer to every computed value, reusing dead ones (see module docstring)."""
+        """Assign a buffer slot to every computed value, reusing dead ones (see module
+        docstring); the arrays themselves belong to workspaces (``_new_workspace``)."""
         root: dict[str, str] = {}  # view value -> the value that owns its memory
         last_use: dict[str, int] = {}
         for i, s in enumerate(self._steps):
@@ -151,26 +170,50 @@ class InferenceSession:
                 for o in s["outputs"]:
                     if o:
                         dies_at.setdefault(last_use.get(o, i), []).append(o)
-        free: dict[tuple, list[np.ndarray]] = {}
-        owned: dict[str, np.ndarray] = {}
-        self._buffers: list[list[np.ndarray] | None] = []
+        free: dict[tuple, list[int]] = {}
+        owned: dict[str, int] = {}
+        self._slots: list[tuple[tuple[int, ...], str]] = []  # slot -> (shape, dtype)
+        self._step_slots: list[list[int | None] | None] = []  # per step, its outputs' slots
         for i, s in enumerate(self._steps):
             if self._kernels[i].view:
-                self._buffers.append(None)
+                self._step_slots.append(None)
             else:
-                bufs = []
+                slots: list[int | None] = []
                 for o in s["outputs"]:
                     if not o:
-                        bufs.append(None)
+                        slots.append(None)
                         continue
-                    shape, dtype = self._values[o]
-                    pool = free.get((shape, dtype))
-                    owned[o] = pool.pop() if pool else np.empty(shape, dtype=dtype)
-                    bufs.append(owned[o])
-                self._buffers.append(bufs)
+                    key = self._values[o]
+                    pool = free.get(key)
+                    if pool:
+                        owned[o] = pool.pop()
+                    else:
+                        owned[o] = len(self._slots)
+                        self._slots.append(key)
+                    slots.append(owned[o])
+                self._step_slots.append(slots)
             for o in dies_at.get(i, ()):
-                buf = owned[o]
-                free.setdefault((buf.shape, str(buf.dtype)), []).append(buf)
+                free.setdefault(self._slots[owned[o]], []).append(owned[o])
+
+    def _new_workspace(self) -> _Workspace:
+        arrays = [np.empty(shape, dtype=dtype) for shape, dtype in self._slots]
+        bufs = [None if slots is None else [None if j is None else arrays[j] for j in slots]
+                for slots in self._step_slots]
+        return _Workspace(bufs, [k.make_scratch() for k in self._kernels])
+
+    @contextmanager
+    def _workspace(self):
+        """A workspace of this session's for one inference: an idle one, else a new one. One
+        thread running the session keeps reusing the same one; n threads at once make n."""
+        with self._lock:
+            ws = self._idle.pop() if self._idle else None
+        if ws is None:
+            ws = self._new_workspace()
+        try:
+            yield ws
+        finally:
+            with self._lock:
+                self._idle.append(ws)
 
     def _check_feeds(self, feeds: dict[str, Any]):
         if not isinstance(feeds, dict):
@@ -213,18 +256,18 @@ class InferenceSession:
         if batch is not None:
             raise BnncError("profile needs inputs of exactly the compiled shapes")
         times: list[list[float]] = [[] for _ in self._steps]
-        with limit_threads(self._threads or numba.get_num_threads()):
+        with limit_threads(self._threads or numba.get_num_threads()), self._workspace() as ws:
             for _ in range(repeat):
-                self._execute(arrays, timings=times)
+                self._execute(ws, arrays, timings=times)
         return [(s["name"], s["op"], float(np.median(t))) for s, t in zip(self._steps, times)]
 
-    def _execute(self, feeds: dict[str, np.ndarray], observe=None, timings=None) -> dict[str, np.ndarray]:
+    def _execute(self, ws: _Workspace, feeds: dict[str, np.ndarray], observe=None, timings=None) -> dict[str, np.ndarray]:
         env: dict[str, np.ndarray] = dict(self._consts)
         env.update(feeds)
-        for i, (s, k, bufs) in enumerate(zip(self._steps, self._kernels, self._buffers)):
+        for i, (s, k, bufs, sc) in enumerate(zip(self._steps, self._kernels, ws.bufs, ws.scratch)):
             ins = [env[n] if n else None for n in s["inputs"]]
             t0 = time.perf_counter() if timings is not None else 0.0
-            res = k.run(ins, bufs)
+            res = k.run(ins, bufs, sc)
             if timings is not None:
                 timings[i].append(time.perf_counter() - t0)
             outs = res if k.view else bufs

@@ -171,7 +171,7 @@ class Activation(Kernel):
             raise step.error("alpha must be nonzero (Celu divides by it)")
         self.a, self.b = (params + [0.0, 0.0])[:2]
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         x, y = ins[0], outs[0]
         _map(x.size, x.reshape(-1), y.reshape(-1), self.kind, self.a, self.b)
 
@@ -188,7 +188,7 @@ class FloatClass(Kernel):
         self.pos = bool(step.attr("detect_positive", 1))
         self.neg = bool(step.attr("detect_negative", 1))
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         x, y = ins[0], outs[0]
         if self.step.op == "IsNaN":
             np.isnan(x, out=y)

@@ -2,12 +2,19 @@
 
 A kernel is built once when the session loads (``__init__`` sees shapes, dtypes, attributes and
 the constant inputs, and may precompute anything: transposed weights, index tables, unpacked
-bits) and then called once per inference with ``run(ins, outs)``. ``outs`` are buffers the
-session planned for this step's outputs (shape and dtype from the manifest); ``run`` fills them.
+bits) and then called once per inference with ``run(ins, outs, scratch)``. ``outs`` are buffers
+the session planned for this step's outputs (shape and dtype from the manifest); ``run`` fills
+them.
+
+A kernel object is shared by every thread that runs the session, so after ``__init__`` it is
+read-only. Whatever a run writes besides its outputs (a padded copy of the input, a patch
+matrix) lives in ``scratch``: the object ``make_scratch()`` returns, made once per workspace
+(runtime/session.py: a workspace is used by one inference at a time, so its scratch is never
+shared by two threads).
 
 Kernels whose outputs are views of their inputs (Reshape, Flatten, Squeeze...) set
-``view = True``: the session allocates nothing for them and ``run(ins, None)`` returns the list
-of output arrays.
+``view = True``: the session allocates nothing for them and ``run(ins, None, scratch)`` returns
+the list of output arrays.
 
 Small work runs serially: a parallel Numba kernel pays for waking the thread pool (a few
 microseconds with one thread, tens with several on a busy machine) before it does anything, so
@@ -84,7 +91,11 @@ class Kernel:
     def __init__(self, step: Step):
         self.step = step
 
-    def run(self, ins: list[np.ndarray | None], outs: list[np.ndarray] | None):
+    def make_scratch(self) -> Any:
+        """This kernel's scratch for one workspace (None: it needs none)."""
+        return None
+
+    def run(self, ins: list[np.ndarray | None], outs: list[np.ndarray] | None, scratch: Any):
         raise NotImplementedError
 
 

@@ -138,7 +138,8 @@ class OutputStage:
         self.bits_zero = int(step.attr("bits_zero", NO_BITS))
         self.also_bits = self.bits_zero != NO_BITS
         self.scale, self.bias, self.rule, self.table = F32_1, F32_1, I32_1x5, I64_8x1
-        self._dummies: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # read-only stand-ins for absent operands, made here: a session's threads share the stage
+        self._dummies = {ndim: (dummy(ndim, np.float32), dummy(ndim, np.uint64)) for ndim in (2, 4)}
         if self.kind == "float":
             self.mode = FLOAT
             self.scale = const_input(step, i, "scale", "float32").reshape(-1)
@@ -190,9 +191,7 @@ class OutputStage:
         return self._dummy_pair(ndim)[0]
 
     def _dummy_pair(self, ndim: int) -> tuple[np.ndarray, np.ndarray]:
-        """float32 and uint64 stand-ins of rank ndim for absent operands, made once."""
-        if ndim not in self._dummies:
-            self._dummies[ndim] = (dummy(ndim, np.float32), dummy(ndim, np.uint64))
+        """float32 and uint64 stand-ins of rank ndim (2 or 4) for absent operands."""
         return self._dummies[ndim]
 
 

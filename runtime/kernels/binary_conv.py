@@ -341,8 +341,7 @@ class BinaryConv(Kernel):
         self.fill = tail.copy() if pad_value == -1 else np.zeros_like(tail)
         self.tail = tail
         self.pt, self.pl = (pt, pl) if self.pad else (0, 0)
-        self.xg = np.empty(shape, np.uint64) if self.copy else None
-        self.xmg = np.empty(shape, np.uint64) if self.has_xm and self.copy else None
+        self.copy_shape = shape
         cpt, cpl = (0, 0) if self.pad else (pt, pl)
         self.geom = (kh, kw, sh, sw, dh, dw, cpt, cpl, oh, ow, cg)
         self.g, self.og, self.rows = g, og, n * oh
@@ -358,7 +357,16 @@ class BinaryConv(Kernel):
         per = -(-self.og // want)
         return -(-per // 64) * 64
 
-    def run(self, ins, outs):
+    def make_scratch(self) -> dict:
+        """The narrow path's merged rows, or the regrouped (padded) input and its mask."""
+        if self.narrow is not None:
+            return self.narrow.make_scratch()
+        if not self.copy:
+            return {}
+        return {"xg": np.empty(self.copy_shape, np.uint64),
+                "xmg": np.empty(self.copy_shape, np.uint64) if self.has_xm else None}
+
+    def run(self, ins, outs, scratch):
         x = np.ascontiguousarray(ins[0])
         st = self.stage
         y, yb, ym = st.buffers(outs, 4)
@@ -367,18 +375,18 @@ class BinaryConv(Kernel):
             masked &= 2  # no zero among the activations: the mask changes nothing
         r = st.residual_of(ins, 4)
         if self.narrow is not None:  # no weight mask there; the activation mask if it has zeros
-            self.narrow.run(x, np.ascontiguousarray(ins[1]) if masked else None, st, y, yb, ym, r)
+            self.narrow.run(x, np.ascontiguousarray(ins[1]) if masked else None, st, y, yb, ym, r, scratch)
             return
         if self.copy:
-            _regroup(self.xg.size, x, self.geom[10], self.pt, self.pl, self.fill, self.tail, self.xg)
-            xg = self.xg
+            xg = scratch["xg"]
+            _regroup(xg.size, x, self.geom[10], self.pt, self.pl, self.fill, self.tail, xg)
         else:
             xg = x.reshape((1,) + x.shape)
         if masked & 1:
             xm = np.ascontiguousarray(ins[1])
             if self.copy:
-                _regroup(self.xmg.size, xm, self.geom[10], self.pt, self.pl, self.tail, self.tail, self.xmg)
-                xmg = self.xmg
+                xmg = scratch["xmg"]
+                _regroup(xmg.size, xm, self.geom[10], self.pt, self.pl, self.tail, self.tail, xmg)
             else:
                 xmg = xm.reshape((1,) + xm.shape)
         else:

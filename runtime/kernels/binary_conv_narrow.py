@@ -254,22 +254,27 @@ class NarrowPlan:
         hx = h + pt + pb if pad_value else h
         self.fill = _ONES if pad_value == -1 else np.uint64(0)
         self.mask_fill = _ONES if pad_value else np.uint64(0)  # padding values +-1 are nonzero
-        self.xm = np.empty((g, n, hx, nwords(kw * cg), ow), np.uint64)
-        self.mm = None  # merged nonzero masks, allocated on the first run that has zeros
+        self.merged_shape = (g, n, hx, nwords(kw * cg), ow)
         self.merge = (cg, kw, sw, dw, pl, self.ptop)
         self.geom = (kh, sh, dh, 0 if pad_value else pt, oh, kw * cg)
-        self.work = n * oh * ow * cout * kh * self.xm.shape[3]  # word operations
+        self.work = n * oh * ow * cout * kh * self.merged_shape[3]  # word operations
 
-    def run(self, x, xmask, stage, y, yb, ym, r):
+    def make_scratch(self) -> dict:
+        """Merged rows of one workspace; their nonzero masks ("mm") are made on the first run
+        whose input has zeros."""
+        return {"xm": np.empty(self.merged_shape, np.uint64), "mm": None}
+
+    def run(self, x, xmask, stage, y, yb, ym, r, scratch):
         """One run; ``xmask``: the activation's nonzero mask, or None when it has no zero."""
         cg, kw, sw, dw, pl, ptop = self.merge
-        merge_rows(self.xm.size * kw, x, cg, kw, sw, dw, pl, ptop, self.fill, self.xm)
-        mm = self.xm
+        xm = scratch["xm"]
+        merge_rows(xm.size * kw, x, cg, kw, sw, dw, pl, ptop, self.fill, xm)
+        mm = xm
         if xmask is not None:
-            if self.mm is None:
-                self.mm = np.empty_like(self.xm)
-            merge_rows(self.mm.size * kw, xmask, cg, kw, sw, dw, pl, ptop, self.mask_fill, self.mm)
-            mm = self.mm
-        tasks = min(self.xm.shape[1] * self.geom[4], 4 * current_threads())
-        narrow_conv(self.work, self.xm, mm, xmask is not None, self.w, self.d, self.geom, tasks, stage.mode,
+            if scratch["mm"] is None:
+                scratch["mm"] = np.empty_like(xm)
+            mm = scratch["mm"]
+            merge_rows(mm.size * kw, xmask, cg, kw, sw, dw, pl, ptop, self.mask_fill, mm)
+        tasks = min(xm.shape[1] * self.geom[4], 4 * current_threads())
+        narrow_conv(self.work, xm, mm, xmask is not None, self.w, self.d, self.geom, tasks, stage.mode,
                     stage.out_mask, stage.scale, stage.bias, stage.table, y, yb, ym, r, stage.residual, stage.bits_zero)

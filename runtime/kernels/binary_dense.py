@@ -142,7 +142,7 @@ class BinaryDense(Kernel):
         words = self.stage.mode != FLOAT or self.stage.also_bits  # no two tasks write one word
         return -(-per // 64) * 64 if words else max(8, per)
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         x = np.ascontiguousarray(ins[0]).reshape(self.n, self.kw)
         xm = np.ascontiguousarray(ins[1]).reshape(self.n, self.kw) if self.has_xm else x
         st = self.stage

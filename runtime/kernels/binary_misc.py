@@ -109,7 +109,7 @@ class Binarize(Kernel):
             raise step.error("zero = 0 maps exact zeros to 0, which needs the mask output Y_mask")
         check_outputs(step, [(packed, "uint64")] * max(1, min(n_out, 2)))
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         binarize(np.ascontiguousarray(ins[0]), self.zero, outs[0], outs[1] if len(outs) > 1 else None)
 
 
@@ -213,7 +213,7 @@ class BitMaxPool(Kernel):
                 raise step.error(f"invert must hold {nwords(c)} words (one bit per channel), got {inv.size}")
             self.inv = inv & tail_mask(c)
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         xm = np.ascontiguousarray(ins[1]) if self.masked else None
         bit_maxpool(np.ascontiguousarray(ins[0]), xm, self.inv, self.geom, outs[0], outs[1] if self.masked else None)
 
@@ -271,6 +271,6 @@ class Unpack(Kernel):
         out = (xs[0], c, xs[1], xs[2]) if len(xs) == 4 else (xs[0], c)
         check_outputs(step, [(out, "float32")])
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         xm = np.ascontiguousarray(ins[1]) if self.masked else None
         unpack(np.ascontiguousarray(ins[0]), xm, self.scale, outs[0])

@@ -62,7 +62,7 @@ class BinaryWeightDense(Kernel):
         self.wt = np.ascontiguousarray((weight_values(step, 1, (cout, k)).astype(np.float32) * scale[:, None]).T)
         self.n, self.k = xs[0], k
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         x = np.ascontiguousarray(ins[0]).reshape(self.n, self.k)
         y = outs[0]
         np.matmul(x, self.wt, out=y)

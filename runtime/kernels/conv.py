@@ -276,9 +276,9 @@ class Conv(Kernel):
         # narrow groups make tiny GEMMs: a direct loop is faster there
         self.direct = g > 1 and cg * self.mg <= 256
         self.pointwise = (kh, kw) == (1, 1) and self.strides == (1, 1) and not any(self.pads)
-        self.xq = None if self.pointwise and not self.direct else self._phase_buffer()
+        self.phased = not self.pointwise or self.direct
+        self.wq = self.y4[3] + (kw - 1) * self.dil[1] // self.strides[1]  # phase plane width
         if self.direct:
-            self.wide = np.empty((n, m, self.y4[2] * self.xq.shape[-1]), self.dtype)
             self.tiny = self.y4[2] * self.y4[3] <= _TINY_PLANE
         else:
             self._plan_gemm()
@@ -289,6 +289,14 @@ class Conv(Kernel):
         w = np.asarray(w, dtype=self.dtype).reshape(self.w4)
         b = np.zeros(m, self.dtype) if b is None else np.asarray(b, dtype=self.dtype).reshape(m)
         return np.ascontiguousarray(w if self.direct else w.reshape(m, -1)), np.ascontiguousarray(b)
+
+    def make_scratch(self) -> dict:
+        """The phase-split image ("xq"), the direct path's wide output rows ("wide"), and each GEMM
+        worker's patch matrix and output band (made on its first part, see _worker_scratch)."""
+        sc: dict = {"xq": self._phase_buffer() if self.phased else None, "workers": {}}
+        if self.direct:
+            sc["wide"] = np.empty((self.y4[0], self.y4[1], self.y4[2] * self.wq), self.dtype)
+        return sc
 
     def _phase_buffer(self) -> np.ndarray:
         """The zero-padded phase-split image (N, C, sh, sw, Hq, Wq); its padding is written here,
@@ -301,7 +309,7 @@ class Conv(Kernel):
 
     def _plan_gemm(self) -> None:
         n, m, oh, ow = self.y4
-        wq = ow if self.pointwise else self.xq.shape[-1]
+        wq = ow if self.pointwise else self.wq
         self.wc = wq if wq <= ow * (1 + _MAX_WASTE) else ow  # see _im2col
         self.k = self.cg * self.w4[2] * self.w4[3]
         rows = max(_BAND_BYTES // (self.dtype.itemsize * self.k * self.wc), -(-_MIN_COLS // self.wc), 1)
@@ -309,20 +317,19 @@ class Conv(Kernel):
         rows = min(rows, -(-oh // workers))  # at least one band per worker
         self.bands = [(r0, min(oh, r0 + rows)) for r0 in range(0, oh, rows)]
         self.parts = [(i, g, band) for i in range(n) for g in range(self.groups) for band in self.bands]
-        self.scratch: dict[int, tuple[np.ndarray | None, np.ndarray]] = {}
         self.threaded = workers > 1
 
-    def _worker_scratch(self, worker: int) -> tuple[np.ndarray | None, np.ndarray]:
+    def _worker_scratch(self, workers: dict, worker: int) -> tuple[np.ndarray | None, np.ndarray]:
         """One worker's patch matrix and GEMM output buffers (zeroed: _im2col may leave the
         discarded tail of the last band unwritten, and garbage there could be a slow denormal)."""
-        if worker not in self.scratch:
+        if worker not in workers:
             cols = (self.bands[0][1] - self.bands[0][0]) * self.wc
             col = None if self.pointwise else np.zeros(self.k * cols, self.dtype)
             yw = np.zeros(self.mg * cols if self.wc != self.y4[3] else 0, self.dtype)
-            self.scratch[worker] = (col, yw)
-        return self.scratch[worker]
+            workers[worker] = (col, yw)
+        return workers[worker]
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         x = ins[0].reshape(self.x4)
         y = outs[0].reshape(self.y4)
         w, b = self.params if self.const else self._params(ins[1], ins[2] if self.has_bias else None)
@@ -332,22 +339,23 @@ class Conv(Kernel):
             _conv_tiny(x, w, b, y, self.strides[0], self.strides[1], dh, dw, pt, pl, kind, a0, a1)
             return
         if self.direct:
-            _conv_direct(self.macs, x, self.xq, self.wide, w, b, y, pt, pl, dh, dw, kind, a0, a1)
+            _conv_direct(self.macs, x, scratch["xq"], scratch["wide"], w, b, y, pt, pl, dh, dw, kind, a0, a1)
             return
+        xq = scratch["xq"]
         if not self.pointwise:
             for i in range(self.x4[0]):
-                _phase_split(x[i], self.xq[i], pt, pl)
+                _phase_split(x[i], xq[i], pt, pl)
         x2 = x.reshape(self.x4[0], self.x4[1], -1)
 
         def part(p: int, worker: int) -> None:
             i, g, (r0, r1) = self.parts[p]
-            col, yw = self._worker_scratch(worker)
+            col, yw = self._worker_scratch(scratch["workers"], worker)
             cols = (r1 - r0) * self.wc
             if self.pointwise:
                 src = x2[i, g * self.cg:(g + 1) * self.cg, r0 * self.wc:r1 * self.wc]
             else:
                 src = col[:self.k * cols].reshape(self.k, cols)
-                _im2col(self.xq[i], g * self.cg, src, self.w4[2], self.w4[3], dh, dw, r0, r1, self.y4[3])
+                _im2col(xq[i], g * self.cg, src, self.w4[2], self.w4[3], dh, dw, r0, r1, self.y4[3])
             if self.wc == self.y4[3]:  # straight into the output band, finished in place
                 out = y[i, g * self.mg:(g + 1) * self.mg].reshape(self.mg, -1)[:, r0 * self.wc:r1 * self.wc]
             else:

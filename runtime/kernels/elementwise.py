@@ -104,7 +104,7 @@ class Unary(Kernel):
         self.fn = _UNARY[step.op]
         same_shape(step)
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         x, y = ins[0], outs[0]
         with np.errstate(all="ignore"):
             if self.fn is not None:
@@ -140,7 +140,7 @@ class Binary(Kernel):
         self.fn = _BINARY[step.op]
         self.int_div = step.op == "Div" and np.dtype(step.out_dtypes[0]).kind in "iu"
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         a, b = ins
         with np.errstate(all="ignore"):
             if self.int_div:
@@ -154,7 +154,7 @@ class Binary(Kernel):
 class Pow(Kernel):
     """x ** y; the exponent may have another type, the result has the base's."""
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         with np.errstate(all="ignore"):
             x, e = ins
             if np.dtype(x.dtype).kind in "iu" and np.dtype(e.dtype).kind == "f":
@@ -170,7 +170,7 @@ _VARIADIC = {"Min": np.minimum, "Max": np.maximum, "Sum": np.add, "Mean": np.add
 class Variadic(Kernel):
     """Min, Max, Sum, Mean over any number of broadcasting inputs."""
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         y = outs[0]
         fn = _VARIADIC[self.step.op]
         np.copyto(y, ins[0])
@@ -182,7 +182,7 @@ class Variadic(Kernel):
 
 @register("Where")
 class Where(Kernel):
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         cond, x, y = ins
         np.copyto(outs[0], y)
         np.copyto(outs[0], x, where=cond)
@@ -204,7 +204,7 @@ class Cast(Kernel):
             if _ONNX_TYPES.get(to) != step.out_dtypes[0]:
                 raise step.error(f"cannot cast to ONNX element type {to} (output is {step.out_dtypes[0]})")
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         with np.errstate(all="ignore"):
             np.copyto(outs[0], ins[0], casting="unsafe")
 
@@ -236,7 +236,7 @@ class Softmax(Kernel):
         self.log = step.op == "LogSoftmax"
         self.work = math.prod(shape)
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         _softmax(self.work, ins[0].reshape(self.shape3), outs[0].reshape(self.shape3), self.log)
 
 
@@ -255,7 +255,7 @@ class _Activation(Kernel):
             raise step.error(f"{self.name} of {step.out_dtypes[0]} is not supported (float only)")
         same_shape(step)
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         if self.float:
             activate(ins[0], outs[0], *self.act)
         else:
@@ -294,7 +294,7 @@ class Clip(Kernel):
         self.float = dt.kind == "f"
         same_shape(step)
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         lo, hi = (ins[i].reshape(-1)[0].item() if i else v for i, v in zip(self.runtime, (self.lo, self.hi), strict=True))
         if self.float:
             activate(ins[0], outs[0], 3, lo, hi)
@@ -325,7 +325,7 @@ class PRelu(Kernel):
             if np.all(flat == flat[:, :1]):  # one slope per channel (or one for all)
                 self.slope = np.ascontiguousarray(flat[:, 0], dtype=step.out_dtypes[0])
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         x, y = ins[0], outs[0]
         if self.slope is not None:
             _channel_prelu(x.size, x.reshape(x.shape[0], x.shape[1], -1), y.reshape(y.shape[0], y.shape[1], -1), self.slope)

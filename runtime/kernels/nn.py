@@ -238,7 +238,7 @@ class Gemm(Kernel):
         except ValueError:
             raise self.step.error(f"C of shape {c.shape} does not broadcast to {self.step.out_shapes[0]}") from None
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         a = ins[0].T if self.trans_a else ins[0]
         y = outs[0]
         if self.b is not None:
@@ -266,7 +266,7 @@ class MatMul(Kernel):
         a_shape = step.in_shapes[0]
         self.flat = b is not None and b.ndim == 2 and a_shape is not None and len(a_shape) > 2
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         a, y = ins[0], outs[0]
         b = self.b if self.b is not None else ins[1]
         if self.flat:
@@ -299,6 +299,6 @@ class BatchNormalization(Kernel):
         a = scale / np.sqrt(var + self.eps)
         return a.astype(self.dtype), (b - mean * a).astype(self.dtype)
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         a, b = self.ab if self.ab is not None else self._fold(ins[1:5])
         channel_affine(ins[0], outs[0], a, b)

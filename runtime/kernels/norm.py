@@ -131,7 +131,7 @@ class InstanceNormalization(_Normalization):
         self._prepare(step, (shape[1],))
         self.shape3 = (shape[0], shape[1], math.prod(shape[2:]))
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         scale, bias = self._params(ins)
         x = ins[0].reshape(self.shape3)
         _instance_norm(x.size, x, outs[0].reshape(self.shape3), scale, bias, self.eps)
@@ -157,7 +157,7 @@ class LayerNormalization(_Normalization):
         self._prepare(step, shape[axis:])
         self.shape2 = (math.prod(shape[:axis]), math.prod(shape[axis:]))
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         scale, bias = self._params(ins)
         x = ins[0].reshape(self.shape2)
         _layer_norm(x.size, x, outs[0].reshape(self.shape2), scale, bias, self.eps)

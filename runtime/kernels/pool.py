@@ -226,7 +226,7 @@ class Pool(Kernel):
             counts.append(((taps >= lo) & (taps < hi)).sum(axis=1))
         return np.outer(counts[0], counts[1])
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _) = self.k, self.s, self.d, self.p
         if self.tiled:
             self.fn(self.work, ins[0].reshape(self.x4), outs[0].reshape(self.y4), kh, kw, self.is_max)
@@ -251,5 +251,5 @@ class GlobalPool(Kernel):
             raise step.error(f"output shape {list(step.out_shapes[0])} does not match input shape {list(xs)}")
         self.work = math.prod(xs)
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         _global_pool(self.work, ins[0].reshape(self.rows, -1), outs[0].reshape(-1), self.is_max)

@@ -18,7 +18,7 @@ class SignKernel(Kernel):
         self.zero = float(step.attr("zero", 0))
         self.scale = np.float32(step.attr("scale", 1.0))
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         x, out = ins[0], outs[0]
         np.sign(x, out=out)
         if self.zero != 0:

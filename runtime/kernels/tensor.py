@@ -49,7 +49,7 @@ class View(Kernel):
         if math.prod(self.shape) != math.prod(step.in_shapes[0]):
             raise step.error(f"cannot view shape {list(step.in_shapes[0])} as {list(self.shape)}")
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         return [ins[0].reshape(self.shape)]
 
 
@@ -62,7 +62,7 @@ class Transpose(Kernel):
         if sorted(self.perm) != list(range(r)):
             raise step.error(f"perm {self.perm} is not a permutation of {r} axes")
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         np.copyto(outs[0], ins[0].transpose(self.perm))
 
 
@@ -72,7 +72,7 @@ class Concat(Kernel):
         super().__init__(step)
         self.axis = _axes(step, [int(step.attr("axis", 0))], len(step.out_shapes[0]))[0]
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         np.concatenate([x for x in ins if x is not None], axis=self.axis, out=outs[0])
 
 
@@ -95,7 +95,7 @@ class Split(Kernel):
         if start != step.in_shapes[0][axis]:
             raise step.error(f"outputs cover {start} of the {step.in_shapes[0][axis]} elements on axis {axis}")
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         for idx, out in zip(self.parts, outs, strict=True):
             np.copyto(out, ins[0][idx])
 
@@ -139,7 +139,7 @@ class Slice(Kernel):
         s, e = min(max(s, 0), dim - 1), min(max(e, -1), dim - 1)
         return slice(s, e if e >= 0 else None, st)
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         np.copyto(outs[0], ins[0][self.idx])
 
 
@@ -162,7 +162,7 @@ class Gather(Kernel):
             raise self.step.error(f"indices out of range [-{dim}, {dim - 1}]")
         return np.asarray(idx, dtype=np.int64).reshape(self.idx_shape)
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         idx = self.idx if self.idx is not None else self._check(ins[1])
         np.take(ins[0], idx, axis=self.axis, out=outs[0])
 
@@ -171,7 +171,7 @@ class Gather(Kernel):
 class Expand(Kernel):
     """Broadcast to the recorded output shape."""
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         np.copyto(outs[0], ins[0])
 
 
@@ -189,7 +189,7 @@ class Tile(Kernel):
         self.out_view = tuple(v for r, d in zip(reps, xs, strict=True) for v in (r, d))
         self.in_view = tuple(v for d in xs for v in (1, d))
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         np.copyto(outs[0].reshape(self.out_view), ins[0].reshape(self.in_view))
 
 
@@ -224,7 +224,7 @@ class Pad(Kernel):
                 if self.mode == "reflect" and max(b, e) > s.stop - s.start - 1 or s.stop == s.start:
                     raise step.error(f"{self.mode} padding needs more input than the axis holds")
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         x, y = ins[0][self.crop], outs[0]
         if self.mode == "constant":
             value = ins[2].reshape(-1)[0] if self.value_input else self.value
@@ -258,7 +258,7 @@ class Reduce(Kernel):
         self.kept = tuple(1 if i in self.axes else d for i, d in enumerate(step.in_shapes[0]))
         self.fn = _REDUCE[step.op]
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         if self.noop:
             np.copyto(outs[0], ins[0])
         else:
@@ -366,7 +366,7 @@ class ArgExtreme(Kernel):
         self.lowest = step.op == "ArgMin"
         self.last = bool(step.attr("select_last_index", 0))
 
-    def run(self, ins, outs):
+    def run(self, ins, outs, scratch):
         x = ins[0].reshape(self.shape3)
         y = outs[0].reshape(self.shape3[0], self.shape3[2])
         _arg_extreme(x.size, x, y, self.lowest, self.last)

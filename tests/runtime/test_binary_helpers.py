@@ -26,7 +26,7 @@ def run_step(op: str, attrs: dict, ins: list, consts: set[int], out_specs=None, 
     )
     kernel = KERNELS[op](step)
     outs = [np.full(s, GARBAGE[d], dtype=d) for s, d in out_specs]
-    kernel.run(list(ins), outs)
+    kernel.run(list(ins), outs, kernel.make_scratch())
     return outs
 
 
