@@ -15,6 +15,7 @@ holds one workspace, used from n threads at once up to n.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from runtime.artifact import read_artifact
 from runtime.errors import BnncError
 from runtime.kernels import KERNELS
 from runtime.kernels.base import Step
+from runtime.program import call, emittable, generate, scratch_arrays
 from runtime.threads import limit_threads, max_threads
 
 
@@ -42,11 +44,15 @@ class NodeArg:
 
 @dataclass
 class _Workspace:
-    """What one inference writes: a buffer list per step (None for views) and each kernel's
-    scratch. Used by one thread at a time."""
+    """What one inference writes: the planned buffers (``slots``; ``bufs``, the same arrays as a
+    list per step, None for views) and the scratch of the plan function (``plan_scratch``) or of
+    each kernel when steps run one by one (``scratch``, made on first use). Used by one thread at
+    a time."""
 
+    slots: list[np.ndarray]
     bufs: list[list[np.ndarray | None] | None]
-    scratch: list[Any]
+    plan_scratch: list[np.ndarray]
+    scratch: list[Any] | None = None
 
 
 class InferenceSession:
@@ -66,6 +72,12 @@ class InferenceSession:
         self._kernels = [self._build(s) for s in plan]
         self._steps = plan
         self._plan_buffers()
+        self._nthreads = self._threads or numba.get_num_threads()
+        self._plan = None
+        if emittable(self._kernels):
+            self._plan = generate(plan, self._kernels, self._step_slots, len(self._slots), self._consts,
+                                  [i["name"] for i in self._inputs], [o["name"] for o in self._outputs],
+                                  self._nthreads, os.path.basename(self._path))
         self._lock = threading.Lock()
         self._idle: list[_Workspace] = [self._new_workspace()]
 
@@ -84,17 +96,24 @@ class InferenceSession:
             if n not in names:
                 raise BnncError(f"unknown output '{n}' (the model's outputs: {', '.join(names)})")
         arrays, batch = self._check_feeds(feeds)
-        with limit_threads(self._threads or numba.get_num_threads()), self._workspace() as ws:
+        with limit_threads(self._nthreads), self._workspace() as ws:
             if batch is None:
-                env = self._execute(ws, arrays)
+                env = self._infer(ws, arrays)
                 return [env[n].copy() for n in wanted]
             parts: list[list[np.ndarray]] = [[] for _ in wanted]
             b = self._inputs[0]["shape"][0]
             for i in range(0, batch, b):
-                env = self._execute(ws, {k: v[i:i + b] for k, v in arrays.items()})
+                env = self._infer(ws, {k: v[i:i + b] for k, v in arrays.items()})
                 for j, n in enumerate(wanted):
                     parts[j].append(env[n].copy())
         return [np.concatenate(p, axis=0) for p in parts]
+
+    def _infer(self, ws: _Workspace, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One inference: the plan function when there is one, else the steps one by one."""
+        if self._plan is None:
+            return self._execute(ws, feeds)
+        outs = call(self._plan, [feeds[i["name"]] for i in self._inputs], ws.slots, ws.plan_scratch)
+        return {o["name"]: a for o, a in zip(self._outputs, outs)}
 
     def run_with_values(self, feeds: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
         """Run once on feeds of exactly the compiled shapes and return copies of the named
@@ -106,7 +125,7 @@ class InferenceSession:
         wanted = set(names)
         taken: dict[str, np.ndarray] = {n: arrays[n].copy() for n in wanted if n in arrays}
         taken.update({n: self._consts[n].copy() for n in wanted if n in self._consts})
-        with limit_threads(self._threads or numba.get_num_threads()), self._workspace() as ws:
+        with limit_threads(self._nthreads), self._workspace() as ws:
             self._execute(ws, arrays, lambda name, value: taken.__setitem__(name, value.copy()) if name in wanted else None)
         return taken
 
@@ -199,7 +218,7 @@ class InferenceSession:
         arrays = [np.empty(shape, dtype=dtype) for shape, dtype in self._slots]
         bufs = [None if slots is None else [None if j is None else arrays[j] for j in slots]
                 for slots in self._step_slots]
-        return _Workspace(bufs, [k.make_scratch() for k in self._kernels])
+        return _Workspace(arrays, bufs, scratch_arrays(self._plan) if self._plan else [])
 
     @contextmanager
     def _workspace(self):
@@ -256,7 +275,7 @@ class InferenceSession:
         if batch is not None:
             raise BnncError("profile needs inputs of exactly the compiled shapes")
         times: list[list[float]] = [[] for _ in self._steps]
-        with limit_threads(self._threads or numba.get_num_threads()), self._workspace() as ws:
+        with limit_threads(self._nthreads), self._workspace() as ws:
             for _ in range(repeat):
                 self._execute(ws, arrays, timings=times)
         return [(s["name"], s["op"], float(np.median(t))) for s, t in zip(self._steps, times)]
@@ -264,6 +283,8 @@ class InferenceSession:
     def _execute(self, ws: _Workspace, feeds: dict[str, np.ndarray], observe=None, timings=None) -> dict[str, np.ndarray]:
         env: dict[str, np.ndarray] = dict(self._consts)
         env.update(feeds)
+        if ws.scratch is None:
+            ws.scratch = [k.make_scratch() for k in self._kernels]
         for i, (s, k, bufs, sc) in enumerate(zip(self._steps, self._kernels, ws.bufs, ws.scratch)):
             ins = [env[n] if n else None for n in s["inputs"]]
             t0 = time.perf_counter() if timings is not None else 0.0

@@ -98,6 +98,15 @@ class Kernel:
     def run(self, ins: list[np.ndarray | None], outs: list[np.ndarray] | None, scratch: Any):
         raise NotImplementedError
 
+    def can_emit(self) -> bool:
+        """Whether this kernel writes its step's code (runtime/codegen.py)."""
+        return type(self).emit is not Kernel.emit
+
+    def emit(self, e: Any, ins: list[Any], outs: list[Any]) -> None:
+        """Write this step into the plan function: ``ins`` and ``outs`` are the source names of
+        the input arrays and of the output buffers (for a view, the names to bind)."""
+        raise NotImplementedError
+
 
 KERNELS: dict[str, type[Kernel]] = {}
 

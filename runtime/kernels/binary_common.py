@@ -184,6 +184,10 @@ class OutputStage:
             return outs[0], outs[1], (outs[2] if self.out_mask else du)
         return df, outs[0], (outs[1] if self.out_mask else du)
 
+    def residual_expr(self, ins: list, ndim: int):
+        """The residual R's name in generated code, or a float32 dummy when there is none."""
+        return ins[self.res_index] if self.residual else self._dummy_pair(ndim)[0]
+
     def residual_of(self, ins: list, ndim: int) -> np.ndarray:
         """The residual R for the compiled kernel, a float32 dummy when there is none."""
         if self.residual:

@@ -18,6 +18,7 @@ import numpy as np
 from numba import prange
 
 from runtime.bitpack import nwords, popcount
+from runtime.codegen import Expr
 from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.binary_common import (
     BITS,
@@ -141,6 +142,15 @@ class BinaryDense(Kernel):
         per = -(-self.cout // (4 * threads))
         words = self.stage.mode != FLOAT or self.stage.also_bits  # no two tasks write one word
         return -(-per // 64) * 64 if words else max(8, per)
+
+    def emit(self, e, ins, outs):
+        x = Expr(f"{ins[0]}.reshape(({self.n}, {self.kw}))")
+        xm = Expr(f"{ins[1]}.reshape(({self.n}, {self.kw}))") if self.has_xm else x
+        st = self.stage
+        y, yb, ym = st.buffers(outs, 2)
+        e.call(_binary_dense, x, xm, self.w, self.wm, self.wcnt, self.k, self.masked, self._block(e.threads), st.mode,
+               st.out_mask, st.scale, st.bias, st.table, y, yb, ym, st.residual_expr(ins, 2), st.residual,
+               st.bits_zero, work=self.n * self.w.size)
 
     def run(self, ins, outs, scratch):
         x = np.ascontiguousarray(ins[0]).reshape(self.n, self.kw)

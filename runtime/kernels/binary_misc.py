@@ -14,6 +14,8 @@ max pooling on packed ones (bit convention: runtime/bitpack.py).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import prange
 
@@ -108,6 +110,14 @@ class Binarize(Kernel):
         if self.zero == 0 and n_out != 2:
             raise step.error("zero = 0 maps exact zeros to 0, which needs the mask output Y_mask")
         check_outputs(step, [(packed, "uint64")] * max(1, min(n_out, 2)))
+
+    def emit(self, e, ins, outs):
+        x, y = ins[0], outs[0]
+        with_mask = len(outs) > 1 and outs[1] is not None
+        ndim = len(self.step.in_shapes[0])
+        ym = outs[1] if with_mask else dummy(ndim, np.uint64)
+        e.call(_binarize_nchw if ndim == 4 else _binarize_nc, x, self.zero, y, ym, with_mask,
+               work=math.prod(self.step.in_shapes[0]))
 
     def run(self, ins, outs, scratch):
         binarize(np.ascontiguousarray(ins[0]), self.zero, outs[0], outs[1] if len(outs) > 1 else None)
@@ -212,6 +222,12 @@ class BitMaxPool(Kernel):
             if inv.size != nwords(c):
                 raise step.error(f"invert must hold {nwords(c)} words (one bit per channel), got {inv.size}")
             self.inv = inv & tail_mask(c)
+
+    def emit(self, e, ins, outs):
+        x, y = ins[0], outs[0]
+        xm, ym = (ins[1], outs[1]) if self.masked else (x, y)
+        e.call(_bit_maxpool, x, xm, self.inv, self.geom, self.masked, y, ym,
+               work=math.prod(self.step.out_shapes[0]) * self.geom[0] * self.geom[1])
 
     def run(self, ins, outs, scratch):
         xm = np.ascontiguousarray(ins[1]) if self.masked else None

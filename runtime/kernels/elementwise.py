@@ -14,10 +14,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
+from runtime.codegen import Expr
 from runtime.kernels.base import Kernel, Step, Twin, register
-from runtime.kernels.nn import activate, activation_of, same_shape
+from runtime.kernels.nn import activate, activation_of, emit_activate, same_shape
 
 _CHUNK = 16384
 
@@ -78,6 +79,36 @@ def _softmax_body(x, y, log):
 _softmax = Twin(_softmax_body)
 
 
+# scalar expressions of the emitted code (runtime/codegen.py), one per op; {t} is the dtype's name
+_UNARY_EXPR = {
+    "Neg": "-{0}", "Abs": "abs({0})", "Exp": "np.exp({0})", "Log": "np.log({0})", "Sqrt": "np.sqrt({0})",
+    "Floor": "np.floor({0})", "Ceil": "np.ceil({0})", "Round": "np.rint({0})", "Sign": "np.sign({0})",
+    "Reciprocal": "{t}(1) / {0}", "Not": "not {0}", "Sin": "np.sin({0})", "Cos": "np.cos({0})",
+    "Softplus": "np.logaddexp({0}, {t}(0))", "Erf": "math.erf({0})",
+}
+_BINARY_EXPR = {
+    "Add": "{0} + {1}", "Sub": "{0} - {1}", "Mul": "{0} * {1}", "Div": "{0} / {1}", "And": "{0} and {1}",
+    "Or": "{0} or {1}", "Xor": "{0} != {1}", "Equal": "{0} == {1}", "Less": "{0} < {1}",
+    "LessOrEqual": "{0} <= {1}", "Greater": "{0} > {1}", "GreaterOrEqual": "{0} >= {1}",
+}
+
+
+@njit(cache=True, inline="always")
+def trunc_div(a, b):
+    """Integer division truncating toward zero, as C (and onnxruntime) divide."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b >= 0) else -q
+
+
+def operand(step: Step, ins: list, i: int) -> tuple:
+    """Input ``i`` for ``Emitter.elementwise``: a one-element constant as a scalar literal of
+    its dtype, anything else as (name, shape)."""
+    c = step.consts[i] if i < len(step.consts) else None
+    if c is not None and c.size == 1:
+        return c.reshape(-1)[0], ()
+    return ins[i], tuple(step.in_shapes[i])
+
+
 _UNARY = {
     "Neg": np.negative,
     "Abs": np.absolute,
@@ -103,6 +134,11 @@ class Unary(Kernel):
         super().__init__(step)
         self.fn = _UNARY[step.op]
         same_shape(step)
+
+    def emit(self, e, ins, outs):
+        t = self.step.in_dtypes[0]
+        expr = _UNARY_EXPR[self.step.op]
+        e.elementwise(outs[0], self.step.out_shapes[0], [operand(self.step, ins, 0)], lambda a: expr.format(a, t=t))
 
     def run(self, ins, outs, scratch):
         x, y = ins[0], outs[0]
@@ -139,6 +175,12 @@ class Binary(Kernel):
         super().__init__(step)
         self.fn = _BINARY[step.op]
         self.int_div = step.op == "Div" and np.dtype(step.out_dtypes[0]).kind in "iu"
+
+    def emit(self, e, ins, outs):
+        expr = "{f}({0}, {1})" if self.int_div else _BINARY_EXPR[self.step.op]
+        f = e.fn(trunc_div) if self.int_div else ""
+        ops = [operand(self.step, ins, 0), operand(self.step, ins, 1)]
+        e.elementwise(outs[0], self.step.out_shapes[0], ops, lambda a, b: expr.format(a, b, f=f))
 
     def run(self, ins, outs, scratch):
         a, b = ins
@@ -236,6 +278,10 @@ class Softmax(Kernel):
         self.log = step.op == "LogSoftmax"
         self.work = math.prod(shape)
 
+    def emit(self, e, ins, outs):
+        s3 = e.lit(self.shape3)
+        e.call(_softmax, Expr(f"{ins[0]}.reshape({s3})"), Expr(f"{outs[0]}.reshape({s3})"), self.log, work=self.work)
+
     def run(self, ins, outs, scratch):
         _softmax(self.work, ins[0].reshape(self.shape3), outs[0].reshape(self.shape3), self.log)
 
@@ -254,6 +300,13 @@ class _Activation(Kernel):
         if not self.float and self.name != "Relu":
             raise step.error(f"{self.name} of {step.out_dtypes[0]} is not supported (float only)")
         same_shape(step)
+
+    def emit(self, e, ins, outs):
+        if self.float:
+            emit_activate(e, ins[0], outs[0], math.prod(self.step.out_shapes[0]), *self.act)
+        else:
+            e.elementwise(outs[0], self.step.out_shapes[0], [operand(self.step, ins, 0)],
+                          lambda a: f"max({a}, {self.step.out_dtypes[0]}(0))")
 
     def run(self, ins, outs, scratch):
         if self.float:
@@ -293,6 +346,16 @@ class Clip(Kernel):
         self.lo, self.hi = lo_hi
         self.float = dt.kind == "f"
         same_shape(step)
+
+    def emit(self, e, ins, outs):
+        t = self.step.out_dtypes[0]
+        lo, hi = (f"{ins[i]}.reshape(-1)[0]" if i else e.lit(v) for i, v in zip(self.runtime, (self.lo, self.hi)))
+        if self.float:  # the fused-activation code, as run does
+            emit_activate(e, ins[0], outs[0], math.prod(self.step.out_shapes[0]), 3, Expr(f"float64({lo})"),
+                          Expr(f"float64({hi})"))
+        else:
+            e.elementwise(outs[0], self.step.out_shapes[0], [operand(self.step, ins, 0)],
+                          lambda a: f"min(max({a}, {t}({lo})), {t}({hi}))")
 
     def run(self, ins, outs, scratch):
         lo, hi = (ins[i].reshape(-1)[0].item() if i else v for i, v in zip(self.runtime, (self.lo, self.hi), strict=True))

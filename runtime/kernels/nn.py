@@ -21,6 +21,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from runtime.codegen import Expr
 from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.threads import current_threads, run_parts
 
@@ -113,6 +114,13 @@ def activate(x: np.ndarray, y: np.ndarray, kind: int, a0: float = 0.0, a1: float
     assert x.shape == y.shape and x.flags.c_contiguous and y.flags.c_contiguous
     if kind != 0 or x is not y:
         _act_flat(x.size, x.reshape(-1), y.reshape(-1), kind, float(a0), float(a1))
+
+
+def emit_activate(e, x: str, y: str, size: int, kind: int, a0=0.0, a1=0.0) -> None:
+    """``activate`` in generated code (runtime/codegen.py)."""
+    if kind != 0 or x != y:
+        e.call(_act_flat, Expr(f"{x}.reshape(-1)"), Expr(f"{y}.reshape(-1)"), kind, a0 if isinstance(a0, Expr) else float(a0),
+               a1 if isinstance(a1, Expr) else float(a1), work=size)
 
 
 def channel_affine(x: np.ndarray, y: np.ndarray, scale: np.ndarray, bias: np.ndarray,

@@ -49,6 +49,9 @@ class View(Kernel):
         if math.prod(self.shape) != math.prod(step.in_shapes[0]):
             raise step.error(f"cannot view shape {list(step.in_shapes[0])} as {list(self.shape)}")
 
+    def emit(self, e, ins, outs):
+        e.line(f"{outs[0]} = {ins[0]}.reshape({e.lit(self.shape)})")
+
     def run(self, ins, outs, scratch):
         return [ins[0].reshape(self.shape)]
 

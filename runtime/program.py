@@ -1,0 +1,59 @@
+"""The plan function of a session: every step's emitted code joined into one Numba function.
+
+Values become variables of the generated function: graph inputs and workspace buffers are its
+parameters (``x<i>``, ``b<slot>``), constants of the artifact are constant arguments, and a
+view step (Reshape, Flatten...) binds a new name to a view of its input. The buffer slots are
+the session's plan (runtime/session.py): a slot whose value died is reused by a later value.
+The function returns the graph outputs (arrays in the workspace, or views of them); the session
+copies them out.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from runtime.codegen import Emitter, Expr, Plan, load_module, module_source
+
+
+def emittable(kernels: list) -> bool:
+    """Whether every kernel of the plan writes code (``Kernel.emit``)."""
+    return all(k.can_emit() for k in kernels)
+
+
+def generate(steps: list[dict], kernels: list, step_slots: list, n_slots: int, consts: dict[str, np.ndarray],
+             inputs: list[str], outputs: list[str], threads: int, model: str) -> Plan:
+    """The plan function of these steps for ``threads`` threads, compiled (lazily, on its first
+    call) from a module of its own in the kernel cache."""
+    e = Emitter(threads)
+    env: dict[str, Expr] = {n: Expr(f"x{i}") for i, n in enumerate(inputs)}
+    for s, k, slots in zip(steps, kernels, step_slots):
+        ins = [None if not n else env[n] if n in env else e.const(consts[n], "init") for n in s["inputs"]]
+        if slots is None:  # a view: the kernel binds fresh names
+            outs = [e.fresh("v") if o else None for o in s["outputs"]]
+        else:
+            outs = [None if j is None else Expr(f"b{j}") for j in slots]
+        e.comment(f"{s.get('name', s['op'])} ({s['op']})")
+        k.emit(e, ins, outs)
+        for o, x in zip(s["outputs"], outs):
+            if o:
+                env[o] = x
+    returns = "(" + "".join(f"{env[o] if o in env else e.const(consts[o], 'out')}, " for o in outputs) + ")"
+    used = set(re.findall(r"\w+", "\n".join(e.lines) + returns))
+    e.consts = [(n, a) for n, a in e.consts if n in used]  # constants a kernel reads in its own form
+    params = [f"x{i}" for i in range(len(inputs))] + [n for n, _ in e.consts]
+    params += [f"b{j}" for j in range(n_slots)] + [n for n, *_ in e.scratch]
+    source = module_source(e, params, model, returns)
+    module, path = load_module(source, e.functions)
+    return Plan(source, path, module.run_plan, tuple(a for _, a in e.consts), e.scratch)
+
+
+def scratch_arrays(plan: Plan) -> list[np.ndarray]:
+    """A workspace's own copy of the plan's scratch arrays."""
+    return [np.zeros(shape, dtype) if zeroed else np.empty(shape, dtype) for _, shape, dtype, zeroed in plan.scratch]
+
+
+def call(plan: Plan, feeds: list[np.ndarray], slots: list[np.ndarray], scratch: list[np.ndarray]) -> Any:
+    return plan.function(*feeds, *plan.consts, *slots, *scratch)
