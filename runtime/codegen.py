@@ -204,14 +204,22 @@ class Plan:
     function: Any
     consts: tuple[np.ndarray, ...]
     scratch: list[tuple[str, tuple[int, ...], str, bool]]
+    params: list[str] = field(default_factory=list)  # run_plan's parameters, in order
+    steps: list[tuple[list[str], list[str]]] = field(default_factory=list)  # per step: its lines, its outputs
+    functions: dict[str, Any] = field(default_factory=dict)
+    model: str = ""
 
 
-def module_source(e: Emitter, params: list[str], model: str, returns: str = "") -> str:
-    args = ", ".join(params)
-    body = "\n".join(e.lines) or "    pass"
+DECORATOR = '@njit(cache=True, nogil=True, error_model="numpy")'
+
+def function_source(name: str, params: list[str], lines: list[str], returns: str = "") -> str:
+    body = "\n".join(lines) or "    pass"
     ret = f"\n    return {returns}" if returns else ""
-    return (HEADER.format(model=model) + '\n@njit(cache=True, nogil=True, error_model="numpy")\n'
-            f"def run_plan({args}):\n{body}{ret}\n")
+    return f"\n{DECORATOR}\ndef {name}({', '.join(params)}):\n{body}{ret}\n"
+
+
+def module_source(functions: list[str], model: str) -> str:
+    return HEADER.format(model=model) + "\n".join(functions)
 
 
 def plan_dir() -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.codegen import Emitter, Expr, Plan, load_module, module_source
+from runtime.codegen import Emitter, Expr, Plan, function_source, load_module, module_source
 
 
 def emittable(kernels: list) -> bool:
@@ -29,25 +29,34 @@ def generate(steps: list[dict], kernels: list, step_slots: list, n_slots: int, c
     call) from a module of its own in the kernel cache."""
     e = Emitter(threads)
     env: dict[str, Expr] = {n: Expr(f"x{i}") for i, n in enumerate(inputs)}
+    segments: list[tuple[list[str], list[str]]] = []
     for s, k, slots in zip(steps, kernels, step_slots):
         ins = [None if not n else env[n] if n in env else e.const(consts[n], "init") for n in s["inputs"]]
         if slots is None:  # a view: the kernel binds fresh names
             outs = [e.fresh("v") if o else None for o in s["outputs"]]
         else:
             outs = [None if j is None else Expr(f"b{j}") for j in slots]
+        start = len(e.lines)
         e.comment(f"{s.get('name', s['op'])} ({s['op']})")
         k.emit(e, ins, outs)
+        segments.append((e.lines[start:], [x or "" for x in outs]))
         for o, x in zip(s["outputs"], outs):
             if o:
                 env[o] = x
     returns = "(" + "".join(f"{env[o] if o in env else e.const(consts[o], 'out')}, " for o in outputs) + ")"
-    used = set(re.findall(r"\w+", "\n".join(e.lines) + returns))
+    used = set(_NAME.findall("\n".join(e.lines) + returns))
     e.consts = [(n, a) for n, a in e.consts if n in used]  # constants a kernel reads in its own form
     params = [f"x{i}" for i in range(len(inputs))] + [n for n, _ in e.consts]
     params += [f"b{j}" for j in range(n_slots)] + [n for n, *_ in e.scratch]
-    source = module_source(e, params, model, returns)
+    source = module_source([function_source("run_plan", params, e.lines, returns)], model)
     module, path = load_module(source, e.functions)
-    return Plan(source, path, module.run_plan, tuple(a for _, a in e.consts), e.scratch)
+    return Plan(source, path, module.run_plan, tuple(a for _, a in e.consts), e.scratch, params, segments,
+                e.functions, model)
+
+
+_NAME = re.compile(r"[A-Za-z_]\w*")
+_PARAM = re.compile(r"^(x\d+|b\d+|v\d+|c_\w+|w_\w+)$")  # names that come from outside a step
+_ASSIGNED = re.compile(r"^\s*(\w+) = ", re.M)
 
 
 def scratch_arrays(plan: Plan) -> list[np.ndarray]:
@@ -57,3 +66,35 @@ def scratch_arrays(plan: Plan) -> list[np.ndarray]:
 
 def call(plan: Plan, feeds: list[np.ndarray], slots: list[np.ndarray], scratch: list[np.ndarray]) -> Any:
     return plan.function(*feeds, *plan.consts, *slots, *scratch)
+
+
+class Steps:
+    """The plan's steps as one function each (the same emitted code as ``run_plan``, cut at the
+    step boundaries), called one by one from Python: for timing each step (``profile``) and for
+    reading intermediate values (``run_with_values``)."""
+
+    def __init__(self, plan: Plan):
+        self.calls: list[tuple[Any, list[str], list[str]]] = []
+        sources, specs = [], []
+        for i, (lines, outs) in enumerate(plan.steps):
+            text = "\n".join(lines)
+            local = set(_ASSIGNED.findall(text))
+            params = sorted({n for n in _NAME.findall(text) if _PARAM.match(n)} - local)
+            ret = "(" + "".join(f"{o}, " for o in outs if o) + ")"
+            sources.append(function_source(f"step_{i}", params, lines, ret))
+            specs.append((params, outs))
+        module, _ = load_module(module_source(sources, plan.model), plan.functions)
+        self.calls = [(getattr(module, f"step_{i}"), p, o) for i, (p, o) in enumerate(specs)]
+
+    def run(self, plan: Plan, feeds: list[np.ndarray], slots: list[np.ndarray], scratch: list[np.ndarray], after=None):
+        """Run every step; ``after(i, outputs)`` sees step i's output arrays (None for absent ones)."""
+        names = plan.params
+        values = dict(zip(names, [*feeds, *plan.consts, *slots, *scratch]))
+        for i, (fn, params, outs) in enumerate(self.calls):
+            res = iter(fn(*[values[p] for p in params]))
+            arrays = [next(res) if o else None for o in outs]
+            for o, a in zip(outs, arrays):
+                if o:
+                    values[o] = a
+            if after is not None:
+                after(i, arrays)

@@ -29,7 +29,7 @@ from runtime.artifact import read_artifact
 from runtime.errors import BnncError
 from runtime.kernels import KERNELS
 from runtime.kernels.base import Step
-from runtime.program import call, emittable, generate, scratch_arrays
+from runtime.program import Steps, call, emittable, generate, scratch_arrays
 from runtime.threads import limit_threads, max_threads
 
 
@@ -78,6 +78,7 @@ class InferenceSession:
             self._plan = generate(plan, self._kernels, self._step_slots, len(self._slots), self._consts,
                                   [i["name"] for i in self._inputs], [o["name"] for o in self._outputs],
                                   self._nthreads, os.path.basename(self._path))
+        self._steps_program: Steps | None = None
         self._lock = threading.Lock()
         self._idle: list[_Workspace] = [self._new_workspace()]
 
@@ -96,16 +97,20 @@ class InferenceSession:
             if n not in names:
                 raise BnncError(f"unknown output '{n}' (the model's outputs: {', '.join(names)})")
         arrays, batch = self._check_feeds(feeds)
-        with limit_threads(self._nthreads), self._workspace() as ws:
-            if batch is None:
-                env = self._infer(ws, arrays)
-                return [env[n].copy() for n in wanted]
-            parts: list[list[np.ndarray]] = [[] for _ in wanted]
-            b = self._inputs[0]["shape"][0]
-            for i in range(0, batch, b):
-                env = self._infer(ws, {k: v[i:i + b] for k, v in arrays.items()})
-                for j, n in enumerate(wanted):
-                    parts[j].append(env[n].copy())
+        ws = self._take_workspace()
+        try:
+            with limit_threads(self._nthreads):
+                if batch is None:
+                    env = self._infer(ws, arrays)
+                    return [env[n].copy() for n in wanted]
+                parts: list[list[np.ndarray]] = [[] for _ in wanted]
+                b = self._inputs[0]["shape"][0]
+                for i in range(0, batch, b):
+                    env = self._infer(ws, {k: v[i:i + b] for k, v in arrays.items()})
+                    for j, n in enumerate(wanted):
+                        parts[j].append(env[n].copy())
+        finally:
+            self._idle.append(ws)  # list.append is atomic
         return [np.concatenate(p, axis=0) for p in parts]
 
     def _infer(self, ws: _Workspace, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -126,7 +131,16 @@ class InferenceSession:
         taken: dict[str, np.ndarray] = {n: arrays[n].copy() for n in wanted if n in arrays}
         taken.update({n: self._consts[n].copy() for n in wanted if n in self._consts})
         with limit_threads(self._nthreads), self._workspace() as ws:
-            self._execute(ws, arrays, lambda name, value: taken.__setitem__(name, value.copy()) if name in wanted else None)
+            if self._plan is None:
+                self._execute(ws, arrays, lambda name, value: taken.__setitem__(name, value.copy()) if name in wanted else None)
+                return taken
+
+            def take(i: int, outs) -> None:
+                for name, value in zip(self._steps[i]["outputs"], outs):
+                    if name in wanted and value is not None:
+                        taken[name] = value.copy()
+
+            self._step_by_step(ws, arrays, take)
         return taken
 
     # -- internals ----------------------------------------------------------------------------
@@ -220,19 +234,22 @@ class InferenceSession:
                 for slots in self._step_slots]
         return _Workspace(arrays, bufs, scratch_arrays(self._plan) if self._plan else [])
 
+    def _take_workspace(self) -> _Workspace:
+        """An idle workspace of this session's for one inference, else a new one: one thread
+        running the session keeps reusing the same one; n threads at once make n. (list.pop
+        and list.append are atomic in CPython: no lock needed.)"""
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return self._new_workspace()
+
     @contextmanager
     def _workspace(self):
-        """A workspace of this session's for one inference: an idle one, else a new one. One
-        thread running the session keeps reusing the same one; n threads at once make n."""
-        with self._lock:
-            ws = self._idle.pop() if self._idle else None
-        if ws is None:
-            ws = self._new_workspace()
+        ws = self._take_workspace()
         try:
             yield ws
         finally:
-            with self._lock:
-                self._idle.append(ws)
+            self._idle.append(ws)
 
     def _check_feeds(self, feeds: dict[str, Any]):
         if not isinstance(feeds, dict):
@@ -277,8 +294,19 @@ class InferenceSession:
         times: list[list[float]] = [[] for _ in self._steps]
         with limit_threads(self._nthreads), self._workspace() as ws:
             for _ in range(repeat):
-                self._execute(ws, arrays, timings=times)
+                if self._plan is None:
+                    self._execute(ws, arrays, timings=times)
+                    continue
+                self._step_by_step(ws, arrays, _Laps(times))
         return [(s["name"], s["op"], float(np.median(t))) for s, t in zip(self._steps, times)]
+
+    def _step_by_step(self, ws: _Workspace, feeds: dict[str, np.ndarray], after) -> None:
+        """The plan's emitted code one step at a time (``program.Steps``), made on first use."""
+        with self._lock:
+            if self._steps_program is None:
+                self._steps_program = Steps(self._plan)
+        self._steps_program.run(self._plan, [feeds[i["name"]] for i in self._inputs], ws.slots, ws.plan_scratch,
+                                after)
 
     def _execute(self, ws: _Workspace, feeds: dict[str, np.ndarray], observe=None, timings=None) -> dict[str, np.ndarray]:
         env: dict[str, np.ndarray] = dict(self._consts)
@@ -299,6 +327,18 @@ class InferenceSession:
                 if observe is not None:
                     observe(n, a)
         return env
+
+
+class _Laps:
+    """``after`` callback of a step-by-step run: appends each step's time to ``times[i]``."""
+
+    def __init__(self, times: list[list[float]]):
+        self.times, self.last = times, time.perf_counter()
+
+    def __call__(self, i: int, _outs) -> None:
+        now = time.perf_counter()
+        self.times[i].append(now - self.last)
+        self.last = now
 
 
 def _check_threads(n):

@@ -26,12 +26,14 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.bitpack import nwords, popcount, tail_mask
+from runtime.codegen import Expr
 from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.binary_common import (
     BITS,
     FLOAT,
     NO_BITS,
     OutputStage,
+    _all_set,
     all_set,
     check_outputs,
     emit_bits,
@@ -365,6 +367,36 @@ class BinaryConv(Kernel):
             return {}
         return {"xg": np.empty(self.copy_shape, np.uint64),
                 "xmg": np.empty(self.copy_shape, np.uint64) if self.has_xm else None}
+
+    def emit(self, e, ins, outs):
+        x, st = ins[0], self.stage
+        y, yb, ym = st.buffers(outs, 4)
+        r = st.residual_expr(ins, 4)
+        masked: object = self.masked
+        if self.has_xm:  # no zero among the activations: the mask changes nothing
+            masked = e.fresh("masked")
+            e.line(f"{masked} = {self.masked & 2} if {e.fn(_all_set)}({ins[1]}.reshape((-1, {self.cin_tail.size})), "
+                   f"{e.const(self.cin_tail)}) else {self.masked}")
+        if self.narrow is not None:
+            self.narrow.emit(e, x, ins[1] if self.has_xm else None, masked, st, y, yb, ym, r)
+            return
+        cg = self.geom[10]
+        if self.copy:
+            xg = e.work(self.copy_shape, np.uint64, "regrouped")
+            e.call(_regroup, x, cg, self.pt, self.pl, self.fill, self.tail, xg, work=int(np.prod(self.copy_shape)))
+        else:
+            xg = Expr(f"{x}.reshape({e.lit((1,) + tuple(self.step.in_shapes[0]))})")
+        xmg = xg
+        if self.has_xm and self.copy:
+            xmg = e.work(self.copy_shape, np.uint64, "regrouped_mask")
+            e.line(f"if {masked} & 1:")
+            e.indent += 1
+            e.call(_regroup, ins[1], cg, self.pt, self.pl, self.tail, self.tail, xmg, work=int(np.prod(self.copy_shape)))
+            e.indent -= 1
+        elif self.has_xm:
+            xmg = Expr(f"{ins[1]}.reshape({e.lit((1,) + tuple(self.step.in_shapes[1]))})")
+        e.call(_binary_conv, xg, xmg, self.w, self.wm, self.wcnt, self.geom, masked, self._block(e.threads), st.mode,
+               st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero, work=self.work)
 
     def run(self, ins, outs, scratch):
         x = np.ascontiguousarray(ins[0])

@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.bitpack import nwords, pack_bits, popcount
+from runtime.codegen import Expr
 from runtime.kernels.base import Twin
 from runtime.kernels.binary_common import BITS, NO_BITS, sign_flags
 from runtime.threads import current_threads
@@ -263,6 +264,25 @@ class NarrowPlan:
         """Merged rows of one workspace; their nonzero masks ("mm") are made on the first run
         whose input has zeros."""
         return {"xm": np.empty(self.merged_shape, np.uint64), "mm": None}
+
+    def emit(self, e, x, xmask, masked, stage, y, yb, ym, r) -> None:
+        """``run`` in generated code: ``xmask`` the mask's name (None without one), ``masked``
+        the source of a flag that says whether this run's input has zeros."""
+        cg, kw, sw, dw, pl, ptop = self.merge
+        size = int(np.prod(self.merged_shape))
+        xm = e.work(self.merged_shape, np.uint64, "merged")
+        e.call(merge_rows, x, cg, kw, sw, dw, pl, ptop, self.fill, xm, work=size * kw)
+        mm = xm
+        if xmask is not None:
+            mm = e.work(self.merged_shape, np.uint64, "merged_mask")
+            e.line(f"if {masked}:")
+            e.indent += 1
+            e.call(merge_rows, xmask, cg, kw, sw, dw, pl, ptop, self.mask_fill, mm, work=size * kw)
+            e.indent -= 1
+        tasks = min(self.merged_shape[1] * self.geom[4], 4 * e.threads)
+        flag = Expr(f"({masked} != 0)") if xmask is not None else False
+        e.call(narrow_conv, xm, mm, flag, self.w, self.d, self.geom, tasks, stage.mode, stage.out_mask, stage.scale,
+               stage.bias, stage.table, y, yb, ym, r, stage.residual, stage.bits_zero, work=self.work)
 
     def run(self, x, xmask, stage, y, yb, ym, r, scratch):
         """One run; ``xmask``: the activation's nonzero mask, or None when it has no zero."""
