@@ -106,3 +106,24 @@ def mst_stats(w: np.ndarray, group: int = 1) -> dict[str, Any]:
 def analyze_conv(w: np.ndarray, group: int = 1) -> dict[str, Any]:
     """Codeword and MST figures of one binary conv layer's logical weights."""
     return {"codewords": codeword_stats(w), "mst": mst_stats(w, group)}
+
+
+def rule_stats(rules: np.ndarray) -> dict[str, Any]:
+    """Per-layer counts of a ``rule`` table [Cout, 5] = (lo, hi, v_below, v_mid, v_above)
+    (docs/binary_ops.md): channels whose output is constant, flipped (v_below > v_above: a
+    negative scale upstream), with a tie run (some reachable s gives 0), and the range of the
+    thresholds ``lo`` of the non-constant channels."""
+    r = np.asarray(rules, np.int64).reshape(-1, 5)
+    lo, hi, vb, vm, va = r.T
+    has_mid = lo <= hi
+    constant = (vb == va) & (~has_mid | (vm == vb))
+    ties = (vb == 0) | (va == 0) | (has_mid & (vm == 0))
+    t = lo[~constant]
+    return {
+        "channels": int(r.shape[0]),
+        "flipped": int(np.sum(vb > va)),
+        "constant": int(np.sum(constant)),
+        "tied": int(np.sum(ties)),
+        "threshold_min": int(t.min()) if t.size else None,
+        "threshold_max": int(t.max()) if t.size else None,
+    }
