@@ -54,8 +54,9 @@ def main():
 @click.option("--dump-passes", "dump_dir", type=click.Path(file_okay=False), help="Write the graph after every pass to DIR.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Static shape of an input, e.g. input=1,3,224,224.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every pass with its stats and the reasons rules did not apply.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write an HTML compile report to REPORT.html.")
 @handle_errors
-def compile_cmd(model, out, dump_dir, input_shapes, verbose):
+def compile_cmd(model, out, dump_dir, input_shapes, verbose, report_path):
     """Compile MODEL.onnx into a .bnn artifact."""
     import bnnc
     from bnnc.report import print_record
@@ -71,6 +72,29 @@ def compile_cmd(model, out, dump_dir, input_shapes, verbose):
     click.echo(f"wrote {res.path} ({res.artifact_bytes:,} bytes, {len(res.graph.nodes)} kernels)")
     if dump_dir:
         click.echo(f"pass dumps in {dump_dir}/")
+    if report_path:
+        from bnnc.html_report import write_report
+        from bnnc.report import build_report
+
+        report = build_report(res.path)
+        report.update(model=model, passes=[vars(r) for r in res.records])
+        write_report(report_path, report)
+        click.echo(f"wrote {report_path}")
+
+
+@main.command("report")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), required=True, help="The HTML file to write.")
+@click.option("--profile", "profile", type=click.Path(dir_okay=False), help="`bnnc bench --profile --json` output: adds time per layer.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Static shape of an input (.onnx only).")
+@handle_errors
+def report_cmd(model, out, profile, input_shapes):
+    """Write a self-contained HTML report of MODEL (.onnx, compiled in memory, or .bnn)."""
+    from bnnc.html_report import write_report
+    from bnnc.report import build_report
+
+    write_report(out, build_report(model, list(input_shapes)), profile)
+    click.echo(f"wrote {out}")
 
 
 @main.command("run")
