@@ -196,9 +196,11 @@ def inspect_cmd(model, as_json, input_shapes):
 @click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True, help="Batch of random inputs (dynamic-batch models).")
 @click.option("--tolerance", type=float, default=1e-3, show_default=True, help="Max output error, relative to the largest reference magnitude.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Static shape of an input.")
+@click.option("--per-layer", is_flag=True, help="Compare every intermediate value the model and bnnc share; name the first divergent layer.")
+@click.option("--artifact", type=click.Path(dir_okay=False), help="Check this compiled artifact instead of compiling MODEL again.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def verify_cmd(model, inputs, samples, tolerance, input_shapes, as_json):
+def verify_cmd(model, inputs, samples, tolerance, input_shapes, per_layer, artifact, as_json):
     """Compile MODEL.onnx, run it next to onnxruntime and compare, layer by layer.
 
     Exit code 1 when the outputs disagree beyond the tolerance or an argmax differs."""
@@ -210,12 +212,30 @@ def verify_cmd(model, inputs, samples, tolerance, input_shapes, as_json):
     if inputs:
         names = load_model(model, shapes).inputs
         feeds = _read_feeds(inputs, names)
-    report = verify(model, feeds, samples, tolerance, shapes)
+    report = verify(model, feeds, samples, tolerance, shapes, per_layer=per_layer, artifact=artifact)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:
         _print_verify(report)
     sys.exit(0 if report.ok else 1)
+
+
+def _print_per_layer(report):
+    click.echo("per layer (values of the input model that bnnc computes too, in graph order):")
+    width = max([len(v.layer) for v in report.per_layer] + [5])
+    for v in report.per_layer:
+        if v.kind == "bits":
+            what = f"{v.differing} of {v.bits} bits differ ({v.near_tie} near-tie)"
+        else:
+            what = f"max abs error {v.max_abs_error:.3g} (limit {v.limit:.3g})"
+        mark = "  <- DIVERGES" if v.divergent else ""
+        click.echo(f"  {v.layer:<{width}}  {v.tensor} ({v.kind}): {what}{mark}")
+    first = report.first_divergent
+    if first is None:
+        click.echo("no layer diverges from onnxruntime")
+    else:
+        why = " (after near-tie flips upstream, which may explain it)" if first.after_near_tie else ""
+        click.echo(f"first divergent layer: {first.layer} (value {first.tensor} of node {first.node}){why}")
 
 
 def _print_verify(report):
@@ -228,6 +248,8 @@ def _print_verify(report):
             real = x.differing - x.near_tie
             click.echo(f"  {x.tensor}: {x.differing} of {x.bits} bits differ ({x.near_tie} near-tie flips, {real} other)"
                        f"  -> {', '.join(x.readers)}")
+    if report.per_layer is not None:
+        _print_per_layer(report)
     click.echo("OK: bnnc agrees with onnxruntime" if report.ok else "MISMATCH: bnnc disagrees with onnxruntime")
 
 
