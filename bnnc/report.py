@@ -160,6 +160,23 @@ def format_layers(report: dict[str, Any]) -> list[str]:
     return _table(rows, {3, 4, 5})
 
 
+def format_analysis(report: dict[str, Any]) -> list[str]:
+    """Threshold statistics and bit-pattern analysis of the binary layers (bnnc.analysis)."""
+    rows = [("layer", "flipped/constant/tied of channels", "kxk codewords (distinct)", "top-16 share",
+             "entropy bits", "MST: XNOR work left")]
+    for r in report["layers"]:
+        t, an = r.get("thresholds"), r.get("analysis")
+        if not t and not an:
+            continue
+        cw, mst = (an or {}).get("codewords"), (an or {}).get("mst")
+        rows.append((r["name"], f"{t['flipped']}/{t['constant']}/{t['tied']} of {t['channels']}" if t else "",
+                     f"{cw['distinct']} of {cw['possible']}" if cw else "", f"{cw['top16_share']:.1%}" if cw else "",
+                     f"{cw['entropy_bits']:.2f}" if cw else "", f"{mst['xnor_fraction']:.1%}" if mst else ""))
+    if len(rows) == 1:
+        return []
+    return ["Binary layers: threshold rules and weight bit patterns:"] + _table(rows, {2, 3, 4, 5}) + [""]
+
+
 def format_report(report: dict[str, Any]) -> str:
     lines = []
     if report["layers"]:
@@ -168,6 +185,7 @@ def format_report(report: dict[str, Any]) -> str:
         ratio = f" ({fp32 / report['artifact_bytes']:.1f}x smaller than the {fp32:,}-byte ONNX model)" if fp32 else ""
         lines.append(f"binary MAC fraction: {report['binary_mac_fraction']:.1%}   artifact: {report['artifact_bytes']:,} bytes{ratio}")
         lines.append("")
+        lines += format_analysis(report)
     rows = [("node", "op", "output shape", "MACs", "weight bytes")]
     for n in report["nodes"]:
         rows.append((n["name"], n["op"], "x".join(map(str, n["output_shape"])), f"{n['macs']:,}", f"{n['weight_bytes']:,}"))

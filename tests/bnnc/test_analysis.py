@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from bnnc.analysis import codeword_stats, mst_stats, mst_weight
+from bnnc.analysis import codeword_stats, mst_stats, mst_weight, rule_stats
 
 
 def slow_codewords(w: np.ndarray) -> dict:
@@ -90,3 +90,72 @@ def test_mst_extremes():
     chain = np.stack([np.where(np.arange(base.size) < k, -base, base) for k in range(base.size + 1)])
     assert mst_weight(np.packbits(chain < 0, axis=1)) == base.size  # rows of bytes work too
     assert codeword_stats(same)["distinct"] == len({tuple(x) for x in same[0].reshape(4, 9)})
+
+
+def slow_rule_stats(rules: np.ndarray) -> dict:
+    """Evaluate every rule on every reachable s and read the figures off the values."""
+    lo_s, hi_s = int(rules[:, :2].min()) - 2, int(rules[:, :2].max()) + 2
+    out = {"flipped": 0, "constant": 0, "tied": 0}
+    thresholds = []
+    for lo, hi, vb, vm, va in rules.tolist():
+        v = [vb if s < lo else vm if s <= hi else va for s in range(lo_s, hi_s + 1)]
+        out["constant"] += len(set(v)) == 1
+        out["tied"] += 0 in v
+        out["flipped"] += v[0] > v[-1]
+        if len(set(v)) > 1:
+            thresholds.append(lo)
+    out.update(threshold_min=min(thresholds, default=None), threshold_max=max(thresholds, default=None))
+    return out
+
+
+def test_rule_stats_match_evaluation():
+    rng = np.random.default_rng(9)
+    rules = []
+    for _ in range(300):
+        t = int(rng.integers(-20, 20))
+        v = [int(x) for x in rng.choice([-1, 0, 1], 3)]
+        kind = rng.integers(3)
+        if kind == 0:  # constant channel, as fold-thresholds writes it
+            rules.append((21, 20, v[0], v[0], v[0]))
+        elif kind == 1:  # plain threshold: empty middle run
+            rules.append((t, t - 1, v[0], v[2], v[2]))
+        else:
+            rules.append((t, t + int(rng.integers(0, 4)), *v))
+    rules = np.array(rules, np.int32)
+    fast = rule_stats(rules)
+    assert fast["channels"] == 300
+    assert {k: fast[k] for k in slow_rule_stats(rules)} == slow_rule_stats(rules)
+
+
+def test_inspect_json_reports_the_model_weights(tmp_path):
+    """The figures ``bnnc inspect --json`` gives are those of the layer's original ±alpha
+    weights (read back from the packed artifact), and the threshold counts those of its rule."""
+    import json
+
+    from click.testing import CliRunner
+
+    from cli import main
+    from tests.bnn_graphs import Builder
+    from tests.helpers import make_model, save
+
+    b = Builder(seed=2)
+    w1 = b.pm1((12, 3, 3, 3))
+    w2 = b.pm1((20, 12, 3, 3), alpha=np.linspace(0.3, 1.2, 20))
+    w2[5] = w2[4] * 2  # two filters with the same signs
+    h = b.op("Conv", ["x", b.const(w1, "w")], "c1", pads=[1, 1, 1, 1])
+    h = b.op("Conv", [b.sign(b.bn(h, 12)), b.const(w2, "w")], "c2", pads=[1, 1, 1, 1])
+    y = b.op("Conv", [b.sign(b.bn(h, 20, neg_frac=0.5)), b.const(b.pm1((4, 20, 1, 1)), "w")], "c3")
+    path = save(make_model(b.nodes, [("x", [1, 3, 5, 5])], [(y, [1, 4, 5, 5])], b.inits), str(tmp_path))
+    result = CliRunner().invoke(main, ["inspect", path, "--json"])
+    layers = {r["name"]: r for r in json.loads(result.stdout)["layers"]}
+    n1, n2, _ = [n.name for n in b.nodes if n.op_type == "Conv"]
+    c2 = layers[n2]
+    assert c2["mode"] == "xnor" and c2["input_shape"] == [1, 12, 5, 5] and c2["output_shape"] == [1, 20, 5, 5]
+    signs = np.sign(w2).astype(np.int8)
+    slow = slow_codewords(signs)
+    assert c2["analysis"]["codewords"]["distinct"] == slow["distinct"]
+    assert c2["analysis"]["codewords"]["entropy_bits"] == pytest.approx(slow["entropy_bits"])
+    mst = slow_mst([tuple(f.reshape(-1) < 0) for f in signs])
+    assert c2["analysis"]["mst"]["mst_weight"] == mst and mst < 20 * 108 // 2
+    assert c2["thresholds"]["channels"] == 20 and 0 < c2["thresholds"]["flipped"] < 20
+    assert layers[n1]["mode"] == "binary-weight" and layers[n1]["thresholds"] is None
