@@ -216,4 +216,18 @@ def wrap(line: str, width: int = WIDTH) -> list[str]:
             out[-1] += " " + p
         else:
             out.append(indent + p)
-    return out
+    return [w for line in out for w in _wrap_values(line, width, indent)]
+
+
+def _wrap_values(line: str, width: int, indent: str) -> list[str]:
+    """Break a still too long line inside a ``{...}`` list of tensor values, after its commas."""
+    if len(line) <= width or "{" not in line:
+        return [line]
+    cuts = [i + 1 for i, ch in enumerate(line) if ch == "," and line.rfind("{", 0, i) > line.rfind("}", 0, i)]
+    out, start, limit = [], 0, width
+    for prev, cut in zip([0] + cuts, cuts + [len(line)]):
+        if cut - start > limit and prev > start:
+            out.append(line[start:prev])
+            start, limit = prev, width - len(indent)
+    out.append(line[start:])
+    return [out[0]] + [indent + x for x in out[1:]]
