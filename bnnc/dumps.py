@@ -18,13 +18,13 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
+from bnnc.analysis import rule_stats
 from runtime.errors import BnncError
 
 ELIDE_ABOVE = 16  # initializers with more elements than this are elided from text dumps
@@ -142,7 +142,6 @@ def model_text(model: onnx.ModelProto) -> str:
 def layer_lines(nodes, inits: dict[str, onnx.TensorProto], meta: dict[str, str]) -> list[str]:
     """One or two short comment lines per conv/linear layer of the model's layer table, then the
     other metadata entries (long values by their size only)."""
-    array: Callable[[str], np.ndarray | None] = lambda n: numpy_helper.to_array(inits[n]) if n in inits else None  # noqa: E731
     by_name = {n.name: n for n in nodes if n.domain == "bnnc" and n.op_type in _LAYER_OPS}
     table = json.loads(meta.get("bnnc.layers", "[]"))
     out = ["# layers (mode, shape, packing, output rule):"] if table else []
@@ -152,44 +151,35 @@ def layer_lines(nodes, inits: dict[str, onnx.TensorProto], meta: dict[str, str])
             why = f": {rec['reason']}" if rec.get("reason") else ""
             out.append(f"#   {rec['name']} {rec['op']} {rec['mode']}{why}")
         else:
-            out += binary_layer_lines(rec, node, array)
+            out += binary_layer_lines(rec, node, inits)
     for k, v in meta.items():
         if k != "bnnc.layers":
             out.append(f"# metadata {k}: " + (v if len(v) <= 60 else f"({len(v):,} characters of JSON)"))
     return out
 
 
-def binary_layer_lines(rec: dict, node: onnx.NodeProto, array) -> list[str]:
-    from bnnc.analysis import rule_stats
-    from bnnc.graph import attrs_of
-
-    a = attrs_of(node)
+def binary_layer_lines(rec: dict, node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> list[str]:
+    """A binary layer's shape, packed weight words and output; for a bits output, its rule."""
+    a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
     w_at = 1 if node.op_type.startswith("BinaryWeight") else 2
-    words = inits_words(array, node.input[w_at])
+    words = int(np.prod(inits[node.input[w_at]].dims)) if node.input[w_at] in inits else 0
     ternary = len(node.input) > w_at + 1 and bool(node.input[w_at + 1])
+    output = a.get("output", b"float").decode()
     if "kernel_shape" in a:
         kh, kw = a["kernel_shape"]
-        shape = (f"{a['cin']}->{a['cout']} {kh}x{kw}/{a['strides'][0]} pads {a['pads']}"
+        shape = (f"{a['cin']}->{a['cout']} {kh}x{kw}/{a['strides'][0]} pads {list(a['pads'])}"
                  f"{'' if a.get('group', 1) == 1 else ' group ' + str(a['group'])}"
                  f"{' pad ' + str(a['pad_value']) if a.get('pad_value') else ''}")
     else:
         shape = f"{a['k']}->{a['cout']}"
-    line = (f"#   {rec['name']} {node.op_type} {rec['mode']} {shape}: {rec['weight_bytes']:,} B fp32 -> "
-            f"{words:,} words{' x2 (ternary)' if ternary else ''}, output {a.get('output', 'float')}")
-    lines = [line]
-    if a.get("output") == "bits" and len(node.input) > 4:
-        rules = array(node.input[4])
-        if rules is not None:
-            s = rule_stats(rules)
-            t = f"s >= t, t in [{s['threshold_min']}, {s['threshold_max']}]" if s["threshold_min"] is not None else "none"
-            lines.append(f"#     rule over {s['channels']} channels: thresholds {t}; {s['flipped']} flipped, "
-                         f"{s['constant']} constant, {s['tied']} tied")
+    lines = [f"#   {rec['name']} {node.op_type} {rec['mode']} {shape}: {rec['weight_bytes']:,} B fp32 -> "
+             f"{words:,} words{' x2 (ternary)' if ternary else ''}, output {output}"]
+    if output == "bits" and len(node.input) > 4 and node.input[4] in inits:
+        s = rule_stats(numpy_helper.to_array(inits[node.input[4]]))
+        t = f"in [{s['threshold_min']}, {s['threshold_max']}]" if s["threshold_min"] is not None else "none"
+        lines.append(f"#     rule over {s['channels']} channels: thresholds {t}; {s['flipped']} flipped, "
+                     f"{s['constant']} constant, {s['tied']} tied")
     return lines
-
-
-def inits_words(array, name: str) -> int:
-    v = array(name)
-    return int(v.size) if v is not None else 0
 
 
 def wrap(line: str, width: int = WIDTH) -> list[str]:
