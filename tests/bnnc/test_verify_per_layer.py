@@ -3,6 +3,7 @@ first divergent layer named when one layer's weights in the artifact are corrupt
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,11 @@ def test_cli_names_the_first_divergent_layer(tmp_path):
                                   "--artifact", str(tmp_path / "bad.bnn")])
     assert "first divergent layer: bconv_18_node" in r.stdout, r.stdout + r.stderr
     assert "DIVERGES" in r.stdout
+    r = CliRunner().invoke(main, ["verify", model, "--input", str(tmp_path / "x.npy"), "--per-layer", "--json",
+                                  "--artifact", str(tmp_path / "bad.bnn")])
+    out = json.loads(r.stdout)
+    assert out["first_divergent_layer"] == "bconv_18_node" and out["first_divergent"]["divergent"]
+    assert [v["layer"] for v in out["per_layer"]][0] == "stem_2_node"
     np.save(tmp_path / "x1.npy", feeds()["x"][:1])
     r = CliRunner().invoke(main, ["verify", model, "--input", str(tmp_path / "x1.npy"), "--artifact", str(tmp_path / "m.bnn")])
     assert r.exit_code == 2 and r.stderr.startswith("error: ") and "was compiled for" in r.stderr
