@@ -2,7 +2,7 @@
 
 ``PassDumper`` writes ``00_input.onnx``, then for every pass that changed the graph
 ``NN_<pass>.onnx`` and ``NN_<pass>.txt``; a pass that left the graph byte-for-byte as it was
-writes neither (its entry in ``summary.json`` has ``"dump": null``). Every model passes
+writes neither (its entry in ``summary.json`` has ``"graph_changed": false, "dump": null``). Every model passes
 ``onnx.checker``: value_info entries without a shape or element type (values whose shape is not
 known yet) are left out, since the checker rejects a type without a shape. The text is ONNX text
 syntax with large initializers elided, the metadata (per-layer JSON) replaced by one short line
@@ -61,7 +61,8 @@ class PassDumper:
         self._last = fingerprint
 
     def write_summary(self, passes: list[dict[str, Any]]) -> None:
-        rows = [dict(p, dump=self.files.get(p["index"])) for p in passes]
+        rows = [dict(p, graph_changed=self.files.get(p["index"]) is not None, dump=self.files.get(p["index"]))
+                for p in passes]
         write_file(os.path.join(self.directory, SUMMARY), json.dumps({"passes": rows}, indent=1, default=str))
 
     def _write_model(self, model: onnx.ModelProto, stem: str, text: bool) -> None:

@@ -31,6 +31,7 @@ def check_dumps(dump: Path, artifact: Path, model: Path) -> dict:
     for p in summary["passes"]:
         stem = f"{p['index']:02d}_{p['name']}"
         assert p["seconds"] >= 0 and {"modified", "stats", "reasons", "op_counts"} <= set(p)
+        assert p["graph_changed"] == (p["dump"] is not None)
         if p["dump"] is None:
             assert stem + ".onnx" not in files and stem + ".txt" not in files
         else:
