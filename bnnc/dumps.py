@@ -2,11 +2,12 @@
 
 ``PassDumper`` writes ``00_input.onnx``, then for every pass that changed the graph
 ``NN_<pass>.onnx`` and ``NN_<pass>.txt``; a pass that left the graph byte-for-byte as it was
-writes neither (its entry in ``summary.json`` has ``"graph_changed": false, "dump": null``). Every model passes
-``onnx.checker``: value_info entries without a shape or element type (values whose shape is not
-known yet) are left out, since the checker rejects a type without a shape. The text is ONNX text
-syntax with large initializers elided, the metadata (per-layer JSON) replaced by one short line
-per conv/linear layer (its mode, shape, packing and threshold rule), and long lines wrapped.
+writes neither (its entry in ``summary.json`` has ``"graph_changed": false, "dump": null``).
+Every model passes ``onnx.checker``: value_info entries without a shape or element type (values
+whose shape is not known yet) are left out, since the checker rejects a type without a shape
+(graph outputs keep their rank from loading, see bnnc.loader). The text is ONNX text syntax
+with large initializers elided, the metadata (per-layer JSON) replaced by one short line per
+conv/linear layer (its mode, shape, packing and threshold rule), and long lines wrapped.
 ``summary.json`` holds the passes (modified, stats, reasons, op counts, seconds, dump file) and,
 after a compile, the model path, bnnc version, total seconds and artifact size. Every file is
 written to a temporary name and renamed, so none is ever half-written.
