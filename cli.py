@@ -61,6 +61,11 @@ def compile_cmd(model, out, dump_dir, input_shapes, verbose, report_path):
     import bnnc
     from bnnc.report import print_record
 
+    if report_path:
+        from bnnc.html_report import check_output_dir
+
+        check_output_dir(report_path)
+
     def progress(rec):
         if verbose:
             print_record(rec)
@@ -90,9 +95,12 @@ def compile_cmd(model, out, dump_dir, input_shapes, verbose, report_path):
 @handle_errors
 def report_cmd(model, out, profile, input_shapes):
     """Write a self-contained HTML report of MODEL (.onnx, compiled in memory, or .bnn)."""
-    from bnnc.html_report import write_report
+    from bnnc.html_report import check_output_dir, read_profile, write_report
     from bnnc.report import build_report
 
+    check_output_dir(out)
+    if profile:
+        read_profile(profile)  # a bad profile fails before the model is compiled
     write_report(out, build_report(model, list(input_shapes)), profile)
     click.echo(f"wrote {out}")
 

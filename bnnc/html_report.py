@@ -13,25 +13,14 @@ writes ``error: ...`` there instead), which the tests read from the rendered DOM
 
 from __future__ import annotations
 
-import html
 import json
 from typing import Any
 
 from bnnc.html_assets import COLORS, CSS, SCRIPT
+from bnnc.html_charts import bar_chart, esc, num, tail
 
 BOX_W, BOX_H, GAP_X, GAP_Y = 190, 34, 24, 22
 BAND = 16  # diagram rows before the next band starts to the right
-CHART_TOP = 40  # title and legend above the bars
-
-
-def esc(x: Any) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def tail(name: str, n: int) -> str:
-    """``name`` cut to ``n`` characters from the left: exporters' names differ at the end
-    ("model/block_3/conv2d/Conv2D")."""
-    return name if len(name) <= n else "\u2026" + name[-(n - 1):]
 
 
 def render(report: dict[str, Any], profile: list[dict] | None = None) -> str:
@@ -56,19 +45,12 @@ def render(report: dict[str, Any], profile: list[dict] | None = None) -> str:
     )
 
 
-def _num(x: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= div:
-            return f"{x / div:.3g} {unit}"
-    return f"{x:.4g}"
-
-
 def totals(report: dict, times: dict) -> str:
     layers = report["layers"]
     counts = {m: sum(1 for r in layers if r["mode"] == m) for m in COLORS}
     cards = [
         ("binary share of MACs", f"{report['binary_mac_fraction']:.1%}"),
-        ("MACs (layers)", _num(sum(r["macs"] for r in layers))),
+        ("MACs (layers)", num(sum(r["macs"] for r in layers))),
         ("artifact", f"{report['artifact_bytes']:,} B"),
         ("ONNX model", f"{report['fp32_bytes']:,} B" if report["fp32_bytes"] else "unknown"),
         ("compression", f"{report['compression']:.1f}x" if report.get("compression") else "n/a"),
@@ -180,60 +162,6 @@ def layer_table(layers: list[dict], times: dict) -> str:
             + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
 
 
-def bar_chart(title: str, labels: list[str], series: list[tuple[str, str, list[float]]], unit: str,
-              stacked: bool = False) -> str:
-    """Horizontal bars, one group per label, one bar per series (name, colour, values), or one
-    bar per label with the series end to end (``stacked``)."""
-    if not labels:
-        return ""
-    if stacked:
-        return _stacked_chart(title, labels, series, unit)
-    top = max((v for _, _, vals in series for v in vals), default=0) or 1
-    lw, bw, bh = 210, 420, 12
-    gh = bh * len(series) + 6
-    h = CHART_TOP + gh * len(labels) + 10
-    parts = _chart_head(title, series, lw)
-    for i, label in enumerate(labels):
-        y0 = CHART_TOP + i * gh
-        parts.append(f'<text x="{lw - 6}" y="{y0 + gh / 2 + 3}" class="l" text-anchor="end">{esc(tail(label, 34))}</text>')
-        for k, (name, color, vals) in enumerate(series):
-            w = max(vals[i] / top * bw, 0.5 if vals[i] else 0)
-            y = y0 + k * bh
-            parts.append(f'<rect x="{lw}" y="{y}" width="{w:.1f}" height="{bh - 2}" fill="{color}">'
-                         f'<title>{esc(label)}: {esc(name)} {vals[i]:,.4g} {esc(unit)}</title></rect>'
-                         f'<text x="{lw + w + 4:.1f}" y="{y + bh - 3}" class="v">{esc(_num(vals[i]))}</text>')
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{lw + bw + 80}" height="{h}" class="chart">'
-            + "".join(parts) + "</svg>")
-
-
-def _chart_head(title: str, series: list, lw: int) -> list[str]:
-    """Title, then a legend line when there is more than one series."""
-    parts = [f'<text x="0" y="14" class="t">{esc(title)}</text>']
-    for k, (name, color, _) in enumerate(series if len(series) > 1 else []):
-        parts.append(f'<rect x="{lw + 120 * k}" y="20" width="10" height="10" fill="{color}"/>'
-                     f'<text x="{lw + 14 + 120 * k}" y="29" class="l">{esc(name)}</text>')
-    return parts
-
-
-def _stacked_chart(title: str, labels: list[str], series: list[tuple[str, str, list[float]]], unit: str) -> str:
-    sums = [sum(vals[i] for _, _, vals in series) for i in range(len(labels))]
-    top = max(sums, default=0) or 1
-    lw, bw, bh = 210, 420, 14
-    parts = _chart_head(title, series, lw)
-    for i, label in enumerate(labels):
-        y, x = CHART_TOP + i * (bh + 4), float(lw)
-        parts.append(f'<text x="{lw - 6}" y="{y + bh - 3}" class="l" text-anchor="end">{esc(tail(label, 34))}</text>')
-        for name, color, vals in series:
-            w = vals[i] / top * bw
-            parts.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bh}" fill="{color}">'
-                         f'<title>{esc(label)}: {esc(name)} {vals[i]:,.4g} {esc(unit)}</title></rect>')
-            x += w
-        parts.append(f'<text x="{x + 4:.1f}" y="{y + bh - 3}" class="v">{esc(_num(sums[i]))}</text>')
-    h = CHART_TOP + len(labels) * (bh + 4) + 10
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{lw + bw + 80}" height="{h}" class="chart">'
-            + "".join(parts) + "</svg>")
-
-
 def charts(report: dict, times: dict) -> str:
     layers = report["layers"]
     names = [r["name"] for r in layers]
@@ -292,13 +220,19 @@ def read_profile(path: str) -> list[dict]:
 
 def write_report(out_path: str, report: dict[str, Any], profile_path: str | None = None) -> None:
     """Render ``report`` and write it to ``out_path`` (temporary file, then rename)."""
-    import os
-
     from bnnc.dumps import write_file
-    from runtime.errors import BnncError
 
     page = render(report, read_profile(profile_path) if profile_path else None)
+    check_output_dir(out_path)
+    write_file(out_path, page)
+
+
+def check_output_dir(out_path: str) -> None:
+    """Fail early, before any work, when ``out_path`` cannot be written."""
+    import os
+
+    from runtime.errors import BnncError
+
     directory = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(directory):
         raise BnncError(f"output directory '{directory}' does not exist")
-    write_file(out_path, page)

@@ -130,6 +130,10 @@ def verify(onnx_path: str, feeds: dict[str, np.ndarray] | None = None, samples: 
     ref_graph.outputs = ref_graph.outputs + list(dict.fromkeys(e for e in extra if e in known and e not in ref_graph.outputs))
     ref = dict(feeds)
     ref.update(zip(ref_graph.outputs, _ort_session(ref_graph, onnx_path).run(ref_graph.outputs, feeds)))
+    missing = [o["name"] for o in manifest["outputs"] if o["name"] not in ref]
+    if missing:
+        raise BnncError(f"the artifact's outputs {', '.join(missing)} are not values of '{onnx_path}': "
+                        "was it compiled from another model?")
     report = VerifyReport(tolerance=tolerance)
     for o in manifest["outputs"]:
         name = o["name"]

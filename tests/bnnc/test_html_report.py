@@ -122,6 +122,8 @@ def test_report_with_profile_and_errors(tmp_path):
     assert not (tmp_path / "r2.html").exists()
     code, _, err = invoke("report", tmp_path / "missing.bnn", "-o", tmp_path / "r3.html")
     assert code == 2 and "no such file" in err
+    code, _, err = invoke("compile", model, "-o", tmp_path / "m.bnn", "--report", tmp_path / "no" / "r.html")
+    assert code == 2 and "does not exist" in err and not (tmp_path / "m.bnn").exists()
 
 
 def test_report_renders_in_chromium(tmp_path, chromium):

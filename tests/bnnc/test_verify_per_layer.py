@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from onnx import helper
 
 import bnnc
 from bnnc.verify import verify
@@ -102,3 +103,12 @@ def test_corpus_model_corrupted_layer_is_found(tmp_path):
     assert report.first_divergent.layer == "node_Conv_230"
     clean = verify(str(folder / "model.onnx"), x, per_layer=True, artifact=res.path)
     assert clean.ok and clean.first_divergent is None
+
+
+def test_artifact_of_another_model_is_an_error(tmp_path):
+    model = bnn(tmp_path)
+    relu = helper.make_node("Relu", ["x"], ["z"], name="relu")
+    other = save(make_model([relu], [("x", [2, 3, 6, 6])], [("z", [2, 3, 6, 6])]), str(tmp_path), "other.onnx")
+    art = bnnc.compile_model(other, str(tmp_path / "other.bnn")).path
+    r = CliRunner().invoke(main, ["verify", model, "--artifact", art])
+    assert r.exit_code == 2 and r.stderr.startswith("error: ") and "compiled from another model" in r.stderr
