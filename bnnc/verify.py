@@ -104,9 +104,14 @@ def _reference_model(onnx_path: str, shapes: dict, extra: list[str]) -> Graph:
     graph = load_model(onnx_path, shapes)
     LowerQonnxOpsToOnnx().call(graph)
     graph.infer_shapes()
-    known = {o for n in graph.nodes for o in n.output}
-    graph.outputs = graph.outputs + [e for e in extra if e in known and e not in graph.outputs]
+    expose(graph, extra)
     return graph
+
+
+def expose(graph: Graph, names: list[str]) -> None:
+    """Make the computed values among ``names`` graph outputs too (onnxruntime returns them)."""
+    known = {o for n in graph.nodes for o in n.output}
+    graph.outputs = graph.outputs + list(dict.fromkeys(e for e in names if e in known and e not in graph.outputs))
 
 
 def verify(onnx_path: str, feeds: dict[str, np.ndarray] | None = None, samples: int = 4,
@@ -123,11 +128,9 @@ def verify(onnx_path: str, feeds: dict[str, np.ndarray] | None = None, samples: 
         manifest, ours = _run_bnnc(onnx_path, artifact or "", os.path.join(d, "m.bnn"), shapes, feeds,
                                    ref_graph if per_layer else None)
     table = bit_tensors(manifest["metadata"])
-    extra = [e["source"] for e in table.values()]
+    expose(ref_graph, [e["source"] for e in table.values()])
     if per_layer:
-        extra += [o for n in ref_graph.nodes for o in n.output if o]
-    known = {o for n in ref_graph.nodes for o in n.output}
-    ref_graph.outputs = ref_graph.outputs + list(dict.fromkeys(e for e in extra if e in known and e not in ref_graph.outputs))
+        expose(ref_graph, [o for n in ref_graph.nodes for o in n.output if o])
     ref = dict(feeds)
     ref.update(zip(ref_graph.outputs, _ort_session(ref_graph, onnx_path).run(ref_graph.outputs, feeds)))
     missing = [o["name"] for o in manifest["outputs"] if o["name"] not in ref]
