@@ -164,6 +164,7 @@ def layer_table(layers: list[dict], times: dict) -> str:
 
 def charts(report: dict, times: dict) -> str:
     layers = report["layers"]
+    modes = {r["name"] for r in layers}
     names = [r["name"] for r in layers]
     out = [
         bar_chart("MACs per layer", names, [
@@ -174,6 +175,13 @@ def charts(report: dict, times: dict) -> str:
             ("packed", COLORS["binary-weight"], [r["packed_weight_bytes"] for r in layers])], "bytes"),
     ]
     if times:
+        timed = [r for r in layers if r["name"] in times]
+        other = sum(t for n, t in times.items() if n not in modes)
+        out.append(bar_chart("Time per layer (median ms; binarize, pooling and other kernels summed last)",
+                             [r["name"] for r in timed] + ["other kernels"], [
+            ("binary layer", COLORS["xnor"], [times[r["name"]] if r["mode"] != "float" else 0.0 for r in timed] + [0.0]),
+            ("float layer", COLORS["float"], [times[r["name"]] if r["mode"] == "float" else 0.0 for r in timed] + [0.0]),
+            ("other", "#868e96", [0.0] * len(timed) + [other])], "ms", stacked=True))
         kernels = sorted(report["nodes"], key=lambda n: -times.get(n["name"], 0.0))
         kernels = [n for n in kernels if n["name"] in times][:40]
         out.append(bar_chart("Time per kernel (median ms, slowest 40)", [n["name"] for n in kernels], [

@@ -112,7 +112,7 @@ def test_report_with_profile_and_errors(tmp_path):
     code, _, err = invoke("report", model, "-o", tmp_path / "r.html", "--profile", profile)
     assert code == 0, err
     page = (tmp_path / "r.html").read_text()
-    assert "Time per kernel" in page and "kernel time (sum of medians)" in page
+    assert "Time per kernel" in page and "Time per layer" in page and "kernel time (sum of medians)" in page
     layer_rows = page.split("<h2>Layers")[1].split("<h2>Charts")[0]
     timed = [f"{0.5 + i:.3f}" for i, n in enumerate(manifest_names) if f'<tr data-name="{n}"' in layer_rows]
     assert timed and all(t in layer_rows for t in timed)
