@@ -54,11 +54,17 @@ def main():
 @click.option("--dump-passes", "dump_dir", type=click.Path(file_okay=False), help="Write the graph after every pass to DIR.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Static shape of an input, e.g. input=1,3,224,224.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every pass with its stats and the reasons rules did not apply.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write an HTML compile report to REPORT.html.")
 @handle_errors
-def compile_cmd(model, out, dump_dir, input_shapes, verbose):
+def compile_cmd(model, out, dump_dir, input_shapes, verbose, report_path):
     """Compile MODEL.onnx into a .bnn artifact."""
     import bnnc
     from bnnc.report import print_record
+
+    if report_path:
+        from bnnc.html_report import check_output_dir
+
+        check_output_dir(report_path)
 
     def progress(rec):
         if verbose:
@@ -71,6 +77,32 @@ def compile_cmd(model, out, dump_dir, input_shapes, verbose):
     click.echo(f"wrote {res.path} ({res.artifact_bytes:,} bytes, {len(res.graph.nodes)} kernels)")
     if dump_dir:
         click.echo(f"pass dumps in {dump_dir}/")
+    if report_path:
+        from bnnc.html_report import write_report
+        from bnnc.report import build_report
+
+        report = build_report(res.path)
+        report.update(model=model, passes=[vars(r) for r in res.records])
+        write_report(report_path, report)
+        click.echo(f"wrote {report_path}")
+
+
+@main.command("report")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False), required=True, help="The HTML file to write.")
+@click.option("--profile", "profile", type=click.Path(dir_okay=False), help="`bnnc bench --profile --json` output: adds time per layer.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Static shape of an input (.onnx only).")
+@handle_errors
+def report_cmd(model, out, profile, input_shapes):
+    """Write a self-contained HTML report of MODEL (.onnx, compiled in memory, or .bnn)."""
+    from bnnc.html_report import check_output_dir, read_profile, write_report
+    from bnnc.report import build_report
+
+    check_output_dir(out)
+    if profile:
+        read_profile(profile)  # a bad profile fails before the model is compiled
+    write_report(out, build_report(model, list(input_shapes)), profile)
+    click.echo(f"wrote {out}")
 
 
 @main.command("run")
@@ -172,9 +204,11 @@ def inspect_cmd(model, as_json, input_shapes):
 @click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True, help="Batch of random inputs (dynamic-batch models).")
 @click.option("--tolerance", type=float, default=1e-3, show_default=True, help="Max output error, relative to the largest reference magnitude.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Static shape of an input.")
+@click.option("--per-layer", is_flag=True, help="Compare every intermediate value the model and bnnc share; name the first divergent layer.")
+@click.option("--artifact", type=click.Path(dir_okay=False), help="Check this compiled artifact instead of compiling MODEL again.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def verify_cmd(model, inputs, samples, tolerance, input_shapes, as_json):
+def verify_cmd(model, inputs, samples, tolerance, input_shapes, per_layer, artifact, as_json):
     """Compile MODEL.onnx, run it next to onnxruntime and compare, layer by layer.
 
     Exit code 1 when the outputs disagree beyond the tolerance or an argmax differs."""
@@ -186,12 +220,30 @@ def verify_cmd(model, inputs, samples, tolerance, input_shapes, as_json):
     if inputs:
         names = load_model(model, shapes).inputs
         feeds = _read_feeds(inputs, names)
-    report = verify(model, feeds, samples, tolerance, shapes)
+    report = verify(model, feeds, samples, tolerance, shapes, per_layer=per_layer, artifact=artifact)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:
         _print_verify(report)
     sys.exit(0 if report.ok else 1)
+
+
+def _print_per_layer(report):
+    click.echo("per layer (values of the input model that bnnc computes too, in graph order):")
+    width = max([len(v.layer) for v in report.per_layer] + [5])
+    for v in report.per_layer:
+        if v.kind == "bits":
+            what = f"{v.differing} of {v.bits} bits differ ({v.near_tie} near-tie)"
+        else:
+            what = f"max abs error {v.max_abs_error:.3g} (limit {v.limit:.3g})"
+        mark = "  <- DIVERGES" if v.divergent else ""
+        click.echo(f"  {v.layer:<{width}}  {v.tensor} ({v.kind}): {what}{mark}")
+    first = report.first_divergent
+    if first is None:
+        click.echo("no layer diverges from onnxruntime")
+    else:
+        why = " (after near-tie flips upstream, which may explain it)" if first.after_near_tie else ""
+        click.echo(f"first divergent layer: {first.layer} (value {first.tensor} of node {first.node}){why}")
 
 
 def _print_verify(report):
@@ -204,6 +256,8 @@ def _print_verify(report):
             real = x.differing - x.near_tie
             click.echo(f"  {x.tensor}: {x.differing} of {x.bits} bits differ ({x.near_tie} near-tie flips, {real} other)"
                        f"  -> {', '.join(x.readers)}")
+    if report.per_layer is not None:
+        _print_per_layer(report)
     click.echo("OK: bnnc agrees with onnxruntime" if report.ok else "MISMATCH: bnnc disagrees with onnxruntime")
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from bnnc.dumps import finish_summary
 from bnnc.graph import Graph
 from bnnc.loader import load_model, parse_input_shapes
 from bnnc.lower import lower
@@ -48,12 +50,17 @@ def compile_model(
     out_dir = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(out_dir):
         raise BnncError(f"output directory '{out_dir}' does not exist")
+    t0 = time.perf_counter()
     graph = load_model(onnx_path, input_shapes)
     records = run_pipeline(graph, default_pipeline() if passes is None else passes, dump_dir, progress)
     graph.metadata["bnnc.source_bytes"] = str(os.path.getsize(onnx_path))
     manifest, tensors = lower(graph, producer=f"bnnc {__version__}")
     manifest["source"] = os.path.basename(onnx_path)
     size = write_artifact(out_path, manifest, tensors)
+    if dump_dir is not None:
+        finish_summary(dump_dir, model=os.path.abspath(onnx_path), bnnc_version=__version__,
+                       total_seconds=time.perf_counter() - t0, artifact=os.path.abspath(out_path),
+                       artifact_bytes=size)
     return CompileResult(out_path, graph, records, manifest, size)
 
 

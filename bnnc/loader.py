@@ -209,9 +209,12 @@ def _fix_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]
 
 
 def _clear_stale_shapes(model: onnx.ModelProto) -> None:
-    """Drop intermediate shapes recorded by the exporter: they may hold the old batch size."""
+    """Drop intermediate shapes recorded by the exporter: they may hold the old batch size.
+    Outputs keep their rank with every dimension unknown (a graph output must have a shape
+    field for onnx.checker; inference fills the dimensions in)."""
     del model.graph.value_info[:]
     for o in model.graph.output:
         tt = o.type.tensor_type
         if tt.HasField("shape"):
-            tt.ClearField("shape")
+            for d in tt.shape.dim:
+                d.Clear()

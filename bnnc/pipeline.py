@@ -4,24 +4,18 @@ A pass is a class with a kebab-case ``name``, a module docstring that states its
 math, and ``call(graph) -> PassResult``. Passes never print: a rule that does not apply returns
 a reason string, which the runner collects (``bnnc compile -v`` and ``bnnc inspect`` show them).
 The runner re-sorts the graph, re-infers shapes, names new nodes and, with a dump directory,
-writes ``00_input.onnx``, ``NN_<pass>.onnx``, ``NN_<pass>.txt`` and ``summary.json``.
+hands the graph to ``bnnc.dumps.PassDumper`` before the first pass and after every pass.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import onnx
-
+from bnnc.dumps import PassDumper
 from bnnc.graph import Graph
-from runtime.errors import BnncError
-
-ELIDE_ABOVE = 16  # initializers with more elements than this are elided from text dumps
 
 
 @dataclass
@@ -58,9 +52,9 @@ def run_pipeline(
     progress: Callable[[PassRecord], None] | None = None,
 ) -> list[PassRecord]:
     """Run ``passes`` in order on ``graph`` (in place) and return one record per pass."""
-    if dump_dir is not None:
-        _prepare_dump_dir(dump_dir)
-        _dump(graph, dump_dir, "00_input")
+    dumper = PassDumper(dump_dir) if dump_dir is not None else None
+    if dumper is not None:
+        dumper.start(graph.to_model())
     records: list[PassRecord] = []
     for i, p in enumerate(passes, start=1):
         t0 = time.perf_counter()
@@ -81,56 +75,8 @@ def run_pipeline(
         records.append(rec)
         if progress is not None:
             progress(rec)
-        if dump_dir is not None:
-            _dump(graph, dump_dir, f"{i:02d}_{p.name}", text=True)
-    if dump_dir is not None:
-        summary = [
-            {k: getattr(r, k) for k in ("index", "name", "modified", "stats", "reasons", "op_counts", "seconds")}
-            for r in records
-        ]
-        _write_text(os.path.join(dump_dir, "summary.json"), json.dumps({"passes": summary}, indent=1, default=str))
+        if dumper is not None:
+            dumper.after_pass(i, p.name, graph.to_model())
+    if dumper is not None:
+        dumper.write_summary([vars(r) for r in records])
     return records
-
-
-def _prepare_dump_dir(path: str) -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise BnncError(f"cannot create dump directory '{path}': {e.strerror}") from None
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
-def _dump(graph: Graph, dump_dir: str, stem: str, text: bool = False) -> None:
-    model = graph.to_model()
-    onnx.save(model, os.path.join(dump_dir, stem + ".onnx"))
-    if text:
-        _write_text(os.path.join(dump_dir, stem + ".txt"), model_text(model))
-
-
-def model_text(model: onnx.ModelProto) -> str:
-    """ONNX text syntax of ``model`` with initializers above ELIDE_ABOVE elements elided."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    kept, elided = [], []
-    for t in m.graph.initializer:
-        n = 1
-        for d in t.dims:
-            n *= d
-        if n > ELIDE_ABOVE:
-            dims = "x".join(str(d) for d in t.dims)
-            elided.append(f"#   {t.name}: {onnx.TensorProto.DataType.Name(t.data_type).lower()}[{dims}]")
-        else:
-            kept.append(t)
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(kept)
-    head = "# initializers elided from this text (their values are in the .onnx file):\n"
-    head = head + "\n".join(elided) + "\n" if elided else ""
-    try:
-        body = onnx.printer.to_text(m)
-    except Exception as e:  # the printer does not know every construct; the .onnx is the truth
-        body = f"# onnx.printer could not print this graph: {e}\n"
-    return head + body

@@ -11,7 +11,9 @@ from typing import Any
 import click
 import numpy as np
 
+from bnnc.analysis import analyze_conv, rule_stats
 from bnnc.pipeline import PassRecord
+from runtime.bitpack import unpack_dense
 
 CONV_OPS = {"Conv", "bnnc.FusedConv"}
 DENSE_OPS = {"Gemm", "MatMul", "bnnc.FusedGemm"}
@@ -46,6 +48,7 @@ def node_macs(op: str, attrs: dict, in_shapes: list, out_shape: tuple) -> int:
 
 
 def _load_compiled(path: str, input_shapes: list[str]):
+    """(manifest, tensors, artifact bytes, pass records or None) of an .onnx or a .bnn."""
     from runtime.artifact import read_artifact
     from runtime.errors import BnncError
 
@@ -55,15 +58,18 @@ def _load_compiled(path: str, input_shapes: list[str]):
         with tempfile.TemporaryDirectory() as d:
             res = bnnc.compile_model(path, os.path.join(d, "model.bnn"), input_shapes=input_shapes)
             manifest, tensors = read_artifact(res.path)
-            return manifest, tensors, res.artifact_bytes
+            return manifest, tensors, res.artifact_bytes, res.records
     if not os.path.isfile(path):
         raise BnncError(f"no such file: '{path}'")
     manifest, tensors = read_artifact(path)
-    return manifest, tensors, os.path.getsize(path)
+    return manifest, tensors, os.path.getsize(path), None
 
 
 def build_report(path: str, input_shapes: list[str] | None = None) -> dict[str, Any]:
-    manifest, tensors, size = _load_compiled(path, input_shapes or [])
+    """Everything ``bnnc inspect`` and the HTML report show about a compiled model: the layer
+    table (with logical shapes, threshold statistics and, for binary convolutions, the
+    bnnc.analysis figures), the plan's kernels, totals and, for an .onnx, the passes."""
+    manifest, tensors, size, records = _load_compiled(path, input_shapes or [])
     values = manifest["values"]
     nodes = []
     for s in manifest["plan"]:
@@ -77,22 +83,66 @@ def build_report(path: str, input_shapes: list[str] | None = None) -> dict[str, 
             "output_shape": list(out_shape),
             "macs": node_macs(s["op"], s["attrs"], in_shapes, out_shape),
             "weight_bytes": wbytes,
+            "inputs": [n for n in s["inputs"] if n and n not in tensors],
+            "outputs": [n for n in s["outputs"] if n],
         })
     meta = manifest.get("metadata", {})
     layers = json.loads(meta.get("bnnc.layers", "[]"))
+    steps = {s["name"]: s for s in manifest["plan"]}
     for r in layers:
         r["binary_macs"] = r["macs"] if r["mode"] in ("xnor", "ternary") else 0
+        step = steps.get(r["name"])
+        r.update(layer_details(step, values, tensors) if step else {"kernel": None})
     total = sum(r["macs"] for r in layers)
+    fp32 = int(meta.get("bnnc.source_bytes", 0))
     return {
         "model": path,
+        "graph_name": manifest.get("graph_name", ""),
+        "producer": manifest.get("producer", ""),
         "layers": layers,
         "nodes": nodes,
         "total_macs": sum(n["macs"] for n in nodes),
         "total_weight_bytes": sum(n["weight_bytes"] for n in nodes),
         "binary_mac_fraction": (sum(r["binary_macs"] for r in layers) / total) if total else 0.0,
         "artifact_bytes": size,
-        "fp32_bytes": int(meta.get("bnnc.source_bytes", 0)),
+        "fp32_bytes": fp32,
+        "compression": fp32 / size if fp32 and size else None,
+        "passes": [vars(r) for r in records] if records is not None else None,
     }
+
+
+_PACKED_W = {"bnnc.BinaryConv": 2, "bnnc.BinaryDense": 2, "bnnc.BinaryWeightConv": 1, "bnnc.BinaryWeightDense": 1}
+
+
+def layer_details(step: dict, values: dict, tensors: dict) -> dict[str, Any]:
+    """Kernel, logical input/output shapes, threshold statistics and bit-pattern analysis of
+    the plan step that computes a layer (packed values are read back to logical NCHW / NC)."""
+    a = step["attrs"]
+    shape = lambda n, c: _logical(values[n]["shape"], values[n]["dtype"], c) if n in values else None  # noqa: E731
+    out = {
+        "kernel": step["op"],
+        "input_shape": shape(step["inputs"][0], a.get("cin", a.get("k"))),
+        "output_shape": shape(step["outputs"][0], a.get("cout")),
+        "thresholds": None,
+        "analysis": None,
+    }
+    if a.get("output") == "bits" and len(step["inputs"]) > 4 and step["inputs"][4] in tensors:
+        out["thresholds"] = rule_stats(tensors[step["inputs"][4]])
+    w_at = _PACKED_W.get(step["op"])
+    if w_at is not None and "kernel_shape" in a and step["inputs"][w_at] in tensors:
+        group = int(a.get("group", 1))
+        logical = (a["cout"], a["cin"] // group, *a["kernel_shape"])
+        mask = step["inputs"][w_at + 1] if len(step["inputs"]) > w_at + 1 else ""
+        w = unpack_dense(tensors[step["inputs"][w_at]], logical, tensors.get(mask) if mask else None)
+        out["analysis"] = analyze_conv(w, group)
+    return out
+
+
+def _logical(shape: list[int], dtype: str, channels: int | None) -> list[int]:
+    """The logical shape of a value: packed uint64 [N, H, W, words] / [N, words] -> NCHW / NC."""
+    if dtype != "uint64" or channels is None:
+        return list(shape)
+    return [shape[0], channels, *shape[1:-1]] if len(shape) == 4 else [shape[0], channels]
 
 
 def _table(rows: list[tuple], right: set[int]) -> list[str]:
@@ -110,6 +160,23 @@ def format_layers(report: dict[str, Any]) -> list[str]:
     return _table(rows, {3, 4, 5})
 
 
+def format_analysis(report: dict[str, Any]) -> list[str]:
+    """Threshold statistics and bit-pattern analysis of the binary layers (bnnc.analysis)."""
+    rows = [("layer", "flipped/constant/tied of channels", "kxk codewords (distinct)", "top-16 share",
+             "entropy bits", "MST: XNOR work left")]
+    for r in report["layers"]:
+        t, an = r.get("thresholds"), r.get("analysis")
+        if not t and not an:
+            continue
+        cw, mst = (an or {}).get("codewords"), (an or {}).get("mst")
+        rows.append((r["name"], f"{t['flipped']}/{t['constant']}/{t['tied']} of {t['channels']}" if t else "",
+                     f"{cw['distinct']} of {cw['possible']}" if cw else "", f"{cw['top16_share']:.1%}" if cw else "",
+                     f"{cw['entropy_bits']:.2f}" if cw else "", f"{mst['xnor_fraction']:.1%}" if mst else ""))
+    if len(rows) == 1:
+        return []
+    return ["Binary layers: threshold rules and weight bit patterns:"] + _table(rows, {2, 3, 4, 5}) + [""]
+
+
 def format_report(report: dict[str, Any]) -> str:
     lines = []
     if report["layers"]:
@@ -118,6 +185,7 @@ def format_report(report: dict[str, Any]) -> str:
         ratio = f" ({fp32 / report['artifact_bytes']:.1f}x smaller than the {fp32:,}-byte ONNX model)" if fp32 else ""
         lines.append(f"binary MAC fraction: {report['binary_mac_fraction']:.1%}   artifact: {report['artifact_bytes']:,} bytes{ratio}")
         lines.append("")
+        lines += format_analysis(report)
     rows = [("node", "op", "output shape", "MACs", "weight bytes")]
     for n in report["nodes"]:
         rows.append((n["name"], n["op"], "x".join(map(str, n["output_shape"])), f"{n['macs']:,}", f"{n['weight_bytes']:,}"))

@@ -8,6 +8,15 @@ sign of the same pre-sign tensor; a differing bit whose pre-sign value is within
 zero (relative to the tensor's largest magnitude) is a near-tie flip: the float graph rounds such
 values either way, bnnc's integer result is the exact one (DESIGN.md). The verdict is on the
 outputs: argmax equal for every sample and max error within tolerance.
+
+Per layer (``per_layer=True``) onnxruntime also returns every intermediate value of the input
+model, and every value bnnc computes under the same name and shape (or as bits of it) is
+compared: float values by their max error (within ``tolerance`` of the reference's largest
+magnitude), bits as above. Each value is attributed to the conv/linear layer it comes from (the
+latest such layer among its producers, in graph order); the first value, in graph order, with
+an error beyond tolerance or a differing bit that is not a near-tie flip names the first
+divergent layer. Near-tie flips change the next layer's integers, so a divergence after values
+with near-tie flips is marked as possibly caused by them.
 """
 
 from __future__ import annotations
@@ -39,15 +48,43 @@ class LayerBits:
 
 
 @dataclass
+class ValueDiff:
+    """One value of the input model that bnnc also computes, compared (see the module docstring)."""
+
+    tensor: str
+    node: str
+    layer: str
+    kind: str  # "float" or "bits"
+    max_abs_error: float | None = None
+    limit: float | None = None
+    bits: int = 0
+    differing: int = 0
+    near_tie: int = 0
+    divergent: bool = False
+    after_near_tie: bool = False
+
+
+@dataclass
 class VerifyReport:
     outputs: dict[str, dict] = field(default_factory=dict)
     layers: list[LayerBits] = field(default_factory=list)
     ok: bool = True
     tolerance: float = 1e-3
+    per_layer: list[ValueDiff] | None = None
+
+    @property
+    def first_divergent(self) -> ValueDiff | None:
+        return next((v for v in self.per_layer or [] if v.divergent), None)
 
     def to_json(self) -> dict:
-        return {"ok": self.ok, "tolerance": self.tolerance, "outputs": self.outputs,
-                "layers": [vars(x) for x in self.layers]}
+        out = {"ok": self.ok, "tolerance": self.tolerance, "outputs": self.outputs,
+               "layers": [vars(x) for x in self.layers]}
+        if self.per_layer is not None:
+            first = self.first_divergent
+            out["per_layer"] = [vars(v) for v in self.per_layer]
+            out["first_divergent_layer"] = first.layer if first else None
+            out["first_divergent"] = vars(first) if first else None
+        return out
 
 
 def random_inputs(graph: Graph, samples: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -61,52 +98,143 @@ def random_inputs(graph: Graph, samples: int, seed: int = 0) -> dict[str, np.nda
     return feeds
 
 
-def _reference_model(onnx_path: str, shapes: dict, extra: list[str]):
+def _reference_model(onnx_path: str, shapes: dict, extra: list[str]) -> Graph:
     from passes.lower_qonnx_ops import LowerQonnxOpsToOnnx
 
     graph = load_model(onnx_path, shapes)
     LowerQonnxOpsToOnnx().call(graph)
     graph.infer_shapes()
-    known = {o for n in graph.nodes for o in n.output}
-    graph.outputs = graph.outputs + [e for e in extra if e in known and e not in graph.outputs]
+    expose(graph, extra)
     return graph
 
 
-def verify(onnx_path: str, feeds: dict[str, np.ndarray] | None = None, samples: int = 4,
-           tolerance: float = 1e-3, input_shapes: dict | None = None) -> VerifyReport:
-    import bnnc
+def expose(graph: Graph, names: list[str]) -> None:
+    """Make the computed values among ``names`` graph outputs too (onnxruntime returns them)."""
+    known = {o for n in graph.nodes for o in n.output}
+    graph.outputs = graph.outputs + list(dict.fromkeys(e for e in names if e in known and e not in graph.outputs))
 
+
+def verify(onnx_path: str, feeds: dict[str, np.ndarray] | None = None, samples: int = 4,
+           tolerance: float = 1e-3, input_shapes: dict | None = None, per_layer: bool = False,
+           artifact: str | None = None) -> VerifyReport:
+    """Compare bnnc with onnxruntime on ``onnx_path`` (see the module docstring). ``artifact``
+    checks an existing compiled file instead of compiling the model again."""
     if feeds is None:
         feeds = random_inputs(load_model(onnx_path, input_shapes), samples)
     shapes = dict(input_shapes or {})
     shapes.update({k: list(v.shape) for k, v in feeds.items()})
+    ref_graph = _reference_model(onnx_path, shapes, [])
     with tempfile.TemporaryDirectory() as d:
-        res = bnnc.compile_model(onnx_path, os.path.join(d, "m.bnn"), input_shapes=shapes)
-        sess = InferenceSession(res.path)
-        table = bit_tensors(res.manifest["metadata"])
-        out_names = [o.name for o in sess.get_outputs()]
-        wanted = out_names + list(table) + [e["mask"] for e in table.values() if e["mask"]]
-        ours = sess.run_with_values(feeds, [w for w in wanted if w in res.manifest["values"]])
-    ref_graph = _reference_model(onnx_path, shapes, [e["source"] for e in table.values()])
+        manifest, ours = _run_bnnc(onnx_path, artifact or "", os.path.join(d, "m.bnn"), shapes, feeds,
+                                   ref_graph if per_layer else None)
+    table = bit_tensors(manifest["metadata"])
+    expose(ref_graph, [e["source"] for e in table.values()])
+    if per_layer:
+        expose(ref_graph, [o for n in ref_graph.nodes for o in n.output if o])
+    ref = dict(feeds)
+    ref.update(zip(ref_graph.outputs, _ort_session(ref_graph, onnx_path).run(ref_graph.outputs, feeds)))
+    missing = [o["name"] for o in manifest["outputs"] if o["name"] not in ref]
+    if missing:
+        raise BnncError(f"the artifact's outputs {', '.join(missing)} are not values of '{onnx_path}': "
+                        "was it compiled from another model?")
+    report = VerifyReport(tolerance=tolerance)
+    for o in manifest["outputs"]:
+        name = o["name"]
+        report.outputs[name] = _compare_output(ours[name], ref[name], tolerance)
+        report.ok &= report.outputs[name]["ok"]
+    for bits, e in table.items():
+        if bits in ours and e["source"] in ref:
+            report.layers.append(_compare_bits(bits, e, ours, ref[e["source"]]))
+    if per_layer:
+        report.per_layer = compare_values(ref_graph, ref, ours, manifest["values"], report.layers, tolerance)
+    return report
+
+
+def _run_bnnc(onnx_path: str, artifact: str, scratch: str, shapes: dict, feeds: dict, ref_graph: Graph | None):
+    """(manifest, values) of bnnc's run: outputs, bit tensors with their masks and, with
+    ``ref_graph``, every value whose name the reference graph also has."""
+    import bnnc
+    from runtime.artifact import read_artifact
+
+    if artifact:
+        if not os.path.isfile(artifact):
+            raise BnncError(f"no such file: '{artifact}'")
+        path = artifact
+        manifest, _ = read_artifact(path)
+    else:
+        path = bnnc.compile_model(onnx_path, scratch, input_shapes=shapes).path
+        manifest, _ = read_artifact(path)
+    for i in manifest["inputs"]:
+        if i["name"] in feeds and list(feeds[i["name"]].shape) != list(i["shape"]):
+            raise BnncError(f"input '{i['name']}' has shape {list(feeds[i['name']].shape)}; "
+                            f"'{path}' was compiled for {i['shape']}")
+    sess = InferenceSession(path)
+    table = bit_tensors(manifest["metadata"])
+    wanted = [o["name"] for o in manifest["outputs"]] + list(table) + [e["mask"] for e in table.values() if e["mask"]]
+    if ref_graph is not None:
+        wanted += [o for n in ref_graph.nodes for o in n.output if o]
+    values = manifest["values"]
+    return manifest, sess.run_with_values(feeds, list(dict.fromkeys(w for w in wanted if w in values)))
+
+
+def _ort_session(graph: Graph, onnx_path: str):
     so = ort.SessionOptions()
     so.log_severity_level = 3  # errors only: its warnings about unused initializers are noise here
     so.intra_op_num_threads = 1
     # the graph as written: onnxruntime's fusions (Conv+BatchNorm) would change its arithmetic
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        ref_sess = ort.InferenceSession(ref_graph.to_model().SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(graph.to_model().SerializeToString(), so, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise BnncError(f"onnxruntime cannot run '{onnx_path}': {str(e).splitlines()[0]}") from None
-    ref = dict(feeds)
-    ref.update(zip(ref_graph.outputs, ref_sess.run(ref_graph.outputs, feeds)))
-    report = VerifyReport(tolerance=tolerance)
-    for name in out_names:
-        report.outputs[name] = _compare_output(ours[name], ref[name], tolerance)
-        report.ok &= report.outputs[name]["ok"]
-    for bits, e in table.items():
-        if bits in ours and e["source"] in ref:
-            report.layers.append(_compare_bits(bits, e, ours, ref[e["source"]]))
-    return report
+
+
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def source_layers(graph: Graph) -> dict[str, str]:
+    """For every value, the conv/linear node it comes from: the latest such node (in graph
+    order) among its producers; "" before the first layer."""
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    of_value: dict[str, str] = {}
+    for n in graph.nodes:
+        if n.op_type in LAYER_OPS:
+            layer = n.name
+        else:
+            ups = [of_value[i] for i in n.input if of_value.get(i)]
+            layer = max(ups, key=lambda x: order[x], default="")
+        for o in n.output:
+            of_value[o] = layer
+    return of_value
+
+
+def compare_values(ref_graph: Graph, ref: dict, ours: dict, values: dict, bits: list[LayerBits],
+                   tolerance: float) -> list[ValueDiff]:
+    """Every value of the reference graph that bnnc computed too, in graph order."""
+    layer_of = source_layers(ref_graph)
+    by_source = {b.tensor: b for b in bits}
+    out: list[ValueDiff] = []
+    near_seen = False
+    for node in ref_graph.nodes:
+        for name in node.output:
+            if name not in ref:
+                continue
+            d = ValueDiff(name, node.name, layer_of.get(name, "") or node.name, "bits")
+            if name in by_source:
+                b = by_source[name]
+                d.bits, d.differing, d.near_tie = b.bits, b.differing, b.near_tie
+                d.divergent = b.differing > b.near_tie
+            elif name in ours and values.get(name, {}).get("dtype", "").startswith("float") \
+                    and tuple(ours[name].shape) == tuple(np.shape(ref[name])):
+                o = _compare_output(ours[name], np.asarray(ref[name]), tolerance)
+                d.kind, d.max_abs_error, d.limit = "float", o["max_abs_error"], o["limit"]
+                d.divergent = o["max_abs_error"] > o["limit"]
+            else:
+                continue
+            d.after_near_tie = near_seen and d.divergent
+            near_seen |= d.near_tie > 0
+            out.append(d)
+    return out
 
 
 def _compare_output(a: np.ndarray, b: np.ndarray, tolerance: float) -> dict:

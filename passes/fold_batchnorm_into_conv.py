@@ -96,7 +96,7 @@ def rewrite(graph: Graph, bn: onnx.NodeProto, layer: onnx.NodeProto, pass_name: 
         b2 = (np.asarray(c) - mean) * f + beta
     names = [graph.add_const(w2.astype(w.dtype), f"{layer.name}_w_folded"),
              graph.add_const(b2.astype(w.dtype), f"{layer.name}_b_folded")]
-    name = graph.unique_name(f"{bn.name}_folded")
+    name = layer.name  # the layer keeps its name: the report and the layer table refer to it
     if layer.op_type == "Conv":
         node = helper.make_node("Conv", [layer.input[0], *names], [bn.output[0]], name=name, **a)
     else:

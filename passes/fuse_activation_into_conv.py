@@ -75,7 +75,7 @@ def rewrite(graph: Graph, layer: onnx.NodeProto, act: onnx.NodeProto, pass_name:
         LAYERS[layer.op_type],
         list(layer.input),
         [act.output[0]],
-        name=graph.unique_name(f"{layer.name}_{act.op_type.lower()}"),
+        name=layer.name,  # the layer keeps its name: the report and the layer table refer to it
         domain=BNNC_DOMAIN,
         **attrs_of(layer),
         activation=act.op_type,

@@ -49,7 +49,7 @@ def test_conv_batchnorm_becomes_one_conv(bias, group):
     graph, rec = _fold(model)
     assert graph.op_counts() == {"Conv": 1} and rec.stats == {"Conv": 1}
     conv = graph.nodes[0]
-    assert conv.name == "bn_folded" and list(conv.output) == ["y"] and len(conv.input) == 3
+    assert conv.name == "conv" and list(conv.output) == ["y"] and len(conv.input) == 3
     assert {p.key: p.value for p in conv.metadata_props}["bnnc.pass"] == "fold-batchnorm-into-conv"
     assert [a.i for a in conv.attribute if a.name == "group"] == [group]
     _check(graph, model, rng.standard_normal((2, 4, 5, 5)).astype(F))
