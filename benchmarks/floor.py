@@ -1,0 +1,171 @@
+"""The machine's floor for a model, next to bnnc and onnxruntime on the whole model.
+
+    python benchmarks/floor.py MODEL.onnx --threads N [--repeat R] [--json]
+
+floor = (a) + (b), same thread count, everything timed in one run, interleaved (``bnnc bench``'s
+method: blocks of back-to-back runs, the order rotating, medians):
+
+(a) The float part, run alone by onnxruntime. bnnc compiles the model; its layer table (the one
+    ``bnnc inspect --json`` prints) says which conv/linear layers are binary (``xnor``,
+    ``ternary``) and which stay float (``float``, ``binary-weight``). The graph onnxruntime runs
+    (QONNX ops lowered, as ``bnnc bench`` runs it) is then cut: every binary layer's node, and
+    the nodes computing the real values its compiled step outputs (the BatchNorm and shortcut
+    Add a Bi-Real block folds into its conv), are removed and their results become graph inputs
+    fed with random data. Every other real value the compiled plan reads (a shortcut, the input
+    of a Binarize) becomes a graph output, and the nodes no longer needed are dropped. What is
+    left is what bnnc computes on real values outside its binary layers: the float layers,
+    pools, a float chain after a layer; what is dropped is the binary layers with what bnnc
+    fuses into them, their binarizers and weight subgraphs, and the BatchNorm/scale chains
+    between a binary layer and the next binarizer, which bnnc folds into integer thresholds.
+(b) Each binary layer as a bare XOR-popcount tile at its own shape (``xnor_tile.py``: P output
+    pixels x ceil(K / 64) words x C output channels, data in cache, a plain Numba loop over
+    ``llvm.ctpop``), one median per layer, summed. A tiny layer's tile repeats inside one call
+    and its time is divided by the repeats, so the cost of a call is not counted as its work.
+    With N > 1 threads each layer's tile runs both serially and split over N threads
+    (``prange``), and the faster counts: a small layer is best left on one thread.
+(c) bnnc and onnxruntime on the whole model, as ``bnnc bench`` runs them.
+
+Printed: floor, bnnc, onnxruntime, efficiency = floor / bnnc, and per binary layer its shape,
+tile time and rate in binary GMAC/s (K-bit dot products x K, not words).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from bnnc.bench import interleave, load_engines, ort_session
+from bnnc.graph import Graph
+from runtime.errors import BnncError
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from xnor_tile import Tile  # noqa: E402
+
+BINARY_MODES = ("xnor", "ternary")
+
+
+@dataclass
+class BinaryLayer:
+    name: str
+    op: str
+    mode: str
+    pixels: int  # output positions: batch x output pixels (conv), batch rows (dense)
+    bits: int  # K: input bits per dot product
+    channels: int  # C: output channels / features
+
+
+def binary_layers(graph: Graph, layers: list[dict]) -> list[BinaryLayer]:
+    """Shapes of the binary layers of ``layers`` (bnnc's layer table) in ``graph``."""
+    nodes = {n.name: n for n in graph.nodes}
+    out = []
+    for r in layers:
+        if r["mode"] not in BINARY_MODES:
+            continue
+        if r["name"] not in nodes or graph.shape(nodes[r["name"]].output[0]) is None:
+            raise BnncError(f"binary layer '{r['name']}' has no static output shape in the reference graph")
+        y = graph.shape(nodes[r["name"]].output[0])
+        channels = int(y[1]) if r["op"] == "Conv" else int(y[-1])
+        size = int(np.prod(y))
+        if r["macs"] % size:
+            raise BnncError(f"layer '{r['name']}': {r['macs']} MACs is not a multiple of its {size} outputs")
+        out.append(BinaryLayer(r["name"], r["op"], r["mode"], size // channels, r["macs"] // size, channels))
+    return out
+
+
+def float_part(graph: Graph, layers: list[dict], plan: list[dict], seed: int = 0) -> tuple[bytes | None, dict[str, np.ndarray]]:
+    """The cut graph of (a) and random values for the binary layers' results it reads; None
+    when nothing float is left to run. ``plan`` is the compiled artifact's plan: a binary
+    layer's step names the real values it computes (a Bi-Real block's shortcut sum), which the
+    cut graph then reads instead of computing them."""
+    producers = graph.producers()
+    binary = {r["name"] for r in layers if r["mode"] in BINARY_MODES}
+    fed = [n.output[0] for n in graph.nodes if n.name in binary]
+    fed += [o for st in plan if st["name"] in binary for o in st["outputs"] if o in producers]
+    fed = list(dict.fromkeys(fed))
+    graph.replace({id(producers[v]): producers[v] for v in fed}.values(), [])
+    graph.inputs = graph.inputs + fed
+    # every real value bnnc's plan reads (a shortcut, a Binarize's input) is work bnnc does too
+    kept = [i for st in plan for i in st["inputs"] if i in producers and i not in fed]
+    graph.outputs = list(dict.fromkeys([o for o in graph.outputs if o not in fed] + kept))
+    graph.prune()
+    read = {i for n in graph.nodes for i in n.input} | set(graph.outputs)
+    graph.inputs = [i for i in graph.inputs if i in read]
+    if not graph.nodes:
+        return None, {}
+    rng = np.random.default_rng(seed)
+    feeds = {v: rng.standard_normal(graph.shape(v)).astype(graph.dtype(v) or "float32") for v in fed if v in graph.inputs}
+    return graph.to_model().SerializeToString(), feeds
+
+
+def measure(onnx_path: str, threads: int = 1, repeat: int = 20, warmup: int = 3) -> dict:
+    """Floor, bnnc and onnxruntime on ``onnx_path`` in one interleaved run (medians, ms)."""
+    e = load_engines(onnx_path, threads)
+    layers = json.loads(e.manifest.get("metadata", {}).get("bnnc.layers", "[]"))
+    binary = binary_layers(e.reference, layers)
+    cut, cut_feeds = float_part(e.reference, layers, e.manifest["plan"])
+    fns = {"bnnc": lambda: e.ours.run(None, e.feeds), "onnxruntime": lambda: e.theirs.run(None, e.feeds)}
+    if cut is not None:
+        sess = ort_session(cut, threads)
+        names = {i.name for i in sess.get_inputs()}
+        feeds = {k: v for k, v in {**e.feeds, **cut_feeds}.items() if k in names}
+        fns["float part"] = lambda: sess.run(None, feeds)
+    counts = sorted({1, threads})
+    tiles = [{n: Tile(b.pixels, b.bits, b.channels, b.mode == "ternary", n) for n in counts} for b in binary]
+    for b, ts in zip(binary, tiles):
+        for n, t in ts.items():
+            fns[f"tile {b.name} {n}"] = t.run
+    times = {k: statistics.median(v) * 1e3 for k, v in interleave(fns, repeat, warmup).items()}
+    rows = []
+    for b, ts in zip(binary, tiles):
+        ms, n = min((times[f"tile {b.name} {n}"] / t.reps, n) for n, t in ts.items())
+        t = ts[n]
+        rows.append({"name": b.name, "op": b.op, "mode": b.mode, "pixels": b.pixels, "bits": b.bits, "words": t.words,
+                     "channels": b.channels, "binary_macs": t.macs, "tile_ms": ms, "tile_threads": n,
+                     "gmacs": t.macs / ms / 1e6})
+    float_ms = times.get("float part", 0.0)
+    floor = float_ms + sum(r["tile_ms"] for r in rows)
+    return {"model": onnx_path, "threads": threads, "repeat": repeat,
+            "inputs": {k: list(v.shape) for k, v in e.feeds.items()},
+            "onnxruntime_ms": times["onnxruntime"], "bnnc_ms": times["bnnc"],
+            "float_part_ms": float_ms, "tiles_ms": floor - float_ms, "floor_ms": floor,
+            "efficiency": floor / times["bnnc"], "speedup": times["onnxruntime"] / times["bnnc"], "layers": rows}
+
+
+def format_floor(r: dict) -> str:
+    lines = [f"{r['model']}: {r['threads']} thread(s), medians of {r['repeat']} interleaved runs",
+             f"  floor        {r['floor_ms']:9.3f} ms = float part in onnxruntime {r['float_part_ms']:.3f}"
+             f" + {len(r['layers'])} XOR-popcount tiles {r['tiles_ms']:.3f}",
+             f"  bnnc         {r['bnnc_ms']:9.3f} ms   efficiency floor/bnnc {r['efficiency']:.2f}",
+             f"  onnxruntime  {r['onnxruntime_ms']:9.3f} ms   onnxruntime/bnnc {r['speedup']:.2f}x"]
+    if r["layers"]:
+        width = max(len(x["name"]) for x in r["layers"])
+        lines += ["", f"  {'binary layer':<{width}}  {'pixels x words x channels':>27}  {'tile ms':>8}  {'threads':>7}  {'GMAC/s':>7}"]
+        for x in r["layers"]:
+            shape = f"{x['pixels']} x {x['words']} x {x['channels']}" + (" (ternary)" if x["mode"] == "ternary" else "")
+            lines.append(f"  {x['name']:<{width}}  {shape:>27}  {x['tile_ms']:>8.3f}  {x['tile_threads']:>7}  {x['gmacs']:>7.0f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    try:
+        r = measure(args.model, args.threads, args.repeat, args.warmup)
+    except BnncError as err:
+        sys.exit(f"error: {err}")
+    print(json.dumps(r, indent=1) if args.json else format_floor(r))
+
+
+if __name__ == "__main__":
+    main()
