@@ -21,8 +21,9 @@ method: blocks of back-to-back runs, the order rotating, medians):
     pixels x ceil(K / 64) words x C output channels, data in cache, a plain Numba loop over
     ``llvm.ctpop``), one median per layer, summed. A tiny layer's tile repeats inside one call
     and its time is divided by the repeats, so the cost of a call is not counted as its work.
-    With N > 1 threads each layer's tile runs both serially and split over N threads
-    (``prange``), and the faster counts: a small layer is best left on one thread.
+    Each layer's tile runs with the channels innermost and with the pixels innermost, and with
+    N > 1 threads both serially and split over N threads (``prange``); the fastest counts (a
+    narrow layer vectorises over pixels, a small layer is best left on one thread).
 (c) bnnc and onnxruntime on the whole model, as ``bnnc bench`` runs them.
 
 Printed: floor, bnnc, onnxruntime, efficiency = floor / bnnc, and per binary layer its shape,
@@ -115,19 +116,19 @@ def measure(onnx_path: str, threads: int = 1, repeat: int = 20, warmup: int = 3)
         names = {i.name for i in sess.get_inputs()}
         feeds = {k: v for k, v in {**e.feeds, **cut_feeds}.items() if k in names}
         fns["float part"] = lambda: sess.run(None, feeds)
-    counts = sorted({1, threads})
-    tiles = [{n: Tile(b.pixels, b.bits, b.channels, b.mode == "ternary", n) for n in counts} for b in binary]
+    variants = [(n, inner) for n in sorted({1, threads}) for inner in (False, True)]
+    tiles = [{v: Tile(b.pixels, b.bits, b.channels, b.mode == "ternary", *v) for v in variants} for b in binary]
     for b, ts in zip(binary, tiles):
-        for n, t in ts.items():
-            fns[f"tile {b.name} {n}"] = t.run
+        for (n, inner), t in ts.items():
+            fns[f"tile {b.name} {n} {inner}"] = t.run
     times = {k: statistics.median(v) * 1e3 for k, v in interleave(fns, repeat, warmup).items()}
     rows = []
     for b, ts in zip(binary, tiles):
-        ms, n = min((times[f"tile {b.name} {n}"] / t.reps, n) for n, t in ts.items())
-        t = ts[n]
+        ms, v = min((times[f"tile {b.name} {n} {inner}"] / t.reps, (n, inner)) for (n, inner), t in ts.items())
+        t = ts[v]
         rows.append({"name": b.name, "op": b.op, "mode": b.mode, "pixels": b.pixels, "bits": b.bits, "words": t.words,
-                     "channels": b.channels, "binary_macs": t.macs, "tile_ms": ms, "tile_threads": n,
-                     "gmacs": t.macs / ms / 1e6})
+                     "channels": b.channels, "binary_macs": t.macs, "tile_ms": ms, "tile_threads": v[0],
+                     "tile_loop": "pixels innermost" if v[1] else "channels innermost", "gmacs": t.macs / ms / 1e6})
     float_ms = times.get("float part", 0.0)
     floor = float_ms + sum(r["tile_ms"] for r in rows)
     return {"model": onnx_path, "threads": threads, "repeat": repeat,
@@ -145,10 +146,10 @@ def format_floor(r: dict) -> str:
              f"  onnxruntime  {r['onnxruntime_ms']:9.3f} ms   onnxruntime/bnnc {r['speedup']:.2f}x"]
     if r["layers"]:
         width = max(len(x["name"]) for x in r["layers"])
-        lines += ["", f"  {'binary layer':<{width}}  {'pixels x words x channels':>27}  {'tile ms':>8}  {'threads':>7}  {'GMAC/s':>7}"]
+        lines += ["", f"  {'binary layer':<{width}}  {'pixels x words x channels':>27}  {'tile ms':>8}  {'threads':>7}  {'GMAC/s':>7}  tile loop"]
         for x in r["layers"]:
             shape = f"{x['pixels']} x {x['words']} x {x['channels']}" + (" (ternary)" if x["mode"] == "ternary" else "")
-            lines.append(f"  {x['name']:<{width}}  {shape:>27}  {x['tile_ms']:>8.3f}  {x['tile_threads']:>7}  {x['gmacs']:>7.0f}")
+            lines.append(f"  {x['name']:<{width}}  {shape:>27}  {x['tile_ms']:>8.3f}  {x['tile_threads']:>7}  {x['gmacs']:>7.0f}  {x['tile_loop']}")
     return "\n".join(lines)
 
 
