@@ -37,12 +37,15 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
-from bnnc.bench import interleave, load_engines, ort_session
+from bnnc.bench import Engines, interleave, load_engines, ort_session
 from bnnc.graph import Graph
+from bnnc.memory import peak_memory
+from runtime import InferenceSession
 from runtime.errors import BnncError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -84,6 +87,7 @@ def float_part(graph: Graph, layers: list[dict], plan: list[dict], seed: int = 0
     when nothing float is left to run. ``plan`` is the compiled artifact's plan: a binary
     layer's step names the real values it computes (a Bi-Real block's shortcut sum), which the
     cut graph then reads instead of computing them."""
+    graph = Graph(graph.to_model())  # a copy: the caller's graph stays whole
     producers = graph.producers()
     binary = {r["name"] for r in layers if r["mode"] in BINARY_MODES}
     fed = [n.output[0] for n in graph.nodes if n.name in binary]
@@ -106,10 +110,32 @@ def float_part(graph: Graph, layers: list[dict], plan: list[dict], seed: int = 0
 
 def measure(onnx_path: str, threads: int = 1, repeat: int = 20, warmup: int = 3) -> dict:
     """Floor, bnnc and onnxruntime on ``onnx_path`` in one interleaved run (medians, ms)."""
-    e = load_engines(onnx_path, threads)
-    layers = json.loads(e.manifest.get("metadata", {}).get("bnnc.layers", "[]"))
-    binary = binary_layers(e.reference, layers)
-    cut, cut_feeds = float_part(e.reference, layers, e.manifest["plan"])
+    return measure_threads(onnx_path, [threads], repeat, warmup)[0]
+
+
+def measure_threads(onnx_path: str, thread_counts: list[int], repeat: int = 20, warmup: int = 3,
+                    memory: bool = False) -> list[dict]:
+    """``measure`` at each thread count, the model compiled once; with ``memory``, the first
+    result also gets both engines' peak memory (``bnnc.memory``) at its thread count."""
+    with tempfile.TemporaryDirectory() as d:
+        e = load_engines(onnx_path, thread_counts[0], artifact_dir=d)
+        layers = json.loads(e.manifest.get("metadata", {}).get("bnnc.layers", "[]"))
+        binary = binary_layers(e.reference, layers)
+        cut, cut_feeds = float_part(e.reference, layers, e.manifest["plan"])
+        reference = e.reference.to_model().SerializeToString()
+        results = []
+        for threads in thread_counts:
+            if threads != thread_counts[0]:
+                e.ours, e.theirs = InferenceSession(os.path.join(d, "m.bnn"), threads=threads), ort_session(reference, threads)
+            r = _timed(e, binary, cut, cut_feeds, threads, repeat, warmup)
+            results.append({"model": onnx_path, "inputs": {k: list(v.shape) for k, v in e.feeds.items()}, **r})
+        if memory:
+            results[0]["memory"] = peak_memory(os.path.join(d, "m.bnn"), e.reference.to_model(), e.feeds, thread_counts[0])
+    return results
+
+
+def _timed(e: Engines, binary: list[BinaryLayer], cut: bytes | None, cut_feeds: dict, threads: int,
+           repeat: int, warmup: int) -> dict:
     fns = {"bnnc": lambda: e.ours.run(None, e.feeds), "onnxruntime": lambda: e.theirs.run(None, e.feeds)}
     if cut is not None:
         sess = ort_session(cut, threads)
@@ -131,9 +157,7 @@ def measure(onnx_path: str, threads: int = 1, repeat: int = 20, warmup: int = 3)
                      "tile_loop": "pixels innermost" if v[1] else "channels innermost", "gmacs": t.macs / ms / 1e6})
     float_ms = times.get("float part", 0.0)
     floor = float_ms + sum(r["tile_ms"] for r in rows)
-    return {"model": onnx_path, "threads": threads, "repeat": repeat,
-            "inputs": {k: list(v.shape) for k, v in e.feeds.items()},
-            "onnxruntime_ms": times["onnxruntime"], "bnnc_ms": times["bnnc"],
+    return {"threads": threads, "repeat": repeat, "onnxruntime_ms": times["onnxruntime"], "bnnc_ms": times["bnnc"],
             "float_part_ms": float_ms, "tiles_ms": floor - float_ms, "floor_ms": floor,
             "efficiency": floor / times["bnnc"], "speedup": times["onnxruntime"] / times["bnnc"], "layers": rows}
 
