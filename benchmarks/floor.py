@@ -128,10 +128,16 @@ def measure_threads(onnx_path: str, thread_counts: list[int], repeat: int = 20, 
             if threads != thread_counts[0]:
                 e.ours, e.theirs = InferenceSession(os.path.join(d, "m.bnn"), threads=threads), ort_session(reference, threads)
             r = _timed(e, binary, cut, cut_feeds, threads, repeat, warmup)
-            results.append({"model": onnx_path, "inputs": {k: list(v.shape) for k, v in e.feeds.items()}, **r})
+            results.append({"model": onnx_path, "inputs": {k: list(v.shape) for k, v in e.feeds.items()},
+                            "binary_mac_fraction": _binary_fraction(layers), **r})
         if memory:
             results[0]["memory"] = peak_memory(os.path.join(d, "m.bnn"), e.reference.to_model(), e.feeds, thread_counts[0])
     return results
+
+
+def _binary_fraction(layers: list[dict]) -> float:
+    total = sum(r["macs"] for r in layers)
+    return sum(r["macs"] for r in layers if r["mode"] in BINARY_MODES) / total if total else 0.0
 
 
 def _timed(e: Engines, binary: list[BinaryLayer], cut: bytes | None, cut_feeds: dict, threads: int,
