@@ -72,19 +72,20 @@ def models(workload_dir: str) -> list[tuple[str, str]]:
 
 def table(rows: list[dict], header: str) -> str:
     lines = [header, "",
-             "| model | binary MACs | threads | onnxruntime ms | bnnc ms | ratio | floor ms | efficiency | peak MB onnxruntime / bnnc |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | batch | binary MACs | threads | onnxruntime ms | bnnc ms | ratio | floor ms | efficiency | peak MB onnxruntime / bnnc |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['label']} | | {r['threads']} | | | | | | error: {r['error']} |")
+            lines.append(f"| {r['label']} | | | {r['threads']} | | | | | | error: {r['error']} |")
             continue
         m = r.get("memory", {})
         mem = (f"{m['onnxruntime']['peak_mb']:.0f} / {m['bnnc']['peak_mb']:.0f}"
                if "onnxruntime" in m and "peak_mb" in m["onnxruntime"] and "peak_mb" in m["bnnc"] else "")
-        lines.append(f"| {r['label']} | {r['binary_mac_fraction']:.0%} | {r['threads']} | {r['onnxruntime_ms']:.3f} | "
+        batch = next(iter(r["inputs"].values()), [1])[0] if r["inputs"] else 1
+        lines.append(f"| {r['label']} | {batch} | {r['binary_mac_fraction']:.0%} | {r['threads']} | {r['onnxruntime_ms']:.3f} | "
                      f"{r['bnnc_ms']:.3f} | {r['speedup']:.2f}x | {r['floor_ms']:.3f} | {r['efficiency']:.2f} | {mem} |")
     lines += ["", "ratio = onnxruntime ms / bnnc ms; efficiency = floor ms / bnnc ms (floor: benchmarks/floor.py);",
-              "batch 1 unless the model fixes it; medians of interleaved runs in one process per model. Peak MB:",
+              "medians of interleaved runs in one process per model. Peak MB:",
               "resident memory above the engine's import, steady state, one thread, a fresh process per engine."]
     return "\n".join(lines)
 
