@@ -27,7 +27,9 @@ method: blocks of back-to-back runs, the order rotating, medians):
 (c) bnnc and onnxruntime on the whole model, as ``bnnc bench`` runs them.
 
 Printed: floor, bnnc, onnxruntime, efficiency = floor / bnnc, and per binary layer its shape,
-tile time and rate in binary GMAC/s (K-bit dot products x K, not words).
+tile time and rate in binary GMAC/s (K-bit dot products x K, not words); with ``--profile``
+also bnnc's own median time for that layer (``InferenceSession.profile``, run after the
+interleaved timing) and tile / bnnc, the fraction of the tile's rate the layer reaches.
 """
 
 from __future__ import annotations
@@ -108,15 +110,17 @@ def float_part(graph: Graph, layers: list[dict], plan: list[dict], seed: int = 0
     return graph.to_model().SerializeToString(), feeds
 
 
-def measure(onnx_path: str, threads: int = 1, repeat: int = 20, warmup: int = 3) -> dict:
+def measure(onnx_path: str, threads: int = 1, repeat: int = 20, warmup: int = 3, profile: bool = False) -> dict:
     """Floor, bnnc and onnxruntime on ``onnx_path`` in one interleaved run (medians, ms)."""
-    return measure_threads(onnx_path, [threads], repeat, warmup)[0]
+    return measure_threads(onnx_path, [threads], repeat, warmup, profile=profile)[0]
 
 
 def measure_threads(onnx_path: str, thread_counts: list[int], repeat: int = 20, warmup: int = 3,
-                    memory: bool = False) -> list[dict]:
+                    memory: bool = False, profile: bool = False) -> list[dict]:
     """``measure`` at each thread count, the model compiled once; with ``memory``, the first
-    result also gets both engines' peak memory (``bnnc.memory``) at its thread count."""
+    result also gets both engines' peak memory (``bnnc.memory``) at its thread count; with
+    ``profile``, every binary layer also gets bnnc's own median time for it
+    (``InferenceSession.profile`` over ``repeat`` more runs) and its rate against the tile's."""
     with tempfile.TemporaryDirectory() as d:
         e = load_engines(onnx_path, thread_counts[0], artifact_dir=d)
         layers = json.loads(e.manifest.get("metadata", {}).get("bnnc.layers", "[]"))
@@ -128,11 +132,21 @@ def measure_threads(onnx_path: str, thread_counts: list[int], repeat: int = 20, 
             if threads != thread_counts[0]:
                 e.ours, e.theirs = InferenceSession(os.path.join(d, "m.bnn"), threads=threads), ort_session(reference, threads)
             r = _timed(e, binary, cut, cut_feeds, threads, repeat, warmup)
+            if profile:
+                _add_profile(r, e, repeat)
             results.append({"model": onnx_path, "inputs": {k: list(v.shape) for k, v in e.feeds.items()},
                             "binary_mac_fraction": _binary_fraction(layers), **r})
         if memory:
             results[0]["memory"] = peak_memory(os.path.join(d, "m.bnn"), e.reference.to_model(), e.feeds, thread_counts[0])
     return results
+
+
+def _add_profile(r: dict, e: Engines, repeat: int) -> None:
+    kernels = {name: t * 1e3 for name, _, t in e.ours.profile(e.feeds, repeat)}
+    for x in r["layers"]:
+        if x["name"] in kernels:
+            x["bnnc_ms"] = kernels[x["name"]]
+            x["of_tile"] = x["tile_ms"] / x["bnnc_ms"]
 
 
 def _binary_fraction(layers: list[dict]) -> float:
@@ -176,10 +190,15 @@ def format_floor(r: dict) -> str:
              f"  onnxruntime  {r['onnxruntime_ms']:9.3f} ms   onnxruntime/bnnc {r['speedup']:.2f}x"]
     if r["layers"]:
         width = max(len(x["name"]) for x in r["layers"])
-        lines += ["", f"  {'binary layer':<{width}}  {'pixels x words x channels':>27}  {'tile ms':>8}  {'threads':>7}  {'GMAC/s':>7}  tile loop"]
+        ours = any("bnnc_ms" in x for x in r["layers"])
+        extra = f"  {'bnnc ms':>8}  {'tile/bnnc':>9}" if ours else ""
+        lines += ["", f"  {'binary layer':<{width}}  {'pixels x words x channels':>27}  {'tile ms':>8}  {'threads':>7}"
+                      f"  {'GMAC/s':>7}{extra}  tile loop"]
         for x in r["layers"]:
             shape = f"{x['pixels']} x {x['words']} x {x['channels']}" + (" (ternary)" if x["mode"] == "ternary" else "")
-            lines.append(f"  {x['name']:<{width}}  {shape:>27}  {x['tile_ms']:>8.3f}  {x['tile_threads']:>7}  {x['gmacs']:>7.0f}  {x['tile_loop']}")
+            mine = f"  {x['bnnc_ms']:>8.3f}  {x['of_tile']:>9.2f}" if "bnnc_ms" in x else (f"  {'':>8}  {'':>9}" if ours else "")
+            lines.append(f"  {x['name']:<{width}}  {shape:>27}  {x['tile_ms']:>8.3f}  {x['tile_threads']:>7}"
+                         f"  {x['gmacs']:>7.0f}{mine}  {x['tile_loop']}")
     return "\n".join(lines)
 
 
@@ -189,10 +208,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--profile", action="store_true",
+                    help="also bnnc's own time per binary layer (InferenceSession.profile) next to its tile")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     try:
-        r = measure(args.model, args.threads, args.repeat, args.warmup)
+        r = measure(args.model, args.threads, args.repeat, args.warmup, args.profile)
     except BnncError as err:
         sys.exit(f"error: {err}")
     print(json.dumps(r, indent=1) if args.json else format_floor(r))
