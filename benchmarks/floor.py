@@ -215,7 +215,8 @@ def main() -> None:
     try:
         r = measure(args.model, args.threads, args.repeat, args.warmup, args.profile)
     except BnncError as err:
-        sys.exit(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     print(json.dumps(r, indent=1) if args.json else format_floor(r))
 
 
