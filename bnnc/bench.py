@@ -5,7 +5,9 @@ runs (``BLOCK``), so drift and noise on a shared machine hit both alike, while e
 timed in the steady state of an inference loop: right after the other engine ran, its thread
 pool is asleep and its caches cold, a cost a deployed model does not pay on every inference (the
 first run of each block pays it; the median over all runs is the steady-state time). Medians,
-min/max and the speedup ratio (onnxruntime median / bnnc median) are reported.
+min/max and the speedup ratio (onnxruntime median / bnnc median) are reported, then each
+engine's peak memory, measured in a fresh process per engine (``bnnc.memory`` says how).
+``interleave`` and ``load_engines`` are shared with the scripts in ``benchmarks/``.
 """
 
 from __future__ import annotations
