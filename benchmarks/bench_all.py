@@ -1,6 +1,7 @@
 """`make bench`: every reference workload and every example and corpus model, at 1 and 2 threads.
 
-    python benchmarks/bench_all.py [--threads 1 2] [--repeat 30] [--out benchmarks/results.md]
+    python benchmarks/bench_all.py [--threads 1 2] [--repeat 30] [--only TEXT]
+                                   [--out benchmarks/results.md] [--json FILE]
 
 The reference workloads (``bnnc.workloads``: Bi-Real Net 18 and a QuickNet-like net at 224x224
 with 1000 classes, CNV, the BNN MLP 784-1024x3-10) are built into a temporary folder; then each
@@ -8,13 +9,15 @@ of them, every ``models/*.onnx`` and every ``../shared/corpus/*/model.onnx`` is 
 ``floor.py``'s method (bnnc, onnxruntime, the float part and a bare XOR-popcount tile per binary
 layer, interleaved in one run, medians), plus each engine's peak memory at one thread
 (``bnnc.memory``). One markdown table, headed by the CPU's name and its popcount instruction
-set, is printed and written to ``--out``.
+set, is printed and written to ``--out``; ``--json`` also writes every row with its per-layer
+figures. ``--only`` keeps the models whose label contains the text.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import platform
 import sys
@@ -94,12 +97,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=30)
+    ap.add_argument("--only", default="", help="measure only the models whose label contains this text")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results.md"))
+    ap.add_argument("--json", help="also write every row, per-layer figures included, to this file")
     args = ap.parse_args()
     started = time.time()
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for label, path in models(d):
+            if args.only not in label:
+                continue
             print(f"  {label} ...", file=sys.stderr, flush=True)
             try:
                 rows += [{"label": label, **r} for r in measure_threads(path, args.threads, args.repeat, memory=True)]
@@ -109,11 +116,18 @@ def main() -> None:
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.time() - started:.0f} s")
     text = table(rows, header)
     print(text)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, args.out)
+    _write(args.out, text + "\n")
+    if args.json:
+        _write(args.json, json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
     print(f"\n(written to {os.path.relpath(args.out)})", file=sys.stderr)
+
+
+def _write(path: str, text: str) -> None:
+    """Write whole or not at all (a temporary file renamed over the target)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
