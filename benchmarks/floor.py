@@ -28,8 +28,8 @@ method: blocks of back-to-back runs, the order rotating, medians):
 
 Printed: floor, bnnc, onnxruntime, efficiency = floor / bnnc, and per binary layer its shape,
 tile time and rate in binary GMAC/s (K-bit dot products x K, not words); with ``--profile``
-also bnnc's own median time for that layer (``InferenceSession.profile``, run after the
-interleaved timing) and tile / bnnc, the fraction of the tile's rate the layer reaches.
+also bnnc's own median time for that layer (``InferenceSession.profile`` of single runs,
+interleaved with the rest) and tile / bnnc, the fraction of the tile's rate the layer reaches.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def measure_threads(onnx_path: str, thread_counts: list[int], repeat: int = 20, 
     """``measure`` at each thread count, the model compiled once; with ``memory``, the first
     result also gets both engines' peak memory (``bnnc.memory``) at its thread count; with
     ``profile``, every binary layer also gets bnnc's own median time for it
-    (``InferenceSession.profile`` over ``repeat`` more runs) and its rate against the tile's."""
+    (``InferenceSession.profile``, interleaved with the rest) and its rate against the tile's."""
     with tempfile.TemporaryDirectory() as d:
         e = load_engines(onnx_path, thread_counts[0], artifact_dir=d)
         layers = json.loads(e.manifest.get("metadata", {}).get("bnnc.layers", "[]"))
@@ -131,22 +131,12 @@ def measure_threads(onnx_path: str, thread_counts: list[int], repeat: int = 20, 
         for threads in thread_counts:
             if threads != thread_counts[0]:
                 e.ours, e.theirs = InferenceSession(os.path.join(d, "m.bnn"), threads=threads), ort_session(reference, threads)
-            r = _timed(e, binary, cut, cut_feeds, threads, repeat, warmup)
-            if profile:
-                _add_profile(r, e, repeat)
+            r = _timed(e, binary, cut, cut_feeds, threads, repeat, warmup, profile)
             results.append({"model": onnx_path, "inputs": {k: list(v.shape) for k, v in e.feeds.items()},
                             "binary_mac_fraction": _binary_fraction(layers), **r})
         if memory:
             results[0]["memory"] = peak_memory(os.path.join(d, "m.bnn"), e.reference.to_model(), e.feeds, thread_counts[0])
     return results
-
-
-def _add_profile(r: dict, e: Engines, repeat: int) -> None:
-    kernels = {name: t * 1e3 for name, _, t in e.ours.profile(e.feeds, repeat)}
-    for x in r["layers"]:
-        if x["name"] in kernels:
-            x["bnnc_ms"] = kernels[x["name"]]
-            x["of_tile"] = x["tile_ms"] / x["bnnc_ms"]
 
 
 def _binary_fraction(layers: list[dict]) -> float:
@@ -155,8 +145,11 @@ def _binary_fraction(layers: list[dict]) -> float:
 
 
 def _timed(e: Engines, binary: list[BinaryLayer], cut: bytes | None, cut_feeds: dict, threads: int,
-           repeat: int, warmup: int) -> dict:
+           repeat: int, warmup: int, profile: bool) -> dict:
     fns = {"bnnc": lambda: e.ours.run(None, e.feeds), "onnxruntime": lambda: e.theirs.run(None, e.feeds)}
+    profiles: list[list[tuple[str, str, float]]] = []
+    if profile:  # one profiled run per call, so that bnnc's per-layer times are interleaved too
+        fns["bnnc profile"] = lambda: profiles.append(e.ours.profile(e.feeds, 1))
     if cut is not None:
         sess = ort_session(cut, threads)
         names = {i.name for i in sess.get_inputs()}
@@ -175,6 +168,14 @@ def _timed(e: Engines, binary: list[BinaryLayer], cut: bytes | None, cut_feeds: 
         rows.append({"name": b.name, "op": b.op, "mode": b.mode, "pixels": b.pixels, "bits": b.bits, "words": t.words,
                      "channels": b.channels, "binary_macs": t.macs, "tile_ms": ms, "tile_threads": v[0],
                      "tile_loop": "pixels innermost" if v[1] else "channels innermost", "gmacs": t.macs / ms / 1e6})
+    kernels: dict[str, list[float]] = {}
+    for run in profiles[warmup:]:
+        for name, _, sec in run:
+            kernels.setdefault(name, []).append(sec * 1e3)
+    for x in rows:
+        if x["name"] in kernels:
+            x["bnnc_ms"] = statistics.median(kernels[x["name"]])
+            x["of_tile"] = x["tile_ms"] / x["bnnc_ms"]
     float_ms = times.get("float part", 0.0)
     floor = float_ms + sum(r["tile_ms"] for r in rows)
     return {"threads": threads, "repeat": repeat, "onnxruntime_ms": times["onnxruntime"], "bnnc_ms": times["bnnc"],
