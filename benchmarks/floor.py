@@ -160,7 +160,8 @@ def _timed(e: Engines, binary: list[BinaryLayer], cut: bytes | None, cut_feeds: 
     for b, ts in zip(binary, tiles):
         for (n, inner), t in ts.items():
             fns[f"tile {b.name} {n} {inner}"] = t.run
-    times = {k: statistics.median(v) * 1e3 for k, v in interleave(fns, repeat, warmup).items()}
+    runs = interleave(fns, repeat, warmup)
+    times = {k: statistics.median(v) * 1e3 for k, v in runs.items()}
     rows = []
     for b, ts in zip(binary, tiles):
         ms, v = min((times[f"tile {b.name} {n} {inner}"] / t.reps, (n, inner)) for (n, inner), t in ts.items())
@@ -180,7 +181,8 @@ def _timed(e: Engines, binary: list[BinaryLayer], cut: bytes | None, cut_feeds: 
     floor = float_ms + sum(r["tile_ms"] for r in rows)
     return {"threads": threads, "repeat": repeat, "onnxruntime_ms": times["onnxruntime"], "bnnc_ms": times["bnnc"],
             "float_part_ms": float_ms, "tiles_ms": floor - float_ms, "floor_ms": floor,
-            "efficiency": floor / times["bnnc"], "speedup": times["onnxruntime"] / times["bnnc"], "layers": rows}
+            "efficiency": floor / times["bnnc"], "speedup": times["onnxruntime"] / times["bnnc"], "layers": rows,
+            "min_ms": {k: min(runs[k]) * 1e3 for k in ("bnnc", "onnxruntime", "float part") if k in runs}}
 
 
 def format_floor(r: dict) -> str:
