@@ -26,8 +26,10 @@ test: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 
+# every reference workload, example and corpus model at 1 and 2 threads (6-8 minutes on 2 busy cores);
+# the table goes to benchmarks/results.md too
 bench: $(VENV)/.installed
-	$(BIN)/python benchmarks/bench_binary_conv.py
+	$(BIN)/python benchmarks/bench_all.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

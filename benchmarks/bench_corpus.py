@@ -38,7 +38,7 @@ def main() -> None:
     for p in paths:
         name = os.path.relpath(p, args.root)
         print(f"  {name} ...", file=sys.stderr, flush=True)
-        r = bench(p, threads=args.threads, repeat=args.repeat)
+        r = bench(p, threads=args.threads, repeat=args.repeat, memory=False)
         r["binary_mac_fraction"] = build_report(p)["binary_mac_fraction"]
         r["name"] = name
         rows.append(r)

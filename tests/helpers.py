@@ -8,35 +8,16 @@ import tempfile
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 import bnnc
+from bnnc.builder import make_model  # noqa: F401  (the tests build models with it)
 from bnnc.graph import Graph
 from bnnc.lower import lower
 from runtime import InferenceSession
 from runtime.artifact import write_artifact
 
 F32 = TensorProto.FLOAT
-
-
-def make_model(nodes, inputs, outputs, inits=None, opset=17, extra_opsets=None) -> onnx.ModelProto:
-    """Build a checked model. ``inputs``/``outputs`` are (name, shape) or (name, shape, elem_type);
-    ``inits`` maps names to numpy arrays."""
-
-    def vi(spec):
-        name, shape, *t = spec
-        return helper.make_tensor_value_info(name, t[0] if t else F32, shape)
-
-    graph = helper.make_graph(
-        nodes, "test", [vi(i) for i in inputs], [vi(o) for o in outputs],
-        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in (inits or {}).items()],
-    )
-    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in (extra_opsets or {}).items()]
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 8
-    if any(len(o) > 1 and o[1] is None for o in outputs):  # let ONNX fill in unknown output shapes
-        model = onnx.shape_inference.infer_shapes(model)
-    return model
 
 
 def ort_run(model: onnx.ModelProto, feeds: dict, threads: int = 1) -> list[np.ndarray]:
