@@ -31,6 +31,7 @@ from runtime.kernels import KERNELS
 from runtime.kernels.base import Step
 from runtime.program import call, emittable, generate, scratch_arrays
 from runtime.threads import limit_threads, max_threads
+from runtime.validate import check_finite
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,7 @@ class InferenceSession:
                 raise BnncError(f"input '{n}' must be a numpy array, got {type(x).__name__}")
             if x.dtype != np.dtype(dtype):
                 raise BnncError(f"input '{n}' has dtype {x.dtype}; the model expects {dtype}")
+            check_finite(n, x)
             if x.shape != shape:
                 dyn_ok = (
                     self._dynamic_batch and x.ndim == len(shape) and x.shape[1:] == shape[1:]
