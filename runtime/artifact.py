@@ -85,9 +85,11 @@ def write_artifact(path: str, manifest: dict[str, Any], tensors: dict[str, np.nd
             for blob in blobs:
                 f.write(blob)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise BnncError(f"cannot write '{path}': {e.strerror or e}") from None
         raise
     return len(head) + offset
 
@@ -101,10 +103,10 @@ def read_artifact(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """
     where = f"'{path}'"
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # before open: opening a FIFO would block
+            raise BnncError(f"{where} is not a regular file")
         with open(path, "rb") as f:
             info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise BnncError(f"{where} is not a regular file")
             manifest, data_start = _read_manifest(f, info.st_size, where)
             data_bytes = info.st_size - data_start
             check_manifest(manifest, data_bytes, where, DTYPES, FORMAT_VERSION)

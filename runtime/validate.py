@@ -113,7 +113,7 @@ class _Checker:
         if not isinstance(shape, list) or len(shape) > MAX_RANK:
             raise self.fail(f"{what}: shape must be a list of at most {MAX_RANK} dimensions")
         if any(not isinstance(d, int) or isinstance(d, bool) or not 0 <= d <= MAX_VALUE_BYTES for d in shape):
-            raise self.fail(f"{what}: shape {_short(shape)} must hold non-negative integers")
+            raise self.fail(f"{what}: shape {_short(shape)} must hold integers from 0 to {MAX_VALUE_BYTES:,}")
         return math.prod(shape)  # Python ints: no overflow, each factor is already bounded
 
     def sized(self, d: Any, what: str, dtypes: frozenset[str] | tuple[str, ...]) -> int:

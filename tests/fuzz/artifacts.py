@@ -255,17 +255,21 @@ def tensor_bytes(src: Source, raw: bytes) -> bytes:
 
 
 RAW = [truncate, flip_bits, overwrite, insert_or_delete, header_field, random_file]
-RESEALED = [text_bytes, replace_node, deep_json, tensor_entry, value_entry, plan_edit, attr_edit, tensor_bytes]
-MUTATORS: list[Callable[[Source, bytes], bytes]] = RAW + RESEALED
+# resealed mutations whose every outcome the reader and runtime.validate decide on their own
+SCHEMA = [deep_json, tensor_entry, tensor_bytes]
+# resealed mutations that can also make a manifest well-formed but inconsistent with what a kernel
+# computes (an attribute, a value's shape, which value a step reads): the kernels must refuse those
+KERNEL = [text_bytes, replace_node, value_entry, plan_edit, attr_edit]
+MUTATORS: list[Callable[[Source, bytes], bytes]] = RAW + SCHEMA + KERNEL
 
 
-def mutate(src: Source, raw: bytes) -> tuple[str, bytes]:
+def mutate(src: Source, raw: bytes, mutators=None) -> tuple[str, bytes]:
     """One mutant of ``raw``, stacking up to three mutations; returns (mutator names, bytes)."""
     names, out = [], raw
     for _ in range(src.integer(1, 3)):
         if len(out) < 2:
             break
-        m = src.choice(MUTATORS)
+        m = src.choice(mutators or MUTATORS)
         try:
             out = m(src, out)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError, struct.error):
@@ -291,6 +295,18 @@ def seed_artifacts(directory: str) -> list[bytes]:
         with open(path, "rb") as f:
             out.append(f.read())
     return out
+
+
+def read(path: str) -> str:
+    """The reader's oracle: 'refused' (a BnncError) or 'read' (a validated manifest and tensors)."""
+    from runtime import BnncError
+    from runtime.artifact import read_artifact
+
+    try:
+        read_artifact(path)
+    except BnncError:
+        return "refused"
+    return "read"
 
 
 def load_and_run(path: str) -> str:

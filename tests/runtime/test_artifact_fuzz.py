@@ -2,7 +2,8 @@
 artifacts.py: truncated, bit-flipped, random files, header fields, and resealed manifests with
 absurd shapes, bad offsets, wrong dtypes, dangling names, deep nesting, forged tensor bytes) ends in
 a BnncError or loads and runs; nothing else. `make fuzz` runs the big campaign in subprocesses
-with a memory limit and a per-input time limit (tests/fuzz/campaign.py)."""
+with a memory limit and a per-input time limit (tests/fuzz/campaign.py), every mutation through
+the session and a run."""
 
 import json
 import os
@@ -25,15 +26,28 @@ def seeds(tmp_path_factory):
     return fa.seed_artifacts(str(tmp_path_factory.mktemp("seeds")))
 
 
-@settings(max_examples=budget(2000, 100_000))
-@given(data=st.data())
-def test_every_mutant_is_refused_or_runs(seeds, tmp_path_factory, data):
+def _mutant(seeds, tmp_path_factory, data, mutators=None):
     src = HypothesisSource(data)
-    names, raw = fa.mutate(src, src.choice(seeds))
+    _, raw = fa.mutate(src, src.choice(seeds), mutators)
     path = os.path.join(tmp_path_factory.getbasetemp(), "mutant.bnn")
     with open(path, "wb") as f:
         f.write(raw)
-    fa.load_and_run(path)  # raises anything but a BnncError on a bug
+    return path
+
+
+@settings(max_examples=budget(1000, 20_000))
+@given(data=st.data())
+def test_every_mutant_is_refused_or_runs(seeds, tmp_path_factory, data):
+    """Raw byte mutations and resealed schema violations, through the session and one run."""
+    fa.load_and_run(_mutant(seeds, tmp_path_factory, data, fa.RAW + fa.SCHEMA))  # a bug raises
+
+
+@settings(max_examples=budget(1000, 20_000))
+@given(data=st.data())
+def test_every_mutant_is_refused_or_read(seeds, tmp_path_factory, data):
+    """Every mutation, forged attributes and rewired plans included, through the reader and
+    runtime.validate (whether the kernels then accept it is the campaign's business)."""
+    fa.read(_mutant(seeds, tmp_path_factory, data))  # a bug raises
 
 
 def _write(tmp_path, raw):
@@ -65,7 +79,8 @@ def test_targeted_forgeries_are_refused_with_a_reason(seeds, tmp_path):
     _refused(tmp_path, forged(lambda m: m["tensors"][first].update(offset=-64)), "offset")
     _refused(tmp_path, forged(lambda m: m["tensors"][other].update(offset=m["tensors"][first]["offset"])), "overlap")
     _refused(tmp_path, forged(lambda m: m["tensors"][first].update(dtype="object")), "dtype")
-    _refused(tmp_path, forged(lambda m: m["values"][step["outputs"][0]].update(shape=[10**12])), "bytes")
+    _refused(tmp_path, forged(lambda m: m["values"][step["outputs"][0]].update(shape=[10**12])), "shape")
+    _refused(tmp_path, forged(lambda m: m["values"][step["outputs"][0]].update(shape=[2**20] * 4)), "bytes")
     _refused(tmp_path, forged(lambda m: m["values"][step["outputs"][0]].update(dtype="float128")), "dtype")
     _refused(tmp_path, forged(lambda m: m["plan"][2]["inputs"].__setitem__(0, "nowhere")), "nowhere")
     _refused(tmp_path, forged(lambda m: m["plan"].reverse()), "reads")
@@ -91,8 +106,10 @@ def test_header_claims_are_never_trusted(seeds, tmp_path):
     _refused(tmp_path, seeds[0][:30], "truncated")
     _refused(tmp_path, b"", "magic")
     _refused(tmp_path, fa.seal(b"{}", b"", version=1), "version 1", "recompile")
-    with pytest.raises(BnncError, match="not a regular file"):
-        read_artifact(str(tmp_path))
+    os.mkfifo(tmp_path / "fifo.bnn")
+    for special in (tmp_path, tmp_path / "fifo.bnn"):
+        with pytest.raises(BnncError, match="not a regular file"):
+            read_artifact(str(special))
 
 
 def test_a_valid_artifact_still_loads_and_runs(seeds, tmp_path):
