@@ -15,8 +15,9 @@ kernel or allocates a single buffer:
   JSON scalars or (nested) lists of them.
 
 Every violation is a BnncError naming the offending field. ``check_finite`` is the run-time check
-on float inputs: bnnc refuses NaN and Inf rather than turning them into confident bits (a NaN has
-no sign, so a binarizer cannot propagate it the way onnxruntime's float graph does).
+on float inputs of a plan that ``binarizes``: bnnc refuses NaN and Inf rather than turning them
+into confident bits (a NaN has no sign, so a binarizer cannot propagate it the way onnxruntime's
+float graph does); a float-only plan propagates them like onnxruntime.
 """
 
 from __future__ import annotations
@@ -269,6 +270,15 @@ def _json_scalar_or_list(v: Any) -> bool:
         elif not (x is None or isinstance(x, (bool, int, float, str))):
             return False
     return True
+
+
+BINARIZING_OPS = frozenset(("bnnc.Binarize", "bnnc.BinaryConv", "bnnc.BinaryDense"))
+
+
+def binarizes(manifest: dict[str, Any]) -> bool:
+    """Whether the plan turns floats into bits anywhere; only then are non-finite inputs refused
+    (a float-only plan propagates NaN and Inf as onnxruntime does)."""
+    return any(s["op"] in BINARIZING_OPS for s in manifest["plan"])
 
 
 def check_finite(name: str, x: np.ndarray) -> None:

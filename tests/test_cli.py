@@ -109,11 +109,21 @@ def test_bad_run_inputs(tmp_path, artifact):
     assert_error(["run", artifact, "--input", f"z={tmp_path / 'x.npy'}"], "'z'")
     assert_error(["run", artifact, "--input", tmp_path / "shape.npy"], "shape")
     assert_error(["run", artifact, "--input", tmp_path / "dtype.npy"], "dtype")
+    x = np.zeros((1, 3, 5, 5), np.float32)
+    x[0, 1, 2, 3] = np.nan  # a float-only model propagates NaN, as onnxruntime does
+    np.save(tmp_path / "nan.npy", x)
+    assert bnnc("run", artifact, "--input", tmp_path / "nan.npy", "--output", tmp_path / "o.npz")[0] == 0
+    assert np.isnan(np.load(tmp_path / "o.npz")["y"]).any()
+
+
+def test_non_finite_input_to_a_binary_model_is_an_error(tmp_path):
+    out = tmp_path / "d.bnn"
+    assert bnnc("compile", os.path.join(MODELS, "digits_bnn.onnx"), "-o", out)[0] == 0
     for bad in (np.nan, np.inf, -np.inf):
-        x = np.zeros((1, 3, 5, 5), np.float32)
-        x[0, 1, 2, 3] = bad
+        x = np.zeros((1, 1, 8, 8), np.float32)
+        x[0, 0, 2, 3] = bad
         np.save(tmp_path / "bad.npy", x)
-        assert_error(["run", artifact, "--input", tmp_path / "bad.npy"], "NaN or Inf", "[0, 1, 2, 3]")
+        assert_error(["run", out, "--input", tmp_path / "bad.npy"], "NaN or Inf", "[0, 0, 2, 3]")
 
 
 def _corrupt(src, dst, fn):
