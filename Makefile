@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test fuzz lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
+
+# not part of `make test`: 100,000 artifact and 20,000 ONNX mutants in memory-limited workers with
+# a time limit per input, then the property tests with the large "fuzz" budgets (tests/conftest.py)
+fuzz: $(VENV)/.installed-dev
+	$(BIN)/python -m tests.fuzz.campaign --artifacts 100000 --onnx 20000; status=$$?; \
+	BNNC_FUZZ=1 $(BIN)/python -m pytest -p no:warnings tests/e2e/test_random_bnns.py \
+		tests/runtime/test_artifact_fuzz.py tests/bnnc/test_loader_fuzz.py && exit $$status
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

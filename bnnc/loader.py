@@ -15,6 +15,7 @@ import os
 
 import onnx
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 
 from bnnc.graph import Graph, op_key
 from bnnc.qonnx import QONNX_DOMAINS, QONNX_OPS
@@ -88,7 +89,10 @@ def load_model(path: str, input_shapes: dict[str, list[int]] | None = None) -> G
         # an output whose shape only custom ops could tell is fine: bnnc infers it after lowering
         if "Field 'shape' of 'type' is required" not in first:
             raise BnncError(f"'{path}' fails the ONNX checker: {first}") from None
+    except Exception as e:  # the checker itself trips over names that are not UTF-8
+        raise BnncError(f"'{path}' fails the ONNX checker: {_first_line(e)}") from None
     _check_supported(model)
+    _check_initializers(model, path)
     inits = {t.name for t in model.graph.initializer}
     for name in input_shapes:
         if name not in {i.name for i in model.graph.input}:
@@ -109,6 +113,20 @@ def load_model(path: str, input_shapes: dict[str, list[int]] | None = None) -> G
     graph.metadata["bnnc.dynamic_batch"] = "1" if dynamic_batch else "0"
     graph.name_nodes()
     return graph
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _check_initializers(model: onnx.ModelProto, path: str) -> None:
+    """Every initializer has a known element type and exactly the data its dims call for (the
+    checker accepts a tensor whose dims disagree with its data, and an unknown type)."""
+    for t in model.graph.initializer:
+        try:
+            numpy_helper.to_array(t)
+        except Exception as e:
+            raise BnncError(f"'{path}': initializer '{t.name}' is malformed ({_first_line(e)})") from None
 
 
 def _infer(model: onnx.ModelProto, path: str) -> onnx.ModelProto:

@@ -31,6 +31,7 @@ from runtime.kernels import KERNELS
 from runtime.kernels.base import Step
 from runtime.program import Steps, call, emittable, generate, scratch_arrays
 from runtime.threads import limit_threads, max_threads
+from runtime.validate import binarizes, check_finite
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class InferenceSession:
         self._path = str(path)
         self._threads = _check_threads(threads)
         self.manifest, self._consts = read_artifact(self._path)
+        self._finite_only = binarizes(self.manifest)
         m = self.manifest
         try:
             self._values = {k: (tuple(v["shape"]), v["dtype"]) for k, v in m["values"].items()}
@@ -269,6 +271,8 @@ class InferenceSession:
                 raise BnncError(f"input '{n}' must be a numpy array, got {type(x).__name__}")
             if x.dtype != np.dtype(dtype):
                 raise BnncError(f"input '{n}' has dtype {x.dtype}; the model expects {dtype}")
+            if self._finite_only:
+                check_finite(n, x)
             if x.shape != shape:
                 dyn_ok = (
                     self._dynamic_batch and x.ndim == len(shape) and x.shape[1:] == shape[1:]

@@ -11,9 +11,11 @@ from click.testing import CliRunner
 from onnx import helper
 
 from cli import main
+from runtime.artifact import _HEADER
 from tests.helpers import make_model, save
 
 N = helper.make_node
+HEADER_BYTES = _HEADER.size
 
 
 def bnnc(*args):
@@ -108,6 +110,20 @@ def test_bad_run_inputs(tmp_path, artifact):
     assert_error(["run", artifact, "--input", f"z={tmp_path / 'x.npy'}"], "'z'")
     assert_error(["run", artifact, "--input", tmp_path / "shape.npy"], "shape")
     assert_error(["run", artifact, "--input", tmp_path / "dtype.npy"], "dtype")
+    x = np.zeros((1, 3, 5, 5), np.float32)
+    x[0, 1, 2, 3] = np.nan  # a float-only model is not refused: NaN goes through its float ops
+    np.save(tmp_path / "nan.npy", x)
+    assert bnnc("run", artifact, "--input", tmp_path / "nan.npy", "--output", tmp_path / "o.npz")[0] == 0
+
+
+def test_non_finite_input_to_a_binary_model_is_an_error(tmp_path):
+    out = tmp_path / "d.bnn"
+    assert bnnc("compile", os.path.join(MODELS, "digits_bnn.onnx"), "-o", out)[0] == 0
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.zeros((1, 1, 8, 8), np.float32)
+        x[0, 0, 2, 3] = bad
+        np.save(tmp_path / "bad.npy", x)
+        assert_error(["run", out, "--input", tmp_path / "bad.npy"], "NaN or Inf", "[0, 0, 2, 3]")
 
 
 def _corrupt(src, dst, fn):
@@ -123,7 +139,8 @@ def test_corrupted_artifacts(tmp_path, artifact):
 
     def flip_in_tensor(d):
         (mlen,) = struct.unpack_from("<Q", d, 16)
-        start = 24 + mlen + (-(24 + mlen)) % 64  # the data section; the first tensor starts there
+        end = HEADER_BYTES + mlen
+        start = end + (-end) % 64  # the data section; the first tensor starts there
         d[start + 5] ^= 0x01
 
     flipped = _corrupt(artifact, tmp_path / "flip.bnn", flip_in_tensor)
@@ -132,6 +149,10 @@ def test_corrupted_artifacts(tmp_path, artifact):
     assert_error(["run", truncated, "--input", x], "truncated")
     future = _corrupt(artifact, tmp_path / "v9.bnn", lambda d: d.__setitem__(slice(8, 12), struct.pack("<I", 9)))
     assert_error(["run", future, "--input", x], "version 9")
+    old = _corrupt(artifact, tmp_path / "v1.bnn", lambda d: d.__setitem__(slice(8, 12), struct.pack("<I", 1)))
+    assert_error(["run", old, "--input", x], "version 1", "recompile")
+    manifest = _corrupt(artifact, tmp_path / "man.bnn", lambda d: d.__setitem__(HEADER_BYTES + 3, d[HEADER_BYTES + 3] ^ 1))
+    assert_error(["run", manifest, "--input", x], "checksum mismatch in the manifest")
     assert_error(["inspect", truncated], "truncated")
 
 

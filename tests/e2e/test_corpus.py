@@ -39,6 +39,10 @@ BINARY_LAYERS = {
 
 
 def test_corpus_is_present():
+    """A clone alone has no ../shared: skip, and say so; CI sets BNNC_REQUIRE_SHARED=1 (.ci/run),
+    which makes the absence a failure, so CI can never skip the corpus."""
+    if not CASES and not os.environ.get("BNNC_REQUIRE_SHARED"):
+        pytest.skip(f"the shared corpus is absent at {CORPUS}; its tests are skipped (CI requires it)")
     assert CASES, f"the shared corpus is missing at {CORPUS}"
 
 
