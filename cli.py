@@ -55,8 +55,10 @@ def main():
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Static shape of an input, e.g. input=1,3,224,224.")
 @click.option("-v", "--verbose", is_flag=True, help="Print every pass with its stats and the reasons rules did not apply.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write an HTML compile report to REPORT.html.")
+@click.option("--emit-python", "emit_dir", type=click.Path(file_okay=False),
+              help="Also write the code the runtime runs for the model as DIR/<model>.py (+ its weights, .npz).")
 @handle_errors
-def compile_cmd(model, out, dump_dir, input_shapes, verbose, report_path):
+def compile_cmd(model, out, dump_dir, input_shapes, verbose, report_path, emit_dir):
     """Compile MODEL.onnx into a .bnn artifact."""
     import bnnc
     from bnnc.report import print_record
@@ -85,6 +87,15 @@ def compile_cmd(model, out, dump_dir, input_shapes, verbose, report_path):
         report.update(model=model, passes=[vars(r) for r in res.records])
         write_report(report_path, report)
         click.echo(f"wrote {report_path}")
+    if emit_dir:
+        from runtime import InferenceSession
+        from runtime.export import write_module
+
+        stem = os.path.splitext(os.path.basename(res.path))[0]
+        name = "".join(c if c.isalnum() or c == "_" else "_" for c in stem)
+        name = name if name[:1].isalpha() else "model_" + name
+        py, npz = write_module(InferenceSession(res.path, threads=1), emit_dir, name)
+        click.echo(f"wrote {py} and {npz}")
 
 
 @main.command("report")

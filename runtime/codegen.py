@@ -63,6 +63,7 @@ class Emitter:
     _fn_ids: dict[int, str] = field(default_factory=dict)
     _names: int = 0
     indent: int = 1
+    scope: str = ""  # the step being written (a short form of its node name): names constants
 
     # -- names ------------------------------------------------------------------------------------
     def fresh(self, hint: str = "t") -> Expr:
@@ -74,7 +75,7 @@ class Emitter:
         key = id(a)
         if key not in self._const_ids:
             a = np.ascontiguousarray(a)
-            name = self.fresh("c_" + hint)
+            name = self.fresh(f"c_{self.scope}_{hint}_" if self.scope else f"c_{hint}")
             self._const_ids[key] = name
             self.consts.append((name, a))
         return Expr(self._const_ids[key])
@@ -83,7 +84,7 @@ class Emitter:
         """A workspace array: made once per workspace (zeroed when ``zeroed``), then reused by
         every inference that workspace serves, so the step must not rely on its contents unless
         it keeps them itself (a padding border written once and never touched)."""
-        name = self.fresh("w_" + hint)
+        name = self.fresh(f"w_{self.scope}_{hint}_" if self.scope else f"w_{hint}")
         self.scratch.append((name, tuple(int(d) for d in shape), np.dtype(dtype).str, zeroed))
         return name
 

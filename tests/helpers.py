@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto
 
 import bnnc
@@ -16,6 +18,15 @@ from bnnc.graph import Graph
 from bnnc.lower import lower
 from runtime import InferenceSession
 from runtime.artifact import write_artifact
+
+# The shared corpus (../shared/corpus beside the repository). A clone alone has none: tests that
+# need it skip and say so, except under BNNC_REQUIRE_SHARED=1 (set by .ci/run), where they run
+# and fail, so CI can never skip them.
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+needs_corpus = pytest.mark.skipif(
+    not CORPUS.is_dir() and not os.environ.get("BNNC_REQUIRE_SHARED"),
+    reason=f"the shared corpus is absent at {CORPUS} (CI requires it)",
+)
 
 F32 = TensorProto.FLOAT
 

@@ -16,9 +16,8 @@ from onnx import helper
 import bnnc
 from bnnc.dumps import WIDTH, model_text, wrap
 from tests.bnn_graphs import Builder
-from tests.helpers import make_model, save
+from tests.helpers import CORPUS, make_model, needs_corpus, save
 
-CORPUS = Path(__file__).parents[2].parent / "shared" / "corpus"
 BREVITAS = ["brevitas_cnv_1w1a_half_qonnx", "brevitas_tfc_1w1a_qonnx"]
 
 
@@ -52,7 +51,7 @@ def check_dumps(dump: Path, artifact: Path, model: Path) -> dict:
     return summary
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus directory {CORPUS} is absent (the Brevitas QONNX models live there)")
+@needs_corpus
 @pytest.mark.parametrize("case", BREVITAS)
 def test_brevitas_dumps_pass_checker(tmp_path, case):
     model = CORPUS / case / "model.onnx"

@@ -17,9 +17,8 @@ from click.testing import CliRunner
 
 from cli import main
 from tests.bnn_graphs import Builder
-from tests.helpers import make_model, save
+from tests.helpers import CORPUS, make_model, needs_corpus, save
 
-CORPUS = Path(__file__).parents[2].parent / "shared" / "corpus"
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
 
 
@@ -133,7 +132,7 @@ def test_report_renders_in_chromium(tmp_path, chromium):
     check_page(chromium, tmp_path / "r.html", tmp_path, layer_names(model))
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus directory {CORPUS} is absent")
+@needs_corpus
 def test_corpus_report_renders_in_chromium(tmp_path, chromium):
     model = str(CORPUS / "brevitas_cnv_1w1a_half_qonnx" / "model.onnx")
     code, _, err = invoke("report", model, "-o", tmp_path / "r.html")

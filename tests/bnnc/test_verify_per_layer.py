@@ -17,9 +17,7 @@ from cli import main
 from runtime.artifact import read_artifact, write_artifact
 from runtime.bitpack import pack_dense, unpack_dense
 from tests.bnn_graphs import Builder
-from tests.helpers import make_model, save
-
-CORPUS = Path(__file__).parents[2].parent / "shared" / "corpus"
+from tests.helpers import CORPUS, make_model, needs_corpus, save
 
 
 def bnn(tmp_path: Path) -> str:
@@ -93,7 +91,7 @@ def test_cli_names_the_first_divergent_layer(tmp_path):
     assert r.exit_code == 2 and r.stderr.startswith("error: ") and "was compiled for" in r.stderr
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus directory {CORPUS} is absent")
+@needs_corpus
 def test_corpus_model_corrupted_layer_is_found(tmp_path):
     folder = CORPUS / "brevitas_cnv_1w1a_half_qonnx"
     x = {"x": np.load(folder / "input.npy")}

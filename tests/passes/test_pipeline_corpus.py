@@ -15,9 +15,8 @@ from bnnc.pipeline import run_pipeline
 from passes.fold_constants import FoldConstants
 from passes.lower_qonnx_ops import LowerQonnxOpsToOnnx
 from passes.remove_identity_ops import RemoveIdentityOps
-from tests.helpers import ort_run
+from tests.helpers import CORPUS, needs_corpus, ort_run
 
-CORPUS = Path(__file__).parents[2].parent / "shared" / "corpus"
 CASES = sorted(p.name for p in CORPUS.iterdir() if (p / "model.onnx").is_file()) if CORPUS.is_dir() else []
 WEIGHT_OPS = ("Sign", "ReduceMean", "Abs")
 
@@ -33,7 +32,7 @@ def _input_shapes(path: Path, x: np.ndarray) -> dict[str, list[int]] | None:
     return {first.name: list(x.shape)}
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus directory {CORPUS} is absent")
+@needs_corpus
 @pytest.mark.parametrize("case", CASES)
 def test_float_passes_on_corpus_model(case):
     folder = CORPUS / case
