@@ -168,7 +168,13 @@ class InferenceSession:
             out_dtypes=[self._values[n][1] if n else None for n in outs],  # the node does not produce
             consts=[self._consts.get(n) if n else None for n in ins],
         )
-        return cls(step)
+        try:
+            return cls(step)
+        except BnncError:
+            raise
+        except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as ex:
+            # a kernel's own checks did not foresee this combination: still the artifact's fault
+            raise step.error(f"the artifact's plan does not fit this kernel ({type(ex).__name__}: {ex})") from None
 
     def _shape_of(self, name: str):
         if not name:
