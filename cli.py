@@ -94,7 +94,7 @@ def compile_cmd(model, out, dump_dir, input_shapes, verbose, report_path, emit_d
         stem = os.path.splitext(os.path.basename(res.path))[0]
         name = "".join(c if c.isalnum() or c == "_" else "_" for c in stem)
         name = name if name[:1].isalpha() else "model_" + name
-        py, npz = write_module(InferenceSession(res.path, threads=1), emit_dir, name)
+        py, npz = write_module(InferenceSession(res.path, threads=1, plan="emitted"), emit_dir, name)
         click.echo(f"wrote {py} and {npz}")
 
 

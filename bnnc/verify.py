@@ -174,7 +174,10 @@ def _run_bnnc(onnx_path: str, artifact: str, scratch: str, shapes: dict, feeds: 
     if ref_graph is not None:
         wanted += [o for n in ref_graph.nodes for o in n.output if o]
     values = manifest["values"]
-    return manifest, sess.run_with_values(feeds, list(dict.fromkeys(w for w in wanted if w in values)))
+    taken = sess.run_with_values(feeds, list(dict.fromkeys(w for w in wanted if w in values)))
+    if sess._plan is not None:  # the outputs as the generated plan function, which users run, computes them
+        taken.update(zip([o["name"] for o in manifest["outputs"]], sess.run(None, feeds)))
+    return manifest, taken
 
 
 def _ort_session(graph: Graph, onnx_path: str):

@@ -57,9 +57,15 @@ class _Workspace:
 
 
 class InferenceSession:
-    def __init__(self, path: str, threads: int | None = None):
+    def __init__(self, path: str, threads: int | None = None, plan: str | None = None):
+        """``plan``: "emitted" (the default) runs the generated plan function; "steps" runs the
+        kernels one by one from Python, which compiles nothing per model (the test suite's default
+        for its many one-off graphs). None: the environment variable BNNC_PLAN, else "emitted"."""
         self._path = str(path)
         self._threads = _check_threads(threads)
+        mode = plan if plan is not None else os.environ.get("BNNC_PLAN", "emitted")
+        if mode not in ("emitted", "steps"):
+            raise BnncError(f"plan must be 'emitted' or 'steps', got {mode!r}")
         self.manifest, self._consts = read_artifact(self._path)
         self._finite_only = binarizes(self.manifest)
         m = self.manifest
@@ -76,7 +82,7 @@ class InferenceSession:
         self._plan_buffers()
         self._nthreads = self._threads or numba.get_num_threads()
         self._plan = None
-        if emittable(self._kernels):
+        if mode == "emitted" and emittable(self._kernels):
             self._plan = generate(plan, self._kernels, self._step_slots, len(self._slots), self._consts,
                                   [i["name"] for i in self._inputs], [o["name"] for o in self._outputs],
                                   self._nthreads, os.path.basename(self._path))
@@ -125,7 +131,8 @@ class InferenceSession:
     def run_with_values(self, feeds: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
         """Run once on feeds of exactly the compiled shapes and return copies of the named
         values, intermediate ones included (``bnnc verify`` compares them with onnxruntime).
-        Buffers are reused between values, so each is copied right after it is computed."""
+        The kernels run one by one from Python (no compile per model); buffers are reused
+        between values, so each is copied right after it is computed."""
         arrays, batch = self._check_feeds(feeds)
         if batch is not None:
             raise BnncError("run_with_values needs inputs of exactly the compiled shapes")
@@ -133,16 +140,7 @@ class InferenceSession:
         taken: dict[str, np.ndarray] = {n: arrays[n].copy() for n in wanted if n in arrays}
         taken.update({n: self._consts[n].copy() for n in wanted if n in self._consts})
         with limit_threads(self._nthreads), self._workspace() as ws:
-            if self._plan is None:
-                self._execute(ws, arrays, lambda name, value: taken.__setitem__(name, value.copy()) if name in wanted else None)
-                return taken
-
-            def take(i: int, outs) -> None:
-                for name, value in zip(self._steps[i]["outputs"], outs):
-                    if name in wanted and value is not None:
-                        taken[name] = value.copy()
-
-            self._step_by_step(ws, arrays, take)
+            self._execute(ws, arrays, lambda name, value: taken.__setitem__(name, value.copy()) if name in wanted else None)
         return taken
 
     # -- internals ----------------------------------------------------------------------------

@@ -1,8 +1,14 @@
-"""Hypothesis profiles. `make test` uses "default": a fixed, derandomized budget so the suite is
+"""Sessions run their kernels step by step unless a test asks for the emitted plan function
+(``InferenceSession(..., plan="emitted")``): the suite builds hundreds of one-off graphs, and each
+emitted plan is compiled once per distinct model; the tests of the emitted code ask for it.
+
+Hypothesis profiles. `make test` uses "default": a fixed, derandomized budget so the suite is
 reproducible and takes seconds; `make fuzz` sets BNNC_FUZZ=1, which selects "fuzz": many more
 examples, a fresh random seed every run."""
 
 import os
+
+os.environ.setdefault("BNNC_PLAN", "steps")
 
 from hypothesis import HealthCheck, settings
 

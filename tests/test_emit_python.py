@@ -42,7 +42,9 @@ def test_emitted_module_gives_the_artifacts_outputs(tmp_path):
     assert "(bnnc.BinaryConv)" in text  # every step's block names its node and op
     x = np.random.default_rng(0).normal(size=(1, 16, 12, 12)).astype(np.float32)
     x[:, :, ::4] = 0
-    ours = InferenceSession(artifact).run(None, {"x": x})
+    ours = InferenceSession(artifact, plan="emitted").run(None, {"x": x})
+    steps = InferenceSession(artifact, plan="steps").run(None, {"x": x})
+    np.testing.assert_array_equal(steps[0], ours[0])
     emitted = module.run({"x": x})
     assert len(ours) == len(emitted) == 1
     np.testing.assert_array_equal(emitted[0], ours[0])
@@ -59,4 +61,4 @@ def test_emitted_corpus_model(tmp_path):
     case = CORPUS / "brevitas_tfc_1w1a_qonnx"
     module, artifact = _emit_and_load(tmp_path, str(case / "model.onnx"), "tfc_emitted")
     x = np.load(case / "input.npy")
-    np.testing.assert_array_equal(module.run({"x": x})[0], InferenceSession(artifact).run(None, {"x": x})[0])
+    np.testing.assert_array_equal(module.run({"x": x})[0], InferenceSession(artifact, plan="emitted").run(None, {"x": x})[0])
