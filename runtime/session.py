@@ -324,7 +324,10 @@ class InferenceSession:
         for i, (s, k, bufs, sc) in enumerate(zip(self._steps, self._kernels, ws.bufs, ws.scratch)):
             ins = [env[n] if n else None for n in s["inputs"]]
             t0 = time.perf_counter() if timings is not None else 0.0
-            res = k.run(ins, bufs, sc)
+            try:
+                res = k.run(ins, bufs, sc)
+            except (ValueError, TypeError, IndexError) as ex:  # numpy's shape checks caught a forged plan
+                raise k.step.error(f"the artifact's plan does not fit this kernel ({type(ex).__name__}: {ex})") from None
             if timings is not None:
                 timings[i].append(time.perf_counter() - t0)
             outs = res if k.view else bufs
