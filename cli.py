@@ -181,6 +181,20 @@ def _save_npz(path, arrays):
             os.unlink(tmp)
 
 
+@main.command("deploy")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False), help="The folder to build (replaces an earlier deploy there).")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Static shape of an input (.onnx only).")
+@handle_errors
+def deploy_cmd(model, out, input_shapes):
+    """Build a folder to copy to a Raspberry Pi: MODEL (.onnx or .bnn), the runtime, run.py, a README."""
+    from bnnc.deploy import deploy
+
+    res = deploy(model, out, list(input_shapes))
+    click.echo(f"wrote {res.path}/ ({res.artifact}, runtime/, run.py, requirements.txt, README.md)")
+    click.echo(f"on the device: see {os.path.join(res.path, 'README.md')}")
+
+
 @main.command("passes")
 @handle_errors
 def passes_cmd():

@@ -12,6 +12,10 @@ from runtime.jitcache import use_versioned_cache  # noqa: E402
 
 use_versioned_cache()  # before any kernel module is imported (runtime/jitcache.py says why)
 
+from runtime import progress  # noqa: E402
+
+progress.install()  # "compiling kernels for this CPU ..." on stderr whenever Numba compiles
+
 from runtime.errors import BnncError  # noqa: E402
 from runtime.session import InferenceSession, NodeArg  # noqa: E402
 
