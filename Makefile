@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test fuzz lint bench clean
+.PHONY: demo test fuzz lint bench aarch64-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ lint: $(VENV)/.installed-dev
 # the table goes to benchmarks/results.md too
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_all.py
+
+# the deploy folder of a corpus model run under AArch64 emulation and compared with this machine
+# (installs qemu-user-static if needed; the emulated Python and wheels are cached in ~/.cache/bnnc)
+aarch64-check: $(VENV)/.installed
+	$(BIN)/python tools/aarch64_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
