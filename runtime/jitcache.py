@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 
 import numba
 
@@ -29,15 +30,36 @@ def source_digest(root: str) -> str:
     return h.hexdigest()[:16]
 
 
+def _writable_dir(path: str, private: str | None = None) -> bool:
+    """Make ``path``; True when this process can write there. ``private``, a parent of
+    ``path`` in a shared directory, must belong to this user and be closed to others (nobody
+    else may plant machine code in the cache)."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        if private is not None and hasattr(os, "getuid"):
+            st = os.stat(private)
+            if st.st_uid != os.getuid() or st.st_mode & 0o022:
+                return False
+    except OSError:
+        return False
+    return os.access(path, os.W_OK | os.X_OK)
+
+
 def use_versioned_cache() -> None:
-    """Point Numba's cache at ``<user cache>/bnnc/kernels-<digest>`` unless the user set one (or
-    the directory cannot be made: Numba's default then stays)."""
+    """Point Numba's cache at ``<user cache>/bnnc/kernels-<digest>`` unless the user set one.
+
+    The runtime's own folder is never written to, so it may be read-only (a system-wide install,
+    a read-only image). Where the user cache cannot be written either (no home, a read-only one),
+    a per-user folder in the temporary directory takes its place; without any, Numba's default
+    stays. Processes starting at once share the folder safely: Numba writes every cache file to a
+    temporary name and renames it into place, so a reader sees a whole entry or none.
+    """
     if os.environ.get("NUMBA_CACHE_DIR") or numba.config.CACHE_DIR:
         return
+    name = "kernels-" + source_digest(os.path.dirname(os.path.abspath(__file__)))
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    path = os.path.join(base, "bnnc", "kernels-" + source_digest(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError:
-        return
-    numba.config.CACHE_DIR = path
+    shared = os.path.join(tempfile.gettempdir(), f"bnnc-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
+    for path, private in ((os.path.join(base, "bnnc", name), None), (os.path.join(shared, name), shared)):
+        if _writable_dir(path, private):
+            numba.config.CACHE_DIR = path
+            return
