@@ -60,7 +60,7 @@ def deploy(model: str, out_dir: str, input_shapes: Sequence[str] | None = None) 
         _copy_runtime(os.path.join(tmp, "runtime"))
         shutil.copyfile(RUN_SCRIPT, os.path.join(tmp, "run.py"))
         _write(tmp, "requirements.txt", "".join(r + "\n" for r in REQUIREMENTS))
-        _write(tmp, "README.md", readme(artifact, manifest, REQUIREMENTS))
+        _write(tmp, "README.md", readme(os.path.basename(out_dir), artifact, manifest, REQUIREMENTS))
         _write(tmp, MARKER, json.dumps({"model": os.path.basename(model), "artifact": artifact,
                                         "producer": manifest.get("producer")}) + "\n")
         files = sorted(os.path.relpath(os.path.join(d, f), tmp) for d, _, fs in os.walk(tmp) for f in fs)

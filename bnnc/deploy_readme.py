@@ -13,13 +13,14 @@ def _tensors(items: list) -> str:
     return ", ".join(rows) or "(none listed)"
 
 
-def readme(artifact: str, manifest: dict, requirements: Sequence[str]) -> str:
-    """The folder's README for ``artifact`` (its manifest gives the inputs and outputs)."""
+def readme(folder: str, artifact: str, manifest: dict, requirements: Sequence[str]) -> str:
+    """The README of deploy folder ``folder`` (its name) for ``artifact`` (whose manifest gives
+    the inputs and outputs)."""
     inputs, outputs = manifest.get("inputs", []), manifest.get("outputs", [])
     first = inputs[0].get("name", "input") if inputs and isinstance(inputs[0], dict) else "input"
     batch = " The first dimension is a batch: any multiple of it is accepted." if manifest.get("dynamic_batch") else ""
     return _TEMPLATE.format(
-        artifact=artifact, inputs=_tensors(inputs), outputs=_tensors(outputs), batch=batch,
+        folder=folder, artifact=artifact, inputs=_tensors(inputs), outputs=_tensors(outputs), batch=batch,
         first=first, requirements=", ".join(f"`{r}`" for r in requirements),
     )
 
@@ -46,15 +47,16 @@ For a Raspberry Pi 4 or 5 (or Zero 2 W, 3) with **Raspberry Pi OS (64-bit), book
 the system is 64-bit: `uname -m` must print `aarch64` (numba has no wheels for the 32-bit
 `armv7l` system). Other AArch64 or x86-64 Linux machines with Python 3.11 to 3.13 work the same way.
 
-1. Copy this folder to the Pi, from the computer that made it (or use a USB stick):
+1. Copy this folder to the Pi, from the computer that made it (USER and the host name are the
+   ones chosen in Raspberry Pi Imager; a USB stick works too):
 
-       scp -r THIS_FOLDER pi@raspberrypi.local:~/bnn
+       scp -r {folder} USER@raspberrypi.local:~/
 
 2. On the Pi, make a virtual environment and install numpy and numba (prebuilt wheels, about
    80 MB to download, nothing is compiled; Raspberry Pi OS refuses `pip install` outside a venv):
 
        sudo apt update && sudo apt install -y python3-venv
-       cd ~/bnn
+       cd ~/{folder}
        python3 -m venv .venv
        .venv/bin/pip install -r requirements.txt
 
@@ -69,7 +71,7 @@ the system is 64-bit: `uname -m` must print `aarch64` (numba has no wheels for t
    to `~/.cache/bnnc/kernels-<hash of the runtime's sources>/` (set `NUMBA_CACHE_DIR` to put it
    elsewhere); the runtime folder itself may be read-only.
 
-4. Later runs load the kernels from that cache in about a second and print no compile message:
+4. Later runs load the kernels from that cache in seconds and print no compile message:
 
        .venv/bin/python run.py --input x.npy          # x.npy: a numpy array of the input's shape
        .venv/bin/python run.py --repeat 100 --save out.npz
