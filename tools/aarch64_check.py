@@ -165,7 +165,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     ap.add_argument("--cache", default=os.environ.get("BNNC_AARCH64_CACHE") or os.path.join(base, "bnnc", "aarch64"))
+    ap.add_argument("--model", help="an .onnx or .bnn to deploy instead of the small corpus model")
+    ap.add_argument("--input", help="its input (.npy; with --model)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="threads on both sides [default: 1]; with a large model (e.g. the corpus CNV), 2 "
+                         "or more take the parallel kernels through the check too (slow under emulation)")
     args = ap.parse_args()
+    if bool(args.model) != bool(args.input):
+        ap.error("--model and --input go together")
     try:
         qemu = ensure_qemu()
     except Skip as e:
@@ -174,23 +181,24 @@ def main() -> int:
     os.makedirs(args.cache, exist_ok=True)
     try:
         with tempfile.TemporaryDirectory(prefix="bnnc-aarch64-") as work:
-            return check(qemu, args.cache, work)
+            chosen = (os.path.abspath(args.model), os.path.abspath(args.input)) if args.model else pick_model(work)
+            return check(qemu, args.cache, work, chosen, str(args.threads))
     except subprocess.CalledProcessError as e:
         print(f"FAILED: {' '.join(map(str, e.cmd))} exited with {e.returncode}\n{e.stdout or ''}{e.stderr or ''}")
         return 1
 
 
-def check(qemu: str, cache: str, work: str) -> int:
+def check(qemu: str, cache: str, work: str, chosen: tuple[str, str], threads: str) -> int:
     from bnnc.deploy import deploy
 
-    model, inp = pick_model(work)
+    model, inp = chosen
     folder = os.path.join(work, "deploy")
     t0 = time.perf_counter()
     deploy(model, folder)
     with open(os.path.join(folder, "requirements.txt")) as f:
         reqs = f.read().split()
-    print(f"deployed {os.path.relpath(model, os.path.dirname(REPO))} -> {folder} ({time.perf_counter() - t0:.1f} s); "
-          f"device requirements: {' '.join(reqs)}")
+    print(f"deployed {model} -> {folder} ({time.perf_counter() - t0:.1f} s); "
+          f"device requirements: {' '.join(reqs)}; {threads} thread(s)")
     root, site = os.path.join(cache, "root"), os.path.join(cache, "site-" + "-".join(reqs).replace("==", ""))
     t0 = time.perf_counter()
     ensure_root(root)
@@ -198,15 +206,15 @@ def check(qemu: str, cache: str, work: str) -> int:
     print(f"emulated AArch64 environment ready in {cache} ({time.perf_counter() - t0:.1f} s)")
     probe = os.path.join(REPO, "tools", "aarch64_probe.py")
     host_env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(work, "host-cache"))
-    r = sh([sys.executable, probe, folder, inp, os.path.join(work, "host.npz")], env=host_env)
+    r = sh([sys.executable, probe, folder, inp, os.path.join(work, "host.npz"), threads], env=host_env)
     print("x86-64:  " + r.stdout.strip())
     kernels = os.path.join(work, "arm-cache")
     arch, _, _ = emulated(qemu, root, site, kernels, ["-c", "import platform; print(platform.machine())"], work)
     print(f"emulated machine: {arch.strip()}")
-    out, err, first = emulated(qemu, root, site, kernels, [probe, folder, inp, os.path.join(work, "arm.npz")], work)
+    out, err, first = emulated(qemu, root, site, kernels, [probe, folder, inp, os.path.join(work, "arm.npz"), threads], work)
     print(f"aarch64, empty kernel cache: {first:.1f} s wall (Python + numba start, compile, run), "
           f"{sum(line.startswith('  [') for line in err.splitlines())} functions compiled; {out.strip()}")
-    out, err, second = emulated(qemu, root, site, kernels, [probe, folder, inp, os.path.join(work, "arm2.npz")], work)
+    out, err, second = emulated(qemu, root, site, kernels, [probe, folder, inp, os.path.join(work, "arm2.npz"), threads], work)
     quiet = "compiling kernels" not in err
     print(f"aarch64, kernels from cache: {second:.1f} s wall, compile message {'absent' if quiet else 'PRINTED'}; "
           f"{out.strip()}")

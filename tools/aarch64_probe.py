@@ -1,6 +1,6 @@
 """Run a deploy folder's model once and save every value it can: ``aarch64_check.py``'s probe.
 
-    python aarch64_probe.py DEPLOY_DIR INPUT.npy OUT.npz
+    python aarch64_probe.py DEPLOY_DIR INPUT.npy OUT.npz [THREADS]
 
 Runs the same way on the host and under AArch64 emulation. The compiler's packages are blocked
 before anything is imported, so a deploy folder that reached for onnx, onnxruntime, click, bnnc or
@@ -28,6 +28,7 @@ class _Block(importlib.abc.MetaPathFinder):
 
 def main() -> int:
     folder, input_path, out_path = sys.argv[1:4]
+    threads = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     sys.meta_path.insert(0, _Block())
     sys.path.insert(0, os.path.abspath(folder))
     import numpy as np
@@ -41,7 +42,7 @@ def main() -> int:
     (artifact,) = [f for f in os.listdir(folder) if f.endswith(".bnn")]
     x = np.load(input_path)
     t0 = time.perf_counter()
-    sess = InferenceSession(os.path.join(folder, artifact), threads=1)
+    sess = InferenceSession(os.path.join(folder, artifact), threads=threads)
     feeds = {sess.get_inputs()[0].name: x}
     outs = sess.run(None, feeds)
     first = time.perf_counter() - t0
