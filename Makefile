@@ -39,9 +39,10 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_all.py
 
 # the deploy folder of a corpus model run under AArch64 emulation and compared with this machine
-# (installs qemu-user-static if needed; the emulated Python and wheels are cached in ~/.cache/bnnc)
+# (installs qemu-user-static if needed; the emulated Python and wheels are cached in ~/.cache/bnnc);
+# ARGS="--model M.onnx --input X.npy --threads 2" checks another model, parallel kernels included
 aarch64-check: $(VENV)/.installed
-	$(BIN)/python tools/aarch64_check.py
+	$(BIN)/python tools/aarch64_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
