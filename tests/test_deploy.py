@@ -69,7 +69,7 @@ def test_nothing_in_the_folder_imports_the_compiler(built):
 
 
 def _run(args, folder, cache, **kw):
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "PYTHONPATH")}
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "PYTHONPATH", "BNNC_PLAN")}
     env["XDG_CACHE_HOME"] = str(cache)
     return subprocess.run([sys.executable, "-I", *args], cwd=folder, env=env, capture_output=True, text=True,
                           timeout=600, **kw)

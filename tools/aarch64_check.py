@@ -205,7 +205,8 @@ def check(qemu: str, cache: str, work: str, chosen: tuple[str, str], threads: st
     ensure_site(site, reqs)
     print(f"emulated AArch64 environment ready in {cache} ({time.perf_counter() - t0:.1f} s)")
     probe = os.path.join(REPO, "tools", "aarch64_probe.py")
-    host_env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(work, "host-cache"))
+    host_env = {k: v for k, v in os.environ.items() if k != "BNNC_PLAN"}  # the default plan on both sides
+    host_env["NUMBA_CACHE_DIR"] = os.path.join(work, "host-cache")
     r = sh([sys.executable, probe, folder, inp, os.path.join(work, "host.npz"), threads], env=host_env)
     print("x86-64:  " + r.stdout.strip())
     kernels = os.path.join(work, "arm-cache")

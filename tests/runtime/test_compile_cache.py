@@ -39,7 +39,8 @@ def folder(tmp_path_factory):
 
 
 def python(args, cwd, cache, wait=True, prefix=()):
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "BNNC_QUIET")}
+    # BNNC_PLAN out too: the child runs the default plan, as on a device (tests/conftest.py sets it)
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "BNNC_QUIET", "BNNC_PLAN")}
     env["XDG_CACHE_HOME"] = str(cache)
     cmd = [*prefix, sys.executable, *args]
     if not wait:
