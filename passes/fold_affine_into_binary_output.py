@@ -13,11 +13,12 @@ import numpy as np
 import onnx
 
 from bnnc.graph import Graph, node_attr
-from bnnc.matching import is_bnnc, is_std, only_reader
+from bnnc.matching import is_bnnc, is_std
 from bnnc.pipeline import Pass, PassResult
 
 NAME = "fold-affine-into-binary-output"
 _LAYERS = ("BinaryConv", "BinaryDense", "BinaryWeightConv", "BinaryWeightDense")
+_NOTHING = "graph output"  # nothing follows the layer: no reason to give
 
 
 def _per_channel(graph: Graph, name: str, channels: int, rank: int) -> np.ndarray | None:
@@ -31,21 +32,25 @@ def _per_channel(graph: Graph, name: str, channels: int, rank: int) -> np.ndarra
 
 
 def affine_of(graph: Graph, node: onnx.NodeProto, x: str, channels: int, rank: int):
-    """(a, d) with node(x) = a * x + d per channel, or None."""
+    """(a, d) with node(x) = a * x + d per channel, or the reason there are none."""
     if is_std(node, "BatchNormalization") and node.input[0] == x and len(node.output) == 1:
         g, b, m, v = (graph.const(i) for i in node.input[1:5])
         if any(p is None for p in (g, b, m, v)):
-            return None
+            return f"BatchNormalization node {node.name} has parameters that are not constant"
         a = g.astype(np.float64) / np.sqrt(v.astype(np.float64) + float(node_attr(node, "epsilon", 1e-5)))
         return a, b - a * m
     if not is_std(node, "Mul", "Div", "Add", "Sub") or len(node.input) != 2:
-        return None
+        return f"{node.op_type} node {node.name} is not a per-channel affine op"
     other = node.input[1] if node.input[0] == x else node.input[0]
     p = _per_channel(graph, other, channels, rank)
-    if p is None or (node.op_type in ("Div", "Sub") and node.input[0] != x):
-        return None
+    if p is None:
+        return f"{node.op_type} node {node.name} mixes in a value that is not a per-channel constant"
+    if node.op_type in ("Div", "Sub") and node.input[0] != x:
+        return f"{node.op_type} node {node.name} has the layer's value on the right"
     ones, zeros = np.ones(channels), np.zeros(channels)
-    return {"Mul": (p, zeros), "Div": (1 / p, zeros), "Add": (ones, p), "Sub": (ones, -p)}[node.op_type]
+    if node.op_type == "Div":
+        return 1 / p, zeros
+    return {"Mul": (p, zeros), "Add": (ones, p), "Sub": (ones, -p)}[node.op_type]
 
 
 class FoldAffineIntoBinaryOutput(Pass):
@@ -53,28 +58,34 @@ class FoldAffineIntoBinaryOutput(Pass):
 
     def call(self, graph: Graph) -> PassResult:
         folded = 0
-        changed = True
-        while changed:
-            changed = False
-            cons = graph.consumers()
-            for layer in graph.nodes:
-                if not is_bnnc(layer, *_LAYERS) or node_attr(layer, "output", "float") != "float":
-                    continue
-                y = layer.output[0]
-                shape = graph.shape(y)
-                if shape is None or not only_reader(cons, y, graph):
-                    continue
-                nxt = cons[y][0]
-                ad = affine_of(graph, nxt, y, shape[1], len(shape))
-                if ad is None:
-                    continue
-                self._absorb(graph, layer, nxt, *ad)
-                folded += 1
-                changed = True
-                break
+        reasons: list[str] = []
+        layers = [n for n in graph.nodes if is_bnnc(n, *_LAYERS) and node_attr(n, "output", "float") == "float"]
+        for layer in layers:
+            why = ""
+            while not why:
+                why = self._fold_next(graph, layer)
+                folded += not why
+            if why != _NOTHING:
+                reasons.append(f"{layer.name}: nothing more folded: {why}")
         graph.prune()
-        return PassResult(modified=folded > 0, stats={"folded": folded})
+        return PassResult(modified=folded > 0, stats={"folded": folded}, reasons=reasons)
 
+    def _fold_next(self, graph: Graph, layer: onnx.NodeProto) -> str:
+        """Absorb the op after ``layer``; "" when it did, else the reason."""
+        y = layer.output[0]
+        shape = graph.shape(y)
+        readers = graph.consumers().get(y, [])
+        if y in graph.outputs or not readers:
+            return _NOTHING
+        if shape is None or len(shape) < 2:
+            return f"the shape of '{y}' is unknown"
+        if len(readers) > 1:
+            return f"'{y}' has {len(readers)} readers"
+        ad = affine_of(graph, readers[0], y, shape[1], len(shape))
+        if isinstance(ad, str):
+            return ad
+        self._absorb(graph, layer, readers[0], *ad)
+        return ""
     def _absorb(self, graph: Graph, layer, nxt, a, d) -> None:
         si, bi = (4, 5) if layer.op_type in ("BinaryConv", "BinaryDense") else (3, 4)
         scale = graph.const(layer.input[si]).astype(np.float64)

@@ -9,19 +9,11 @@ import numpy as np
 
 from bnnc.graph import op_key
 from bnnc.pipeline import run_pipeline
-from passes import PIPELINE
 from passes.fold_residual_add_into_binary_output import FoldResidualAddIntoBinaryOutput
-from tests.bnn_graphs import Builder
-from tests.helpers import assert_close, load_graph, ort_run, run_graph
+from tests.bnn_graphs import Builder, before_pass, zero_row_input
+from tests.helpers import assert_close, ort_run, run_graph
 
 C, H = 9, 7  # an odd channel count, and a kernel with zero padding at every border
-
-
-def before_pass(model, pass_cls):
-    """The graph as the default pipeline leaves it just before ``pass_cls``."""
-    graph = load_graph(model)
-    run_pipeline(graph, [cls() for cls in PIPELINE[:PIPELINE.index(pass_cls)]])
-    return graph
 
 
 def _before_pass(model):
@@ -29,9 +21,7 @@ def _before_pass(model):
 
 
 def bireal_input(seed=0):
-    x = np.random.default_rng(seed).standard_normal((2, C, H, H)).astype(np.float32)
-    x[0, :, 0, :] = 0.0  # zeros: Sign(0) = 0 on a whole row
-    return x
+    return zero_row_input((2, C, H, H), seed)
 
 
 def test_bireal_shortcuts_fold_and_the_outputs_do_not_change():

@@ -12,9 +12,14 @@ from bnnc.graph import attrs_of, op_key
 from bnnc.pipeline import run_pipeline
 from bnnc.verify import verify
 from passes.fuse_binarize_into_binary_output import FuseBinarizeIntoBinaryOutput
-from tests.bnn_graphs import Builder
+from tests.bnn_graphs import Builder, before_pass, zero_row_input
 from tests.helpers import run_graph, save
-from tests.passes.test_fold_residual_add_into_binary_output import C, H, before_pass, bireal_input
+
+C, H = 9, 7  # an odd channel count, and a kernel with zero padding at every border
+
+
+def bireal_input(seed=0):
+    return zero_row_input((2, C, H, H), seed)
 
 # idiom -> the Binarize's value at 0 (ONNX Sign: 0, with a mask; Larq and QONNX: +1)
 IDIOMS = {"sign": 0, "larq": 1, "bipolar": 1}
