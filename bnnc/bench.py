@@ -25,6 +25,7 @@ import onnxruntime as ort
 from bnnc.graph import Graph
 from bnnc.loader import load_model
 from bnnc.memory import format_memory, peak_memory
+from bnnc.onnxrt import session
 from bnnc.verify import _reference_model, random_inputs
 from runtime import InferenceSession
 
@@ -36,14 +37,9 @@ def _stats(ts: list[float]) -> dict:
 
 
 def ort_session(model: bytes, threads: int) -> ort.InferenceSession:
-    """onnxruntime on the CPU with ``threads`` intra-op threads, as ``bnnc bench`` runs it."""
-    so = ort.SessionOptions()
-    so.log_severity_level = 3  # errors only: its warnings about unused initializers are noise here
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    if threads > 1:  # onnxruntime's spinning pool threads would starve numba's on a small machine
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    """onnxruntime on the CPU with ``threads`` intra-op threads and its graph optimizations, as
+    ``bnnc bench`` times it."""
+    return session(model, threads, optimize=True)
 
 
 @dataclass

@@ -39,6 +39,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from bnnc.graph import attrs_of
+from bnnc.onnxrt import session
 from runtime.errors import BnncError
 
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general")
@@ -188,10 +189,8 @@ def run_onnx_nodes(
     graph = helper.make_graph(list(nodes), "eval", ins, [helper.make_empty_tensor_value_info(o) for o in outputs])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
     model.ir_version = min(model.ir_version, 10)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 4  # failures come back as exceptions; onnxruntime's log is noise here
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    # failures come back as exceptions; onnxruntime's log is noise here
+    sess = session(model, what="constant nodes " + ", ".join(repr(n.name) for n in nodes), log_level=4)
     ro = ort.RunOptions()
     ro.log_severity_level = 4
     return sess.run(list(outputs), {i: values[i] for i in reads}, ro)

@@ -26,11 +26,12 @@ import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnxruntime as ort
 
 from bnnc.graph import Graph
 from bnnc.layers import bit_tensors
 from bnnc.loader import load_model
+from bnnc.onnxrt import session
+from bnnc.ops import binarize
 from runtime import InferenceSession
 from runtime.bitpack import unpack_activation
 from runtime.errors import BnncError
@@ -181,15 +182,7 @@ def _run_bnnc(onnx_path: str, artifact: str, scratch: str, shapes: dict, feeds: 
 
 
 def _ort_session(graph: Graph, onnx_path: str):
-    so = ort.SessionOptions()
-    so.log_severity_level = 3  # errors only: its warnings about unused initializers are noise here
-    so.intra_op_num_threads = 1
-    # the graph as written: onnxruntime's fusions (Conv+BatchNorm) would change its arithmetic
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        return ort.InferenceSession(graph.to_model().SerializeToString(), so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise BnncError(f"onnxruntime cannot run '{onnx_path}': {str(e).splitlines()[0]}") from None
+    return session(graph.to_model(), what=f"'{onnx_path}'")
 
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -257,7 +250,7 @@ def _compare_bits(bits: str, e: dict, ours: dict, u: np.ndarray) -> LayerBits:
     mask = ours.get(e["mask"]) if e["mask"] else None
     mine = unpack_activation(ours[bits], e["channels"], mask)
     z = e["zero"]
-    theirs = np.where(u > 0, 1, np.where(u < 0, -1, z))
+    theirs = binarize(u, z)
     diff = mine != theirs
     near = diff & (np.abs(u) <= NEAR_TIE * max(float(np.max(np.abs(u))), 1e-30))
     return LayerBits(e["source"], e["readers"], int(diff.size), int(diff.sum()), int(near.sum()))

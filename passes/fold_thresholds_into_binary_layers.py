@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from bnnc.graph import Graph, attrs_of, node_attr, onnx_dtype
 from bnnc.layers import update_layer
 from bnnc.matching import bnnc_node, is_bnnc, is_std, only_reader
+from bnnc.onnxrt import session
 from bnnc.ops import packed_shape
 from bnnc.pipeline import Pass, PassResult
 from bnnc.weights import pack_dense
@@ -127,9 +127,7 @@ def _run(graph, ops, x, feed, outs, inits):
                           [vi(o, feed) for o in outs], [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", graph.opsets.get("", 17))])
     model.ir_version = 8
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = session(model, what=f"the float chain after {ops[0].name}")
     return sess.run(outs, {x: feed})
 
 

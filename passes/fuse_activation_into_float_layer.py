@@ -20,9 +20,11 @@ from onnx import helper
 
 from bnnc.graph import BNNC_DOMAIN, Graph, attrs_of
 from bnnc.pipeline import Pass, PassResult
+from runtime.kernels.nn import ACTIVATIONS as RUNTIME_ACTIVATIONS
 
 LAYERS = {"Conv": "FusedConv", "Gemm": "FusedGemm", "MatMul": "FusedMatMul"}
-ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid")
+# what the runtime's fused kernels can apply, in the runtime's own list
+ACTIVATIONS = tuple(a for a in RUNTIME_ACTIVATIONS if a)
 F32 = np.finfo(np.float32)
 
 
@@ -86,10 +88,10 @@ def rewrite(graph: Graph, layer: onnx.NodeProto, act: onnx.NodeProto, pass_name:
     return node
 
 
-class FuseActivationIntoConv(Pass):
+class FuseActivationIntoFloatLayer(Pass):
     """See the module docstring."""
 
-    name = "fuse-activation-into-conv"
+    name = "fuse-activation-into-float-layer"
 
     def call(self, graph: Graph) -> PassResult:
         stats: Counter[str] = Counter()

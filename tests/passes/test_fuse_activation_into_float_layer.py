@@ -1,4 +1,4 @@
-"""fuse-activation-into-conv: layer + activation becomes one bnnc.Fused* node (run by the runtime)."""
+"""fuse-activation-into-float-layer: layer + activation becomes one bnnc.Fused* node (run by the runtime)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from onnx import helper
 
 from bnnc.graph import attrs_of, op_key
 from bnnc.pipeline import run_pipeline
-from passes.fuse_activation_into_conv import FuseActivationIntoConv
+from passes.fuse_activation_into_float_layer import FuseActivationIntoFloatLayer
 from tests.helpers import assert_close, load_graph, make_model, ort_run, run_graph
 
 F = np.float32
@@ -17,7 +17,7 @@ F32 = np.finfo(np.float32)
 
 def _fuse(model):
     graph = load_graph(model)
-    rec = run_pipeline(graph, [FuseActivationIntoConv()])[0]
+    rec = run_pipeline(graph, [FuseActivationIntoFloatLayer()])[0]
     return graph, rec
 
 
@@ -52,7 +52,7 @@ def test_conv_and_activation_fuse(act, attrs, extra, inits, params):
     assert a["activation"] == act and a["strides"] == [2, 2] and a["pads"] == [1, 1, 1, 1]
     np.testing.assert_allclose(a.get("activation_params", []), params, rtol=1e-6)
     assert list(fused.input) == ["x", "w", "b"] and list(fused.output) == ["y"] and graph.outputs == ["y"]
-    assert {p.key: p.value for p in fused.metadata_props}["bnnc.pass"] == "fuse-activation-into-conv"
+    assert {p.key: p.value for p in fused.metadata_props}["bnnc.pass"] == "fuse-activation-into-float-layer"
     assert rec.stats == {f"Conv+{act}": 1}
     x = rng.standard_normal((1, 3, 6, 6)).astype(F)
     assert_close(run_graph(graph, {"x": x})[0], ort_run(model, {"x": x})[0], rel=1e-5)

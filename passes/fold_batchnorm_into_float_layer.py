@@ -105,10 +105,10 @@ def rewrite(graph: Graph, bn: onnx.NodeProto, layer: onnx.NodeProto, pass_name: 
     return _tagged(node, pass_name)
 
 
-class FoldBatchNormIntoConv(Pass):
+class FoldBatchNormIntoFloatLayer(Pass):
     """See the module docstring."""
 
-    name = "fold-batchnorm-into-conv"
+    name = "fold-batchnorm-into-float-layer"
 
     def call(self, graph: Graph) -> PassResult:
         stats: Counter[str] = Counter()

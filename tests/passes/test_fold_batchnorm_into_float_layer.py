@@ -1,4 +1,4 @@
-"""fold-batchnorm-into-conv: BN after float Conv/Gemm/MatMul goes into the weights and bias."""
+"""fold-batchnorm-into-float-layer: BN after float Conv/Gemm/MatMul goes into the weights and bias."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from onnx import helper
 
 from bnnc.pipeline import run_pipeline
-from passes.fold_batchnorm_into_conv import FoldBatchNormIntoConv
+from passes.fold_batchnorm_into_float_layer import FoldBatchNormIntoFloatLayer
 from tests.helpers import assert_close, load_graph, make_model, ort_run, run_graph
 
 F = np.float32
@@ -28,7 +28,7 @@ def _bn(inp, out, prefix="bn", eps=1e-3):
 
 def _fold(model):
     graph = load_graph(model)
-    rec = run_pipeline(graph, [FoldBatchNormIntoConv()])[0]
+    rec = run_pipeline(graph, [FoldBatchNormIntoFloatLayer()])[0]
     return graph, rec
 
 
@@ -50,7 +50,7 @@ def test_conv_batchnorm_becomes_one_conv(bias, group):
     assert graph.op_counts() == {"Conv": 1} and rec.stats == {"Conv": 1}
     conv = graph.nodes[0]
     assert conv.name == "conv" and list(conv.output) == ["y"] and len(conv.input) == 3
-    assert {p.key: p.value for p in conv.metadata_props}["bnnc.pass"] == "fold-batchnorm-into-conv"
+    assert {p.key: p.value for p in conv.metadata_props}["bnnc.pass"] == "fold-batchnorm-into-float-layer"
     assert [a.i for a in conv.attribute if a.name == "group"] == [group]
     _check(graph, model, rng.standard_normal((2, 4, 5, 5)).astype(F))
 
