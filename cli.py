@@ -74,9 +74,9 @@ def compile_cmd(model, out, dump_dir, input_shapes, verbose, report_path, emit_d
 
     res = bnnc.compile_model(model, out, dump_dir, list(input_shapes), progress=progress)
     counts = {}
-    for n in res.graph.nodes:
+    for n in res.model.graph:
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    click.echo(f"wrote {res.path} ({res.artifact_bytes:,} bytes, {len(res.graph.nodes)} kernels)")
+    click.echo(f"wrote {res.path} ({res.artifact_bytes:,} bytes, {len(res.model.graph)} kernels)")
     if dump_dir:
         click.echo(f"pass dumps in {dump_dir}/")
     if report_path:
@@ -229,7 +229,7 @@ def verify_cmd(model, inputs, samples, tolerance, input_shapes, per_layer, artif
     shapes = parse_input_shapes(list(input_shapes))
     feeds = None
     if inputs:
-        names = load_model(model, shapes).inputs
+        names = [v.name for v in load_model(model, shapes).graph.inputs]
         feeds = _read_feeds(inputs, names)
     report = verify(model, feeds, samples, tolerance, shapes, per_layer=per_layer, artifact=artifact)
     if as_json:

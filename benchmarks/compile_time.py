@@ -67,13 +67,14 @@ def main() -> None:
     ap.add_argument("--nodes", default="300,1500,3000", help="comma-separated chain lengths (nodes)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", type=int, default=0, help="profile one compile of this many nodes instead")
+    ap.add_argument("--sort", default="cumulative", help="profile order (cumulative, tottime)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         if args.profile:
             model = float_chain(args.profile)
             prof = cProfile.Profile()
             prof.runcall(compile_seconds, model, d)
-            pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
+            pstats.Stats(prof).sort_stats(args.sort).print_stats(30)
             return
         print(f"{'nodes':>6} {'median s':>9} {'min s':>7} {'ms/node':>8}")
         for n in (int(v) for v in args.nodes.split(",")):

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
-from bnnc.graph import Graph
 from bnnc.loader import load_model
 from bnnc.memory import format_memory, peak_memory
 from bnnc.onnxrt import session
@@ -51,7 +51,7 @@ class Engines:
     manifest: dict  # the compiled artifact's manifest
     ours: InferenceSession
     theirs: ort.InferenceSession
-    reference: Graph  # the graph onnxruntime runs (QONNX ops lowered)
+    reference: onnx.ModelProto  # the model onnxruntime runs (QONNX ops lowered)
 
 
 def load_engines(onnx_path: str, threads: int = 1, input_shapes: dict | None = None, batch: int = 1,
@@ -67,7 +67,7 @@ def load_engines(onnx_path: str, threads: int = 1, input_shapes: dict | None = N
         res = bnnc.compile_model(onnx_path, os.path.join(artifact_dir or d, "m.bnn"), input_shapes=shapes)
         sess = InferenceSession(res.path, threads=threads)
     ref = _reference_model(onnx_path, shapes, [])
-    return Engines(feeds, shapes, res.manifest, sess, ort_session(ref.to_model().SerializeToString(), threads), ref)
+    return Engines(feeds, shapes, res.manifest, sess, ort_session(ref.SerializeToString(), threads), ref)
 
 
 def interleave(fns: dict[str, Callable[[], object]], repeat: int, warmup: int = 3,

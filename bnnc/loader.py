@@ -1,4 +1,4 @@
-"""Load an ONNX model into a Graph: read, convert old opsets, check, fix shapes, infer.
+"""Load an ONNX model into the IR (an onnx-ir model): read, convert old opsets, check, fix shapes, infer.
 
 * Reads the file (external data files beside it load too) and runs the ONNX checker.
 * Opsets older than MIN_OPSET are converted with onnx's version converter.
@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 
 import onnx
+import onnx_ir as ir
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from bnnc.graph import Graph, op_key
+from bnnc.ir import from_proto, name_nodes
 from bnnc.qonnx import QONNX_DOMAINS, QONNX_OPS
 from runtime.errors import BnncError
 from runtime.kernels import KERNELS
@@ -33,6 +34,14 @@ FOLDABLE_OPS = {"Mod", "DequantizeLinear", "QuantizeLinear", "Range", "NonZero",
                 "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin", "CumSum", "Einsum", "OneHot", "TopK",
                 "ScatterND", "ScatterElements", "GatherElements", "GatherND", "Trilu", "Mean", "Sum", "BitShift",
                 "Xor", "IsNaN", "IsInf", "Hardmax", "Det", "Resize"}
+
+
+DYNAMIC_BATCH = "bnnc.dynamic_batch"  # model.meta key: the batch dimension was dynamic
+
+
+def op_key(node: onnx.NodeProto) -> str:
+    """The plan/kernel name of a node proto (bnnc.ir.op_key for IR nodes)."""
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
 
 
 def is_supported(node: onnx.NodeProto) -> bool:
@@ -65,23 +74,23 @@ def read_model(path: str) -> onnx.ModelProto:
         model = onnx.load(path)
     except DecodeError:
         raise BnncError(f"'{path}' is not a valid ONNX file (protobuf decoding failed; truncated or not ONNX?)") from None
-    except Exception as e:
+    except Exception as e:  # onnx raises what the protobuf and file layers raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise BnncError(f"cannot load '{path}': {msg}") from None
+        raise BnncError(f"cannot load '{path}': {msg}") from e
     if not model.graph.node or not model.opset_import:
         raise BnncError(f"'{path}' is not a valid ONNX model (no graph nodes or no opset)")
     return model
 
 
-def load_model(path: str, input_shapes: dict[str, list[int]] | None = None) -> Graph:
+def load_model(path: str, input_shapes: dict[str, list[int]] | None = None) -> ir.Model:
     """Read, check and prepare the model at ``path``; see the module docstring."""
     model = read_model(path)
     input_shapes = dict(input_shapes or {})
     model = _convert_opset(model, path)
     try:  # fills in output shapes some exporters leave out, which the checker insists on
         model = onnx.shape_inference.infer_shapes(model)
-    except Exception:
-        pass
+    except (onnx.shape_inference.InferenceError, RuntimeError):
+        pass  # the checker below and the inference after the input fixes report what is wrong
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
@@ -109,10 +118,10 @@ def load_model(path: str, input_shapes: dict[str, list[int]] | None = None) -> G
     if _fix_ceil_mode_pools(model):
         _clear_stale_shapes(model)
         model = _infer(model, path)
-    graph = Graph(model)
-    graph.metadata["bnnc.dynamic_batch"] = "1" if dynamic_batch else "0"
-    graph.name_nodes()
-    return graph
+    result = from_proto(model)
+    result.meta[DYNAMIC_BATCH] = dynamic_batch
+    name_nodes(result.graph)
+    return result
 
 
 def _first_line(e: Exception) -> str:
@@ -134,7 +143,7 @@ def _infer(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BnncError(f"shape inference failed on '{path}': {first}") from None
+        raise BnncError(f"shape inference failed on '{path}': {first}") from e
 
 
 def _fix_ceil_mode_pools(model: onnx.ModelProto) -> bool:
@@ -180,7 +189,7 @@ def _convert_opset(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
         return onnx.version_converter.convert_version(model, CONVERT_TO)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BnncError(f"'{path}' uses opset {version}; converting it to {CONVERT_TO} failed: {first}") from None
+        raise BnncError(f"'{path}' uses opset {version}; converting it to {CONVERT_TO} failed: {first}") from e
 
 
 def _check_supported(model: onnx.ModelProto) -> None:

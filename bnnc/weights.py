@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.bitpack import pack_bits
-
 DEFAULT_TOL = 1e-4
 MIN_BINARY_FAN_IN = 4  # fewer weights per channel than this are trivially "±alpha": keep float
 
@@ -52,8 +50,3 @@ def classify(w: np.ndarray, tol: float = DEFAULT_TOL) -> WeightClass:
         return WeightClass("binary", alpha[:, 0], negative, None, dev_nonzero)
     nonzero = (~zero_like).reshape(w64.shape) & nonzero_mask.reshape(w64.shape)
     return WeightClass("ternary", alpha[:, 0], negative & nonzero, nonzero, dev_nonzero)
-
-
-def pack_dense(bits: np.ndarray) -> np.ndarray:
-    """Dense bitstream of a boolean tensor in C order (the layout of runtime/bitpack.py)."""
-    return pack_bits(np.asarray(bits, dtype=bool).reshape(-1))

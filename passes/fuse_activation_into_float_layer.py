@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-import onnx
-from onnx import helper
+import onnx_ir as ir
 
-from bnnc.graph import BNNC_DOMAIN, Graph, attrs_of
+from bnnc.ir import BNNC_DOMAIN, attrs_of, const, is_std, make_node, remove, replace_value
+from bnnc.layers import carry
 from bnnc.pipeline import Pass, PassResult
 from runtime.kernels.nn import ACTIVATIONS as RUNTIME_ACTIVATIONS
 
@@ -28,24 +28,24 @@ ACTIVATIONS = tuple(a for a in RUNTIME_ACTIVATIONS if a)
 F32 = np.finfo(np.float32)
 
 
-def _clip_bounds(graph: Graph, act: onnx.NodeProto) -> list[float] | None:
+def _clip_bounds(act: ir.Node) -> list[float] | None:
     a = attrs_of(act)
-    if len(act.input) == 1 and ("min" in a or "max" in a):
+    if len(act.inputs) == 1 and ("min" in a or "max" in a):
         return [float(a.get("min", F32.min)), float(a.get("max", F32.max))]
     bounds = []
     for k, default in ((1, F32.min), (2, F32.max)):
-        name = act.input[k] if len(act.input) > k else ""
-        if not name:
+        v = act.inputs[k] if len(act.inputs) > k else None
+        if v is None:
             bounds.append(float(default))
             continue
-        v = graph.const(name)
-        if v is None or v.size != 1:
+        c = const(v)
+        if c is None or c.size != 1:
             return None
-        bounds.append(float(v.reshape(())))
+        bounds.append(float(c.reshape(())))
     return bounds
 
 
-def activation_params(graph: Graph, act: onnx.NodeProto) -> list[float] | None:
+def activation_params(act: ir.Node) -> list[float] | None:
     """The ``activation_params`` of ``act``, or None when they are not compile-time constants."""
     a = attrs_of(act)
     if act.op_type == "LeakyRelu":
@@ -53,38 +53,34 @@ def activation_params(graph: Graph, act: onnx.NodeProto) -> list[float] | None:
     if act.op_type == "HardSigmoid":
         return [float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))]
     if act.op_type == "Clip":
-        return _clip_bounds(graph, act)
+        return _clip_bounds(act)
     return []
 
 
-def match(graph: Graph, layer: onnx.NodeProto) -> tuple[onnx.NodeProto | None, str | None]:
+def match(layer: ir.Node) -> tuple[ir.Node | None, str | None]:
     """The activation to fuse into ``layer``, or None and why not (None: not a candidate)."""
-    if layer.domain not in ("", "ai.onnx") or layer.op_type not in LAYERS:
+    if not is_std(layer, *LAYERS):
         return None, None
-    readers = graph.consumers().get(layer.output[0], [])
-    if len(readers) != 1 or readers[0].op_type not in ACTIVATIONS or readers[0].domain not in ("", "ai.onnx"):
+    y = layer.outputs[0]
+    readers = y.consumers()
+    if len(readers) != 1 or not is_std(readers[0], *ACTIVATIONS):
         return None, None
     act = readers[0]
-    if layer.output[0] in graph.outputs:
+    if y.is_graph_output():
         return None, f"{layer.op_type} output is also a graph output"
-    if activation_params(graph, act) is None:
+    if activation_params(act) is None:
         return None, "Clip bounds are not constant scalars"
     return act, None
 
 
-def rewrite(graph: Graph, layer: onnx.NodeProto, act: onnx.NodeProto, pass_name: str) -> onnx.NodeProto:
-    node = helper.make_node(
-        LAYERS[layer.op_type],
-        list(layer.input),
-        [act.output[0]],
-        name=layer.name,  # the layer keeps its name: the report and the layer table refer to it
-        domain=BNNC_DOMAIN,
-        **attrs_of(layer),
-        activation=act.op_type,
-    )
-    params = activation_params(graph, act)
-    node.attribute.append(helper.make_attribute("activation_params", params, attr_type=onnx.AttributeProto.FLOATS))
-    node.metadata_props.add(key="bnnc.pass", value=pass_name)
+def rewrite(graph: ir.Graph, layer: ir.Node, act: ir.Node, pass_name: str) -> ir.Node:
+    """The fused node (not yet in the graph)."""
+    node = make_node(graph, LAYERS[layer.op_type], list(layer.inputs), f"{layer.name}_{act.op_type.lower()}", pass_name,
+                     domain=BNNC_DOMAIN, **attrs_of(layer), activation=act.op_type,
+                     activation_params=[float(p) for p in activation_params(act)])
+    out = act.outputs[0]
+    node.outputs[0].shape, node.outputs[0].dtype = out.shape, out.dtype
+    carry(layer, node)
     return node
 
 
@@ -93,15 +89,21 @@ class FuseActivationIntoFloatLayer(Pass):
 
     name = "fuse-activation-into-float-layer"
 
-    def call(self, graph: Graph) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
+        graph = model.graph
         stats: Counter[str] = Counter()
         reasons: list[str] = []
-        for layer in list(graph.nodes):
-            act, reason = match(graph, layer)
+        for layer in list(graph):
+            if layer.graph is not graph:
+                continue
+            act, reason = match(layer)
             if reason is not None:
                 reasons.append(f"{layer.name}: activation not fused: {reason}")
             if act is None:
                 continue
-            graph.replace([layer, act], [rewrite(graph, layer, act, self.name)])
+            node = rewrite(graph, layer, act, self.name)
+            graph.insert_before(layer, node)
+            replace_value(graph, act.outputs[0], node.outputs[0], rename=True)
+            remove(graph, [act, layer])
             stats[f"{layer.op_type}+{act.op_type}"] += 1
-        return PassResult(bool(stats), dict(stats), reasons)
+        return PassResult(model, bool(stats), dict(stats), reasons)

@@ -7,11 +7,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bnnc.graph import op_key
+from bnnc.ir import op_key
 from bnnc.pipeline import run_pipeline
 from passes.fold_affine_into_binary_output import FoldAffineIntoBinaryOutput
 from tests.bnn_graphs import Builder, before_pass, zero_row_input
-from tests.helpers import assert_close, ort_run, run_graph
+from tests.helpers import (
+    assert_close,
+    op_counts,
+    ort_run,
+    output_names,
+    run_graph,
+    serialized,
+)
 
 F = np.float32
 C = 6
@@ -39,8 +46,8 @@ def test_dyadic_mul_add_div_sub_fold_bit_identically():
     x = zero_row_input((2, 3, 5, 5))
     graph, rec, before, after = _fold(model, x)
     assert rec.modified and rec.stats == {"folded": 4} and rec.reasons == []
-    assert graph.op_counts() == {"bnnc.Binarize": 1, "bnnc.BinaryConv": 1}
-    assert graph.nodes[-1].output[0] == y and graph.outputs == [y]
+    assert op_counts(graph) == {"bnnc.Binarize": 1, "bnnc.BinaryConv": 1}
+    assert list(graph.graph)[-1].outputs[0].name == y and output_names(graph) == [y]
     np.testing.assert_array_equal(after, before)
     np.testing.assert_array_equal(after, ort_run(model, {"x": x})[0])
 
@@ -56,7 +63,7 @@ def test_batchnorm_folds_into_scale_and_bias(binary_input):
     model = b.model([("x", [2, 3, 5, 5])], [(out, [2, 3])])
     x = zero_row_input((2, 3, 5, 5), 1)
     graph, rec, before, after = _fold(model, x)
-    assert rec.stats == {"folded": 2} and "BatchNormalization" not in graph.op_counts()
+    assert rec.stats == {"folded": 2} and "BatchNormalization" not in op_counts(graph)
     # (s * scale + bias) * a + d becomes s * (scale * a) + (bias * a + d): roundings move
     assert_close(after, before, rel=1e-6)
     assert_close(after, ort_run(model, {"x": x})[0], rel=1e-5)
@@ -64,10 +71,10 @@ def test_batchnorm_folds_into_scale_and_bias(binary_input):
 
 def _refused(model, reason):
     graph = before_pass(model, FoldAffineIntoBinaryOutput)
-    original = [n.SerializeToString() for n in graph.nodes]
+    original = serialized(graph)
     rec = run_pipeline(graph, [FoldAffineIntoBinaryOutput()])[0]
     assert not rec.modified and rec.stats == {"folded": 0}
-    assert [n.SerializeToString() for n in graph.nodes] == original
+    assert serialized(graph) == original
     assert any(reason in r for r in rec.reasons), rec.reasons
 
 
@@ -99,5 +106,5 @@ def test_layers_that_write_bits_are_not_touched():
     z = b.op("Mul", [b.conv(b.sign(b.bn(y, C)), b.pm1((C, C, 1, 1))), b.const(F(2))])
     graph, rec, before, after = _fold(b.model([("x", [1, 3, 5, 5])], [(z, [1, C, 3, 3])]), zero_row_input((1, 3, 5, 5)))
     assert rec.stats == {"folded": 1}  # the Mul after the last layer only
-    assert [op_key(n) for n in graph.nodes].count("bnnc.BinaryConv") == 2
+    assert [op_key(n) for n in list(graph.graph)].count("bnnc.BinaryConv") == 2
     np.testing.assert_array_equal(after, before)

@@ -7,12 +7,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bnnc.graph import attrs_of, op_key
-from bnnc.layers import get_layers
+from bnnc.ir import attrs_of, const, op_key
+from bnnc.layers import get_layers, manifest_metadata
 from bnnc.pipeline import run_pipeline
 from passes.fold_thresholds_into_binary_layers import FoldThresholdsIntoBinaryLayers, fit_rules
 from tests.bnn_graphs import Builder, before_pass, zero_row_input
-from tests.helpers import ort_run, run_graph
+from tests.helpers import (
+    op_counts,
+    ort_run,
+    run_graph,
+    serialized,
+)
 
 F = np.float32
 C = 7
@@ -38,7 +43,7 @@ def _two_layers(b, chain):
 
 
 def _first_conv(graph):
-    return next(n for n in graph.nodes if op_key(n) == "bnnc.BinaryConv")
+    return next(n for n in list(graph.graph) if op_key(n) == "bnnc.BinaryConv")
 
 
 def test_batchnorm_with_negative_scales_becomes_a_rule():
@@ -46,11 +51,11 @@ def test_batchnorm_with_negative_scales_becomes_a_rule():
     model = _two_layers(b, lambda y: b.bn(y, C, neg_frac=0.5))
     graph, rec = _fold(model, zero_row_input((2, 3, 6, 6)))
     assert rec.modified and rec.stats["folded"] == 1 and rec.stats["flipped_channels"] >= 1
-    assert graph.op_counts() == {"bnnc.Binarize": 1, "bnnc.BinaryConv": 2}
+    assert op_counts(graph) == {"bnnc.Binarize": 1, "bnnc.BinaryConv": 2}
     conv = _first_conv(graph)
     a = attrs_of(conv)
-    assert a["output"] == "bits" and graph.const(conv.input[4]).shape == (C, 5)
-    assert get_layers(graph)[0]["output"] == "bits"
+    assert a["output"] == "bits" and const(conv.inputs[4]).shape == (C, 5)
+    assert get_layers(manifest_metadata(graph.graph))[0]["output"] == "bits"
 
 
 def test_exact_ties_keep_a_nonzero_mask():
@@ -60,7 +65,7 @@ def test_exact_ties_keep_a_nonzero_mask():
     graph, rec = _fold(model, zero_row_input((2, 3, 6, 6), 1))
     assert rec.stats["tie_channels"] == C
     conv = _first_conv(graph)
-    assert attrs_of(conv)["out_mask"] == 1 and len(conv.output) == 2
+    assert attrs_of(conv)["out_mask"] == 1 and len(conv.outputs) == 2
 
 
 def test_prelu_with_a_negative_slope_is_tabulated_too():
@@ -70,7 +75,7 @@ def test_prelu_with_a_negative_slope_is_tabulated_too():
     model = _two_layers(b, lambda y: b.op("Add", [b.op("PRelu", [y, slope]), b.const(F(-2.5))]))
     graph, rec = _fold(model, zero_row_input((2, 3, 6, 6), 2))
     assert rec.stats["folded"] == 1
-    rule = graph.const(_first_conv(graph).input[4])
+    rule = const(_first_conv(graph).inputs[4])
     assert np.all(rule[:, 2] == 1) and np.all(rule[:, 3] == -1) and np.all(rule[:, 4] == 1)
 
 
@@ -82,8 +87,8 @@ def test_maxpool_in_the_chain_pools_the_bits_with_min_where_the_chain_flips():
                                           C, gamma=gamma))
     graph, rec = _fold(model, zero_row_input((2, 3, 6, 6), 3))
     assert rec.stats["pooled_on_bits"] == 1
-    pool = next(n for n in graph.nodes if op_key(n) == "bnnc.BitMaxPool")
-    assert pool.input[2], "flipped channels take the min"
+    pool = next(n for n in list(graph.graph) if op_key(n) == "bnnc.BitMaxPool")
+    assert pool.inputs[2], "flipped channels take the min"
 
 
 @pytest.mark.parametrize("rows,expected", [
@@ -101,10 +106,10 @@ def test_fit_rules_refuses_more_than_three_runs():
 
 def _refused(model, reason):
     graph = before_pass(model, FoldThresholdsIntoBinaryLayers)
-    original = [n.SerializeToString() for n in graph.nodes]
+    original = serialized(graph)
     rec = run_pipeline(graph, [FoldThresholdsIntoBinaryLayers()])[0]
     assert not rec.modified and rec.stats["folded"] == 0
-    assert [n.SerializeToString() for n in graph.nodes] == original
+    assert serialized(graph) == original
     assert any(reason in r for r in rec.reasons), rec.reasons
 
 

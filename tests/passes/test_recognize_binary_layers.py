@@ -4,17 +4,21 @@ the reason it gives."""
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 
-from bnnc.graph import attrs_of, op_key
-from bnnc.layers import bit_tensors, get_layers
+from bnnc.ir import attrs_of, const, op_key
+from bnnc.layers import bit_tensors, get_layers, manifest_metadata
 from bnnc.pipeline import run_pipeline
 from passes.recognize_binary_layers import RecognizeBinaryLayers
 from tests.bnn_graphs import Builder, before_pass, zero_row_input
-from tests.helpers import assert_close, ort_run, run_graph
+from tests.helpers import (
+    assert_close,
+    op_counts,
+    ort_run,
+    run_graph,
+    serialized,
+)
 
 F = np.float32
 
@@ -31,7 +35,7 @@ def _recognize(model, x):
 
 
 def _layer(graph, op):
-    (node,) = [n for n in graph.nodes if op_key(n) == op]
+    (node,) = [n for n in list(graph.graph) if op_key(n) == op]
     return node
 
 
@@ -44,15 +48,15 @@ def test_xnor_conv_with_zero_padding_and_zero_inputs(alpha):
     x = zero_row_input((2, 5, 6, 6))
     graph, rec = _recognize(model, x)
     assert rec.modified and rec.stats == {"xnor": 1, "binary-weight": 0, "ternary": 0, "float": 0}
-    assert graph.op_counts() == {"bnnc.Binarize": 1, "bnnc.BinaryConv": 1}
+    assert op_counts(graph) == {"bnnc.Binarize": 1, "bnnc.BinaryConv": 1}
     conv = _layer(graph, "bnnc.BinaryConv")
     a = attrs_of(conv)
     assert a["output"] == "float" and a["pad_value"] == 0 and a["cin"] == 5 and a["cout"] == 6
-    assert conv.input[1], "Sign(0) = 0 needs the nonzero mask"
-    np.testing.assert_array_equal(graph.const(conv.input[4]), np.broadcast_to(np.asarray(alpha, F), (6,)))
-    (layer,) = get_layers(graph)
-    assert layer["mode"] == "xnor" and layer["packed_weight_bytes"] == graph.const(conv.input[2]).nbytes
-    assert bit_tensors(graph.metadata)[conv.input[0]]["zero"] == 0
+    assert conv.inputs[1] is not None, "Sign(0) = 0 needs the nonzero mask"
+    np.testing.assert_array_equal(const(conv.inputs[4]), np.broadcast_to(np.asarray(alpha, F), (6,)))
+    (layer,) = get_layers(manifest_metadata(graph.graph))
+    assert layer["mode"] == "xnor" and layer["packed_weight_bytes"] == const(conv.inputs[2]).nbytes
+    assert bit_tensors(manifest_metadata(graph.graph))[conv.inputs[0].name]["zero"] == 0
     assert_close(run_graph(graph, {"x": x})[0], ort_run(model, {"x": x})[0], rel=1e-6)
 
 
@@ -65,7 +69,7 @@ def test_maxpool_moves_onto_bits_and_a_one_pad_folds_into_the_conv():
     model = b.model([("x", [1, 3, 8, 8])], [(y, [1, 4, 4, 4])])
     graph, rec = _recognize(model, zero_row_input((1, 3, 8, 8), 1))
     assert rec.stats["xnor"] == 1
-    assert graph.op_counts() == {"bnnc.Binarize": 1, "bnnc.BinaryConv": 1, "bnnc.BitMaxPool": 1}
+    assert op_counts(graph) == {"bnnc.Binarize": 1, "bnnc.BinaryConv": 1, "bnnc.BitMaxPool": 1}
     a = attrs_of(_layer(graph, "bnnc.BinaryConv"))
     assert a["pad_value"] == 1 and a["pads"] == [1, 1, 1, 1]
 
@@ -96,17 +100,17 @@ def test_real_input_gives_binary_weight_mode_and_zeros_give_ternary():
     x = np.random.default_rng(3).integers(-2, 3, (1, 3, 7, 7)).astype(F)  # small integers: exact float sums
     graph, rec = _recognize(model, x)
     assert rec.stats == {"xnor": 0, "binary-weight": 1, "ternary": 1, "float": 0}
-    assert _layer(graph, "bnnc.BinaryWeightConv").input[0] == "x"
-    assert _layer(graph, "bnnc.BinaryConv").input[3], "ternary weights carry a mask bitplane"
-    assert [r["mode"] for r in get_layers(graph)] == ["binary-weight", "ternary"]
+    assert _layer(graph, "bnnc.BinaryWeightConv").inputs[0].name == "x"
+    assert _layer(graph, "bnnc.BinaryConv").inputs[3] is not None, "ternary weights carry a mask bitplane"
+    assert [r["mode"] for r in get_layers(manifest_metadata(graph.graph))] == ["binary-weight", "ternary"]
 
 
 def _refused(model, reason):
     graph = before_pass(model, RecognizeBinaryLayers)
-    original = [n.SerializeToString() for n in graph.nodes]
+    original = serialized(graph)
     rec = run_pipeline(graph, [RecognizeBinaryLayers()])[0]
     assert not rec.modified and rec.stats["float"] >= 1
-    assert [n.SerializeToString() for n in graph.nodes] == original
+    assert serialized(graph) == original
     assert any(reason in r for r in rec.reasons), rec.reasons
     return graph, rec
 
@@ -118,7 +122,7 @@ def test_float_weights_stay_float_with_their_deviation():
     y = b.conv(b.sign("x"), w)
     graph, rec = _refused(b.model([("x", [1, 3, 5, 5])], [(y, [1, 4, 3, 3])]),
                           "weights are not ±alpha per output channel (max deviation")
-    (layer,) = get_layers(graph)
+    (layer,) = get_layers(manifest_metadata(graph.graph))
     assert layer["mode"] == "float" and layer["weight_deviation"] > 0.4
     assert rec.reasons[0].startswith("conv_")
 
@@ -165,8 +169,8 @@ def test_two_layers_share_one_binarize():
     y = b.op("Add", [b.conv(s, b.pm1((4, 3, 3, 3))), b.conv(s, b.pm1((4, 3, 3, 3)))])
     model = b.model([("x", [1, 3, 5, 5])], [(y, [1, 4, 3, 3])])
     graph, rec = _recognize(model, zero_row_input((1, 3, 5, 5), 7))
-    assert rec.stats["xnor"] == 2 and graph.op_counts()["bnnc.Binarize"] == 1
-    (entry,) = bit_tensors(graph.metadata).values()
+    assert rec.stats["xnor"] == 2 and op_counts(graph)["bnnc.Binarize"] == 1
+    (entry,) = bit_tensors(manifest_metadata(graph.graph)).values()
     assert len(entry["readers"]) == 2
 
 
@@ -174,6 +178,6 @@ def test_graph_without_layers_is_left_alone():
     b = Builder(8)
     y = b.op("Relu", [b.sign("x")])
     graph = before_pass(b.model([("x", [1, 3])], [(y, [1, 3])]), RecognizeBinaryLayers)
-    nodes = copy.deepcopy(graph.nodes)
+    before = serialized(graph)
     rec = run_pipeline(graph, [RecognizeBinaryLayers()])[0]
-    assert not rec.modified and rec.reasons == [] and graph.nodes == nodes
+    assert not rec.modified and rec.reasons == [] and serialized(graph) == before
