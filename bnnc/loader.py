@@ -212,8 +212,9 @@ def _fix_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]
         dims = tt.shape.dim
         if vi.name in input_shapes:
             want = input_shapes[vi.name]
-            if tt.HasField("shape") and len(dims) != len(want):
-                raise BnncError(f"--input-shape gives {len(want)} dims for '{vi.name}', which has {len(dims)}")
+            if tt.HasField("shape"):
+                _check_given_shape(vi.name, want, [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                                                   for d in dims])
             del dims[:]
             for d in want:
                 dims.add().dim_value = d
@@ -233,6 +234,41 @@ def _fix_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]
                     f"give its shape with --input-shape {vi.name}=..."
                 )
     return dynamic_batch
+
+
+def _declared(dims: list[int | None]) -> str:
+    """A declared shape as the errors show it: dynamic dimensions as N (batch) or ?."""
+    return "[" + ", ".join(str(d) if d is not None else ("N" if k == 0 else "?") for k, d in enumerate(dims)) + "]"
+
+
+def _check_given_shape(name: str, want: list[int], dims: list[int | None]) -> None:
+    """--input-shape may fix the dynamic dimensions of an input, not change its rank or static ones."""
+    if len(want) != len(dims) or any(d is not None and d != w for d, w in zip(dims, want)):
+        raise BnncError(f"--input-shape gives shape {list(want)} for input '{name}'; the model expects {_declared(dims)}")
+
+
+def check_feeds(model: ir.Model, feeds: dict) -> None:
+    """Input arrays against the loaded model's inputs, with the runtime's one-line errors."""
+    import numpy as np
+
+    names = [v.name for v in model.graph.inputs]
+    for k in feeds:
+        if k not in names:
+            raise BnncError(f"unknown input '{k}' (the model's inputs: {', '.join(names)})")
+    dynamic = bool(model.meta.get(DYNAMIC_BATCH))
+    for v in model.graph.inputs:
+        if v.name not in feeds:
+            raise BnncError(f"missing input '{v.name}'")
+        x = feeds[v.name]
+        want_dtype = np.dtype(v.dtype.numpy())
+        if x.dtype != want_dtype:
+            raise BnncError(f"input '{v.name}' has dtype {x.dtype}; the model expects {want_dtype}")
+        shape = [int(d) for d in v.shape]
+        ok = list(x.shape) == shape or (dynamic and x.ndim == len(shape) and list(x.shape[1:]) == shape[1:]
+                                         and x.shape[0] > 0)
+        if not ok:
+            want = ["N", *shape[1:]] if dynamic else shape
+            raise BnncError(f"input {v.name} has shape {list(x.shape)}; the model expects [{', '.join(map(str, want))}]")
 
 
 def _clear_stale_shapes(model: onnx.ModelProto) -> None:

@@ -31,7 +31,7 @@ import onnx_ir as ir
 
 from bnnc.ir import dtype, infer_shapes, shape, to_proto
 from bnnc.layers import bit_tensors
-from bnnc.loader import DYNAMIC_BATCH, load_model
+from bnnc.loader import DYNAMIC_BATCH, check_feeds, load_model
 from bnnc.onnxrt import session
 from bnnc.ops import binarize
 from runtime import InferenceSession
@@ -130,8 +130,11 @@ def verify(onnx_path: str, feeds: dict[str, np.ndarray] | None = None, samples: 
            artifact: str | None = None) -> VerifyReport:
     """Compare bnnc with onnxruntime on ``onnx_path`` (see the module docstring). ``artifact``
     checks an existing compiled file instead of compiling the model again."""
+    declared = load_model(onnx_path, input_shapes)
     if feeds is None:
-        feeds = random_inputs(load_model(onnx_path, input_shapes), samples)
+        feeds = random_inputs(declared, samples)
+    else:
+        check_feeds(declared, feeds)  # before their shapes become the compiled ones
     shapes = dict(input_shapes or {})
     shapes.update({k: list(v.shape) for k, v in feeds.items()})
     ref_graph = _reference_model(onnx_path, shapes, [])

@@ -114,3 +114,26 @@ def op_counts(model: ir.Model) -> dict[str, int]:
 def serialized(model: ir.Model) -> list[bytes]:
     """Every node as bytes, to assert that a pass left the graph alone."""
     return [ir.serde.serialize_node(n).SerializeToString() for n in model.graph]
+
+
+# -- the command line -------------------------------------------------------------------------------
+def cli(*args) -> tuple[int, str, str]:
+    """Run ``bnnc ARGS`` in-process: (exit code, stdout, stderr)."""
+    from click.testing import CliRunner
+
+    from cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def assert_cli_error(args, *needles) -> str:
+    """``bnnc ARGS`` fails with exit code 2 and one ``error:`` line holding every needle."""
+    code, out, err = cli(*args)
+    assert code == 2, (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err + out
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
