@@ -219,7 +219,7 @@ def _read_feeds(specs, input_names):
         try:
             feeds[name] = np.load(path, allow_pickle=False)
         except Exception as e:
-            raise BnncError(f"cannot read '{path}' as a .npy array: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise BnncError(f"cannot read '{path}' as a .npy array: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         if not isinstance(feeds[name], np.ndarray):
             raise BnncError(f"'{path}' is not a single .npy array")
     return feeds

@@ -47,7 +47,8 @@ import onnx
 import onnx_ir as ir
 
 from bnnc.bench import Engines, interleave, load_engines, ort_session
-from bnnc.ir import dtype, fresh_name, from_proto, prune, shape, to_proto
+from bnnc.ir import dtype, fresh_name, prune, shape
+from bnnc.ir_convert import from_proto, to_proto
 from bnnc.memory import peak_memory
 from runtime import InferenceSession
 from runtime.errors import BnncError

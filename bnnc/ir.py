@@ -18,7 +18,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from runtime.errors import BnncError
@@ -112,7 +111,7 @@ def _convert(name: str, v: Any) -> ir.Attr:
             return ir.AttrInt64s(name, v)
         if all(isinstance(x, str) for x in v):
             return ir.AttrStrings(name, v)
-    if isinstance(v, ir.TensorBase):
+    if isinstance(v, ir.Tensor):
         return ir.AttrTensor(name, v)
     return ir.convenience.convert_attribute(name, v)
 
@@ -318,64 +317,3 @@ def op_counts(graph: ir.Graph) -> dict[str, int]:
     for n in graph:
         counts[op_key(n)] = counts.get(op_key(n), 0) + 1
     return dict(sorted(counts.items()))
-
-
-# -- conversion ---------------------------------------------------------------------------------
-def from_proto(model: onnx.ModelProto) -> ir.Model:
-    m = ir.serde.deserialize_model(model)
-    m.opset_imports.setdefault(BNNC_DOMAIN, BNNC_OPSET)
-    for v in m.graph.initializers.values():
-        # decoded once: a TensorProto-backed tensor decodes its bytes on every read
-        v.const_value = ir.Tensor(v.const_value.numpy(), name=v.name)
-        v.shape, v.dtype = v.const_value.shape, v.const_value.dtype
-    return m
-
-
-def to_proto(model: ir.Model) -> onnx.ModelProto:
-    """The model as an ``onnx.ModelProto`` (IR version at least 7)."""
-    if not any(n.domain == BNNC_DOMAIN for n in model.graph):
-        model.opset_imports.pop(BNNC_DOMAIN, None)
-    proto = ir.serde.serialize_model(model)
-    model.opset_imports.setdefault(BNNC_DOMAIN, BNNC_OPSET)
-    proto.ir_version = max(proto.ir_version, 7)
-    return proto
-
-
-_BIG = 1024  # bytes: larger initializers travel to shape inference as typed inputs only
-
-
-def untyped(graph: ir.Graph) -> bool:
-    """Some value a node produces has no static shape or no dtype yet."""
-    return any(v.name and (v.dtype is None or v.shape is None or not v.shape.is_static()) for n in graph for v in n.outputs)
-
-
-def infer_shapes(model: ir.Model) -> None:
-    """Fill in the shapes and dtypes that ONNX shape inference can tell and the graph lacks.
-
-    Values made by custom ops must have been typed by the pass that made them; inference then
-    carries on through the standard ops downstream. Known static shapes are never overwritten.
-    """
-    proto = to_proto(model)
-    g = proto.graph
-    big = [t for t in g.initializer if t.raw_data and len(t.raw_data) > _BIG]
-    for t in big:
-        g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    keep = [t for t in g.initializer if not (t.raw_data and len(t.raw_data) > _BIG)]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    except (onnx.shape_inference.InferenceError, RuntimeError):
-        return  # best effort: the lowering names any value whose shape stays unknown
-    by_name = {v.name: v for n in model.graph for v in n.outputs if v.name}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
-        v = by_name.get(vi.name)
-        if v is None or shape(v) is not None:
-            continue
-        t = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type") or t.elem_type == 0:
-            continue
-        if v.dtype is None:
-            v.dtype = ir.DataType(t.elem_type)
-        if t.HasField("shape"):
-            v.shape = ir.Shape([d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim])

@@ -18,7 +18,8 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from bnnc.ir import from_proto, name_nodes
+from bnnc.ir import name_nodes
+from bnnc.ir_convert import from_proto
 from bnnc.qonnx import QONNX_DOMAINS, QONNX_OPS
 from runtime.errors import BnncError
 from runtime.kernels import KERNELS

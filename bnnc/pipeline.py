@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 import onnx_ir as ir
 
 from bnnc.dumps import PassDumper
-from bnnc.ir import infer_shapes, name_nodes, op_counts, to_proto, untyped
+from bnnc.ir import name_nodes, op_counts
+from bnnc.ir_convert import infer_shapes, to_proto, untyped
 from bnnc.layers import manifest_metadata
 from runtime.errors import BnncError
 

@@ -29,7 +29,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from bnnc.ir import dtype, infer_shapes, shape, to_proto
+from bnnc.ir import dtype, shape
+from bnnc.ir_convert import infer_shapes, to_proto
 from bnnc.layers import bit_tensors
 from bnnc.loader import DYNAMIC_BATCH, check_feeds, load_model
 from bnnc.onnxrt import session

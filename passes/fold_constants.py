@@ -20,7 +20,8 @@ import numpy as np
 import onnx_ir as ir
 
 from bnnc import qonnx
-from bnnc.ir import add_const, attrs_of, const, infer_shapes, prune, remove, replace_value, shape
+from bnnc.ir import add_const, attrs_of, const, prune, remove, replace_value, shape
+from bnnc.ir_convert import infer_shapes
 from bnnc.pipeline import Pass, PassResult
 from runtime.errors import BnncError
 

@@ -39,43 +39,11 @@ from bnnc.ir import (
 from bnnc.layers import LayerFacts, record_bits, set_layer
 from bnnc.ops import packed_shape
 from bnnc.pipeline import Pass, PassResult
-from bnnc.weights import classify
+from bnnc.weights import classify, layer_bias, weight_matrix
 from runtime.bitpack import pack_dense
 
 NAME = "recognize-binary-layers"
 _FLATTENERS = ("Transpose", "Reshape", "Flatten")
-
-
-def weight_matrix(node: ir.Node) -> tuple[np.ndarray | None, str]:
-    """The layer's weights as [Cout, ...] (Conv layout or [Cout, K]), or a reason."""
-    w = const(node.inputs[1])
-    if w is None:
-        return None, "weights are not constant"
-    if node.op_type == "Conv":
-        return (w, "") if w.ndim == 4 else (None, f"{w.ndim - 2}-D convolution")
-    if w.ndim != 2:
-        return None, f"weights have rank {w.ndim}"
-    if node.op_type == "Gemm":
-        if node_attr(node, "transA", 0):
-            return None, "Gemm with transA=1"
-        return (w if node_attr(node, "transB", 0) else w.T), ""
-    s = shape(node.inputs[0])
-    if s is None or len(s) != 2:
-        return None, "MatMul input is not 2-D"
-    return w.T, ""
-
-
-def layer_bias(node: ir.Node, cout: int) -> tuple[np.ndarray | None, str]:
-    if node.op_type == "MatMul" or len(node.inputs) < 3 or node.inputs[2] is None:
-        return np.zeros(cout, np.float32), ""
-    b = const(node.inputs[2])
-    if b is None:
-        return None, "bias is not constant"
-    if node.op_type == "Gemm":
-        b = b * np.float32(node_attr(node, "beta", 1.0))
-        if b.size not in (1, cout) or (b.ndim == 2 and b.shape[0] != 1):
-            return None, "Gemm C is not a per-output-channel bias"
-    return np.broadcast_to(b.reshape(-1), (cout,)).astype(np.float32), ""
 
 
 def trace_binary_input(x: ir.Value, dense: bool) -> tuple[ir.Node | None, list[ir.Node]]:

@@ -15,7 +15,8 @@ from onnx import TensorProto
 
 import bnnc
 from bnnc.builder import make_model  # noqa: F401  (the tests build models with it)
-from bnnc.ir import const, to_proto
+from bnnc.ir import const
+from bnnc.ir_convert import to_proto
 from bnnc.lower import lower
 from runtime import InferenceSession
 from runtime.artifact import write_artifact

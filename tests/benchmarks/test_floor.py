@@ -11,7 +11,8 @@ import pytest
 
 from bnnc import workloads
 from bnnc.bench import load_engines
-from bnnc.ir import from_proto, op_counts, shape
+from bnnc.ir import op_counts, shape
+from bnnc.ir_convert import from_proto
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 from floor import binary_layers, float_part  # noqa: E402

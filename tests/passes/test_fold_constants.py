@@ -6,7 +6,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from bnnc.ir import const, from_proto
+from bnnc.ir import const
+from bnnc.ir_convert import from_proto
 from bnnc.pipeline import run_pipeline
 from passes.fold_constants import MAX_ELEMENTS, FoldConstants
 from tests.helpers import (

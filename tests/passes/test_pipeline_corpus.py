@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnnc.ir import to_proto
+from bnnc.ir_convert import to_proto
 from bnnc.loader import load_model, read_model
 from bnnc.pipeline import run_pipeline
 from passes.fold_constants import FoldConstants

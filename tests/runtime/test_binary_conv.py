@@ -8,7 +8,8 @@ import pytest
 from onnx import helper
 
 from bnnc import ops
-from bnnc.ir import BNNC_DOMAIN, from_proto
+from bnnc.ir import BNNC_DOMAIN
+from bnnc.ir_convert import from_proto
 from runtime.bitpack import pack_dense, tail_mask
 from runtime.errors import BnncError
 from runtime.kernels import binary_conv

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from bnnc.ir import BNNC_DOMAIN, from_proto, to_proto
+from bnnc.ir import BNNC_DOMAIN
+from bnnc.ir_convert import from_proto, to_proto
 from runtime.errors import BnncError
 from runtime.kernels import KERNELS, Step
 from tests.helpers import load_graph, ort_run, run_graph

@@ -10,7 +10,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from bnnc.ir import from_proto, name_nodes
+from bnnc.ir import name_nodes
+from bnnc.ir_convert import from_proto
 from bnnc.lower import lower
 from runtime import InferenceSession
 from runtime.artifact import write_artifact
