@@ -284,6 +284,13 @@ def replace_node(graph: ir.Graph, old: ir.Node, new: Sequence[ir.Node], outputs:
     remove(graph, [old])
 
 
+def adopt_name(new: ir.Node, old: ir.Node) -> None:
+    """``new`` took ``old``'s place (``old`` is out of the graph): it takes its name too, so plan
+    steps, reports and emitted code keep naming the source model's nodes."""
+    assert old.graph is None, "the node to take the name of must be out of the graph"
+    new.name = old.name
+
+
 def remove(graph: ir.Graph, nodes: Iterable[ir.Node]) -> None:
     """Remove nodes that nothing reads any more (their inputs stop pointing at them)."""
     graph.remove(list(nodes), safe=True)

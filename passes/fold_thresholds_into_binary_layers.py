@@ -24,6 +24,7 @@ from onnx import helper, numpy_helper
 
 from bnnc.ir import (
     add_const,
+    adopt_name,
     attrs_of,
     bnnc_node,
     const,
@@ -273,3 +274,4 @@ class FoldThresholdsIntoBinaryLayers(Pass):
         if len(b.outputs) > 1 and not out_mask:
             _drop_value(graph, b.outputs[1])
         remove(graph, [b, *chain[::-1], layer])
+        adopt_name(new_layer, layer)

@@ -17,6 +17,7 @@ import onnx_ir as ir
 
 from bnnc.ir import (
     add_const,
+    adopt_name,
     attrs_of,
     const,
     is_bnnc,
@@ -41,11 +42,15 @@ def _copy(graph: ir.Graph, node: ir.Node, inputs, name: str | None = None, **att
     return make_node(graph, node.op_type, inputs, name or node.name, NAME, domain=node.domain, **a)
 
 
-def _replace_pair(graph: ir.Graph, first: ir.Node, second: ir.Node, new: list[ir.Node], out: ir.Value) -> None:
-    """``new`` (ending in ``out``) replaces first -> second; second's output keeps its name."""
+def _replace_pair(graph: ir.Graph, first: ir.Node, second: ir.Node, new: list[ir.Node], out: ir.Value,
+                  copies: tuple[tuple[ir.Node, ir.Node], ...] = ()) -> None:
+    """``new`` (ending in ``out``) replaces first -> second; second's output keeps its name and
+    each (copy, original) pair of ``copies`` the original's node name."""
     graph.insert_before(first, new)
     replace_value(graph, second.outputs[0], out, rename=True)
     remove(graph, [second, first])
+    for copy, original in copies:
+        adopt_name(copy, original)
 
 
 def _swap_sign_up(graph: ir.Graph, sign: ir.Node, lay: ir.Node) -> None:
@@ -54,7 +59,7 @@ def _swap_sign_up(graph: ir.Graph, sign: ir.Node, lay: ir.Node) -> None:
     new_sign = _copy(graph, sign, [x])
     new_sign.outputs[0].shape, new_sign.outputs[0].dtype = x.shape, x.dtype
     new_lay = _copy(graph, lay, [new_sign.outputs[0], *lay.inputs[1:]])
-    _replace_pair(graph, lay, sign, [new_sign, new_lay], new_lay.outputs[0])
+    _replace_pair(graph, lay, sign, [new_sign, new_lay], new_lay.outputs[0], ((new_sign, sign), (new_lay, lay)))
 
 
 def _perm(node: ir.Node, rank: int) -> list[int]:
@@ -79,7 +84,7 @@ def _sink_transpose_below_pad(graph: ir.Graph, tr: ir.Node, pad: ir.Node) -> boo
     new_pad.outputs[0].shape = ir.Shape([d + b + e for d, b, e in zip(s, begin, end)])
     new_pad.outputs[0].dtype = tr.inputs[0].dtype
     new_tr = _copy(graph, tr, [new_pad.outputs[0]])
-    _replace_pair(graph, tr, pad, [new_pad, new_tr], new_tr.outputs[0])
+    _replace_pair(graph, tr, pad, [new_pad, new_tr], new_tr.outputs[0], ((new_pad, pad), (new_tr, tr)))
     return True
 
 
@@ -106,6 +111,8 @@ def _merge_pair(graph: ir.Graph, first: ir.Node, second: ir.Node) -> bool:
             remove(graph, [second, first])
             return True
         new = _copy(graph, second, [x, *second.inputs[1:]])
+        _replace_pair(graph, first, second, [new], new.outputs[0], ((new, second),))
+        return True
     _replace_pair(graph, first, second, [new], new.outputs[0])
     return True
 

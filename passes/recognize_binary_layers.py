@@ -22,6 +22,7 @@ import onnx_ir as ir
 
 from bnnc.ir import (
     add_const,
+    adopt_name,
     attrs_of,
     bnnc_node,
     const,
@@ -120,6 +121,7 @@ class _Rewrite:
             self.binarized[key] = (bits, mask)
             record_bits(bits, source, zero, channels, node.name)
         replace_node(self.g, node, new, new[-1].outputs)
+        adopt_name(new[-1], node)
         return mode, ""
 
     def _float(self, facts: LayerFacts, why: str) -> tuple[str, str]:

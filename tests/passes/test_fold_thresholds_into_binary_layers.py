@@ -53,6 +53,7 @@ def test_batchnorm_with_negative_scales_becomes_a_rule():
     assert rec.modified and rec.stats["folded"] == 1 and rec.stats["flipped_channels"] >= 1
     assert op_counts(graph) == {"bnnc.Binarize": 1, "bnnc.BinaryConv": 2}
     conv = _first_conv(graph)
+    assert conv.name == get_layers(manifest_metadata(graph.graph))[0]["name"]  # keeps the Conv's name
     a = attrs_of(conv)
     assert a["output"] == "bits" and const(conv.inputs[4]).shape == (C, 5)
     assert get_layers(manifest_metadata(graph.graph))[0]["output"] == "bits"

@@ -50,6 +50,7 @@ def test_xnor_conv_with_zero_padding_and_zero_inputs(alpha):
     assert rec.modified and rec.stats == {"xnor": 1, "binary-weight": 0, "ternary": 0, "float": 0}
     assert op_counts(graph) == {"bnnc.Binarize": 1, "bnnc.BinaryConv": 1}
     conv = _layer(graph, "bnnc.BinaryConv")
+    assert conv.name == f"{y}_node" and conv.outputs[0].name == y  # the source model's names
     a = attrs_of(conv)
     assert a["output"] == "float" and a["pad_value"] == 0 and a["cin"] == 5 and a["cout"] == 6
     assert conv.inputs[1] is not None, "Sign(0) = 0 needs the nonzero mask"
