@@ -4,7 +4,8 @@ For each model of ``--corpus`` (``model.onnx`` + ``input.npy``), each checkout c
 its own compiler and runs the artifact with its own runtime on ``input.npy``, in a subprocess
 started in the checkout (``python -c``, so the checkout's ``bnnc`` and ``runtime`` are the ones
 imported). We print, per model, the largest absolute difference between the two checkouts'
-outputs and each one's largest difference from ``expected.npy``.
+outputs, each one's largest difference from ``expected.npy`` and each one's compile time (one
+compile, in a fresh process: read it as a rough figure).
 
     python benchmarks/compare_checkouts.py --base /work/main [--base-python /work/main/.venv/bin/python]
 """
@@ -22,10 +23,12 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parents[1]
 RUN = """
-import sys, numpy as np, bnnc
+import sys, time, numpy as np, bnnc
 from runtime import InferenceSession
 onnx_path, out_bnn, x_path, out_npz = sys.argv[1:5]
+t0 = time.perf_counter()
 bnnc.compile(onnx_path, out_bnn)
+print(time.perf_counter() - t0)
 sess = InferenceSession(out_bnn, threads=1)
 x = np.load(x_path)
 outs = sess.run(None, {sess.get_inputs()[0].name: x})
@@ -33,13 +36,15 @@ np.savez(out_npz, *outs)
 """
 
 
-def run(checkout: Path, python: str, model: Path, out_dir: Path) -> list[np.ndarray]:
+def run(checkout: Path, python: str, model: Path, out_dir: Path) -> tuple[list[np.ndarray], float]:
+    """The artifact's outputs on input.npy, and the compile's seconds."""
     out_npz = out_dir / f"{model.name}.npz"
     cmd = [python, "-c", RUN, str(model / "model.onnx"), str(out_dir / f"{model.name}.bnn"),
            str(model / "input.npy"), str(out_npz)]
-    subprocess.run(cmd, cwd=checkout, check=True, env={**os.environ, "PYTHONPATH": str(checkout)})
+    proc = subprocess.run(cmd, cwd=checkout, check=True, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(checkout)})
     with np.load(out_npz) as z:
-        return [z[k] for k in sorted(z.files, key=lambda k: int(k.split("_")[1]))]
+        return [z[k] for k in sorted(z.files, key=lambda k: int(k.split("_")[1]))], float(proc.stdout.split()[-1])
 
 
 def main() -> None:
@@ -50,19 +55,20 @@ def main() -> None:
     args = ap.parse_args()
     base = Path(args.base).resolve()
     base_python = args.base_python or str(base / ".venv" / "bin" / "python")
-    print(f"{'model':32} {'max |ours - base|':>18} {'ours vs expected':>17} {'base vs expected':>17}")
+    print(f"{'model':30} {'max |ours - base|':>18} {'ours vs expected':>17} {'base vs expected':>17}"
+          f" {'compile ours s':>15} {'base s':>7}")
     with tempfile.TemporaryDirectory() as d:
         for model in sorted(p for p in Path(args.corpus).iterdir() if (p / "model.onnx").exists()):
             dirs = [Path(d) / "ours", Path(d) / "base"]
             for x in dirs:
                 x.mkdir(exist_ok=True)
-            ours = run(HERE, sys.executable, model, dirs[0])
-            theirs = run(base, base_python, model, dirs[1])
+            ours, t_ours = run(HERE, sys.executable, model, dirs[0])
+            theirs, t_base = run(base, base_python, model, dirs[1])
             expected = np.load(model / "expected.npy")
             diff = max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(ours, theirs, strict=True))
             e_ours = float(np.max(np.abs(ours[0].astype(np.float64) - expected)))
             e_base = float(np.max(np.abs(theirs[0].astype(np.float64) - expected)))
-            print(f"{model.name:32} {diff:18.3g} {e_ours:17.3g} {e_base:17.3g}")
+            print(f"{model.name:30} {diff:18.3g} {e_ours:17.3g} {e_base:17.3g} {t_ours:15.2f} {t_base:7.2f}")
 
 
 if __name__ == "__main__":
