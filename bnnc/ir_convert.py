@@ -12,6 +12,7 @@ import onnx
 import onnx_ir as ir
 
 from bnnc.ir import BNNC_DOMAIN, BNNC_OPSET, shape
+from bnnc.layers import manifest_metadata
 
 
 def from_proto(model: onnx.ModelProto) -> ir.Model:
@@ -24,13 +25,17 @@ def from_proto(model: onnx.ModelProto) -> ir.Model:
     return m
 
 
-def to_proto(model: ir.Model) -> onnx.ModelProto:
-    """The model as an ``onnx.ModelProto`` (IR version at least 7)."""
+def to_proto(model: ir.Model, with_facts: bool = False) -> onnx.ModelProto:
+    """The model as an ``onnx.ModelProto`` (IR version at least 7). ``with_facts`` adds the layer
+    and bit-tensor tables to its metadata, as the artifact will store them (for dumps)."""
     if not any(n.domain == BNNC_DOMAIN for n in model.graph):
         model.opset_imports.pop(BNNC_DOMAIN, None)
     proto = ir.serde.serialize_model(model)
     model.opset_imports.setdefault(BNNC_DOMAIN, BNNC_OPSET)
     proto.ir_version = max(proto.ir_version, 7)
+    if with_facts:
+        for k, v in manifest_metadata(model.graph).items():
+            proto.metadata_props.add(key=k, value=v)
     return proto
 
 

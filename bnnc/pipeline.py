@@ -21,7 +21,6 @@ import onnx_ir as ir
 from bnnc.dumps import PassDumper
 from bnnc.ir import name_nodes, op_counts
 from bnnc.ir_convert import infer_shapes, to_proto, untyped
-from bnnc.layers import manifest_metadata
 from runtime.errors import BnncError
 
 
@@ -60,7 +59,7 @@ def run_pipeline(
     """Run ``passes`` in order on ``model`` (in place) and return one record per pass."""
     dumper = PassDumper(dump_dir) if dump_dir is not None else None
     if dumper is not None:
-        dumper.start(_dump_proto(model))
+        dumper.start(to_proto(model, with_facts=True))
     records: list[PassRecord] = []
     for i, p in enumerate(passes, start=1):
         t0 = time.perf_counter()
@@ -86,15 +85,8 @@ def run_pipeline(
         if progress is not None:
             progress(rec)
         if dumper is not None:
-            dumper.after_pass(i, p.name, _dump_proto(model))
+            dumper.after_pass(i, p.name, to_proto(model, with_facts=True))
     if dumper is not None:
         dumper.write_summary([vars(r) for r in records])
     return records
 
-
-def _dump_proto(model: ir.Model):
-    """The model as ONNX with the facts the passes keep on nodes, as the artifact will store them."""
-    proto = to_proto(model)
-    for k, v in manifest_metadata(model.graph).items():
-        proto.metadata_props.add(key=k, value=v)
-    return proto
