@@ -215,7 +215,7 @@ def _read_feeds(specs, input_names):
         if name in feeds:
             raise BnncError(f"input '{name}' is given more than once")
         if not os.path.isfile(path):
-            raise BnncError(f"input file not found: '{path}'")
+            raise BnncError(f"no such file: '{path}'")
         try:
             feeds[name] = np.load(path, allow_pickle=False)
         except Exception as e:

@@ -46,16 +46,7 @@ def _plan_attrs(node, opset: int) -> dict[str, Any]:
 def lower(model: ir.Model, producer: str, metadata: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Return ``(manifest, tensors)`` for ``model``; see the module docstring."""
     graph = model.graph
-    missing: dict[str, list[str]] = {}
-    for n in graph:
-        if op_key(n) not in KERNELS:
-            missing.setdefault(op_key(n), []).append(n.name)
-    if missing:
-        parts = [f"{op} (node {', '.join(repr(x) for x in v)})" for op, v in sorted(missing.items())]
-        raise BnncError(
-            "these nodes could not be compiled (not resolved at compile time and no runtime "
-            f"kernel): {'; '.join(parts)}"
-        )
+    _check_kernels(graph)
     values: dict[str, dict[str, Any]] = {}
     for v in dict.fromkeys([*graph.inputs, *(o for n in graph for o in n.outputs if o.name), *graph.outputs]):
         s, dt = shape(v), dtype(v)
@@ -97,6 +88,20 @@ def lower(model: ir.Model, producer: str, metadata: dict[str, str] | None = None
     }
     tensors = {k: np.asarray(const(v), order="C") for k, v in graph.initializers.items()}
     return manifest, tensors
+
+
+def _check_kernels(graph: ir.Graph) -> None:
+    """Every node left must have a runtime kernel; all the others are named in one error."""
+    missing: dict[str, list[str]] = {}
+    for n in graph:
+        if op_key(n) not in KERNELS:
+            missing.setdefault(op_key(n), []).append(n.name)
+    if missing:
+        parts = [f"{op} (node {', '.join(repr(x) for x in v)})" for op, v in sorted(missing.items())]
+        raise BnncError(
+            "these nodes could not be compiled (not resolved at compile time and no runtime "
+            f"kernel): {'; '.join(parts)}"
+        )
 
 
 def _without_trailing_blanks(names: list[str]) -> list[str]:
