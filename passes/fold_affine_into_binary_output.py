@@ -33,6 +33,8 @@ def affine_of(node: ir.Node, x: ir.Value, channels: int, rank: int):
     if not is_std(node, "Mul", "Div", "Add", "Sub") or len(node.inputs) != 2:
         return f"{node.op_type} node {node.name} is not a per-channel affine op"
     other = node.inputs[1] if node.inputs[0] is x else node.inputs[0]
+    if const(other) is None:  # a shortcut Add is fold-residual-add-into-binary-output's
+        return f"{node.op_type} node {node.name} reads a computed value '{other.name}', not a constant"
     p = per_channel(other, channels, rank)
     if p is None:
         return f"{node.op_type} node {node.name} mixes in a value that is not a per-channel constant"

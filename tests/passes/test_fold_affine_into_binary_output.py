@@ -90,7 +90,7 @@ def test_ops_that_are_not_per_channel_affine_stay():
     _refused(_layer_then(lambda b, y: b.op("Add", [y, b.const(np.ones((1, 1, 3, 3), F))])),
              "mixes in a value that is not a per-channel constant")
     _refused(_layer_then(lambda b, y: b.op("Mul", [y, "s"]), extra_inputs=[("s", [1, C, 1, 1])]),
-             "mixes in a value that is not a per-channel constant")
+             "reads a computed value 's', not a constant")
     _refused(_layer_then(lambda b, y: b.op("Sub", [b.const(_per_channel(np.ones(C))), y])),
              "has the layer's value on the right")
 
