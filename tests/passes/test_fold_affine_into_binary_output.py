@@ -19,6 +19,7 @@ from tests.helpers import (
     run_graph,
     serialized,
 )
+from tests.reference_run import run_reference
 
 F = np.float32
 C = 6
@@ -29,10 +30,14 @@ def _per_channel(values):
 
 
 def _fold(model, x):
+    """(graph, record, reference output before, reference output after); the runtime computes the
+    references' result after the pass (binary-weight layers sum in float: to the rounding)."""
     graph = before_pass(model, FoldAffineIntoBinaryOutput)
-    before = run_graph(graph, {"x": x})[0]
+    before = run_reference(graph, {"x": x})[0]
     rec = run_pipeline(graph, [FoldAffineIntoBinaryOutput()])[0]
-    return graph, rec, before, run_graph(graph, {"x": x})[0]
+    after = run_reference(graph, {"x": x})[0]
+    assert_close(run_graph(graph, {"x": x})[0], after, rel=1e-6)
+    return graph, rec, before, after
 
 
 def test_dyadic_mul_add_div_sub_fold_bit_identically():

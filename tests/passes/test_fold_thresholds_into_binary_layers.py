@@ -18,20 +18,24 @@ from tests.helpers import (
     run_graph,
     serialized,
 )
+from tests.reference_run import run_reference
 
 F = np.float32
 C = 7
 
 
 def _fold(model, x):
-    """Run the pass on the graph the pipeline gives it; assert the outputs do not change."""
+    """Run the pass on the graph the pipeline gives it; assert that the op references compute the
+    same outputs before and after it, as onnxruntime on the source model and the runtime do."""
     graph = before_pass(model, FoldThresholdsIntoBinaryLayers)
-    before = run_graph(graph, {"x": x})
+    before = run_reference(graph, {"x": x})
     rec = run_pipeline(graph, [FoldThresholdsIntoBinaryLayers()])[0]
-    after = run_graph(graph, {"x": x})
-    for a, b, o in zip(after, before, ort_run(model, {"x": x})):
+    after = run_reference(graph, {"x": x})
+    runtime = run_graph(graph, {"x": x})
+    for a, b, o, r in zip(after, before, ort_run(model, {"x": x}), runtime, strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, o)  # ±1 weights after the rule: integer outputs, exact
+        np.testing.assert_array_equal(r, a)
     return graph, rec
 
 
