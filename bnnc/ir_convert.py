@@ -63,7 +63,7 @@ def infer_shapes(model: ir.Model) -> None:
     g.initializer.extend(keep)
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    except (onnx.shape_inference.InferenceError, RuntimeError):
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError):
         return  # best effort: the lowering names any value whose shape stays unknown
     by_name = {v.name: v for n in model.graph for v in n.outputs if v.name}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output):

@@ -90,7 +90,7 @@ def load_model(path: str, input_shapes: dict[str, list[int]] | None = None) -> i
     model = _convert_opset(model, path)
     try:  # fills in output shapes some exporters leave out, which the checker insists on
         model = onnx.shape_inference.infer_shapes(model)
-    except (onnx.shape_inference.InferenceError, RuntimeError):
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError):
         pass  # the checker below and the inference after the input fixes report what is wrong
     try:
         onnx.checker.check_model(model)
