@@ -18,7 +18,7 @@ from collections import Counter
 import numpy as np
 import onnx_ir as ir
 
-from bnnc.ir import add_const, attrs_of, const, is_std, make_node, remove, replace_value
+from bnnc.ir import add_const, adopt_name, attrs_of, const, is_std, make_node, remove, replace_value
 from bnnc.layers import carry
 from bnnc.matching import batchnorm_factors
 from bnnc.pipeline import Pass, PassResult
@@ -117,5 +117,6 @@ class FoldBatchNormIntoFloatLayer(Pass):
             graph.insert_before(layer, node)
             replace_value(graph, bn.outputs[0], node.outputs[0], rename=True)
             remove(graph, [bn, layer])
+            adopt_name(node, layer)  # the report and the layer table refer to the layer's name
             stats[layer.op_type] += 1
         return PassResult(model, bool(stats), dict(stats), reasons)

@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 import onnx_ir as ir
 
-from bnnc.ir import BNNC_DOMAIN, attrs_of, const, is_std, make_node, remove, replace_value
+from bnnc.ir import BNNC_DOMAIN, adopt_name, attrs_of, const, is_std, make_node, remove, replace_value
 from bnnc.layers import carry
 from bnnc.pipeline import Pass, PassResult
 from runtime.kernels.nn import ACTIVATIONS as RUNTIME_ACTIVATIONS
@@ -105,5 +105,6 @@ class FuseActivationIntoFloatLayer(Pass):
             graph.insert_before(layer, node)
             replace_value(graph, act.outputs[0], node.outputs[0], rename=True)
             remove(graph, [act, layer])
+            adopt_name(node, layer)  # the report and the layer table refer to the layer's name
             stats[f"{layer.op_type}+{act.op_type}"] += 1
         return PassResult(model, bool(stats), dict(stats), reasons)

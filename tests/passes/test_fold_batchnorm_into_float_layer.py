@@ -58,7 +58,7 @@ def test_conv_batchnorm_becomes_one_conv(bias, group):
     graph, rec = _fold(model)
     assert op_counts(graph) == {"Conv": 1} and rec.stats == {"Conv": 1}
     conv = list(graph.graph)[0]
-    assert conv.name == "bn_folded" and names(conv.outputs) == ["y"] and len(conv.inputs) == 3
+    assert conv.name == "conv" and names(conv.outputs) == ["y"] and len(conv.inputs) == 3
     assert conv.metadata_props["bnnc.pass"] == "fold-batchnorm-into-float-layer"
     assert attrs_of(conv)["group"] == group
     _check(graph, model, rng.standard_normal((2, 4, 5, 5)).astype(F))

@@ -56,6 +56,7 @@ def test_conv_and_activation_fuse(act, attrs, extra, inits, params):
     graph, rec = _fuse(model)
     assert [op_key(n) for n in list(graph.graph)] == ["bnnc.FusedConv"]
     fused = list(graph.graph)[0]
+    assert fused.name == "conv"  # the layer keeps its name
     a = attrs_of(fused)
     assert a["activation"] == act and a["strides"] == [2, 2] and a["pads"] == [1, 1, 1, 1]
     np.testing.assert_allclose(a.get("activation_params", []), params, rtol=1e-6)
