@@ -149,7 +149,7 @@ def measure_threads(onnx_path: str, thread_counts: list[int], repeat: int = 20, 
             results.append({"model": onnx_path, "inputs": {k: list(v.shape) for k, v in e.feeds.items()},
                             "binary_mac_fraction": _binary_fraction(layers), **r})
         if memory:
-            results[0]["memory"] = peak_memory(os.path.join(d, "m.bnn"), e.reference.to_model(), e.feeds, thread_counts[0])
+            results[0]["memory"] = peak_memory(os.path.join(d, "m.bnn"), e.reference, e.feeds, thread_counts[0])
     return results
 
 

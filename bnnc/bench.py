@@ -116,7 +116,7 @@ def bench(onnx_path: str, threads: int = 1, repeat: int = 30, warmup: int = 3,
         if profile:
             result["profile"] = [{"name": n, "op": op, "median_ms": t * 1e3} for n, op, t in e.ours.profile(feeds, repeat)]
         if memory:
-            result["memory"] = peak_memory(os.path.join(d, "m.bnn"), e.reference.to_model(), feeds, threads)
+            result["memory"] = peak_memory(os.path.join(d, "m.bnn"), e.reference, feeds, threads)
     return result
 
 
