@@ -119,7 +119,12 @@ def load_model(path: str, input_shapes: dict[str, list[int]] | None = None) -> i
     if _fix_ceil_mode_pools(model):
         _clear_stale_shapes(model)
         model = _infer(model, path)
-    result = from_proto(model)
+    try:
+        result = from_proto(model)
+    except (ir.serde.SerdeError, ValueError, TypeError) as e:  # what the checker lets through
+        cause = e.__cause__ or e
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise BnncError(f"'{path}' is not a valid ONNX model: {first}") from e
     result.meta[DYNAMIC_BATCH] = dynamic_batch
     name_nodes(result.graph)
     return result
