@@ -42,8 +42,56 @@ def handle_errors(fn):
     return wrapper
 
 
+def _versions() -> str:
+    """bnnc's version, the versions of what it runs on, and the CPU's popcount instructions."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(pkg):
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return "not installed"
+
+    deps = ", ".join(f"{p} {v(p)}" for p in ("numpy", "numba", "llvmlite", "onnx", "onnx-ir", "onnxruntime"))
+    return f"bnnc {v('bnnc')}\n{deps}\nPython {platform.python_version()}\n{_cpu_line(platform.machine())}"
+
+
+def _cpu_line(machine: str) -> str:
+    """The popcount instructions the kernels can use, from /proc/cpuinfo's flags (Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return f"cpu: {machine} (popcount instructions unknown: no /proc/cpuinfo)"
+    return f"cpu: {machine}, popcount: {popcount_isa(machine, text)}"
+
+
+def popcount_isa(machine: str, cpuinfo: str) -> str:
+    """The best popcount the CPU offers, from the flags (x86) or Features (Arm) of /proc/cpuinfo."""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    if machine in ("aarch64", "arm64"):
+        return "NEON cnt" if "asimd" in flags else "scalar (no NEON)"
+    if "avx512_vpopcntdq" in flags:
+        return "AVX-512 VPOPCNTDQ"
+    if "avx2" in flags and "popcnt" in flags:
+        return "AVX2 + POPCNT"
+    return "POPCNT" if "popcnt" in flags else "none (software popcount)"
+
+
+def _print_version(ctx, _param, value):
+    if value and not ctx.resilient_parsing:
+        click.echo(_versions())
+        ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="bnnc", message="bnnc %(version)s")
+@click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the versions of bnnc and its dependencies and the CPU's popcount instructions.")
 def main():
     """bnnc: compile binarized neural networks from ONNX to a fast bit-packed CPU runtime."""
 
@@ -73,12 +121,10 @@ def compile_cmd(model, out, dump_dir, input_shapes, verbose, report_path, emit_d
             print_record(rec)
 
     res = bnnc.compile_model(model, out, dump_dir, list(input_shapes), progress=progress)
-    counts = {}
-    for n in res.graph.nodes:
-        counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    click.echo(f"wrote {res.path} ({res.artifact_bytes:,} bytes, {len(res.graph.nodes)} kernels)")
+    click.echo(f"wrote {res.path} ({res.artifact_bytes:,} bytes, {len(res.model.graph)} kernels)")
     if dump_dir:
         click.echo(f"pass dumps in {dump_dir}/")
+    _say_if_all_float(json.loads(res.manifest["metadata"].get("bnnc.layers", "[]")))
     if report_path:
         from bnnc.html_report import write_report
         from bnnc.report import build_report
@@ -96,6 +142,18 @@ def compile_cmd(model, out, dump_dir, input_shapes, verbose, report_path, emit_d
         name = name if name[:1].isalpha() else "model_" + name
         py, npz = write_module(InferenceSession(res.path, threads=1, plan="emitted"), emit_dir, name)
         click.echo(f"wrote {py} and {npz}")
+
+
+def _say_if_all_float(layers: list[dict]) -> None:
+    """A compile that binarized nothing says so, and why for every layer."""
+    if any(r["mode"] != "float" for r in layers):
+        return
+    if not layers:
+        click.echo("note: the model has no convolution or linear layer; everything runs in float", err=True)
+        return
+    click.echo("note: no binarizable layer found; every layer runs in float:", err=True)
+    for r in layers:
+        click.echo(f"  {r['name']} ({r['op']}): {r['reason']}", err=True)
 
 
 @main.command("report")
@@ -119,7 +177,7 @@ def report_cmd(model, out, profile, input_shapes):
 @main.command("run")
 @click.argument("artifact", type=click.Path(dir_okay=False))
 @click.option("--input", "inputs", multiple=True, metavar="[NAME=]FILE.npy", required=True, help="An input array; NAME= may be left out when the model has one input.")
-@click.option("--output", "out", type=click.Path(dir_okay=False), help="Write all outputs to OUT.npz, keyed by output name.")
+@click.option("--output", "out", type=click.Path(dir_okay=False), help="Write all outputs to OUT.npz, keyed by output name (OUT.npy: the one output of a single-output model).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for the kernels [default: all cores].")
 @handle_errors
 def run_cmd(artifact, inputs, out, threads):
@@ -129,11 +187,13 @@ def run_cmd(artifact, inputs, out, threads):
     from runtime import InferenceSession
 
     sess = InferenceSession(artifact, threads=threads)
-    feeds = _read_feeds(inputs, [i.name for i in sess.get_inputs()])
     names = [o.name for o in sess.get_outputs()]
+    if out:
+        _check_output_path(out, names)
+    feeds = _read_feeds(inputs, [i.name for i in sess.get_inputs()])
     results = sess.run(None, feeds)
     if out:
-        _save_npz(out, dict(zip(names, results)))
+        _save_arrays(out, dict(zip(names, results)))
         click.echo(f"wrote {out} ({', '.join(names)})")
         return
     with np.printoptions(precision=5, suppress=True, threshold=10, edgeitems=5):
@@ -152,29 +212,46 @@ def _read_feeds(specs, input_names):
             if len(input_names) != 1:
                 raise BnncError(f"the model has {len(input_names)} inputs ({', '.join(input_names)}); use --input NAME=FILE.npy")
             name, path = input_names[0], spec
+        if name in feeds:
+            raise BnncError(f"input '{name}' is given more than once")
         if not os.path.isfile(path):
-            raise BnncError(f"input file not found: '{path}'")
+            raise BnncError(f"no such file: '{path}'")
         try:
             feeds[name] = np.load(path, allow_pickle=False)
         except Exception as e:
-            raise BnncError(f"cannot read '{path}' as a .npy array: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise BnncError(f"cannot read '{path}' as a .npy array: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         if not isinstance(feeds[name], np.ndarray):
             raise BnncError(f"'{path}' is not a single .npy array")
     return feeds
 
 
-def _save_npz(path, arrays):
+def _check_output_path(path, names):
+    """OUT.npz holds every output; OUT.npy the one output of a single-output model."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in (".npz", ".npy"):
+        raise BnncError(f"--output '{path}' must end in .npz (all outputs) or .npy (a single output)")
+    if suffix == ".npy" and len(names) != 1:
+        raise BnncError(f"--output '{path}': a .npy file holds one array and the model has {len(names)} outputs "
+                        f"({', '.join(names)}); use a .npz file")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise BnncError(f"output directory '{directory}' does not exist")
+
+
+def _save_arrays(path, arrays):
+    """Write ``arrays`` to ``path`` (.npz, or .npy for one array) through a temporary file."""
     import tempfile
 
     import numpy as np
 
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise BnncError(f"output directory '{directory}' does not exist")
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
+    npy = path.lower().endswith(".npy")
+    fd, tmp = tempfile.mkstemp(suffix=".npy" if npy else ".npz", dir=os.path.dirname(os.path.abspath(path)))
     os.close(fd)
     try:
-        np.savez(tmp, **arrays)
+        if npy:
+            np.save(tmp, next(iter(arrays.values())))
+        else:
+            np.savez(tmp, **arrays)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -226,7 +303,7 @@ def inspect_cmd(model, as_json, input_shapes):
 @main.command("verify")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--input", "inputs", multiple=True, metavar="[NAME=]FILE.npy", help="Inputs to compare on [default: random normal].")
-@click.option("--samples", type=click.IntRange(min=1), default=4, show_default=True, help="Batch of random inputs (dynamic-batch models).")
+@click.option("--samples", type=click.IntRange(min=1), default=None, help="Batch of random inputs (dynamic-batch models) [default: 4].")
 @click.option("--tolerance", type=float, default=1e-3, show_default=True, help="Max output error, relative to the largest reference magnitude.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=DIMS", help="Static shape of an input.")
 @click.option("--per-layer", is_flag=True, help="Compare every intermediate value the model and bnnc share; name the first divergent layer.")
@@ -237,15 +314,22 @@ def verify_cmd(model, inputs, samples, tolerance, input_shapes, per_layer, artif
     """Compile MODEL.onnx, run it next to onnxruntime and compare, layer by layer.
 
     Exit code 1 when the outputs disagree beyond the tolerance or an argmax differs."""
-    from bnnc.loader import load_model, parse_input_shapes
+    from bnnc.loader import DYNAMIC_BATCH, check_feeds, load_model, parse_input_shapes
     from bnnc.verify import verify
 
     shapes = parse_input_shapes(list(input_shapes))
+    declared = load_model(model, shapes)
     feeds = None
     if inputs:
-        names = load_model(model, shapes).inputs
-        feeds = _read_feeds(inputs, names)
-    report = verify(model, feeds, samples, tolerance, shapes, per_layer=per_layer, artifact=artifact)
+        feeds = _read_feeds(inputs, [v.name for v in declared.graph.inputs])
+        check_feeds(declared, feeds)
+        if samples is not None:
+            click.echo("note: --samples is ignored: the inputs given are the samples", err=True)
+    elif samples is not None and not declared.meta.get(DYNAMIC_BATCH):
+        batch = [int(v.shape[0]) for v in declared.graph.inputs if v.shape is not None and len(v.shape)]
+        click.echo(f"note: the model's batch size is fixed at {batch[0] if batch else 1}; verifying one batch of "
+                   "that many random samples (--samples sets the batch of dynamic-batch models only)", err=True)
+    report = verify(model, feeds, samples or 4, tolerance, shapes, per_layer=per_layer, artifact=artifact)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=1))
     else:

@@ -43,9 +43,12 @@ import tempfile
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
+import onnx_ir as ir
 
 from bnnc.bench import Engines, interleave, load_engines, ort_session
-from bnnc.graph import Graph
+from bnnc.ir import dtype, fresh_name, prune, shape
+from bnnc.ir_convert import from_proto, to_proto
 from bnnc.memory import peak_memory
 from runtime import InferenceSession
 from runtime.errors import BnncError
@@ -66,16 +69,16 @@ class BinaryLayer:
     channels: int  # C: output channels / features
 
 
-def binary_layers(graph: Graph, layers: list[dict]) -> list[BinaryLayer]:
-    """Shapes of the binary layers of ``layers`` (bnnc's layer table) in ``graph``."""
-    nodes = {n.name: n for n in graph.nodes}
+def binary_layers(reference: onnx.ModelProto, layers: list[dict]) -> list[BinaryLayer]:
+    """Shapes of the binary layers of ``layers`` (bnnc's layer table) in the ``reference`` model."""
+    nodes = {n.name: n for n in from_proto(reference).graph}
     out = []
     for r in layers:
         if r["mode"] not in BINARY_MODES:
             continue
-        if r["name"] not in nodes or graph.shape(nodes[r["name"]].output[0]) is None:
+        if r["name"] not in nodes or shape(nodes[r["name"]].outputs[0]) is None:
             raise BnncError(f"binary layer '{r['name']}' has no static output shape in the reference graph")
-        y = graph.shape(nodes[r["name"]].output[0])
+        y = shape(nodes[r["name"]].outputs[0])
         channels = int(y[1]) if r["op"] == "Conv" else int(y[-1])
         size = int(np.prod(y))
         if r["macs"] % size:
@@ -84,30 +87,41 @@ def binary_layers(graph: Graph, layers: list[dict]) -> list[BinaryLayer]:
     return out
 
 
-def float_part(graph: Graph, layers: list[dict], plan: list[dict], seed: int = 0) -> tuple[bytes | None, dict[str, np.ndarray]]:
+def float_part(reference: onnx.ModelProto, layers: list[dict], plan: list[dict],
+               seed: int = 0) -> tuple[bytes | None, dict[str, np.ndarray]]:
     """The cut graph of (a) and random values for the binary layers' results it reads; None
     when nothing float is left to run. ``plan`` is the compiled artifact's plan: a binary
     layer's step names the real values it computes (a Bi-Real block's shortcut sum), which the
     cut graph then reads instead of computing them."""
-    graph = Graph(graph.to_model())  # a copy: the caller's graph stays whole
-    producers = graph.producers()
+    model = from_proto(reference)  # a copy: the caller's model stays whole
+    graph = model.graph
+    values = {v.name: v for n in graph for v in n.outputs if v.name}
     binary = {r["name"] for r in layers if r["mode"] in BINARY_MODES}
-    fed = [n.output[0] for n in graph.nodes if n.name in binary]
-    fed += [o for st in plan if st["name"] in binary for o in st["outputs"] if o in producers]
+    fed = [n.outputs[0].name for n in graph if n.name in binary]
+    fed += [o for st in plan if st["name"] in binary for o in st["outputs"] if o in values]
     fed = list(dict.fromkeys(fed))
-    graph.replace({id(producers[v]): producers[v] for v in fed}.values(), [])
-    graph.inputs = graph.inputs + fed
     # every real value bnnc's plan reads (a shortcut, a Binarize's input) is work bnnc does too
-    kept = [i for st in plan for i in st["inputs"] if i in producers and i not in fed]
-    graph.outputs = list(dict.fromkeys([o for o in graph.outputs if o not in fed] + kept))
-    graph.prune()
-    read = {i for n in graph.nodes for i in n.input} | set(graph.outputs)
-    graph.inputs = [i for i in graph.inputs if i in read]
-    if not graph.nodes:
+    kept = [values[i] for st in plan for i in st["inputs"] if i in values and i not in fed]
+    outputs = list(dict.fromkeys([o for o in graph.outputs if o.name not in fed] + kept))
+    for name in fed:  # the binary layers' results become inputs of the cut graph
+        v = values[name]
+        v.name = fresh_name(graph, f"{name}_computed")
+        x = ir.Value(name=name, shape=v.shape, type=v.type)
+        ir.convenience.replace_all_uses_with(v, x, replace_graph_outputs=True)
+        graph.inputs.append(x)
+    while graph.outputs:
+        graph.outputs.pop()
+    graph.outputs.extend(outputs)
+    prune(graph)
+    read = [i for i in graph.inputs if i.uses() or i.is_graph_output()]
+    while graph.inputs:
+        graph.inputs.pop()
+    graph.inputs.extend(read)
+    if not len(graph):
         return None, {}
     rng = np.random.default_rng(seed)
-    feeds = {v: rng.standard_normal(graph.shape(v)).astype(graph.dtype(v) or "float32") for v in fed if v in graph.inputs}
-    return graph.to_model().SerializeToString(), feeds
+    feeds = {v.name: rng.standard_normal(shape(v)).astype(dtype(v) or "float32") for v in graph.inputs if v.name in fed}
+    return to_proto(model).SerializeToString(), feeds
 
 
 def measure(onnx_path: str, threads: int = 1, repeat: int = 20, warmup: int = 3, profile: bool = False) -> dict:
@@ -126,7 +140,7 @@ def measure_threads(onnx_path: str, thread_counts: list[int], repeat: int = 20, 
         layers = json.loads(e.manifest.get("metadata", {}).get("bnnc.layers", "[]"))
         binary = binary_layers(e.reference, layers)
         cut, cut_feeds = float_part(e.reference, layers, e.manifest["plan"])
-        reference = e.reference.to_model().SerializeToString()
+        reference = e.reference.SerializeToString()
         results = []
         for threads in thread_counts:
             if threads != thread_counts[0]:
@@ -135,7 +149,7 @@ def measure_threads(onnx_path: str, thread_counts: list[int], repeat: int = 20, 
             results.append({"model": onnx_path, "inputs": {k: list(v.shape) for k, v in e.feeds.items()},
                             "binary_mac_fraction": _binary_fraction(layers), **r})
         if memory:
-            results[0]["memory"] = peak_memory(os.path.join(d, "m.bnn"), e.reference.to_model(), e.feeds, thread_counts[0])
+            results[0]["memory"] = peak_memory(os.path.join(d, "m.bnn"), e.reference, e.feeds, thread_counts[0])
     return results
 
 

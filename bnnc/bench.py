@@ -20,11 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
-from bnnc.graph import Graph
 from bnnc.loader import load_model
 from bnnc.memory import format_memory, peak_memory
+from bnnc.onnxrt import session
 from bnnc.verify import _reference_model, random_inputs
 from runtime import InferenceSession
 
@@ -36,14 +37,9 @@ def _stats(ts: list[float]) -> dict:
 
 
 def ort_session(model: bytes, threads: int) -> ort.InferenceSession:
-    """onnxruntime on the CPU with ``threads`` intra-op threads, as ``bnnc bench`` runs it."""
-    so = ort.SessionOptions()
-    so.log_severity_level = 3  # errors only: its warnings about unused initializers are noise here
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    if threads > 1:  # onnxruntime's spinning pool threads would starve numba's on a small machine
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    """onnxruntime on the CPU with ``threads`` intra-op threads and its graph optimizations, as
+    ``bnnc bench`` times it."""
+    return session(model, threads, optimize=True)
 
 
 @dataclass
@@ -55,7 +51,7 @@ class Engines:
     manifest: dict  # the compiled artifact's manifest
     ours: InferenceSession
     theirs: ort.InferenceSession
-    reference: Graph  # the graph onnxruntime runs (QONNX ops lowered)
+    reference: onnx.ModelProto  # the model onnxruntime runs (QONNX ops lowered)
 
 
 def load_engines(onnx_path: str, threads: int = 1, input_shapes: dict | None = None, batch: int = 1,
@@ -71,7 +67,7 @@ def load_engines(onnx_path: str, threads: int = 1, input_shapes: dict | None = N
         res = bnnc.compile_model(onnx_path, os.path.join(artifact_dir or d, "m.bnn"), input_shapes=shapes)
         sess = InferenceSession(res.path, threads=threads)
     ref = _reference_model(onnx_path, shapes, [])
-    return Engines(feeds, shapes, res.manifest, sess, ort_session(ref.to_model().SerializeToString(), threads), ref)
+    return Engines(feeds, shapes, res.manifest, sess, ort_session(ref.SerializeToString(), threads), ref)
 
 
 def interleave(fns: dict[str, Callable[[], object]], repeat: int, warmup: int = 3,
@@ -120,7 +116,7 @@ def bench(onnx_path: str, threads: int = 1, repeat: int = 30, warmup: int = 3,
         if profile:
             result["profile"] = [{"name": n, "op": op, "median_ms": t * 1e3} for n, op, t in e.ours.profile(feeds, repeat)]
         if memory:
-            result["memory"] = peak_memory(os.path.join(d, "m.bnn"), e.reference.to_model(), feeds, threads)
+            result["memory"] = peak_memory(os.path.join(d, "m.bnn"), e.reference, feeds, threads)
     return result
 
 

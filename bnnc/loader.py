@@ -1,4 +1,4 @@
-"""Load an ONNX model into a Graph: read, convert old opsets, check, fix shapes, infer.
+"""Load an ONNX model into the IR (an onnx-ir model): read, convert old opsets, check, fix shapes, infer.
 
 * Reads the file (external data files beside it load too) and runs the ONNX checker.
 * Opsets older than MIN_OPSET are converted with onnx's version converter.
@@ -14,10 +14,12 @@ from __future__ import annotations
 import os
 
 import onnx
+import onnx_ir as ir
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from bnnc.graph import Graph, op_key
+from bnnc.ir import name_nodes
+from bnnc.ir_convert import from_proto
 from bnnc.qonnx import QONNX_DOMAINS, QONNX_OPS
 from runtime.errors import BnncError
 from runtime.kernels import KERNELS
@@ -33,6 +35,14 @@ FOLDABLE_OPS = {"Mod", "DequantizeLinear", "QuantizeLinear", "Range", "NonZero",
                 "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin", "CumSum", "Einsum", "OneHot", "TopK",
                 "ScatterND", "ScatterElements", "GatherElements", "GatherND", "Trilu", "Mean", "Sum", "BitShift",
                 "Xor", "IsNaN", "IsInf", "Hardmax", "Det", "Resize"}
+
+
+DYNAMIC_BATCH = "bnnc.dynamic_batch"  # model.meta key: the batch dimension was dynamic
+
+
+def op_key(node: onnx.NodeProto) -> str:
+    """The plan/kernel name of a node proto (bnnc.ir.op_key for IR nodes)."""
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
 
 
 def is_supported(node: onnx.NodeProto) -> bool:
@@ -65,23 +75,23 @@ def read_model(path: str) -> onnx.ModelProto:
         model = onnx.load(path)
     except DecodeError:
         raise BnncError(f"'{path}' is not a valid ONNX file (protobuf decoding failed; truncated or not ONNX?)") from None
-    except Exception as e:
+    except Exception as e:  # onnx raises what the protobuf and file layers raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise BnncError(f"cannot load '{path}': {msg}") from None
+        raise BnncError(f"cannot load '{path}': {msg}") from e
     if not model.graph.node or not model.opset_import:
         raise BnncError(f"'{path}' is not a valid ONNX model (no graph nodes or no opset)")
     return model
 
 
-def load_model(path: str, input_shapes: dict[str, list[int]] | None = None) -> Graph:
+def load_model(path: str, input_shapes: dict[str, list[int]] | None = None) -> ir.Model:
     """Read, check and prepare the model at ``path``; see the module docstring."""
     model = read_model(path)
     input_shapes = dict(input_shapes or {})
     model = _convert_opset(model, path)
     try:  # fills in output shapes some exporters leave out, which the checker insists on
         model = onnx.shape_inference.infer_shapes(model)
-    except Exception:
-        pass
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError):
+        pass  # the checker below and the inference after the input fixes report what is wrong
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
@@ -109,10 +119,15 @@ def load_model(path: str, input_shapes: dict[str, list[int]] | None = None) -> G
     if _fix_ceil_mode_pools(model):
         _clear_stale_shapes(model)
         model = _infer(model, path)
-    graph = Graph(model)
-    graph.metadata["bnnc.dynamic_batch"] = "1" if dynamic_batch else "0"
-    graph.name_nodes()
-    return graph
+    try:
+        result = from_proto(model)
+    except (ir.serde.SerdeError, ValueError, TypeError) as e:  # what the checker lets through
+        cause = e.__cause__ or e
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise BnncError(f"'{path}' is not a valid ONNX model: {first}") from e
+    result.meta[DYNAMIC_BATCH] = dynamic_batch
+    name_nodes(result.graph)
+    return result
 
 
 def _first_line(e: Exception) -> str:
@@ -134,7 +149,7 @@ def _infer(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BnncError(f"shape inference failed on '{path}': {first}") from None
+        raise BnncError(f"shape inference failed on '{path}': {first}") from e
 
 
 def _fix_ceil_mode_pools(model: onnx.ModelProto) -> bool:
@@ -180,7 +195,7 @@ def _convert_opset(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
         return onnx.version_converter.convert_version(model, CONVERT_TO)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BnncError(f"'{path}' uses opset {version}; converting it to {CONVERT_TO} failed: {first}") from None
+        raise BnncError(f"'{path}' uses opset {version}; converting it to {CONVERT_TO} failed: {first}") from e
 
 
 def _check_supported(model: onnx.ModelProto) -> None:
@@ -203,8 +218,9 @@ def _fix_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]
         dims = tt.shape.dim
         if vi.name in input_shapes:
             want = input_shapes[vi.name]
-            if tt.HasField("shape") and len(dims) != len(want):
-                raise BnncError(f"--input-shape gives {len(want)} dims for '{vi.name}', which has {len(dims)}")
+            if tt.HasField("shape"):
+                _check_given_shape(vi.name, want, [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                                                   for d in dims])
             del dims[:]
             for d in want:
                 dims.add().dim_value = d
@@ -224,6 +240,41 @@ def _fix_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]
                     f"give its shape with --input-shape {vi.name}=..."
                 )
     return dynamic_batch
+
+
+def _declared(dims: list[int | None]) -> str:
+    """A declared shape as the errors show it: dynamic dimensions as N (batch) or ?."""
+    return "[" + ", ".join(str(d) if d is not None else ("N" if k == 0 else "?") for k, d in enumerate(dims)) + "]"
+
+
+def _check_given_shape(name: str, want: list[int], dims: list[int | None]) -> None:
+    """--input-shape may fix the dynamic dimensions of an input, not change its rank or static ones."""
+    if len(want) != len(dims) or any(d is not None and d != w for d, w in zip(dims, want)):
+        raise BnncError(f"--input-shape gives shape {list(want)} for input '{name}'; the model expects {_declared(dims)}")
+
+
+def check_feeds(model: ir.Model, feeds: dict) -> None:
+    """Input arrays against the loaded model's inputs, with the runtime's one-line errors."""
+    import numpy as np
+
+    names = [v.name for v in model.graph.inputs]
+    for k in feeds:
+        if k not in names:
+            raise BnncError(f"unknown input '{k}' (the model's inputs: {', '.join(names)})")
+    dynamic = bool(model.meta.get(DYNAMIC_BATCH))
+    for v in model.graph.inputs:
+        if v.name not in feeds:
+            raise BnncError(f"missing input '{v.name}'")
+        x = feeds[v.name]
+        want_dtype = np.dtype(v.dtype.numpy())
+        if x.dtype != want_dtype:
+            raise BnncError(f"input '{v.name}' has dtype {x.dtype}; the model expects {want_dtype}")
+        shape = [int(d) for d in v.shape]
+        ok = list(x.shape) == shape or (dynamic and x.ndim == len(shape) and list(x.shape[1:]) == shape[1:]
+                                         and x.shape[0] > 0)
+        if not ok:
+            want = ["N", *shape[1:]] if dynamic else shape
+            raise BnncError(f"input {v.name} has shape {list(x.shape)}; the model expects [{', '.join(map(str, want))}]")
 
 
 def _clear_stale_shapes(model: onnx.ModelProto) -> None:

@@ -1,54 +1,38 @@
-"""Small helpers the pattern-matching passes share."""
+"""Rules several passes share, each written once.
+
+- ``per_channel``: a constant that varies at most along the channel axis (axis 1) of a rank-r
+  tensor with C channels, broadcast to [C]. fold-thresholds-into-binary-layers and
+  fold-affine-into-binary-output need the same test.
+- ``batchnorm_factors``: inference BatchNormalization is ``f * (y - mean) + beta`` per channel
+  with ``f = gamma / sqrt(var + eps)``, in float64. fold-batchnorm-into-float-layer folds it into
+  weights, fold-affine-into-binary-output into a binary layer's scale and bias.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-import onnx
-from onnx import helper
+import onnx_ir as ir
 
-from bnnc.graph import BNNC_DOMAIN, Graph
+from bnnc.ir import const, node_attr
 
 
-def scalar(graph: Graph, name: str) -> float | None:
-    """The value of a one-element constant, or None."""
-    c = graph.const(name)
-    if c is None or c.size != 1:
+def per_channel(value: ir.Value | None, channels: int, rank: int) -> np.ndarray | None:
+    """The float64 [channels] vector of a per-channel (or scalar) constant, or None."""
+    c = const(value)
+    if c is None or c.ndim > rank:
         return None
-    return float(c.reshape(-1)[0])
-
-
-def uniform(graph: Graph, name: str) -> float | None:
-    """The value of a constant whose elements are all equal, or None."""
-    c = graph.const(name)
-    if c is None or c.size == 0:
+    shape = (1,) * (rank - c.ndim) + tuple(c.shape)
+    if any(d != 1 for k, d in enumerate(shape) if k != 1) or shape[1] not in (1, channels):
         return None
-    flat = c.reshape(-1)
-    return float(flat[0]) if np.all(flat == flat[0]) else None
+    return np.broadcast_to(c.astype(np.float64).reshape(-1), (channels,))
 
 
-def is_std(node: onnx.NodeProto | None, *ops: str) -> bool:
-    return node is not None and node.domain in ("", "ai.onnx") and node.op_type in ops
-
-
-def is_bnnc(node: onnx.NodeProto | None, *ops: str) -> bool:
-    return node is not None and node.domain == BNNC_DOMAIN and node.op_type in ops
-
-
-def only_reader(consumers: dict, name: str, graph: Graph) -> bool:
-    """``name`` has exactly one reader and is not a graph output."""
-    return len(consumers.get(name, ())) == 1 and name not in graph.outputs
-
-
-def tag(node: onnx.NodeProto, pass_name: str) -> onnx.NodeProto:
-    """Mark a node as created by ``pass_name`` (dumps and Netron show it)."""
-    node.metadata_props.add(key="bnnc.pass", value=pass_name)
-    return node
-
-
-def bnnc_node(op: str, inputs, outputs, name: str, pass_name: str, **attrs) -> onnx.NodeProto:
-    node = helper.make_node(op, list(inputs), list(outputs), name=name, domain=BNNC_DOMAIN, **attrs)
-    return tag(node, pass_name)
-
-
-def std_node(op: str, inputs, outputs, name: str, pass_name: str, **attrs) -> onnx.NodeProto:
-    return tag(helper.make_node(op, list(inputs), list(outputs), name=name, **attrs), pass_name)
+def batchnorm_factors(bn: ir.Node) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(f, mean, beta) in float64 with BN(y) = f * (y - mean) + beta, or None when a parameter
+    is not constant."""
+    params = [const(v) for v in bn.inputs[1:5]]
+    if len(params) != 4 or any(p is None for p in params):
+        return None
+    gamma, beta, mean, var = (p.astype(np.float64).reshape(-1) for p in params)
+    eps = float(node_attr(bn, "epsilon", 1e-5))
+    return gamma / np.sqrt(var + eps), mean, beta

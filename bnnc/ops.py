@@ -16,11 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-WORD = 64
-
-
-def _words(n: int) -> int:
-    return (int(n) + WORD - 1) // WORD
+from runtime.bitpack import nwords
 
 
 # -- shapes -------------------------------------------------------------------------------------
@@ -54,9 +50,9 @@ def packed_shape(logical: Sequence[int]) -> tuple[int, ...]:
     """Physical shape of a packed activation: [N, C, H, W] -> [N, H, W, ceil(C/64)], [N, C] -> [N, ceil(C/64)]."""
     s = [int(d) for d in logical]
     if len(s) == 4:
-        return (s[0], s[2], s[3], _words(s[1]))
+        return (s[0], s[2], s[3], nwords(s[1]))
     if len(s) == 2:
-        return (s[0], _words(s[1]))
+        return (s[0], nwords(s[1]))
     raise ValueError(f"packed activations are rank 2 or 4, got shape {s}")
 
 
@@ -87,13 +83,13 @@ def output_shapes(op: str, attrs: dict, in_shape: Sequence[int], n_outputs: int 
         h, w = (s[1], s[2]) if op == "BinaryConv" else (s[2], s[3])
         oh, ow = conv_output_hw(h, w, k, st, p, d)
         cout = int(attrs["cout"])
-        bits = ((s[0], oh, ow, _words(cout)), "uint64")
+        bits = ((s[0], oh, ow, nwords(cout)), "uint64")
         if op == "BinaryWeightConv" or attrs.get("output", "float") == "float":
             return [((s[0], cout, oh, ow), "float32")] + [bits] * _float_bits_outputs(attrs)
         return [bits] * n_outputs
     if op in ("BinaryDense", "BinaryWeightDense"):
         cout = int(attrs["cout"])
-        bits = ((s[0], _words(cout)), "uint64")
+        bits = ((s[0], nwords(cout)), "uint64")
         if op == "BinaryWeightDense" or attrs.get("output", "float") == "float":
             return [((s[0], cout), "float32")] + [bits] * _float_bits_outputs(attrs)
         return [bits] * n_outputs
@@ -103,9 +99,6 @@ def output_shapes(op: str, attrs: dict, in_shape: Sequence[int], n_outputs: int 
             return [(tuple(s), "uint64")] * n_outputs
         oh, ow = pool_output_hw(s[1], s[2], k, st, p, d, int(attrs.get("ceil_mode", 0)))
         return [((s[0], oh, ow, s[3]), "uint64")] * n_outputs
-    if op == "Unpack":
-        c = int(attrs["channels"])
-        return [((s[0], c, s[1], s[2]) if len(s) == 4 else (s[0], c), "float32")]
     raise ValueError(f"unknown bnnc op '{op}'")
 
 
@@ -147,11 +140,6 @@ def _stage(s, output, scale, bias, rule, residual=None):
     if output == "bits":
         return output_bits(s, rule)
     raise ValueError(f"output must be 'float' or 'bits', got {output!r}")
-
-
-def unpack(x: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """Unpack: the {-1, 0, +1} values times ``scale`` as float32."""
-    return (np.asarray(x, np.float32) * np.float32(scale)).astype(np.float32)
 
 
 # -- convolution and dense ----------------------------------------------------------------------
@@ -262,5 +250,5 @@ def bit_maxpool(x: np.ndarray, kernel_shape, strides=None, pads=(0, 0, 0, 0), di
 __all__ = [
     "binarize", "binary_conv", "binary_conv_int", "binary_dense", "binary_dense_int", "binary_weight_conv",
     "binary_weight_dense", "bit_maxpool", "conv_output_hw", "dense_input", "output_bits", "output_float",
-    "output_shapes", "packed_shape", "pool_output_hw", "unpack",
+    "output_shapes", "packed_shape", "pool_output_hw",
 ]

@@ -38,7 +38,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from bnnc.graph import attrs_of
+from bnnc.onnxrt import session
 from runtime.errors import BnncError
 
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general")
@@ -48,6 +48,14 @@ ROUNDING_MODES = ("ROUND", "HALF_EVEN", "CEIL", "FLOOR", "UP", "DOWN", "ROUND_TO
 
 def is_qonnx(node: onnx.NodeProto) -> bool:
     return node.domain in QONNX_DOMAINS
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    out = {}
+    for a in node.attribute:
+        v = helper.get_attribute_value(a)
+        out[a.name] = v.decode("utf-8") if isinstance(v, bytes) else v
+    return out
 
 
 def int_range(signed: bool, narrow: bool, bitwidth: int) -> tuple[int, int]:
@@ -155,7 +163,7 @@ def trunc(x, scale, zeropt, in_bits, out_bits, rounding_mode: str = "FLOOR", sig
 
 def evaluate(node: onnx.NodeProto, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Run one QONNX node on numpy inputs with the references above."""
-    a = attrs_of(node)
+    a = _attrs(node)
     op = node.op_type
     if op in ("Quant", "IntQuant"):
         return [quant(*inputs[:4], a.get("signed", 1), a.get("narrow", 0), a.get("rounding_mode", "ROUND"))]
@@ -188,13 +196,15 @@ def run_onnx_nodes(
     graph = helper.make_graph(list(nodes), "eval", ins, [helper.make_empty_tensor_value_info(o) for o in outputs])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
     model.ir_version = min(model.ir_version, 10)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 4  # failures come back as exceptions; onnxruntime's log is noise here
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    # failures come back as exceptions; onnxruntime's log is noise here
+    sess = session(model, what="constant nodes " + ", ".join(repr(n.name) for n in nodes), log_level=4)
     ro = ort.RunOptions()
     ro.log_severity_level = 4
-    return sess.run(list(outputs), {i: values[i] for i in reads}, ro)
+    try:
+        return sess.run(list(outputs), {i: values[i] for i in reads}, ro)
+    except Exception as e:  # onnxruntime's own exception types are not public API
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BnncError(f"onnxruntime failed on nodes {', '.join(repr(n.name) for n in nodes)}: {first}") from e
 
 
 def run_reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

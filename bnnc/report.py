@@ -177,12 +177,25 @@ def format_analysis(report: dict[str, Any]) -> list[str]:
     return ["Binary layers: threshold rules and weight bit patterns:"] + _table(rows, {2, 3, 4, 5}) + [""]
 
 
+def _size_ratio(artifact: int, onnx_bytes: int) -> str:
+    """" (5.2x smaller than the N-byte ONNX model)", or larger, or the same size."""
+    if not onnx_bytes or not artifact:
+        return ""
+    if artifact < onnx_bytes:
+        how = f"{onnx_bytes / artifact:.1f}x smaller than"
+    elif artifact > onnx_bytes:
+        how = f"{artifact / onnx_bytes:.1f}x larger than"
+    else:
+        how = "the same size as"
+    return f" ({how} the {onnx_bytes:,}-byte ONNX model)"
+
+
 def format_report(report: dict[str, Any]) -> str:
     lines = []
     if report["layers"]:
         lines += ["Layers (convolutions and linear layers of the input model):"] + format_layers(report) + [""]
         fp32 = report["fp32_bytes"]
-        ratio = f" ({fp32 / report['artifact_bytes']:.1f}x smaller than the {fp32:,}-byte ONNX model)" if fp32 else ""
+        ratio = _size_ratio(report["artifact_bytes"], fp32)
         lines.append(f"binary MAC fraction: {report['binary_mac_fraction']:.1%}   artifact: {report['artifact_bytes']:,} bytes{ratio}")
         lines.append("")
         lines += format_analysis(report)

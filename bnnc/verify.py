@@ -26,11 +26,15 @@ import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnxruntime as ort
+import onnx
+import onnx_ir as ir
 
-from bnnc.graph import Graph
+from bnnc.ir import dtype, shape
+from bnnc.ir_convert import infer_shapes, to_proto
 from bnnc.layers import bit_tensors
-from bnnc.loader import load_model
+from bnnc.loader import DYNAMIC_BATCH, check_feeds, load_model
+from bnnc.onnxrt import session
+from bnnc.ops import binarize
 from runtime import InferenceSession
 from runtime.bitpack import unpack_activation
 from runtime.errors import BnncError
@@ -87,31 +91,39 @@ class VerifyReport:
         return out
 
 
-def random_inputs(graph: Graph, samples: int, seed: int = 0) -> dict[str, np.ndarray]:
+def random_inputs(model: ir.Model, samples: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds = {}
-    for name in graph.inputs:
-        shape = list(graph.shape(name))
-        if graph.metadata.get("bnnc.dynamic_batch") == "1":
-            shape[0] = samples
-        feeds[name] = rng.standard_normal(shape).astype(graph.dtype(name) or "float32")
+    for v in model.graph.inputs:
+        dims = list(shape(v))
+        if model.meta.get(DYNAMIC_BATCH):
+            dims[0] = samples
+        feeds[v.name] = rng.standard_normal(dims).astype(dtype(v) or "float32")
     return feeds
 
 
-def _reference_model(onnx_path: str, shapes: dict, extra: list[str]) -> Graph:
+def _reference_model(onnx_path: str, shapes: dict, extra: list[str]) -> onnx.ModelProto:
+    """The model onnxruntime runs: as loaded, QONNX ops lowered, the values ``extra`` exposed."""
     from passes.lower_qonnx_ops import LowerQonnxOpsToOnnx
 
-    graph = load_model(onnx_path, shapes)
-    LowerQonnxOpsToOnnx().call(graph)
-    graph.infer_shapes()
-    expose(graph, extra)
-    return graph
+    model = load_model(onnx_path, shapes)
+    LowerQonnxOpsToOnnx()(model)
+    infer_shapes(model)
+    proto = to_proto(model)
+    expose(proto, extra)
+    return proto
 
 
-def expose(graph: Graph, names: list[str]) -> None:
+def expose(model: onnx.ModelProto, names: list[str]) -> None:
     """Make the computed values among ``names`` graph outputs too (onnxruntime returns them)."""
-    known = {o for n in graph.nodes for o in n.output}
-    graph.outputs = graph.outputs + list(dict.fromkeys(e for e in names if e in known and e not in graph.outputs))
+    known = {o for n in model.graph.node for o in n.output}
+    outputs = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(e)
+                              for e in dict.fromkeys(names) if e in known and e not in outputs)
+
+
+def _output_names(model: onnx.ModelProto) -> list[str]:
+    return [o.name for o in model.graph.output]
 
 
 def verify(onnx_path: str, feeds: dict[str, np.ndarray] | None = None, samples: int = 4,
@@ -119,8 +131,11 @@ def verify(onnx_path: str, feeds: dict[str, np.ndarray] | None = None, samples: 
            artifact: str | None = None) -> VerifyReport:
     """Compare bnnc with onnxruntime on ``onnx_path`` (see the module docstring). ``artifact``
     checks an existing compiled file instead of compiling the model again."""
+    declared = load_model(onnx_path, input_shapes)
     if feeds is None:
-        feeds = random_inputs(load_model(onnx_path, input_shapes), samples)
+        feeds = random_inputs(declared, samples)
+    else:
+        check_feeds(declared, feeds)  # before their shapes become the compiled ones
     shapes = dict(input_shapes or {})
     shapes.update({k: list(v.shape) for k, v in feeds.items()})
     ref_graph = _reference_model(onnx_path, shapes, [])
@@ -130,9 +145,10 @@ def verify(onnx_path: str, feeds: dict[str, np.ndarray] | None = None, samples: 
     table = bit_tensors(manifest["metadata"])
     expose(ref_graph, [e["source"] for e in table.values()])
     if per_layer:
-        expose(ref_graph, [o for n in ref_graph.nodes for o in n.output if o])
+        expose(ref_graph, [o for n in ref_graph.graph.node for o in n.output if o])
     ref = dict(feeds)
-    ref.update(zip(ref_graph.outputs, _ort_session(ref_graph, onnx_path).run(ref_graph.outputs, feeds)))
+    names = _output_names(ref_graph)
+    ref.update(zip(names, session(ref_graph, what=f"'{onnx_path}'").run(names, feeds)))
     missing = [o["name"] for o in manifest["outputs"] if o["name"] not in ref]
     if missing:
         raise BnncError(f"the artifact's outputs {', '.join(missing)} are not values of '{onnx_path}': "
@@ -150,7 +166,8 @@ def verify(onnx_path: str, feeds: dict[str, np.ndarray] | None = None, samples: 
     return report
 
 
-def _run_bnnc(onnx_path: str, artifact: str, scratch: str, shapes: dict, feeds: dict, ref_graph: Graph | None):
+def _run_bnnc(onnx_path: str, artifact: str, scratch: str, shapes: dict, feeds: dict,
+              ref_graph: onnx.ModelProto | None):
     """(manifest, values) of bnnc's run: outputs, bit tensors with their masks and, with
     ``ref_graph``, every value whose name the reference graph also has."""
     import bnnc
@@ -172,7 +189,7 @@ def _run_bnnc(onnx_path: str, artifact: str, scratch: str, shapes: dict, feeds: 
     table = bit_tensors(manifest["metadata"])
     wanted = [o["name"] for o in manifest["outputs"]] + list(table) + [e["mask"] for e in table.values() if e["mask"]]
     if ref_graph is not None:
-        wanted += [o for n in ref_graph.nodes for o in n.output if o]
+        wanted += [o for n in ref_graph.graph.node for o in n.output if o]
     values = manifest["values"]
     taken = sess.run_with_values(feeds, list(dict.fromkeys(w for w in wanted if w in values)))
     if sess._plan is not None:  # the outputs as the generated plan function, which users run, computes them
@@ -180,27 +197,15 @@ def _run_bnnc(onnx_path: str, artifact: str, scratch: str, shapes: dict, feeds: 
     return manifest, taken
 
 
-def _ort_session(graph: Graph, onnx_path: str):
-    so = ort.SessionOptions()
-    so.log_severity_level = 3  # errors only: its warnings about unused initializers are noise here
-    so.intra_op_num_threads = 1
-    # the graph as written: onnxruntime's fusions (Conv+BatchNorm) would change its arithmetic
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        return ort.InferenceSession(graph.to_model().SerializeToString(), so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise BnncError(f"onnxruntime cannot run '{onnx_path}': {str(e).splitlines()[0]}") from None
-
-
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def source_layers(graph: Graph) -> dict[str, str]:
+def source_layers(graph: onnx.ModelProto) -> dict[str, str]:
     """For every value, the conv/linear node it comes from: the latest such node (in graph
     order) among its producers; "" before the first layer."""
-    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    order = {n.name: i for i, n in enumerate(graph.graph.node)}
     of_value: dict[str, str] = {}
-    for n in graph.nodes:
+    for n in graph.graph.node:
         if n.op_type in LAYER_OPS:
             layer = n.name
         else:
@@ -211,14 +216,14 @@ def source_layers(graph: Graph) -> dict[str, str]:
     return of_value
 
 
-def compare_values(ref_graph: Graph, ref: dict, ours: dict, values: dict, bits: list[LayerBits],
+def compare_values(ref_graph: onnx.ModelProto, ref: dict, ours: dict, values: dict, bits: list[LayerBits],
                    tolerance: float) -> list[ValueDiff]:
     """Every value of the reference graph that bnnc computed too, in graph order."""
     layer_of = source_layers(ref_graph)
     by_source = {b.tensor: b for b in bits}
     out: list[ValueDiff] = []
     near_seen = False
-    for node in ref_graph.nodes:
+    for node in ref_graph.graph.node:
         for name in node.output:
             if name not in ref:
                 continue
@@ -257,7 +262,7 @@ def _compare_bits(bits: str, e: dict, ours: dict, u: np.ndarray) -> LayerBits:
     mask = ours.get(e["mask"]) if e["mask"] else None
     mine = unpack_activation(ours[bits], e["channels"], mask)
     z = e["zero"]
-    theirs = np.where(u > 0, 1, np.where(u < 0, -1, z))
+    theirs = binarize(u, z)
     diff = mine != theirs
     near = diff & (np.abs(u) <= NEAR_TIE * max(float(np.max(np.abs(u))), 1e-30))
     return LayerBits(e["source"], e["readers"], int(diff.size), int(diff.sum()), int(near.sum()))

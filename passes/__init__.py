@@ -5,11 +5,11 @@ from __future__ import annotations
 from bnnc.pipeline import Pass
 from passes.canonicalize_binarizers import CanonicalizeBinarizers
 from passes.fold_affine_into_binary_output import FoldAffineIntoBinaryOutput
-from passes.fold_batchnorm_into_conv import FoldBatchNormIntoConv
+from passes.fold_batchnorm_into_float_layer import FoldBatchNormIntoFloatLayer
 from passes.fold_constants import FoldConstants
 from passes.fold_residual_add_into_binary_output import FoldResidualAddIntoBinaryOutput
 from passes.fold_thresholds_into_binary_layers import FoldThresholdsIntoBinaryLayers
-from passes.fuse_activation_into_conv import FuseActivationIntoConv
+from passes.fuse_activation_into_float_layer import FuseActivationIntoFloatLayer
 from passes.fuse_binarize_into_binary_output import FuseBinarizeIntoBinaryOutput
 from passes.lower_qonnx_ops import LowerQonnxOpsToOnnx
 from passes.move_binarizers_before_layout_ops import MoveBinarizersBeforeLayoutOps
@@ -48,7 +48,7 @@ PIPELINE: list[type[Pass]] = [
     # and a Binarize of its result one more output, written in the same pass
     FuseBinarizeIntoBinaryOutput,
     # float layers only: binary layers are bnnc ops by now, and their BatchNorm goes into thresholds
-    FoldBatchNormIntoConv,
+    FoldBatchNormIntoFloatLayer,
     # last: a fused layer hides its activation from every pattern above
-    FuseActivationIntoConv,
+    FuseActivationIntoFloatLayer,
 ]

@@ -17,10 +17,11 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 
 from bnnc import qonnx
-from bnnc.graph import Graph, attrs_of
+from bnnc.ir import add_const, attrs_of, const, prune, remove, replace_value, shape
+from bnnc.ir_convert import infer_shapes
 from bnnc.pipeline import Pass, PassResult
 from runtime.errors import BnncError
 
@@ -32,7 +33,7 @@ NEVER_FOLD = {
 }
 
 
-def constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+def constant_value(node: ir.Node) -> np.ndarray | None:
     """The value of a ``Constant`` node, or None for string and sparse constants."""
     for key, v in attrs_of(node).items():
         if key == "value" and isinstance(v, np.ndarray) and v.dtype != object:
@@ -48,133 +49,145 @@ def constant_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
-def _fold_constant_nodes(graph: Graph, stats: Counter, reasons: dict[str, str]) -> bool:
+def _becomes_const(graph: ir.Graph, nodes: list[ir.Node], values: dict[ir.Value, np.ndarray]) -> None:
+    """The outputs of ``nodes`` that others read become initializers (same names); the nodes go."""
+    for v, array in values.items():
+        if v.uses():
+            replace_value(graph, v, add_const(graph, array, f"{v.name}_folded"), rename=True)
+    remove(graph, nodes)
+
+
+def _fold_constant_nodes(graph: ir.Graph, stats: Counter, reasons: dict[str, str]) -> bool:
     changed = False
-    for node in list(graph.nodes):
+    for node in list(graph):
         if node.op_type != "Constant" or node.domain not in STANDARD_DOMAINS:
             continue
         value = constant_value(node)
-        if value is None or node.output[0] in graph.outputs:
+        if value is None or node.outputs[0].is_graph_output():
             reasons[node.name] = f"{node.name}: Constant not folded: string/sparse value or graph output"
             continue
-        graph.consts[node.output[0]] = value
-        graph.replace([node], [])
+        _becomes_const(graph, [node], {node.outputs[0]: value})
         stats["constants"] += 1
         changed = True
     return changed
 
 
-def _shape_value(graph: Graph, node: onnx.NodeProto) -> np.ndarray | None:
-    shape = graph.shape(node.input[0])
-    if shape is None or node.output[0] in graph.outputs:
+def _shape_value(node: ir.Node) -> np.ndarray | None:
+    s = shape(node.inputs[0])
+    if s is None or node.outputs[0].is_graph_output():
         return None
     if node.op_type == "Size":
-        return np.array(int(np.prod(shape, dtype=np.int64)), np.int64)
+        return np.array(int(np.prod(s, dtype=np.int64)), np.int64)
     a = attrs_of(node)
-    start, end = a.get("start", 0), a.get("end", len(shape))
-    return np.array(shape[start:end], np.int64)
+    start, end = a.get("start", 0), a.get("end", len(s))
+    return np.array(s[start:end], np.int64)
 
 
-def _fold_shapes(graph: Graph, stats: Counter) -> bool:
+def _fold_shapes(graph: ir.Graph, stats: Counter) -> bool:
     changed = False
-    for node in list(graph.nodes):
+    for node in list(graph):
         if node.op_type not in ("Shape", "Size") or node.domain not in STANDARD_DOMAINS:
             continue
-        value = _shape_value(graph, node)
+        value = _shape_value(node)
         if value is not None:
-            graph.consts[node.output[0]] = value
-            graph.replace([node], [])
+            _becomes_const(graph, [node], {node.outputs[0]: value})
             stats["shapes"] += 1
             changed = True
     return changed
 
 
-def _fold_qonnx(graph: Graph, stats: Counter, reasons: dict[str, str]) -> bool:
+def _fold_qonnx(graph: ir.Graph, stats: Counter, reasons: dict[str, str]) -> bool:
     changed = False
-    for node in list(graph.nodes):
-        if not qonnx.is_qonnx(node) or not _inputs_constant(graph, node, set(graph.consts)):
+    for node in list(graph):
+        if node.domain not in qonnx.QONNX_DOMAINS or not _inputs_constant(node, set()):
             continue
         try:
-            outs = qonnx.evaluate(node, [graph.consts[i] for i in node.input])
+            outs = qonnx.evaluate(ir.serde.serialize_node(node), [const(v) for v in node.inputs])
         except BnncError as e:
             reasons[node.name] = f"{node.name}: {node.op_type} on constants not folded: {e}"
             continue
-        graph.consts.update(zip(node.output, outs, strict=False))
-        graph.replace([node], [])
+        _becomes_const(graph, [node], dict(zip(node.outputs, outs, strict=False)))
         stats["qonnx"] += 1
         changed = True
     return changed
 
 
-def _inputs_constant(graph: Graph, node: onnx.NodeProto, known: set[str]) -> bool:
-    return all(not i or i in known for i in node.input) and not any(o in graph.outputs for o in node.output)
+def _inputs_constant(node: ir.Node, known: set[ir.Value]) -> bool:
+    """Every input is a constant (or in ``known``) and no output is a graph output."""
+    return (all(v is None or v.const_value is not None or v in known for v in node.inputs)
+            and not any(o.is_graph_output() for o in node.outputs))
 
 
-def _too_big(graph: Graph, node: onnx.NodeProto) -> str | None:
-    for o in node.output:
-        shape = graph.shape(o)
-        dims = graph.const(node.input[0]) if node.op_type == "ConstantOfShape" else None
-        if shape is None and dims is not None:
-            shape = tuple(int(d) for d in dims.reshape(-1))
-        if shape is not None and int(np.prod(shape, dtype=np.int64)) > MAX_ELEMENTS:
-            return f"{node.name}: {node.op_type} not folded: output '{o}' would have {int(np.prod(shape))} elements"
+def _too_big(node: ir.Node) -> str | None:
+    for o in node.outputs:
+        s = shape(o)
+        dims = const(node.inputs[0]) if node.op_type == "ConstantOfShape" else None
+        if s is None and dims is not None:
+            s = tuple(int(d) for d in dims.reshape(-1))
+        if s is not None and int(np.prod(s, dtype=np.int64)) > MAX_ELEMENTS:
+            return f"{node.name}: {node.op_type} not folded: output '{o.name}' would have {int(np.prod(s))} elements"
     return None
 
 
-def _foldable_batch(graph: Graph, reasons: dict[str, str]) -> list[onnx.NodeProto]:
+def _foldable_batch(graph: ir.Graph, reasons: dict[str, str]) -> list[ir.Node]:
     """The standard nodes computable from constants alone, in graph (topological) order."""
-    known = set(graph.consts)
+    known: set[ir.Value] = set()
     batch = []
-    for node in graph.nodes:
+    for node in graph:
         if node.domain not in STANDARD_DOMAINS or node.op_type in NEVER_FOLD or node.op_type == "Constant":
             continue
-        if not node.input or not _inputs_constant(graph, node, known):
+        if not node.inputs or not _inputs_constant(node, known):
             continue
-        big = _too_big(graph, node)
+        big = _too_big(node)
         if big:
             reasons[node.name] = big
             continue
         batch.append(node)
-        known.update(o for o in node.output if o)
+        known.update(o for o in node.outputs if o.name)
     return batch
 
 
-def _evaluate(graph: Graph, batch: list[onnx.NodeProto], reasons: dict[str, str]) -> list[onnx.NodeProto]:
-    """Evaluate ``batch`` into ``graph.consts`` (values read outside it); return the nodes done."""
-    in_batch = {id(n) for n in batch}
-    produced = {o for n in batch for o in n.output if o}
-    read_outside = {i for n in graph.nodes if id(n) not in in_batch for i in n.input} & produced
-    opsets = {d: v for d, v in graph.opsets.items() if d in STANDARD_DOMAINS}
-    wanted = sorted(read_outside)
+def _run(nodes: list[ir.Node], opsets: dict[str, int], wanted: list[ir.Value],
+         values: dict[str, np.ndarray]) -> list[np.ndarray]:
+    protos = [ir.serde.serialize_node(n) for n in nodes]
+    for n in nodes:
+        values.update({v.name: const(v) for v in n.inputs if v is not None and v.const_value is not None})
+    return qonnx.run_onnx_nodes(protos, values, [v.name for v in wanted], opsets)
+
+
+def _evaluate(graph: ir.Graph, batch: list[ir.Node], opsets: dict[str, int], reasons: dict[str, str]) -> list[ir.Node]:
+    """Replace the values of ``batch`` read outside it by constants; return the nodes done."""
+    in_batch = set(batch)
+    wanted = [v for n in batch for v in n.outputs if v.name and any(u.node not in in_batch for u in v.uses())]
     try:
-        values = qonnx.run_onnx_nodes(batch, graph.consts, wanted, opsets) if wanted else []
-        graph.consts.update(zip(wanted, values, strict=True))
-        return batch
-    except Exception:  # one node onnxruntime cannot evaluate; find it by going node by node
-        return _evaluate_one_by_one(graph, batch, read_outside, opsets, reasons)
+        results = _run(batch, opsets, wanted, {}) if wanted else []
+    except (BnncError, RuntimeError, ValueError):  # one node onnxruntime cannot evaluate: go node by node
+        return _evaluate_one_by_one(graph, batch, opsets, reasons)
+    _becomes_const(graph, batch, dict(zip(wanted, results, strict=True)))
+    return batch
 
 
-def _evaluate_one_by_one(
-    graph: Graph, batch: list[onnx.NodeProto], read_outside: set[str], opsets: dict[str, int], reasons: dict[str, str]
-) -> list[onnx.NodeProto]:
-    values = dict(graph.consts)
-    done = []
+def _evaluate_one_by_one(graph: ir.Graph, batch: list[ir.Node], opsets: dict[str, int],
+                         reasons: dict[str, str]) -> list[ir.Node]:
+    values: dict[str, np.ndarray] = {}
+    done: list[ir.Node] = []
     for node in batch:
-        if not all(not i or i in values for i in node.input):
+        if not all(v is None or v.const_value is not None or v.name in values for v in node.inputs):
             continue
-        outs = [o for o in node.output if o]
+        outs = [o for o in node.outputs if o.name]
         try:
-            results = qonnx.run_onnx_nodes([node], values, outs, opsets)
-        except Exception as e:
+            results = _run([node], opsets, outs, values)
+        except (BnncError, RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             first = first.rsplit("Status Message: ", 1)[-1][-200:]
             reasons[node.name] = f"{node.name}: {node.op_type} on constants not folded: onnxruntime failed: {first}"
             continue
-        values.update(zip(outs, results, strict=True))
+        values.update({o.name: r for o, r in zip(outs, results, strict=True)})
         done.append(node)
-    done_ids = {id(n) for n in done}
-    needed = read_outside | {i for n in batch if id(n) not in done_ids for i in n.input}
-    graph.consts.update({o: values[o] for n in done for o in n.output if o in needed})
+    done_set = set(done)
+    # values read by nodes that stay (outside the batch or not evaluated) become constants
+    needed = {o: values[o.name] for n in done for o in n.outputs if o.name and any(u.node not in done_set for u in o.uses())}
+    _becomes_const(graph, done, needed)
     return done
 
 
@@ -183,7 +196,9 @@ class FoldConstants(Pass):
 
     name = "fold-constants"
 
-    def call(self, graph: Graph) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
+        graph = model.graph
+        opsets = {d: v for d, v in model.opset_imports.items() if d in STANDARD_DOMAINS}
         stats: Counter[str] = Counter()
         reasons: dict[str, str] = {}
         modified = False
@@ -192,20 +207,19 @@ class FoldConstants(Pass):
             changed |= _fold_shapes(graph, stats)
             changed |= _fold_qonnx(graph, stats, reasons)
             batch = _foldable_batch(graph, reasons)
-            done = _evaluate(graph, batch, reasons) if batch else []
+            done = _evaluate(graph, batch, opsets, reasons) if batch else []
             if done:
-                graph.replace(done, [])
                 stats["folded"] += len(done)
                 changed = True
             if not changed:
                 break
             modified = True
-            graph.infer_shapes()
-        n_consts = len(graph.consts)
-        pruned = graph.prune()
+            infer_shapes(model)
+        n_consts = len(graph.initializers)
+        pruned = prune(graph)
         if pruned:
             stats["pruned"] = pruned
-        if len(graph.consts) < n_consts:
-            stats["dropped_constants"] = n_consts - len(graph.consts)
-        changed = modified or pruned > 0 or len(graph.consts) < n_consts
-        return PassResult(changed, dict(stats), list(reasons.values()))
+        if len(graph.initializers) < n_consts:
+            stats["dropped_constants"] = n_consts - len(graph.initializers)
+        changed = modified or pruned > 0 or len(graph.initializers) < n_consts
+        return PassResult(model, changed, dict(stats), list(reasons.values()))

@@ -12,8 +12,9 @@ in its scale and bias; binary-weight layers (float convolutions) are left alone.
 
 from __future__ import annotations
 
-from bnnc.graph import Graph, node_attr
-from bnnc.matching import is_bnnc, is_std, only_reader
+import onnx_ir as ir
+
+from bnnc.ir import dtype, is_bnnc, is_std, node_attr, remove, replace_value, shape
 from bnnc.pipeline import Pass, PassResult
 
 NAME = "fold-residual-add-into-binary-output"
@@ -24,48 +25,45 @@ _RESIDUAL = 6  # X, X_mask, W, W_mask, scale, bias, R
 class FoldResidualAddIntoBinaryOutput(Pass):
     name = NAME
 
-    def call(self, graph: Graph) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
+        graph = model.graph
         folded = 0
         reasons: list[str] = []
-        cons = graph.consumers()
-        for layer in list(graph.nodes):
+        for layer in list(graph):
             if not is_bnnc(layer, *_LAYERS) or node_attr(layer, "output", "float") != "float":
                 continue
-            why = self._why_not(graph, cons, layer)
+            why = self._why_not(layer)
             if why is not None:
                 if why:
                     reasons.append(f"{layer.name}: shortcut Add not folded: {why}")
                 continue
-            add = cons[layer.output[0]][0]
-            other = add.input[1] if add.input[0] == layer.output[0] else add.input[0]
-            while len(layer.input) < _RESIDUAL:
-                layer.input.append("")
-            layer.input.append(other)
-            old = layer.output[0]
-            layer.output[0] = add.output[0]
-            graph.replace([add], [])
-            graph.shapes.pop(old, None)
+            y = layer.outputs[0]
+            add = y.consumers()[0]
+            other = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
+            layer.resize_inputs(_RESIDUAL + 1)
+            layer.replace_input_with(_RESIDUAL, other)
+            replace_value(graph, add.outputs[0], y, rename=True)
+            remove(graph, [add])
             folded += 1
-            cons = graph.consumers()
-        return PassResult(modified=folded > 0, stats={"folded": folded}, reasons=reasons)
+        return PassResult(model, folded > 0, {"folded": folded}, reasons)
 
     @staticmethod
-    def _why_not(graph: Graph, cons: dict, layer) -> str | None:
+    def _why_not(layer: ir.Node) -> str | None:
         """None when the layer's Add folds; "" when there is no Add to speak of; else the reason."""
-        y = layer.output[0]
-        readers = cons.get(y, [])
+        y = layer.outputs[0]
+        readers = y.consumers()
         if len(readers) != 1 or not is_std(readers[0], "Add"):
             return ""
-        if not only_reader(cons, y, graph):
+        if y.is_graph_output():
             return "the layer's output is also a graph output"
-        if len(layer.input) > _RESIDUAL and layer.input[_RESIDUAL]:
+        if len(layer.inputs) > _RESIDUAL and layer.inputs[_RESIDUAL] is not None:
             return "the layer already has a residual"
         add = readers[0]
-        if add.input[0] == add.input[1]:
+        if add.inputs[0] is add.inputs[1]:
             return "Add of the layer's output to itself"
-        other = add.input[1] if add.input[0] == y else add.input[0]
-        if graph.shape(other) is None or graph.shape(other) != graph.shape(y):
+        other = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
+        if shape(other) is None or shape(other) != shape(y):
             return "the shortcut's shape differs from the layer's output (broadcasting Add)"
-        if graph.dtype(other) != "float32":
+        if dtype(other) != "float32":
             return "the shortcut is not float32"
         return None

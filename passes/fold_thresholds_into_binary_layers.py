@@ -19,15 +19,33 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+import onnx_ir as ir
 from onnx import helper, numpy_helper
 
-from bnnc.graph import Graph, attrs_of, node_attr, onnx_dtype
-from bnnc.layers import update_layer
-from bnnc.matching import bnnc_node, is_bnnc, is_std, only_reader
-from bnnc.ops import packed_shape
+from bnnc.ir import (
+    add_const,
+    adopt_name,
+    attrs_of,
+    bnnc_node,
+    const,
+    data_inputs,
+    is_bnnc,
+    is_std,
+    new_value,
+    node_attr,
+    only_reader,
+    prune,
+    remove,
+    replace_value,
+    set_attrs,
+    shape,
+)
+from bnnc.layers import layer_of
+from bnnc.matching import per_channel
+from bnnc.onnxrt import session
+from bnnc.ops import binarize, packed_shape
 from bnnc.pipeline import Pass, PassResult
-from bnnc.weights import pack_dense
+from runtime.bitpack import pack_bits
 
 NAME = "fold-thresholds-into-binary-layers"
 _ELEMENTWISE = ("BatchNormalization", "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "PRelu",
@@ -35,102 +53,96 @@ _ELEMENTWISE = ("BatchNormalization", "Add", "Sub", "Mul", "Div", "Relu", "Leaky
 _LAYERS = ("BinaryConv", "BinaryDense")
 
 
-def data_input(graph: Graph, node: onnx.NodeProto) -> str | None:
+def data_input(node: ir.Node) -> ir.Value | None:
     """The input of a chain node that carries the layer's values: MaxPool's first; for the
     elementwise ops the one input that is not a constant (either side of an Add or a Mul), None
     when there is not exactly one."""
     if is_std(node, "MaxPool"):
-        return node.input[0]
-    ins = [i for i in node.input if i and graph.const(i) is None]
+        return node.inputs[0]
+    ins = data_inputs(node)
     return ins[0] if len(ins) == 1 else None
 
 
-def _const_inputs_ok(graph: Graph, node: onnx.NodeProto, x: str, channels: int, rank: int) -> bool:
+def _const_inputs_ok(node: ir.Node, x: ir.Value, channels: int, rank: int) -> bool:
     """Every input other than ``x`` is a constant that varies at most along the channel axis."""
-    for i in node.input:
-        if not i or i == x:
+    for v in node.inputs:
+        if v is None or v is x:
             continue
-        c = graph.const(i)
-        if c is None:
+        if const(v) is None:
             return False
-        if node.op_type == "BatchNormalization":
-            continue
-        shape = (1,) * (rank - c.ndim) + tuple(c.shape)
-        if any(d != 1 for k, d in enumerate(shape) if k != 1) or shape[1] not in (1, channels):
+        if node.op_type != "BatchNormalization" and per_channel(v, channels, rank) is None:
             return False
     return True
 
 
-def find_chain(graph: Graph, binarize: onnx.NodeProto, prods: dict, cons: dict):
+def find_chain(binarize: ir.Node):
     """(layer, chain ops from the layer to the binarizer) or (None, reason)."""
-    chain: list[onnx.NodeProto] = []
-    x = binarize.input[0]
+    chain: list[ir.Node] = []
+    x = binarize.inputs[0]
     while True:
-        if not only_reader(cons, x, graph):
-            return None, f"'{x}' has other readers"
-        node = prods.get(x)
+        if only_reader(x) is None:
+            return None, f"'{x.name}' has other readers"
+        node = x.producer()
         if is_bnnc(node, *_LAYERS):
             if node_attr(node, "output", "float") != "float":
                 return None, "layer already writes bits"
             return node, chain[::-1]
         if is_bnnc(node, "BinaryWeightConv", "BinaryWeightDense"):
-            return None, f"'{x}' comes from binary-weight layer {node.name}, whose real input makes its output real"
+            return None, f"'{x.name}' comes from binary-weight layer {node.name}, whose real input makes its output real"
         if node is None or not (is_std(node, *_ELEMENTWISE) or is_std(node, "MaxPool")):
-            return None, f"'{x}' is not computed from a binary layer by per-channel ops"
-        if is_std(node, "MaxPool") and (len(node.output) > 1 or any(is_std(n, "MaxPool") for n in chain)):
+            return None, f"'{x.name}' is not computed from a binary layer by per-channel ops"
+        if is_std(node, "MaxPool") and (len(node.outputs) > 1 or any(is_std(n, "MaxPool") for n in chain)):
             return None, "more than one MaxPool, or MaxPool with indices"
-        src = data_input(graph, node)
-        shape = graph.shape(x)
-        if src is None or shape is None or len(shape) < 2 or not (
-                is_std(node, "MaxPool") or _const_inputs_ok(graph, node, src, shape[1], len(shape))):
+        src = data_input(node)
+        s = shape(x)
+        if src is None or s is None or len(s) < 2 or not (
+                is_std(node, "MaxPool") or _const_inputs_ok(node, src, s[1], len(s))):
             return None, f"{node.op_type} node {node.name} mixes in a value that is not a per-channel constant"
         chain.append(node)
         x = src
 
 
-def _tabulate(graph: Graph, layer, chain, s: np.ndarray):
+def _tabulate(model: ir.Model, layer: ir.Node, chain: list[ir.Node], s: np.ndarray):
     """Run the chain (MaxPool skipped) on t = scale*s + bias; return (F1 before pool, u)."""
-    scale = graph.const(layer.input[4]).astype(np.float32)
-    bias = graph.const(layer.input[5]).astype(np.float32)
+    scale = const(layer.inputs[4]).astype(np.float32)
+    bias = const(layer.inputs[5]).astype(np.float32)
     c, n = scale.size, s.size
     t = scale[:, None] * s.astype(np.float32)[None, :] + bias[:, None]  # [C, n]
-    rank = len(graph.shape(layer.output[0]))
+    y = layer.outputs[0]
+    rank = len(shape(y))
     feed = t.reshape(1, c, n, 1) if rank == 4 else t.T.copy()
-    ops, pre_pool, inits, x = [], None, {}, layer.output[0]
+    ops, pre_pool, inits, x = [], None, {}, y.name
     for node in chain:
         if node.op_type == "MaxPool":
             pre_pool = x
             continue
-        src = data_input(graph, node)
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        del copy.input[:]
-        copy.input.extend([x if i == src else i for i in node.input])
-        ops.append(copy)
-        inits.update({i: graph.const(i) for i in node.input if i and graph.const(i) is not None})
-        x = node.output[0]
-    outs = [x] + ([pre_pool] if pre_pool and pre_pool not in (x, layer.output[0]) else [])
-    res = _run(graph, ops, layer.output[0], feed, outs, inits)
+        src = data_input(node)
+        proto = ir.serde.serialize_node(node)
+        del proto.input[:]
+        proto.input.extend([x if v is src else (v.name if v is not None else "") for v in node.inputs])
+        ops.append(proto)
+        inits.update({v.name: const(v) for v in node.inputs if v is not None and v.const_value is not None})
+        x = node.outputs[0].name
+    outs = [x] + ([pre_pool] if pre_pool and pre_pool not in (x, y.name) else [])
+    res = _run(model, ops, y.name, feed, outs, inits)
     unflat = (lambda a: a.reshape(c, n)) if rank == 4 else (lambda a: a.T)
     u = unflat(res[0])
     f1 = unflat(res[1]) if len(res) > 1 else (u if pre_pool == x else None)
-    if pre_pool == layer.output[0]:
+    if pre_pool == y.name:
         f1 = t
     return f1, u
 
 
-def _run(graph, ops, x, feed, outs, inits):
+def _run(model: ir.Model, ops, x: str, feed: np.ndarray, outs: list[str], inits: dict) -> list[np.ndarray]:
     if not ops:
         return [feed]
-    vi = lambda n, a: helper.make_tensor_value_info(n, onnx_dtype(a.dtype if hasattr(a, "dtype") else "float32"), None)  # noqa: E731
-    g = helper.make_graph(ops, "chain", [helper.make_tensor_value_info(x, onnx_dtype("float32"), list(feed.shape))],
-                          [vi(o, feed) for o in outs], [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", graph.opsets.get("", 17))])
-    model.ir_version = 8
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(outs, {x: feed})
+    f32 = onnx.TensorProto.FLOAT
+    g = helper.make_graph(ops, "chain", [helper.make_tensor_value_info(x, f32, list(feed.shape))],
+                          [helper.make_tensor_value_info(o, f32, None) for o in outs],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", model.opset_imports.get("", 17))])
+    m.ir_version = 8
+    return session(m, what=f"the float chain after {ops[0].name}").run(outs, {x: feed})
 
 
 def _monotone(a: np.ndarray) -> int:
@@ -159,64 +171,59 @@ def fit_rules(v: np.ndarray, s: np.ndarray) -> np.ndarray | None:
     return rules
 
 
-def _all_values_reachable(layer) -> bool:
+def _all_values_reachable(layer: ir.Node) -> bool:
     """Zero padding, masks and ternary weights make every integer in [-K, K] reachable."""
     a = attrs_of(layer)
     padded = a.get("pad_value", 0) == 0 and any(a.get("pads", [0]))
-    return bool(padded or layer.input[1] or layer.input[3])
+    return bool(padded or layer.inputs[1] is not None or layer.inputs[3] is not None)
 
 
-def _fan_in(layer) -> int:
+def _fan_in(layer: ir.Node) -> int:
     a = attrs_of(layer)
     if layer.op_type == "BinaryDense":
         return int(a["k"])
     return int(a["cin"] // a.get("group", 1) * np.prod(a["kernel_shape"]))
 
 
-def _sign_z(u: np.ndarray, zero: int) -> np.ndarray:
-    return np.where(u > 0, 1, np.where(u < 0, -1, zero)).astype(np.int32)
-
-
-def _drop_value(graph: Graph, name: str) -> None:
+def _drop_value(graph: ir.Graph, value: ir.Value) -> None:
     """Remove a mask tensor that can no longer be nonzero-free: readers stop reading it."""
-    for node in list(graph.consumers().get(name, ())):
+    for use in list(value.uses()):
+        node = use.node
         if is_std(node, "Reshape"):
-            graph.replace([node], [])
-            _drop_value(graph, node.output[0])
+            _drop_value(graph, node.outputs[0])
+            remove(graph, [node])
             continue
-        for i, x in enumerate(node.input):
-            if x == name:
-                node.input[i] = ""
-        if is_bnnc(node, "BitMaxPool") and len(node.output) > 1:
-            out = node.output[1]
-            del node.output[1]
+        node.replace_input_with(use.idx, None)
+        if is_bnnc(node, "BitMaxPool") and len(node.outputs) > 1:
+            out = node.outputs[1]
             _drop_value(graph, out)
+            node.resize_outputs(1)
 
 
 class FoldThresholdsIntoBinaryLayers(Pass):
     name = NAME
 
-    def call(self, graph: Graph) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
+        graph = model.graph
         stats = {"folded": 0, "pooled_on_bits": 0, "tie_channels": 0, "constant_channels": 0, "flipped_channels": 0}
         reasons: list[str] = []
-        for b in [n for n in graph.nodes if is_bnnc(n, "Binarize")]:
-            prods, cons = graph.producers(), graph.consumers()
-            layer, chain = find_chain(graph, b, prods, cons)
+        for b in [n for n in graph if is_bnnc(n, "Binarize")]:
+            layer, chain = find_chain(b)
             if layer is None:
                 reasons.append(f"{b.name}: threshold not folded: {chain}")
                 continue
-            why = self._fold(graph, b, layer, chain, stats)
+            why = self._fold(model, b, layer, chain, stats)
             if why:
                 reasons.append(f"{b.name}: threshold not folded into {layer.name}: {why}")
-        graph.prune()
-        return PassResult(modified=stats["folded"] > 0, stats=stats, reasons=reasons)
+        prune(graph)
+        return PassResult(model, stats["folded"] > 0, stats, reasons)
 
-    def _fold(self, graph: Graph, b, layer, chain, stats) -> str:
+    def _fold(self, model: ir.Model, b: ir.Node, layer: ir.Node, chain: list[ir.Node], stats: dict) -> str:
         k = _fan_in(layer)
         s_all = np.arange(-k, k + 1)
         s = s_all if _all_values_reachable(layer) else s_all[(s_all - k) % 2 == 0]
-        f1, u = _tabulate(graph, layer, chain, s)
-        v = _sign_z(u, int(node_attr(b, "zero", 0)))
+        f1, u = _tabulate(model, layer, chain, s)
+        v = binarize(u, int(node_attr(b, "zero", 0)))
         rules = fit_rules(v, s)
         if rules is None:
             return "the binarized value changes sign more than twice over s"
@@ -228,40 +235,43 @@ class FoldThresholdsIntoBinaryLayers(Pass):
                 return "MaxPool between the layer and a non-monotone chain"
             invert = (d1 * dr) < 0
         out_mask = int(np.any(v == 0))
-        self._rewrite(graph, b, layer, chain, rules, pool, invert, out_mask)
+        self._rewrite(model.graph, b, layer, chain, rules, pool, invert, out_mask)
         stats["folded"] += 1
         stats["pooled_on_bits"] += int(pool is not None)
         stats["tie_channels"] += int(np.sum(np.any(v == 0, axis=1)))
         stats["constant_channels"] += int(np.sum(np.all(v == v[:, :1], axis=1)))
         stats["flipped_channels"] += int(np.sum(rules[:, 2] > rules[:, 4]))
-        update_layer(graph, layer.name, output="bits", out_mask=out_mask)
+        facts = layer_of(layer)
+        if facts is not None:
+            facts.output, facts.out_mask = "bits", out_mask
         return ""
 
-    def _rewrite(self, graph, b, layer, chain, rules, pool, invert, out_mask) -> None:
-        rule = graph.add_const(rules, layer.name + "_rule")
-        attrs = attrs_of(layer)
-        attrs.update(output="bits", out_mask=out_mask)
-        b_outs = list(b.output)
-        new_nodes = []
-        if pool is None:
-            outs = b_outs[:1] + (b_outs[1:2] if out_mask else [])
-        else:
-            shape = graph.shape(layer.output[0])
-            packed = packed_shape(shape)
-            outs = [graph.unique_name(layer.output[0] + "_bits")]
-            if out_mask:
-                outs.append(graph.unique_name(layer.output[0] + "_nonzero"))
-            for o in outs:
-                graph.set_value(o, packed, "uint64")
+    def _rewrite(self, graph: ir.Graph, b, layer, chain, rules, pool, invert, out_mask) -> None:
+        """The layer writes the Binarize's bits (through a BitMaxPool when the chain pools)."""
+        rule = add_const(graph, rules, layer.name + "_rule")
+        b_outs = list(b.outputs)[: 1 + out_mask]
+        y = layer.outputs[0]
+        s = shape(y)
+        new_outs = [new_value(graph, y.name + "_bits", packed_shape(s), "uint64")]
+        if out_mask:
+            new_outs.append(new_value(graph, y.name + "_nonzero", packed_shape(s), "uint64"))
+        new_layer = bnnc_node(graph, layer.op_type, [*layer.inputs[:4], rule], layer.name, NAME, outputs=new_outs,
+                              **attrs_of(layer))
+        set_attrs(new_layer, output="bits", out_mask=out_mask)
+        new_layer.meta.update(layer.meta)
+        nodes, finals = [new_layer], new_outs
+        if pool is not None:
             pa = attrs_of(pool)
             pattrs = {k: list(pa[k]) for k in ("kernel_shape", "strides", "pads", "dilations") if k in pa}
-            inv = graph.add_const(pack_dense(invert), pool.name + "_invert") if invert.any() else ""
-            new_nodes.append(bnnc_node("BitMaxPool", [outs[0], outs[1] if out_mask else "", inv],
-                                       b_outs[:1] + (b_outs[1:2] if out_mask else []), pool.name + "_bits", NAME,
-                                       ceil_mode=int(pa.get("ceil_mode", 0)), channels=int(shape[1]), **pattrs))
-        inputs = list(layer.input[:4]) + [rule]
-        new_layer = bnnc_node(layer.op_type, inputs, outs, layer.name, NAME, **attrs)
-        graph.replace([layer], [new_layer] + new_nodes)
-        graph.replace([b] + list(chain), [])
-        if len(b_outs) > 1 and not out_mask:
-            _drop_value(graph, b_outs[1])
+            inv = add_const(graph, pack_bits(invert), pool.name + "_invert") if invert.any() else None
+            finals = [new_value(graph, o.name + "_pooled", shape(o), "uint64") for o in b_outs]
+            nodes.append(bnnc_node(graph, "BitMaxPool", [new_outs[0], new_outs[1] if out_mask else None, inv],
+                                   pool.name + "_bits", NAME, outputs=finals, ceil_mode=int(pa.get("ceil_mode", 0)),
+                                   channels=int(s[1]), **pattrs))
+        graph.insert_before(layer, nodes)
+        for old, new in zip(b_outs, finals):
+            replace_value(graph, old, new, rename=True)
+        if len(b.outputs) > 1 and not out_mask:
+            _drop_value(graph, b.outputs[1])
+        remove(graph, [b, *chain[::-1], layer])
+        adopt_name(new_layer, layer)

@@ -10,10 +10,9 @@ names, so ``bnnc verify`` still compares them with onnxruntime bit by bit.
 
 from __future__ import annotations
 
-from onnx import helper
+import onnx_ir as ir
 
-from bnnc.graph import Graph, node_attr
-from bnnc.matching import is_bnnc
+from bnnc.ir import is_bnnc, node_attr, remove, replace_value, set_attrs
 from bnnc.pipeline import Pass, PassResult
 
 NAME = "fuse-binarize-into-binary-output"
@@ -23,23 +22,26 @@ _LAYERS = ("BinaryConv", "BinaryDense")
 class FuseBinarizeIntoBinaryOutput(Pass):
     name = NAME
 
-    def call(self, graph: Graph) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
+        graph = model.graph
         fused = 0
         reasons: list[str] = []
-        prods = graph.producers()
-        for b in [n for n in graph.nodes if is_bnnc(n, "Binarize")]:
-            layer = prods.get(b.input[0])
+        for b in [n for n in graph if is_bnnc(n, "Binarize")]:
+            layer = b.inputs[0].producer()
             if not is_bnnc(layer, *_LAYERS) or node_attr(layer, "output", "float") != "float":
                 continue
             zero = int(node_attr(b, "zero", 1))
-            if len(layer.output) > 1:
+            if len(layer.outputs) > 1:
                 reasons.append(f"{b.name}: not fused into {layer.name}, which already writes bits")
                 continue
-            if (len(b.output) == 2) != (zero == 0):
+            if (len(b.outputs) == 2) != (zero == 0):
                 reasons.append(f"{b.name}: not fused: a nonzero mask output with zero = {zero}")
                 continue
-            layer.output.extend(b.output)
-            layer.attribute.append(helper.make_attribute("bits_zero", zero))
-            graph.replace([b], [])
+            layer.resize_outputs(1 + len(b.outputs))
+            for old, new in zip(b.outputs, layer.outputs[1:]):
+                new.shape, new.dtype = old.shape, old.dtype
+                replace_value(graph, old, new, rename=True)
+            set_attrs(layer, bits_zero=zero)
+            remove(graph, [b])
             fused += 1
-        return PassResult(modified=fused > 0, stats={"fused": fused}, reasons=reasons)
+        return PassResult(model, fused > 0, {"fused": fused}, reasons)

@@ -24,63 +24,51 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-import onnx
-from onnx import helper
+import onnx_ir as ir
 
 from bnnc import qonnx
-from bnnc.graph import Graph, attrs_of, onnx_dtype
+from bnnc.ir import add_const, attrs_of, const, dtype, ir_dtype, make_node, replace_value
 from bnnc.pipeline import Pass, PassResult
 from runtime.errors import BnncError
+
+V = ir.Value
 
 
 class _Emitter:
     """Creates the named, tagged nodes and constants that replace one QONNX node."""
 
-    def __init__(self, graph: Graph, node: onnx.NodeProto, pass_name: str):
+    def __init__(self, graph: ir.Graph, node: ir.Node, opset: int, pass_name: str):
         self.graph, self.base, self.pass_name = graph, node.name, pass_name
-        self.nodes: list[onnx.NodeProto] = []
-        self.taken: set[str] = set()
-        opset = graph.opsets.get("", graph.opsets.get("ai.onnx", 11))
+        self.nodes: list[ir.Node] = []
         self.opset = opset
-        self.dtype = np.dtype(graph.dtype(node.input[0]) or "float32")
+        self.dtype = np.dtype(dtype(node.inputs[0]) or "float32")
 
-    def _name(self, hint: str) -> str:
-        cand = self.graph.unique_name(f"{self.base}_{hint}")
-        k = 0
-        while cand in self.taken:
-            k += 1
-            cand = self.graph.unique_name(f"{self.base}_{hint}_{k}")
-        self.taken.add(cand)
-        return cand
+    def const(self, value, hint: str, dt=None) -> V:
+        return add_const(self.graph, np.asarray(value, dtype=dt or self.dtype), f"{self.base}_{hint}")
 
-    def const(self, value, hint: str, dtype=None) -> str:
-        return self.graph.add_const(np.asarray(value, dtype=dtype or self.dtype), self._name(hint))
-
-    def op(self, op_type: str, inputs: list[str], hint: str, output: str | None = None, **attrs) -> str:
-        name = self._name(hint)
-        node = helper.make_node(op_type, inputs, [output or name], name=name, **attrs)
-        node.metadata_props.add(key="bnnc.pass", value=self.pass_name)
+    def op(self, op_type: str, inputs: list[V], hint: str, **attrs) -> V:
+        node = make_node(self.graph, op_type, inputs, f"{self.base}_{hint}", self.pass_name, **attrs)
         self.nodes.append(node)
-        return node.output[0]
+        return node.outputs[0]
 
-    def ge(self, a: str, b: str, hint: str) -> str:
+    def ge(self, a: V, b: V, hint: str) -> V:
         if self.opset >= 12:
             return self.op("GreaterOrEqual", [a, b], hint)
         return self.op("Not", [self.op("Less", [a, b], hint + "_lt")], hint)
 
-    def where_nonneg(self, x: str, pos: str, neg: str, hint: str, output: str | None = None) -> str:
+    def where_nonneg(self, x: V, pos: V, neg: V, hint: str) -> V:
         """pos where x >= 0 else neg, in the form canonicalize-binarizers reads as a binarizer."""
         if self.opset >= 12:
-            return self.op("Where", [self.ge(x, self.const(0, "zero"), "ge"), pos, neg], hint, output=output)
-        return self.op("Where", [self.op("Less", [x, self.const(0, "zero")], "lt"), neg, pos], hint, output=output)
+            return self.op("Where", [self.ge(x, self.const(0, "zero"), "ge"), pos, neg], hint)
+        return self.op("Where", [self.op("Less", [x, self.const(0, "zero")], "lt"), neg, pos], hint)
 
-    def reduce_sum_last(self, x: str, hint: str) -> str:
+    def reduce_sum_last(self, x: V, hint: str) -> V:
         if self.opset >= 13:
             return self.op("ReduceSum", [x, self.const([-1], "axes", np.int64)], hint, keepdims=0)
         return self.op("ReduceSum", [x], hint, axes=[-1], keepdims=0)
 
 
-def _round(em: _Emitter, y: str, mode: str) -> str:
+def _round(em: _Emitter, y: V, mode: str) -> V:
     """Emit the rounding of ``y`` by a QONNX rounding mode (see the module docstring)."""
     m = mode.upper()
     simple = {"ROUND": "Round", "HALF_EVEN": "Round", "CEIL": "Ceil", "FLOOR": "Floor"}
@@ -96,28 +84,27 @@ def _round(em: _Emitter, y: str, mode: str) -> str:
     return em.op("Mul", [sign, mag], "rounded")
 
 
-def _const_param(graph: Graph, em: _Emitter, name: str, hint: str) -> tuple[str, np.ndarray | None]:
+def _const_param(em: _Emitter, value: V, hint: str) -> tuple[V, np.ndarray | None]:
     """A scale/zero-point input: a constant of x's dtype when constant, else the value itself."""
-    v = graph.const(name)
+    v = const(value)
     if v is None:
-        return name, None
+        return value, None
     v = v.astype(em.dtype)
     return em.const(v, hint), v
 
 
-def _lower_quant(graph: Graph, node: onnx.NodeProto, em: _Emitter) -> None:
+def _lower_quant(node: ir.Node, em: _Emitter) -> V:
     a = attrs_of(node)
-    x, out = node.input[0], node.output[0]
-    scale, _ = _const_param(graph, em, node.input[1], "scale")
-    zp, zp_val = _const_param(graph, em, node.input[2], "zeropt")
+    x = node.inputs[0]
+    scale, _ = _const_param(em, node.inputs[1], "scale")
+    zp, zp_val = _const_param(em, node.inputs[2], "zeropt")
     has_zp = zp_val is None or bool(np.any(zp_val != 0))
-    bits = qonnx.check_bitwidth(graph.const(node.input[3]))
-    s_val = graph.const(node.input[1])
+    bits = qonnx.check_bitwidth(const(node.inputs[3]))
+    s_val = const(node.inputs[1])
     if bits == 1 and a.get("signed", 1) and not has_zp and s_val is not None and np.all((s_val > 0) & (s_val <= 1)):
         # x / s keeps the sign of x and never underflows to 0 when 0 < s <= 1: a BipolarQuant
         s_val = s_val.astype(em.dtype)
-        em.where_nonneg(x, em.const(s_val, "pos"), em.const(-s_val, "neg"), "where", output=out)
-        return
+        return em.where_nonneg(x, em.const(s_val, "pos"), em.const(-s_val, "neg"), "where")
     y = em.op("Div", [x, scale], "div")
     if has_zp:
         y = em.op("Add", [y, zp], "add_zeropt")
@@ -129,25 +116,24 @@ def _lower_quant(graph: Graph, node: onnx.NodeProto, em: _Emitter) -> None:
         q = _round(em, c, a.get("rounding_mode", "ROUND"))
     if has_zp:
         q = em.op("Sub", [q, zp], "sub_zeropt")
-    em.op("Mul", [q, scale], "mul", output=out)
+    return em.op("Mul", [q, scale], "mul")
 
 
-def _lower_bipolar(graph: Graph, node: onnx.NodeProto, em: _Emitter) -> None:
-    x, out = node.input[0], node.output[0]
-    s = graph.const(node.input[1])
+def _lower_bipolar(node: ir.Node, em: _Emitter) -> V:
+    x = node.inputs[0]
+    s = const(node.inputs[1])
     if s is not None:
         s = s.astype(em.dtype)
-        em.where_nonneg(x, em.const(s, "pos"), em.const(-s, "neg"), "where", output=out)
-        return
+        return em.where_nonneg(x, em.const(s, "pos"), em.const(-s, "neg"), "where")
     pm = em.where_nonneg(x, em.const(1, "one"), em.const(-1, "minus_one"), "sign")
-    em.op("Mul", [pm, node.input[1]], "mul", output=out)
+    return em.op("Mul", [pm, node.inputs[1]], "mul")
 
 
-def _lower_multithreshold(graph: Graph, node: onnx.NodeProto, em: _Emitter) -> None:
+def _lower_multithreshold(node: ir.Node, em: _Emitter) -> V:
     a = attrs_of(node)
-    x, out = node.input[0], node.output[0]
-    rank = len(graph.shapes[x])
-    thr = graph.const(node.input[1]).astype(em.dtype)
+    x = node.inputs[0]
+    rank = len(x.shape)
+    thr = const(node.inputs[1]).astype(em.dtype)
     axis = qonnx.channel_axis(rank, a.get("data_layout", ""))
     scale, bias = float(a.get("out_scale", 1.0)), float(a.get("out_bias", 0.0))
     if thr.shape[1] == 1 and scale != 0 and bias == -scale / 2:
@@ -156,41 +142,39 @@ def _lower_multithreshold(graph: Graph, node: onnx.NodeProto, em: _Emitter) -> N
         shape = [1] * rank
         shape[axis] = thr.shape[0]
         d = em.op("Sub", [x, em.const(thr.reshape(shape), "threshold")], "centered")
-        em.where_nonneg(d, em.const(scale / 2, "pos"), em.const(-scale / 2, "neg"), "where", output=out)
-        return
+        return em.where_nonneg(d, em.const(scale / 2, "pos"), em.const(-scale / 2, "neg"), "where")
     shape = [1] * rank + [thr.shape[1]]
     shape[axis] = thr.shape[0]
     xr = em.op("Reshape", [x, em.const([0] * rank + [1], "shape", np.int64)], "expand")
     ge = em.ge(xr, em.const(thr.reshape(shape), "thresholds"), "ge")
-    cnt = em.op("Cast", [ge], "cast", to=onnx_dtype(str(em.dtype)))
+    cnt = em.op("Cast", [ge], "cast", to=int(ir_dtype(em.dtype)))
     y = em.reduce_sum_last(cnt, "count")
     if scale != 1.0:
         y = em.op("Mul", [y, em.const(scale, "out_scale")], "scale")
     if bias != 0.0:
-        em.op("Add", [y, em.const(bias, "out_bias")], "bias")
-    em.nodes[-1].output[0] = out
+        y = em.op("Add", [y, em.const(bias, "out_bias")], "bias")
+    return y
 
 
-def _lower_trunc(graph: Graph, node: onnx.NodeProto, em: _Emitter) -> None:
+def _lower_trunc(node: ir.Node, em: _Emitter) -> V:
     a = attrs_of(node)
-    x, out = node.input[0], node.output[0]
-    p = [graph.const(i) for i in node.input]
+    x = node.inputs[0]
+    p = [const(v) for v in node.inputs]
     scale, zp = p[1].astype(em.dtype), p[2].astype(em.dtype)
     mode = a.get("rounding_mode", "FLOOR")
     y = em.op("Round", [em.op("Add", [em.op("Div", [x, em.const(scale, "scale")], "div"), em.const(zp, "zeropt")],
                                   "add_zeropt")], "round")
-    if len(node.input) == 5:
+    if len(node.inputs) == 5:
         step = em.dtype.type(2.0 ** (qonnx.check_bitwidth(p[3]) - qonnx.check_bitwidth(p[4])))
         y = _round(em, em.op("Div", [y, em.const(step, "step")], "shift"), mode)
         y = em.op("Sub", [y, em.const(zp, "zeropt_out")], "sub_zeropt")
-        em.op("Mul", [y, em.const(scale, "scale_out")], "mul", output=out)
-        return
+        return em.op("Mul", [y, em.const(scale, "scale_out")], "mul")
     step = qonnx.trunc_shift(p[1], p[4]).astype(em.dtype)
     lo, hi = qonnx.int_range(bool(a.get("signed", 1)), bool(a.get("narrow", 0)), qonnx.check_bitwidth(p[-1]))
     y = em.op("Clip", [em.op("Div", [y, em.const(step, "step")], "shift"), em.const(lo, "lo"), em.const(hi, "hi")],
               "clip")
     y = em.op("Sub", [_round(em, y, mode), em.const(zp / step, "zeropt_out")], "sub_zeropt")
-    em.op("Mul", [y, em.const(p[4].astype(em.dtype), "out_scale")], "mul", output=out)
+    return em.op("Mul", [y, em.const(p[4].astype(em.dtype), "out_scale")], "mul")
 
 
 _LOWER = {
@@ -202,40 +186,40 @@ _LOWER = {
 }
 
 
-def match(graph: Graph, node: onnx.NodeProto) -> str | None:
+def match(node: ir.Node) -> str | None:
     """None when ``node`` can be lowered, else the reason it cannot."""
     op = node.op_type
     if op not in _LOWER:
         return f"QONNX op {op} has no lowering"
-    const = [graph.const(i) for i in node.input]
-    dtype = graph.dtype(node.input[0])
-    if dtype is not None and not np.issubdtype(np.dtype(dtype), np.floating):
-        return f"input '{node.input[0]}' has dtype {dtype}, not float"
+    consts = [const(v) for v in node.inputs]
+    dt = dtype(node.inputs[0])
+    if dt is not None and not np.issubdtype(np.dtype(dt), np.floating):
+        return f"input '{node.inputs[0].name}' has dtype {dt}, not float"
     try:
         if op in ("Quant", "IntQuant"):
-            if const[3] is None:
+            if consts[3] is None:
                 return "bit width is not a constant"
-            qonnx.check_bitwidth(const[3])
+            qonnx.check_bitwidth(consts[3])
             qonnx.rounding(attrs_of(node).get("rounding_mode", "ROUND"))
         elif op == "MultiThreshold":
-            if const[1] is None or const[1].ndim != 2:
+            if consts[1] is None or consts[1].ndim != 2:
                 return "thresholds are not a constant [C, T] tensor"
-            if graph.shapes.get(node.input[0]) is None:
+            if node.inputs[0].shape is None:
                 return "the rank of the input is unknown"
         elif op == "Trunc":
-            if len(node.input) not in (5, 6, 7) or any(c is None for c in const[1:]):
+            if len(node.inputs) not in (5, 6, 7) or any(c is None for c in consts[1:]):
                 return "Trunc parameters are not all constant (or the input count is not 5, 6 or 7)"
             qonnx.rounding(attrs_of(node).get("rounding_mode", "FLOOR"))
     except BnncError as e:
         return str(e)
-    return _check_param_dtypes(graph, node)
+    return _check_param_dtypes(node)
 
 
-def _check_param_dtypes(graph: Graph, node: onnx.NodeProto) -> str | None:
-    x_dtype = graph.dtype(node.input[0])
-    for i in node.input[1:3] if node.op_type != "MultiThreshold" else ():
-        if i and graph.const(i) is None and graph.dtype(i) != x_dtype:
-            return f"non-constant parameter '{i}' has dtype {graph.dtype(i)}, input has {x_dtype}"
+def _check_param_dtypes(node: ir.Node) -> str | None:
+    x_dtype = dtype(node.inputs[0])
+    for v in node.inputs[1:3] if node.op_type != "MultiThreshold" else ():
+        if v is not None and v.const_value is None and dtype(v) != x_dtype:
+            return f"non-constant parameter '{v.name}' has dtype {dtype(v)}, input has {x_dtype}"
     return None
 
 
@@ -244,18 +228,22 @@ class LowerQonnxOpsToOnnx(Pass):
 
     name = "lower-qonnx-ops"
 
-    def call(self, graph: Graph) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
+        graph = model.graph
+        opset = model.opset_imports.get("", 11)
         stats: Counter[str] = Counter()
         reasons: list[str] = []
-        for node in list(graph.nodes):
-            if not qonnx.is_qonnx(node):
+        for node in list(graph):
+            if node.domain not in qonnx.QONNX_DOMAINS:
                 continue
-            reason = match(graph, node)
+            reason = match(node)
             if reason is not None:
                 reasons.append(f"{node.name}: {node.op_type} not lowered: {reason}")
                 continue
-            em = _Emitter(graph, node, self.name)
-            _LOWER[node.op_type](graph, node, em)
-            graph.replace([node], em.nodes)
+            em = _Emitter(graph, node, opset, self.name)
+            out = _LOWER[node.op_type](node, em)
+            graph.insert_before(node, em.nodes)
+            replace_value(graph, node.outputs[0], out, rename=True)
+            graph.remove(node, safe=True)
             stats[node.op_type] += 1
-        return PassResult(bool(stats), dict(stats), reasons)
+        return PassResult(model, bool(stats), dict(stats), reasons)

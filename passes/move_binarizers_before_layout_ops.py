@@ -13,88 +13,107 @@ This turns tf2onnx's NHWC islands (``T -> Sign -> Pad -> T^-1``) into plain NCHW
 from __future__ import annotations
 
 import numpy as np
-import onnx
-from onnx import helper
+import onnx_ir as ir
 
-from bnnc.graph import Graph, node_attr
-from bnnc.matching import is_bnnc, is_std, only_reader, tag
+from bnnc.ir import (
+    add_const,
+    adopt_name,
+    attrs_of,
+    const,
+    is_bnnc,
+    is_std,
+    make_node,
+    node_attr,
+    only_reader,
+    remove,
+    replace_value,
+    shape,
+)
 from bnnc.pipeline import Pass, PassResult
 
 NAME = "move-binarizers-before-layout-ops"
 _LAYOUT = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "MaxPool")
 
 
-def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
-    out = onnx.NodeProto()
-    out.CopyFrom(node)
-    return tag(out, NAME)
+def _copy(graph: ir.Graph, node: ir.Node, inputs, name: str | None = None, **attrs) -> ir.Node:
+    """A copy of ``node`` (op, attributes) reading ``inputs``, tagged as made by this pass."""
+    a = attrs_of(node)
+    a.update(attrs)
+    return make_node(graph, node.op_type, inputs, name or node.name, NAME, domain=node.domain, **a)
 
 
-def _swap_sign_up(graph: Graph, sign: onnx.NodeProto, lay: onnx.NodeProto) -> None:
+def _replace_pair(graph: ir.Graph, first: ir.Node, second: ir.Node, new: list[ir.Node], out: ir.Value,
+                  copies: tuple[tuple[ir.Node, ir.Node], ...] = ()) -> None:
+    """``new`` (ending in ``out``) replaces first -> second; second's output keeps its name and
+    each (copy, original) pair of ``copies`` the original's node name."""
+    graph.insert_before(first, new)
+    replace_value(graph, second.outputs[0], out, rename=True)
+    remove(graph, [second, first])
+    for copy, original in copies:
+        adopt_name(copy, original)
+
+
+def _swap_sign_up(graph: ir.Graph, sign: ir.Node, lay: ir.Node) -> None:
     """Sign(L(x)) -> L(Sign(x)); the final output keeps the Sign's name."""
-    x = lay.input[0]
-    mid = graph.unique_name(sign.output[0] + "_pre_layout")
-    new_sign, new_lay = _copy(sign), _copy(lay)
-    new_sign.input[0], new_sign.output[0] = x, mid
-    new_lay.input[0], new_lay.output[0] = mid, sign.output[0]
-    graph.set_value(mid, graph.shape(x), graph.dtype(x) or "float32")
-    graph.replace([lay, sign], [new_sign, new_lay])
+    x = lay.inputs[0]
+    new_sign = _copy(graph, sign, [x])
+    new_sign.outputs[0].shape, new_sign.outputs[0].dtype = x.shape, x.dtype
+    new_lay = _copy(graph, lay, [new_sign.outputs[0], *lay.inputs[1:]])
+    _replace_pair(graph, lay, sign, [new_sign, new_lay], new_lay.outputs[0], ((new_sign, sign), (new_lay, lay)))
 
 
-def _perm(node: onnx.NodeProto, rank: int) -> list[int]:
+def _perm(node: ir.Node, rank: int) -> list[int]:
     return list(node_attr(node, "perm", list(range(rank))[::-1]))
 
 
-def _sink_transpose_below_pad(graph: Graph, tr: onnx.NodeProto, pad: onnx.NodeProto) -> bool:
+def _sink_transpose_below_pad(graph: ir.Graph, tr: ir.Node, pad: ir.Node) -> bool:
     """Pad(T_p(x), pads) -> T_p(Pad(x, pads permuted back))."""
-    pads = graph.const(pad.input[1]) if len(pad.input) > 1 else None
-    if pads is None or (len(pad.input) > 3 and pad.input[3]) or node_attr(pad, "mode", "constant") != "constant":
+    pads = const(pad.inputs[1]) if len(pad.inputs) > 1 else None
+    if pads is None or (len(pad.inputs) > 3 and pad.inputs[3] is not None) or node_attr(pad, "mode", "constant") != "constant":
         return False
-    shape = graph.shape(tr.input[0])
-    if shape is None:
+    s = shape(tr.inputs[0])
+    if s is None:
         return False
-    rank = len(shape)
+    rank = len(s)
     p = _perm(tr, rank)
     begin, end = [0] * rank, [0] * rank
     for i in range(rank):
         begin[p[i]], end[p[i]] = int(pads[i]), int(pads[rank + i])
-    new_pads = graph.add_const(np.array(begin + end, dtype="int64"), pad.name + "_pads_nchw")
-    mid = graph.unique_name(pad.output[0] + "_pre_transpose")
-    new_pad = _copy(pad)
-    new_pad.input[0], new_pad.input[1], new_pad.output[0] = tr.input[0], new_pads, mid
-    new_tr = _copy(tr)
-    new_tr.input[0], new_tr.output[0] = mid, pad.output[0]
-    out_shape = [s + b + e for s, b, e in zip(shape, begin, end)]
-    graph.set_value(mid, out_shape, graph.dtype(tr.input[0]) or "float32")
-    graph.replace([tr, pad], [new_pad, new_tr])
+    new_pads = add_const(graph, np.array(begin + end, dtype="int64"), pad.name + "_pads_nchw")
+    new_pad = _copy(graph, pad, [tr.inputs[0], new_pads, *pad.inputs[2:]])
+    new_pad.outputs[0].shape = ir.Shape([d + b + e for d, b, e in zip(s, begin, end)])
+    new_pad.outputs[0].dtype = tr.inputs[0].dtype
+    new_tr = _copy(graph, tr, [new_pad.outputs[0]])
+    _replace_pair(graph, tr, pad, [new_pad, new_tr], new_tr.outputs[0], ((new_pad, pad), (new_tr, tr)))
     return True
 
 
-def _merge_pair(graph: Graph, first: onnx.NodeProto, second: onnx.NodeProto) -> bool:
+def _merge_pair(graph: ir.Graph, first: ir.Node, second: ir.Node) -> bool:
     """Transpose∘Transpose and Reshape∘Reshape become one node, or none."""
-    x = first.input[0]
-    shape = graph.shape(x)
-    if shape is None:
+    x = first.inputs[0]
+    s = shape(x)
+    if s is None:
         return False
     if first.op_type == "Transpose":
-        p1, p2 = _perm(first, len(shape)), _perm(second, len(shape))
+        p1, p2 = _perm(first, len(s)), _perm(second, len(s))
         perm = [p1[i] for i in p2]
-        if perm == list(range(len(shape))):
-            graph.replace([first, second], [])
-            graph.rename_uses(second.output[0], x)
+        if perm == list(range(len(s))):
+            replace_value(graph, second.outputs[0], x)
+            remove(graph, [second, first])
             return True
-        new = tag(helper.make_node("Transpose", [x], [second.output[0]], name=second.name + "_merged", perm=perm), NAME)
+        new = make_node(graph, "Transpose", [x], second.name + "_merged", NAME, perm=perm)
     else:
-        out_shape = graph.shape(second.output[0])
+        out_shape = shape(second.outputs[0])
         if out_shape is None:
             return False
-        if tuple(out_shape) == tuple(shape):
-            graph.replace([first, second], [])
-            graph.rename_uses(second.output[0], x)
+        if tuple(out_shape) == tuple(s):
+            replace_value(graph, second.outputs[0], x)
+            remove(graph, [second, first])
             return True
-        new = _copy(second)
-        new.input[0] = x
-    graph.replace([first, second], [new])
+        new = _copy(graph, second, [x, *second.inputs[1:]])
+        _replace_pair(graph, first, second, [new], new.outputs[0], ((new, second),))
+        return True
+    _replace_pair(graph, first, second, [new], new.outputs[0])
     return True
 
 
@@ -118,42 +137,54 @@ def transpose_equivalent(in_shape, out_shape) -> list[int] | None:
     return None if perm == sorted(perm) else perm
 
 
-def _reshape_to_transpose(graph: Graph, node: onnx.NodeProto) -> bool:
-    perm = transpose_equivalent(graph.shape(node.input[0]), graph.shape(node.output[0]))
+def _reshape_to_transpose(graph: ir.Graph, node: ir.Node) -> bool:
+    perm = transpose_equivalent(shape(node.inputs[0]), shape(node.outputs[0]))
     if perm is None:
         return False
-    new = tag(helper.make_node("Transpose", [node.input[0]], [node.output[0]], name=node.name + "_as_transpose", perm=perm), NAME)
-    graph.replace([node], [new])
+    new = make_node(graph, "Transpose", [node.inputs[0]], node.name + "_as_transpose", NAME, perm=perm)
+    graph.insert_before(node, new)
+    replace_value(graph, node.outputs[0], new.outputs[0], rename=True)
+    remove(graph, [node])
     return True
 
 
 class MoveBinarizersBeforeLayoutOps(Pass):
     name = NAME
 
-    def call(self, graph: Graph) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
+        graph = model.graph
         stats = {"binarizers_moved": 0, "transposes_sunk": 0, "pairs_merged": 0, "reshapes_as_transposes": 0}
-        while self._step(graph, stats):
+        # a rewrite makes new nodes that may match again (a Sign moves up one op at a time):
+        # sweep until a sweep changes nothing
+        while self._sweep(graph, stats):
             pass
-        return PassResult(modified=any(stats.values()), stats=stats)
+        return PassResult(model, any(stats.values()), stats)
 
-    def _step(self, graph: Graph, stats: dict) -> bool:
-        prods, cons = graph.producers(), graph.consumers()
-        for node in graph.nodes:
-            src = prods.get(node.input[0]) if node.input else None
-            if src is None or not only_reader(cons, src.output[0], graph) or len(src.output) != 1:
+    def _sweep(self, graph: ir.Graph, stats: dict) -> bool:
+        changed = False
+        for node in list(graph):
+            if node.graph is not graph or not node.inputs or node.inputs[0] is None:
                 continue
-            if is_bnnc(node, "Sign") and is_std(src, *_LAYOUT):
-                _swap_sign_up(graph, node, src)
-                stats["binarizers_moved"] += 1
-                return True
-            if is_std(node, "Pad", "Transpose") and is_std(src, "Reshape") and _reshape_to_transpose(graph, src):
-                stats["reshapes_as_transposes"] += 1
-                return True
-            if is_std(node, "Pad") and is_std(src, "Transpose") and _sink_transpose_below_pad(graph, src, node):
-                stats["transposes_sunk"] += 1
-                return True
-            same = is_std(node, "Transpose") and is_std(src, "Transpose") or is_std(node, "Reshape") and is_std(src, "Reshape", "Flatten")
-            if same and _merge_pair(graph, src, node):
-                stats["pairs_merged"] += 1
-                return True
-        return False
+            src = node.inputs[0].producer()
+            if src is None or src.graph is not graph or len(src.outputs) != 1 or only_reader(src.outputs[0]) is not node:
+                continue
+            key = self._rewrite(graph, node, src)
+            if key:
+                stats[key] += 1
+                changed = True
+        return changed
+
+    @staticmethod
+    def _rewrite(graph: ir.Graph, node: ir.Node, src: ir.Node) -> str:
+        """Apply the first rule that fits ``src -> node``; the stat it counts, or ""."""
+        if is_bnnc(node, "Sign") and is_std(src, *_LAYOUT):
+            _swap_sign_up(graph, node, src)
+            return "binarizers_moved"
+        if is_std(node, "Pad", "Transpose") and is_std(src, "Reshape") and _reshape_to_transpose(graph, src):
+            return "reshapes_as_transposes"
+        if is_std(node, "Pad") and is_std(src, "Transpose") and _sink_transpose_below_pad(graph, src, node):
+            return "transposes_sunk"
+        same = is_std(node, "Transpose") and is_std(src, "Transpose") or is_std(node, "Reshape") and is_std(src, "Reshape", "Flatten")
+        if same and _merge_pair(graph, src, node):
+            return "pairs_merged"
+        return ""

@@ -3,7 +3,7 @@
 y = x holds for: Identity; Dropout at inference (mask output unused, training_mode not set);
 Cast to the input's own dtype; Reshape, Flatten, Squeeze and Expand whose static output shape equals
 the input shape; Transpose with the identity permutation; Pad whose pads are all zero. Readers
-of y read x instead (``Graph.rename_uses``, which keeps graph output names).
+of y read x instead (``bnnc.ir.replace_value``, which keeps graph output names).
 """
 
 from __future__ import annotations
@@ -11,75 +11,76 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 
-from bnnc.graph import Graph, attrs_of, np_dtype
+from bnnc.ir import const, dtype, is_std_domain, node_attr, np_dtype, prune, remove, replace_value, shape
 from bnnc.pipeline import Pass, PassResult
 from runtime.errors import BnncError
 
 SAME_SHAPE_OPS = ("Reshape", "Flatten", "Squeeze", "Expand")
 
 
-def _is_identity_cast(graph: Graph, node: onnx.NodeProto) -> bool:
+def _input(node: ir.Node, i: int) -> ir.Value | None:
+    return node.inputs[i] if len(node.inputs) > i else None
+
+
+def _is_identity_cast(node: ir.Node) -> bool:
     try:
-        to = np_dtype(attrs_of(node)["to"])
-    except (BnncError, KeyError):
+        to = np_dtype(ir.DataType(node_attr(node, "to")))
+    except (BnncError, ValueError, TypeError):
         return False
-    return graph.dtype(node.input[0]) == to
+    return dtype(node.inputs[0]) == to
 
 
-def _is_identity_transpose(graph: Graph, node: onnx.NodeProto) -> bool:
-    shape = graph.shapes.get(node.input[0])
-    if shape is None:
+def _is_identity_transpose(node: ir.Node) -> bool:
+    s = node.inputs[0].shape
+    if s is None:
         return False
-    perm = attrs_of(node).get("perm")
+    perm = node_attr(node, "perm")
     if perm is None:
-        return len(shape) <= 1
-    return list(perm) == list(range(len(shape)))
+        return len(s) <= 1
+    return list(perm) == list(range(len(s)))
 
 
-def _is_zero_pad(graph: Graph, node: onnx.NodeProto) -> bool:
-    if len(node.input) > 1:
-        pads = graph.const(node.input[1])
-    else:
-        pads = attrs_of(node).get("pads")
+def _is_zero_pad(node: ir.Node) -> bool:
+    pads = const(_input(node, 1)) if _input(node, 1) is not None else node_attr(node, "pads")
     return pads is not None and not np.any(np.asarray(pads))
 
 
-def _dropout_reason(graph: Graph, node: onnx.NodeProto) -> str | None:
-    if len(node.output) > 1 and node.output[1] and (node.output[1] in graph.outputs or node.output[1] in graph.consumers()):
+def _dropout_reason(node: ir.Node) -> str | None:
+    if len(node.outputs) > 1 and node.outputs[1].name and (node.outputs[1].uses() or node.outputs[1].is_graph_output()):
         return "its mask output is used"
-    if len(node.input) > 2 and node.input[2]:
-        training = graph.const(node.input[2])
-        if training is None or bool(training):
+    training = _input(node, 2)
+    if training is not None:
+        t = const(training)
+        if t is None or bool(t):
             return "training_mode is set or not constant"
     return None
 
 
-def match(graph: Graph, node: onnx.NodeProto) -> tuple[bool, str | None]:
+def match(node: ir.Node) -> tuple[bool, str | None]:
     """(is an identity, reason it is one that cannot be removed)."""
-    if node.domain not in ("", "ai.onnx"):
+    if not is_std_domain(node.domain) or not node.inputs or node.inputs[0] is None:
         return False, None
     op = node.op_type
     if op == "Dropout":
-        reason = _dropout_reason(graph, node)
+        reason = _dropout_reason(node)
         return reason is None, reason
     if op == "Identity":
         ok = True
     elif op == "Cast":
-        ok = _is_identity_cast(graph, node)
+        ok = _is_identity_cast(node)
     elif op in SAME_SHAPE_OPS:
-        s_in, s_out = graph.shape(node.input[0]), graph.shape(node.output[0])
+        s_in, s_out = shape(node.inputs[0]), shape(node.outputs[0])
         ok = s_in is not None and s_in == s_out
     elif op == "Transpose":
-        ok = _is_identity_transpose(graph, node)
+        ok = _is_identity_transpose(node)
     elif op == "Pad":
-        ok = _is_zero_pad(graph, node)
+        ok = _is_zero_pad(node)
     else:
         return False, None
-    if ok and node.output[0] in graph.outputs and (
-        node.input[0] in graph.inputs or node.input[0] in graph.consts or node.input[0] in graph.outputs
-    ):
+    x = node.inputs[0]
+    if ok and node.outputs[0].is_graph_output() and (x.is_graph_input() or x.const_value is not None or x.is_graph_output()):
         return False, None  # it carries a graph input or constant to an output name: needed
     return ok, None
 
@@ -89,18 +90,19 @@ class RemoveIdentityOps(Pass):
 
     name = "remove-identity-ops"
 
-    def call(self, graph: Graph) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
+        graph = model.graph
         stats: Counter[str] = Counter()
         reasons: list[str] = []
-        for node in list(graph.nodes):
-            ok, reason = match(graph, node)
+        for node in list(graph):
+            ok, reason = match(node)
             if reason is not None:
                 reasons.append(f"{node.name}: {node.op_type} not removed: {reason}")
             if not ok:
                 continue
-            graph.replace([node], [])
-            graph.rename_uses(node.output[0], node.input[0])
+            replace_value(graph, node.outputs[0], node.inputs[0])
+            remove(graph, [node])
             stats[node.op_type] += 1
         if stats:
-            graph.prune()  # shape tensors of removed Reshapes are now unused
-        return PassResult(bool(stats), dict(stats), reasons)
+            prune(graph)  # shape tensors of removed Reshapes are now unused
+        return PassResult(model, bool(stats), dict(stats), reasons)

@@ -1,4 +1,4 @@
-"""bnnc.Binarize, bnnc.BitMaxPool, bnnc.Unpack: moving between float and packed tensors, and
+"""bnnc.Binarize, bnnc.BitMaxPool: moving from float to packed tensors, and
 max pooling on packed ones (bit convention: runtime/bitpack.py).
 
 - Binarize: x < 0 -> -1 (bit 1); x > 0 -> +1; x == 0 -> attribute ``zero`` (+1, -1, or 0 with
@@ -9,7 +9,6 @@ max pooling on packed ones (bit convention: runtime/bitpack.py).
   +1 (mask & ~sign), -1 if all are -1 (AND of mask & sign), else 0. Channels flagged in the
   optional ``invert`` bits take the min instead: -1 if any is -1 (OR of the bits), else 0 if any
   is 0, else +1. Padding is ignored, as in ONNX MaxPool.
-- Unpack: packed -> float32 ``+-scale`` (0 where the mask is 0) in the logical layout.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from numba import prange
 from runtime.bitpack import nwords, tail_mask
 from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.binary_common import (
-    check_input,
     check_outputs,
     const_input,
     dummy,
@@ -232,61 +230,3 @@ class BitMaxPool(Kernel):
     def run(self, ins, outs, scratch):
         xm = np.ascontiguousarray(ins[1]) if self.masked else None
         bit_maxpool(np.ascontiguousarray(ins[0]), xm, self.inv, self.geom, outs[0], outs[1] if self.masked else None)
-
-
-# -- Unpack -------------------------------------------------------------------------------------
-@Twin
-def _unpack_nhwc(x, xm, masked, scale, y):
-    n_, c_, h_, w_ = y.shape
-    for r in prange(n_ * h_):
-        n = r // h_
-        h = r % h_
-        for c in range(c_):
-            q = c >> 6
-            b = np.uint64(c & 63)
-            for w in range(w_):
-                v = scale - 2 * scale * np.float32((x[n, h, w, q] >> b) & np.uint64(1))
-                if masked and (xm[n, h, w, q] >> b) & np.uint64(1) == 0:
-                    v = np.float32(0)
-                y[n, c, h, w] = v
-
-
-@Twin
-def _unpack_nc(x, xm, masked, scale, y):
-    n_, c_ = y.shape
-    for n in prange(n_):
-        for c in range(c_):
-            q = c >> 6
-            b = np.uint64(c & 63)
-            v = scale - 2 * scale * np.float32((x[n, q] >> b) & np.uint64(1))
-            if masked and (xm[n, q] >> b) & np.uint64(1) == 0:
-                v = np.float32(0)
-            y[n, c] = v
-
-
-def unpack(x: np.ndarray, xm: np.ndarray | None, scale: float, y: np.ndarray) -> None:
-    """Packed ``x`` [N, H, W, words] / [N, words] (mask ``xm``) -> float32 ``y`` NCHW / NC."""
-    assert x.dtype == np.uint64 and x.flags.c_contiguous and y.dtype == np.float32 and x.ndim == y.ndim
-    masked = xm is not None
-    (_unpack_nhwc if y.ndim == 4 else _unpack_nc)(y.size, x, xm if masked else x, masked, np.float32(scale), y)
-
-
-@register("bnnc.Unpack")
-class Unpack(Kernel):
-    def __init__(self, step: Step):
-        super().__init__(step)
-        c = int(step.attr("channels", 0))
-        self.scale = float(step.attr("scale", 1.0))
-        xs = step.in_shapes[0]
-        if c < 1 or xs is None or len(xs) not in (2, 4):
-            raise step.error(f"X must be packed [N, H, W, words] or [N, words] and channels >= 1, got {xs}")
-        check_input(step, 0, "X", tuple(xs[:-1]) + (nwords(c),), "uint64")
-        self.masked = has_input(step, 1)
-        if self.masked:
-            check_input(step, 1, "X_mask", tuple(xs), "uint64")
-        out = (xs[0], c, xs[1], xs[2]) if len(xs) == 4 else (xs[0], c)
-        check_outputs(step, [(out, "float32")])
-
-    def run(self, ins, outs, scratch):
-        xm = np.ascontiguousarray(ins[1]) if self.masked else None
-        unpack(np.ascontiguousarray(ins[0]), xm, self.scale, outs[0])

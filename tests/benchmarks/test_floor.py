@@ -11,7 +11,8 @@ import pytest
 
 from bnnc import workloads
 from bnnc.bench import load_engines
-from bnnc.graph import Graph
+from bnnc.ir import op_counts, shape
+from bnnc.ir_convert import from_proto
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 from floor import binary_layers, float_part  # noqa: E402
@@ -45,11 +46,11 @@ def test_float_part_is_the_model_without_its_binary_layers(tmp_path):
     assert len(binary) == 16
     assert (binary[0].pixels, binary[0].bits, binary[0].channels) == (8 * 8, 16 * 9, 16)
     assert sum(b.pixels * b.bits * b.channels for b in binary) == sum(r["macs"] for r in layers if r["mode"] == "xnor")
-    before = len(e.reference.nodes)
+    before = len(e.reference.graph.node)
     cut, feeds = float_part(e.reference, layers, e.manifest["plan"])
-    assert len(e.reference.nodes) == before  # the caller's graph is left whole
-    g = Graph(onnx.load_from_string(cut))
-    ops = g.op_counts()
+    assert len(e.reference.graph.node) == before  # the caller's model is left whole
+    g = from_proto(onnx.load_from_string(cut))
+    ops = op_counts(g.graph)
     float_convs = sum(r["mode"] == "float" and r["op"] == "Conv" for r in layers)
     assert ops["Conv"] == float_convs and "Sign" not in ops
     assert ops["BatchNormalization"] == float_convs  # the stem's and the shortcuts', not the blocks'
@@ -57,4 +58,5 @@ def test_float_part_is_the_model_without_its_binary_layers(tmp_path):
     # a block's result (the shortcut sum bnnc computes inside the binary conv) is fed, not computed;
     # float ops read those of each stage's last block (the next AvgPool shortcut, the global pool)
     assert len(feeds) == 4 and "Add" not in ops
-    assert all(v.shape == tuple(g.shape(k)) for k, v in feeds.items())
+    inputs = {v.name: v for v in g.graph.inputs}
+    assert all(v.shape == shape(inputs[k]) for k, v in feeds.items())

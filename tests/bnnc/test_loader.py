@@ -5,9 +5,10 @@ import onnx
 import pytest
 from onnx import helper
 
+from bnnc.ir import shape
 from bnnc.loader import load_model, parse_input_shapes
 from runtime.errors import BnncError
-from tests.helpers import bnnc_run, make_model, ort_run, save
+from tests.helpers import bnnc_run, consts, make_model, names, ort_run, save
 
 N = helper.make_node
 
@@ -24,14 +25,14 @@ def test_external_data(tmp_path):
               location="weights.bin", size_threshold=0)
     assert (tmp_path / "weights.bin").exists()
     graph = load_model(str(tmp_path / "m.onnx"))
-    assert graph.consts["w"].shape == (4, 3, 3, 3)
+    assert consts(graph)["w"].shape == (4, 3, 3, 3)
 
 
 def test_old_opset_is_converted(tmp_path):
     nodes = [N("Unsqueeze", ["x"], ["u"], axes=[0]), N("Relu", ["u"], ["y"])]
     model = make_model(nodes, [("x", [3, 4])], [("y", [1, 3, 4])], opset=9)
     graph = load_model(save(model, str(tmp_path)))
-    assert graph.opsets[""] >= 11
+    assert graph.opset_imports[""] >= 11
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     np.testing.assert_array_equal(bnnc_run(model, {"x": x})[0], np.maximum(x, 0)[None])
 
@@ -41,20 +42,20 @@ def test_initializers_listed_as_inputs_are_constants_unless_shaped(tmp_path):
     model.graph.input.append(helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [4, 3, 3, 3]))
     path = save(model, str(tmp_path))
     graph = load_model(path)
-    assert graph.inputs == ["x"] and "w" in graph.consts
+    assert names(graph.graph.inputs) == ["x"] and "w" in consts(graph)
     graph = load_model(path, parse_input_shapes(["w=4,3,3,3"]))
-    assert graph.inputs == ["x", "w"] and "w" not in graph.consts
+    assert names(graph.graph.inputs) == ["x", "w"] and "w" not in consts(graph)
 
 
 def test_dynamic_batch_becomes_one_and_other_dims_need_a_shape(tmp_path):
     graph = load_model(save(_conv_model(), str(tmp_path)))
-    assert graph.shape("x") == (1, 3, 6, 6) and graph.metadata["bnnc.dynamic_batch"] == "1"
+    assert shape(graph.graph.inputs[0]) == (1, 3, 6, 6) and graph.meta["bnnc.dynamic_batch"]
     x = np.random.default_rng(1).standard_normal((5, 3, 6, 6)).astype(np.float32)
     np.testing.assert_allclose(bnnc_run(_conv_model(), {"x": x})[0], ort_run(_conv_model(), {"x": x})[0], atol=1e-5)
     model = make_model([N("Relu", ["x"], ["y"])], [("x", [1, "C"])], [("y", [1, "C"])])
     with pytest.raises(BnncError, match="--input-shape x="):
         load_model(save(model, str(tmp_path), "dyn.onnx"))
-    assert load_model(save(model, str(tmp_path), "dyn.onnx"), {"x": [1, 7]}).shape("x") == (1, 7)
+    assert shape(load_model(save(model, str(tmp_path), "dyn.onnx"), {"x": [1, 7]}).graph.inputs[0]) == (1, 7)
 
 
 @pytest.mark.parametrize("spec", ["x", "x=", "x=1,a", "=1,2", "x=0,3"])

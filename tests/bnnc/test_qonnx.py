@@ -7,10 +7,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from bnnc import qonnx
+from bnnc.ir import const
 from bnnc.pipeline import run_pipeline
 from passes.lower_qonnx_ops import LowerQonnxOpsToOnnx
 from runtime.errors import BnncError
-from tests.helpers import load_graph, make_model, run_graph
+from tests.helpers import load_graph, make_model, op_counts, producer, run_graph
 
 QD = "qonnx.custom_op.general"
 F = np.float32
@@ -123,7 +124,7 @@ def _lower_and_compare(model, x):
     expected = qonnx.run_reference(model, {"x": x})
     graph = load_graph(model)
     rec = run_pipeline(graph, [LowerQonnxOpsToOnnx()])[0]
-    assert not any(n.domain == QD for n in graph.nodes), rec.reasons
+    assert not any(n.domain == QD for n in graph.graph), rec.reasons
     np.testing.assert_array_equal(run_graph(graph, {"x": x})[0], expected[0])
     return graph, rec
 
@@ -156,7 +157,7 @@ def test_lowered_one_bit_quant_keeps_the_sign_of_tiny_values(scale, bipolar):
     x[0] = [0.0, -0.0, 1e-45, -1e-45, -1e-40, 3e-39]  # x / 3 underflows to -0 for -1e-45
     graph, _ = _lower_and_compare(model, x)
     # 0 < scale <= 1: exactly a BipolarQuant, so it is lowered as one (no Div)
-    assert ("Div" not in graph.op_counts()) == bipolar
+    assert ("Div" not in op_counts(graph)) == bipolar
 
 
 @pytest.mark.parametrize("scale_shape", [(1,), (1, 3, 1, 1)])
@@ -167,7 +168,7 @@ def test_lowered_bipolar_quant_keeps_zero_positive(scale_shape):
     x = rng.standard_normal((2, 3, 4, 4)).astype(F)
     x[:, :, 0, 0] = 0.0
     graph, _ = _lower_and_compare(model, x)
-    assert "Where" in graph.op_counts()
+    assert "Where" in op_counts(graph)
 
 
 @pytest.mark.parametrize("layout,shape,channels", [
@@ -202,13 +203,13 @@ def test_lowering_on_opset_11_uses_older_op_forms():
     thr = np.sort(rng.standard_normal((3, 3)).astype(F), axis=1)
     model = _qmodel("MultiThreshold", ["thr"], {"thr": thr}, [2, 3, 2, 2], {"out_dtype": "UINT2"}, opset=11)
     graph, _ = _lower_and_compare(model, rng.standard_normal((2, 3, 2, 2)).astype(F))
-    assert "GreaterOrEqual" not in graph.op_counts() and "Less" in graph.op_counts()
+    assert "GreaterOrEqual" not in op_counts(graph) and "Less" in op_counts(graph)
     model = _qmodel("BipolarQuant", ["s"], {"s": np.array([0.5], F)}, [2, 3], opset=11)
     x = np.array([[0.0, -1.0, 2.0], [-0.0, 1e-45, -1e-45]], F)
     graph, _ = _lower_and_compare(model, x)
-    where = graph.producers()["q"]
-    assert where.op_type == "Where" and graph.producers()[where.input[0]].op_type == "Less"
-    np.testing.assert_array_equal(graph.const(where.input[1]), [-0.5])
+    where = producer(graph, "q")
+    assert where.op_type == "Where" and where.inputs[0].producer().op_type == "Less"
+    np.testing.assert_array_equal(const(where.inputs[1]), [-0.5])
 
 
 def test_run_reference_executes_mixed_graphs():

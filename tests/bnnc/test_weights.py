@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from bnnc.weights import DEFAULT_TOL, classify, pack_dense
+from bnnc.weights import DEFAULT_TOL, classify
+from runtime.bitpack import pack_dense
 
 
 def test_binary_with_ulp_noise_and_negative_folded_alphas():
@@ -33,9 +34,11 @@ def test_tiny_fan_in_stays_float():
     assert classify(np.array([[1.0], [-2.0]], np.float32)).kind == "float"
 
 
-def test_dense_bitstream_positions():
-    bits = np.zeros(130, bool)
-    bits[[0, 63, 64, 129]] = True
-    words = pack_dense(bits)
-    assert words.dtype == np.uint64 and words.shape == (3,)
+def test_weights_pack_by_the_one_convention():
+    # the compiler packs weight signs with the runtime's pack_dense: bit 1 means -1
+    assert pack_dense(np.array([1, -1, 1, -1.0]))[0].tolist() == [10]
+    values = np.ones(130)
+    values[[0, 63, 64, 129]] = -1
+    words, mask = pack_dense(values)
+    assert mask is None and words.dtype == np.uint64 and words.shape == (3,)
     assert int(words[0]) == (1 | (1 << 63)) and int(words[1]) == 1 and int(words[2]) == 2

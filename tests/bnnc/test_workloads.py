@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 import bnnc
 from bnnc import workloads
-from bnnc.layers import KEY
+from bnnc.layers import LAYERS_KEY as KEY
 from bnnc.verify import verify
 from tests.helpers import save
 

@@ -15,7 +15,7 @@ import pytest
 from onnx import helper
 
 import bnnc
-from bnnc.layers import KEY
+from bnnc.layers import LAYERS_KEY as KEY
 from bnnc.verify import verify
 from tests.bnn_graphs import Builder
 from tests.helpers import save

@@ -17,7 +17,7 @@ import onnx
 import pytest
 
 import bnnc
-from bnnc.layers import KEY
+from bnnc.layers import LAYERS_KEY as KEY
 from runtime import InferenceSession
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"

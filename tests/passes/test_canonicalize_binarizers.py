@@ -4,9 +4,14 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from bnnc.matching import is_bnnc
+from bnnc.ir import attrs_of, is_bnnc
 from passes.canonicalize_binarizers import CanonicalizeBinarizers
-from tests.helpers import load_graph, make_model, ort_run, run_graph
+from tests.helpers import (
+    load_graph,
+    make_model,
+    ort_run,
+    run_graph,
+)
 
 SHAPE = [2, 3, 4, 4]
 
@@ -45,8 +50,8 @@ def test_idiom_becomes_one_sign(idiom):
     graph = load_graph(model)
     res = CanonicalizeBinarizers().call(graph)
     assert res.modified
-    assert [n.op_type for n in graph.nodes] == ["Sign"] and is_bnnc(graph.nodes[0], "Sign")
-    attrs = {a.name: helper.get_attribute_value(a) for a in graph.nodes[0].attribute}
+    assert [n.op_type for n in list(graph.graph)] == ["Sign"] and is_bnnc(list(graph.graph)[0], "Sign")
+    attrs = attrs_of(list(graph.graph)[0])
     assert attrs["zero"] == zero and attrs["scale"] == pytest.approx(scale)
     x = _x()
     (before,), (after,) = ort_run(model, {"x": x}), run_graph(graph, {"x": x})
@@ -65,7 +70,7 @@ def test_lookalikes_are_not_binarizers(nodes, inits):
     x = _x()
     np.testing.assert_array_equal(run_graph(graph, {"x": x})[0], ort_run(model, {"x": x})[0])
     if nodes[-1].op_type == "Where":
-        assert not any(is_bnnc(n, "Sign") for n in graph.nodes)
+        assert not any(is_bnnc(n, "Sign") for n in list(graph.graph))
 
 
 def test_clip_that_can_change_a_sign_is_kept():
@@ -73,4 +78,4 @@ def test_clip_that_can_change_a_sign_is_kept():
     model = make_model(nodes, [("x", SHAPE)], [("y", SHAPE)], {"lo": _c(0.5), "hi": _c(1.0)})
     graph = load_graph(model)
     CanonicalizeBinarizers().call(graph)
-    assert [n.op_type for n in graph.nodes] == ["Clip", "Sign"]
+    assert [n.op_type for n in list(graph.graph)] == ["Clip", "Sign"]

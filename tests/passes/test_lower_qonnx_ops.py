@@ -7,9 +7,16 @@ import pytest
 from onnx import helper
 
 from bnnc import qonnx
+from bnnc.ir import const
 from bnnc.pipeline import run_pipeline
 from passes.lower_qonnx_ops import LowerQonnxOpsToOnnx
-from tests.helpers import load_graph, make_model, run_graph
+from tests.helpers import (
+    load_graph,
+    make_model,
+    op_counts,
+    output_names,
+    run_graph,
+)
 
 QD = "qonnx.custom_op.general"
 F = np.float32
@@ -46,27 +53,27 @@ def test_every_qonnx_node_becomes_standard_ops(domain):
     expected = qonnx.run_reference(model, {"x": x})[0]
     graph, rec = _lower(model)
     assert rec.modified and rec.stats == {"BipolarQuant": 2, "Quant": 1}
-    assert all(n.domain in ("", "ai.onnx") for n in graph.nodes)
-    assert graph.outputs == ["y"] and graph.producers()["y"].op_type == "Mul"
+    assert all(n.domain in ("", "ai.onnx") for n in list(graph.graph))
+    assert output_names(graph) == ["y"] and graph.graph.outputs[0].producer().op_type == "Mul"
     np.testing.assert_array_equal(run_graph(graph, {"x": x})[0], expected)
 
 
 def test_created_nodes_are_named_and_tagged():
     graph, _ = _lower(_bnn_layer())
-    created = [n for n in graph.nodes if n.op_type != "Gemm"]
+    created = [n for n in list(graph.graph) if n.op_type != "Gemm"]
     assert created
-    names = [n.name for n in graph.nodes]
+    names = [n.name for n in list(graph.graph)]
     assert len(set(names)) == len(names)
     for n in created:
         assert n.name.startswith(("act_quant", "weight_quant", "out_quant"))
-        assert {p.key: p.value for p in n.metadata_props}["bnnc.pass"] == "lower-qonnx-ops"
+        assert n.metadata_props["bnnc.pass"] == "lower-qonnx-ops"
 
 
 def test_bipolar_scale_is_a_constant_of_the_input_dtype():
     graph, _ = _lower(_bnn_layer())
-    where = graph.producers()["xb"]
+    where = next(v for n in graph.graph for v in n.outputs if v.name == "xb").producer()
     assert where.op_type == "Where"
-    pos, neg = graph.const(where.input[1]), graph.const(where.input[2])
+    pos, neg = const(where.inputs[1]), const(where.inputs[2])
     assert pos.dtype == np.float32 and neg.dtype == np.float32
     np.testing.assert_array_equal(pos, -neg)
 
@@ -75,7 +82,7 @@ def test_non_constant_scale_uses_mul():
     node = helper.make_node("BipolarQuant", ["x", "s"], ["y"], name="bq", domain=QD)
     model = make_model([node], [("x", [2, 3]), ("s", [1, 3])], [("y", [2, 3])], extra_opsets={QD: 1})
     graph, rec = _lower(model)
-    assert rec.stats == {"BipolarQuant": 1} and "Mul" in graph.op_counts()
+    assert rec.stats == {"BipolarQuant": 1} and "Mul" in op_counts(graph)
     feeds = {"x": np.array([[0.0, -1.0, 2.0], [-0.5, 0.5, 0.0]], F), "s": np.array([[1.0, 2.0, 3.0]], F)}
     np.testing.assert_array_equal(run_graph(graph, feeds)[0], qonnx.run_reference(model, feeds)[0])
 
@@ -86,7 +93,7 @@ def test_quant_with_non_constant_bitwidth_stays_with_a_reason():
                        {"s": np.array(1.0, F), "z": np.array(0.0, F)}, extra_opsets={QD: 1})
     graph, rec = _lower(model)
     assert not rec.modified and rec.stats == {}
-    assert [n.op_type for n in graph.nodes] == ["Quant"]
+    assert [n.op_type for n in list(graph.graph)] == ["Quant"]
     assert rec.reasons == ["dyn_quant: Quant not lowered: bit width is not a constant"]
 
 
@@ -96,5 +103,5 @@ def test_unknown_rounding_mode_stays_with_a_reason():
     inits = {"s": np.array(1.0, F), "z": np.array(0.0, F), "b": np.array(4.0, F)}
     model = make_model([node], [("x", [4])], [("y", [4])], inits, extra_opsets={QD: 1})
     graph, rec = _lower(model)
-    assert graph.nodes[0].op_type == "Quant"
+    assert list(graph.graph)[0].op_type == "Quant"
     assert "unknown rounding mode 'STOCHASTIC'" in rec.reasons[0]

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bnnc.ir_convert import to_proto
 from bnnc.loader import load_model, read_model
 from bnnc.pipeline import run_pipeline
 from passes.fold_constants import FoldConstants
 from passes.lower_qonnx_ops import LowerQonnxOpsToOnnx
 from passes.remove_identity_ops import RemoveIdentityOps
-from tests.helpers import CORPUS, needs_corpus, ort_run
+from tests.helpers import CORPUS, consts, needs_corpus, op_counts, ort_run
 
 CASES = sorted(p.name for p in CORPUS.iterdir() if (p / "model.onnx").is_file()) if CORPUS.is_dir() else []
 WEIGHT_OPS = ("Sign", "ReduceMean", "Abs")
@@ -41,15 +42,15 @@ def test_float_passes_on_corpus_model(case):
     graph = load_model(str(folder / "model.onnx"), _input_shapes(folder / "model.onnx", x))
     run_pipeline(graph, [LowerQonnxOpsToOnnx(), FoldConstants(), RemoveIdentityOps()])
 
-    assert all(n.domain in ("", "ai.onnx") for n in graph.nodes), graph.op_counts()
-    assert "Constant" not in graph.op_counts()
-    on_consts = [n.name for n in graph.nodes if n.input and all(not i or i in graph.consts for i in n.input)]
+    assert all(n.domain in ("", "ai.onnx") for n in list(graph.graph)), op_counts(graph)
+    assert "Constant" not in op_counts(graph)
+    on_consts = [n.name for n in graph.graph if n.inputs and all(v is None or v.const_value is not None for v in n.inputs)]
     assert on_consts == [], f"nodes computed from constants only: {on_consts}"
-    for n in graph.nodes:
+    for n in list(graph.graph):
         if n.op_type in WEIGHT_OPS:
-            assert n.input[0] not in graph.consts, f"{n.name} ({n.op_type}) still reads a raw weight"
+            assert n.inputs[0] not in consts(graph), f"{n.name} ({n.op_type}) still reads a raw weight"
 
-    out = ort_run(graph.to_model(), {graph.inputs[0]: x})[0]
+    out = ort_run(to_proto(graph), {graph.graph.inputs[0].name: x})[0]
     assert out.shape == expected.shape
     assert np.array_equal(out.argmax(-1), expected.argmax(-1)), "argmax differs"
     err = float(np.max(np.abs(out.astype(np.float64) - expected)))

@@ -8,7 +8,8 @@ import pytest
 from onnx import helper
 
 from bnnc import ops
-from bnnc.graph import BNNC_DOMAIN, Graph
+from bnnc.ir import BNNC_DOMAIN
+from bnnc.ir_convert import from_proto
 from runtime.bitpack import pack_dense, tail_mask
 from runtime.errors import BnncError
 from runtime.kernels import binary_conv
@@ -134,7 +135,7 @@ def test_channel_blocks_across_threads():
 
 
 def test_through_session():
-    """A Graph with one BinaryConv node, lowered to an artifact and run by the InferenceSession."""
+    """A model with one BinaryConv node, lowered to an artifact and run by the InferenceSession."""
     rng = np.random.default_rng(3)
     x, w = signs(rng, (1, 65, 6, 6)), signs(rng, (10, 65, 3, 3))
     scale, bias = np.full(10, 0.5, np.float32), np.arange(10, dtype=np.float32)
@@ -145,7 +146,7 @@ def test_through_session():
                             domain=BNNC_DOMAIN, **attrs)
     model = make_model([node], [("x", list(xb.shape), 13)], [("y", [1, 10, 3, 3])],
                        {"w": wb, "scale": scale, "bias": bias}, extra_opsets={BNNC_DOMAIN: 1})
-    g = Graph(model)
+    g = from_proto(model)
     (y,) = run_graph(g, {"x": xb})
     np.testing.assert_array_equal(y, ops.binary_conv(x, w, scale, bias, strides=(2, 2), pads=(1, 1, 1, 1)))
 

@@ -7,7 +7,8 @@ import pytest
 from onnx import helper
 
 from bnnc import ops
-from bnnc.graph import BNNC_DOMAIN, Graph
+from bnnc.ir import BNNC_DOMAIN
+from bnnc.ir_convert import from_proto
 from runtime.bitpack import pack_dense, tail_mask
 from runtime.errors import BnncError
 from tests.helpers import make_model, run_graph
@@ -77,7 +78,7 @@ def test_bits_output(case):
 
 
 def test_unflattened_input_and_session():
-    """The packed 4-D image fed directly (no Flatten), through a lowered Graph and the session."""
+    """The packed 4-D image fed directly (no Flatten), through a lowered model and the session."""
     rng = np.random.default_rng(5)
     x, w = signs(rng, (1, 70, 2, 2)), signs(rng, (5, 280))
     xb, _ = packed(x, False)
@@ -87,7 +88,7 @@ def test_unflattened_input_and_session():
                             cout=5, k=280, in_chw=[70, 2, 2], in_order="chw", output="bits", out_mask=0)
     model = make_model([node], [("x", list(xb.shape), 13)], [("y", [1, 1], 13)], {"w": wb, "rule": rule},
                        extra_opsets={BNNC_DOMAIN: 1})
-    (y,) = run_graph(Graph(model), {"x": xb})
+    (y,) = run_graph(from_proto(model), {"x": xb})
     s = ops.binary_dense_int(ops.dense_input(x, "chw"), w)
     np.testing.assert_array_equal(unpacked(y, 5), ops.output_bits(s, rule))
 

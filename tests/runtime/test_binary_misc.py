@@ -1,4 +1,4 @@
-"""bnnc.Binarize, bnnc.BitMaxPool and bnnc.Unpack kernels against the numpy reference (bnnc.ops)."""
+"""bnnc.Binarize and bnnc.BitMaxPool kernels against the numpy reference (bnnc.ops)."""
 
 from __future__ import annotations
 
@@ -90,12 +90,3 @@ def test_bit_maxpool_errors():
         run_step("bnnc.BitMaxPool", attrs, [xb, xm, np.zeros(2, np.uint64)], {2}, n_outputs=2)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("with_mask", [False, True])
-def test_unpack(shape, with_mask):
-    rng = np.random.default_rng(shape[1])
-    x = signs(rng, shape, zeros=with_mask)
-    xb, xm = packed(x, with_mask)
-    (y,) = run_step("bnnc.Unpack", dict(channels=shape[1], scale=0.25), [xb, xm], set())
-    np.testing.assert_array_equal(y, ops.unpack(x, 0.25))
-    assert not np.signbit(y[y == 0]).any()

@@ -46,11 +46,9 @@ def test_binary_dense(case):
 
 
 @pytest.mark.parametrize("shape", [(2, 65, 4, 1), (1, 130, 2, 3), (2, 130)])
-def test_binarize_and_unpack(shape):
+def test_binarize(shape):
     for zero in (1, -1, 0):
         misc_tests.test_binarize(shape, zero)
-    for with_mask in (False, True):
-        misc_tests.test_unpack(shape, with_mask)
 
 
 @pytest.mark.parametrize("case", ["3x3_s2_pad1", "3x3_s2_pad_ceil_asym"])

@@ -135,6 +135,5 @@ def test_output_shapes():
     assert ops.output_shapes("bnnc.BinaryConv", attrs, (1, 14, 14, 4), 2) == [((1, 7, 7, 3), "uint64")] * 2
     assert ops.output_shapes("BinaryConv", dict(attrs, output="float"), (1, 14, 14, 4)) == [((1, 130, 7, 7), "float32")]
     assert ops.output_shapes("Binarize", {}, (2, 65, 3, 3), 2) == [((2, 3, 3, 2), "uint64")] * 2
-    assert ops.output_shapes("Unpack", dict(channels=65), (2, 3, 3, 2)) == [((2, 65, 3, 3), "float32")]
     assert ops.output_shapes("BinaryDense", dict(cout=10, output="float"), (1, 36)) == [((1, 10), "float32")]
     assert ops.packed_shape((2, 65)) == (2, 2)

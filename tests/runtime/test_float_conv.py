@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from bnnc.graph import BNNC_DOMAIN
+from bnnc.ir import BNNC_DOMAIN
+from bnnc.ir_convert import from_proto, to_proto
 from runtime.errors import BnncError
 from runtime.kernels import KERNELS, Step
 from tests.helpers import load_graph, ort_run, run_graph
@@ -155,27 +156,36 @@ def test_fused_layer(layer, act):
     node, act_node, feeds, inits, params = _fused_case(layer, act)
     model = build([node, act_node], feeds, inits)
     expected = ort_run(model, feeds)
-    graph = load_graph(model)
     op = "Conv" if layer.endswith("Conv") else layer
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if params:
         attrs["activation_params"] = params
     fused = helper.make_node(f"Fused{op}", list(node.input), ["y"], name="fused", domain=BNNC_DOMAIN,
                              activation=act, **attrs)
-    graph.replace(graph.nodes, [fused])
-    graph.consts = {k: v for k, v in graph.consts.items() if k not in ("lo", "hi")}
-    compare(run_graph(graph, feeds), expected)
+    compare(run_graph(_with_nodes(model, [fused], drop=("lo", "hi")), feeds), expected)
 
 
 def test_fused_without_activation_is_the_layer():
     node, _, feeds, inits, _ = _fused_case("Gemm", "Relu")
     node.output[0] = "y"
     model = build([node], feeds, inits)
-    graph = load_graph(model)
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     fused = helper.make_node("FusedGemm", list(node.input), ["y"], name="f", domain=BNNC_DOMAIN, **attrs)
-    graph.replace(graph.nodes, [fused])
-    compare(run_graph(graph, feeds), ort_run(model, feeds))
+    compare(run_graph(_with_nodes(model, [fused]), feeds), ort_run(model, feeds))
+
+
+def _with_nodes(model, nodes, drop=()):
+    """``model`` (as the loader makes it) with ``nodes`` instead of its own and without the
+    initializers ``drop``."""
+    m = load_graph(model)
+    proto = to_proto(m)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    kept = [t for t in proto.graph.initializer if t.name not in drop]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    proto.opset_import.add(domain=BNNC_DOMAIN, version=1)
+    return from_proto(proto)
 
 
 def test_conv3d_is_a_clear_error():

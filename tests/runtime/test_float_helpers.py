@@ -10,7 +10,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from bnnc.graph import Graph
+from bnnc.ir import name_nodes
+from bnnc.ir_convert import from_proto
 from bnnc.lower import lower
 from runtime import InferenceSession
 from runtime.artifact import write_artifact
@@ -63,8 +64,8 @@ def check(nodes, feeds: dict, inits: dict | None = None, opset: int = 17, rel: f
 def run_lowered(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     """Lower ``model`` exactly as written (no loader: no opset conversion, no folding) and run
     it with the bnnc runtime; for attribute forms of old opsets that the loader would convert."""
-    graph = Graph(onnx.shape_inference.infer_shapes(model, strict_mode=True))
-    graph.name_nodes()
+    graph = from_proto(onnx.shape_inference.infer_shapes(model, strict_mode=True))
+    name_nodes(graph.graph)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "m.bnn")
         write_artifact(path, *lower(graph, producer="test"))

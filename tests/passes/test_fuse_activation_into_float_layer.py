@@ -1,4 +1,4 @@
-"""fuse-activation-into-conv: layer + activation becomes one bnnc.Fused* node (run by the runtime)."""
+"""fuse-activation-into-float-layer: layer + activation becomes one bnnc.Fused* node (run by the runtime)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,18 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from bnnc.graph import attrs_of, op_key
+from bnnc.ir import attrs_of, op_key
 from bnnc.pipeline import run_pipeline
-from passes.fuse_activation_into_conv import FuseActivationIntoConv
-from tests.helpers import assert_close, load_graph, make_model, ort_run, run_graph
+from passes.fuse_activation_into_float_layer import FuseActivationIntoFloatLayer
+from tests.helpers import (
+    assert_close,
+    load_graph,
+    make_model,
+    names,
+    ort_run,
+    output_names,
+    run_graph,
+)
 
 F = np.float32
 F32 = np.finfo(np.float32)
@@ -17,7 +25,7 @@ F32 = np.finfo(np.float32)
 
 def _fuse(model):
     graph = load_graph(model)
-    rec = run_pipeline(graph, [FuseActivationIntoConv()])[0]
+    rec = run_pipeline(graph, [FuseActivationIntoFloatLayer()])[0]
     return graph, rec
 
 
@@ -46,13 +54,14 @@ def test_conv_and_activation_fuse(act, attrs, extra, inits, params):
              _act(act, extra_inputs=extra, **attrs)]
     model = make_model(nodes, [("x", [1, 3, 6, 6])], [("y", [1, 4, 3, 3])], inits)
     graph, rec = _fuse(model)
-    assert [op_key(n) for n in graph.nodes] == ["bnnc.FusedConv"]
-    fused = graph.nodes[0]
+    assert [op_key(n) for n in list(graph.graph)] == ["bnnc.FusedConv"]
+    fused = list(graph.graph)[0]
+    assert fused.name == "conv"  # the layer keeps its name
     a = attrs_of(fused)
     assert a["activation"] == act and a["strides"] == [2, 2] and a["pads"] == [1, 1, 1, 1]
     np.testing.assert_allclose(a.get("activation_params", []), params, rtol=1e-6)
-    assert list(fused.input) == ["x", "w", "b"] and list(fused.output) == ["y"] and graph.outputs == ["y"]
-    assert {p.key: p.value for p in fused.metadata_props}["bnnc.pass"] == "fuse-activation-into-conv"
+    assert names(fused.inputs) == ["x", "w", "b"] and names(fused.outputs) == ["y"] and output_names(graph) == ["y"]
+    assert fused.metadata_props["bnnc.pass"] == "fuse-activation-into-float-layer"
     assert rec.stats == {f"Conv+{act}": 1}
     x = rng.standard_normal((1, 3, 6, 6)).astype(F)
     assert_close(run_graph(graph, {"x": x})[0], ort_run(model, {"x": x})[0], rel=1e-5)
@@ -70,8 +79,8 @@ def test_gemm_and_matmul_fuse():
     ]
     model = make_model(nodes, [("x", [3, 5])], [("y", [3, 4])], inits)
     graph, rec = _fuse(model)
-    assert [op_key(n) for n in graph.nodes] == ["bnnc.FusedGemm", "bnnc.FusedMatMul"]
-    assert attrs_of(graph.nodes[0])["transB"] == 1 and attrs_of(graph.nodes[0])["alpha"] == 0.5
+    assert [op_key(n) for n in list(graph.graph)] == ["bnnc.FusedGemm", "bnnc.FusedMatMul"]
+    assert attrs_of(list(graph.graph)[0])["transB"] == 1 and attrs_of(list(graph.graph)[0])["alpha"] == 0.5
     x = rng.standard_normal((3, 5)).astype(F)
     assert_close(run_graph(graph, {"x": x})[0], ort_run(model, {"x": x})[0], rel=1e-5)
 
@@ -85,7 +94,7 @@ def test_layer_read_twice_is_not_fused():
     ]
     model = make_model(nodes, [("x", [1, 2, 3, 3])], [("z", [1, 2, 3, 3])], {"w": rng.standard_normal((2, 2, 1, 1)).astype(F)})
     graph, rec = _fuse(model)
-    assert not rec.modified and [n.op_type for n in graph.nodes] == ["Conv", "Relu", "Add"]
+    assert not rec.modified and [n.op_type for n in list(graph.graph)] == ["Conv", "Relu", "Add"]
 
 
 def test_clip_with_a_computed_bound_stays_with_a_reason():
