@@ -287,6 +287,12 @@ class Unpack(Kernel):
         out = (xs[0], c, xs[1], xs[2]) if len(xs) == 4 else (xs[0], c)
         check_outputs(step, [(out, "float32")])
 
+    def emit(self, e, ins, outs):
+        y = outs[0]
+        four = len(self.step.out_shapes[0]) == 4
+        e.call(_unpack_nhwc if four else _unpack_nc, ins[0], ins[1] if self.masked else ins[0], self.masked,
+               np.float32(self.scale), y, work=math.prod(self.step.out_shapes[0]))
+
     def run(self, ins, outs, scratch):
         xm = np.ascontiguousarray(ins[1]) if self.masked else None
         unpack(np.ascontiguousarray(ins[0]), xm, self.scale, outs[0])
