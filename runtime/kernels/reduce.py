@@ -27,25 +27,35 @@ from runtime.kernels.tensor import _axes, _const_ints
 _BLOCK = 256  # columns q reduced together by one task
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _fold(v, init, prod):
+    """init + sum of the 1-D v (init * product if prod), in init's type; the terms may be
+    reassociated so that the loop vectorizes (in float64 that costs nothing at float32)."""
+    acc = init
+    if prod:
+        for i in range(v.shape[0]):
+            acc *= v[i]
+    else:
+        for i in range(v.shape[0]):
+            acc += v[i]
+    return acc
+
+
+def _accumulate_rows_body(x, y, init, prod, mean, count):
+    """y[p] = sum (product if prod) of the row x[p, :], divided by count if mean, for a (P, n)
+    x; the accumulator has the type of ``init`` (0 or 1 of it)."""
+    for p in prange(x.shape[0]):
+        acc = _fold(x[p], init, prod)
+        if mean:
+            y[p] = acc / count
+        else:
+            y[p] = acc
+
+
 def _accumulate_body(x, y, init, prod, mean, count):
     """y[p, q] = sum (product if prod) over i of x[p, i, q], divided by count if mean, for a
-    (P, n, Q) x; the accumulator has the type of ``init`` (0 or 1 of it)."""
+    (P, n, Q) x: one task per p and block of columns q, adding whole rows."""
     P, n, Q = x.shape
-    if Q == 1:
-        for p in prange(P):
-            v = x[p, :, 0]
-            acc = init
-            if prod:
-                for i in range(n):
-                    acc *= v[i]
-            else:
-                for i in range(n):
-                    acc += v[i]
-            if mean:
-                y[p, 0] = acc / count
-            else:
-                y[p, 0] = acc
-        return
     blocks = (Q + _BLOCK - 1) // _BLOCK
     for t in prange(P * blocks):
         p = t // blocks
@@ -69,21 +79,23 @@ def _accumulate_body(x, y, init, prod, mean, count):
                 out[j] = acc[j]
 
 
+def _extreme_rows_body(x, y, lowest):
+    """y[p] = max (min if lowest) of the row x[p, :] of a (P, n) x, n >= 1; NaN wins."""
+    for p in prange(x.shape[0]):
+        v = x[p]
+        m = v[0]
+        if lowest:
+            for i in range(1, v.shape[0]):
+                m = np.minimum(m, v[i])
+        else:
+            for i in range(1, v.shape[0]):
+                m = np.maximum(m, v[i])
+        y[p] = m
+
+
 def _extreme_body(x, y, lowest):
     """y[p, q] = max (min if lowest) over i of x[p, i, q] for a (P, n, Q) x, n >= 1; NaN wins."""
     P, n, Q = x.shape
-    if Q == 1:
-        for p in prange(P):
-            v = x[p, :, 0]
-            m = v[0]
-            if lowest:
-                for i in range(1, n):
-                    m = np.minimum(m, v[i])
-            else:
-                for i in range(1, n):
-                    m = np.maximum(m, v[i])
-            y[p, 0] = m
-        return
     blocks = (Q + _BLOCK - 1) // _BLOCK
     for t in prange(P * blocks):
         p = t // blocks
@@ -102,7 +114,9 @@ def _extreme_body(x, y, lowest):
 
 
 _accumulate = Twin(_accumulate_body)
+_accumulate_rows = Twin(_accumulate_rows_body)
 _extreme = Twin(_extreme_body)
+_extreme_rows = Twin(_extreme_rows_body)
 
 _REDUCE = {
     "ReduceSum": np.sum,
@@ -167,7 +181,7 @@ class Reduce(Kernel):
             i = kinds.index(True)
             p = math.prod(s for s, _ in runs[:i])
             n, q = runs[i][0], math.prod(s for s, _ in runs[i + 1:])
-        self._emit_reduce(e, Expr(f"{x}.reshape(({p}, {n}, {q}))"), Expr(f"{y}.reshape(({p}, {q}))"), dt)
+        self._emit_reduce(e, x, y, (p, n, q), dt)
 
     def _kept_first(self, e, x: str, shape: tuple[int, ...]) -> str:
         """A workspace copy of x with the kept axes in front of the reduced ones."""
@@ -178,14 +192,21 @@ class Reduce(Kernel):
         emit_copy(e, x, 0, [cs[k] for k in order], w, 0, c_strides(moved), moved)
         return w
 
-    def _emit_reduce(self, e, x3: Expr, y2: Expr, dt: np.dtype) -> None:
+    def _emit_reduce(self, e, x: str, y: str, pnq: tuple[int, int, int], dt: np.dtype) -> None:
+        """The reduction over the middle axis of x viewed as (P, n, Q) into y viewed as (P, Q);
+        with Q = 1 through the row kernels, whose rows are contiguous."""
         op, work = self.step.op, math.prod(self.step.in_shapes[0])
+        p, n, q = pnq
+        rows = q == 1
+        x, y = (Expr(f"{x}.reshape(({p}, {n}))"), Expr(f"{y}.reshape(-1)")) if rows else \
+            (Expr(f"{x}.reshape(({p}, {n}, {q}))"), Expr(f"{y}.reshape(({p}, {q}))"))
         if op in ("ReduceMax", "ReduceMin"):
-            e.call(_extreme, x3, y2, op == "ReduceMin", work=work)
+            e.call(_extreme_rows if rows else _extreme, x, y, op == "ReduceMin", work=work)
             return
         acc = np.float64 if dt.kind == "f" else np.uint64 if dt.kind == "u" else np.int64
         init = acc(1 if op == "ReduceProd" else 0)
-        e.call(_accumulate, x3, y2, init, op == "ReduceProd", op == "ReduceMean", float(self.count), work=work)
+        e.call(_accumulate_rows if rows else _accumulate, x, y, init, op == "ReduceProd", op == "ReduceMean",
+               float(self.count), work=work)
 
     def run(self, ins, outs, scratch):
         if self.noop:

@@ -14,7 +14,8 @@ kernel takes up to ``RANK`` axes; further leading axes become loops of the gener
 Two kernels: ``_rows`` copies rows of the last axis (each task walks ``rows`` rows with an
 odometer, so no division per row); ``_tiles`` is for transposes, where the axis that is
 contiguous in the source differs from the one contiguous in the destination: it copies
-``TILE`` x ``TILE`` tiles so that reads and writes both stay within a few cache lines.
+``TILE`` x ``TILE`` tiles so that reads and writes both stay within a few cache lines (larger
+tiles lose to cache-set conflicts when the source's row stride is a power of two).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from runtime.codegen import Expr
 from runtime.kernels.base import Twin
 
 RANK = 6  # axes the kernels take
-TILE = 32  # edge of a transpose tile
+TILE = 8  # edge of a transpose tile (8 source rows 4 KiB apart still share an L1 set)
 _TASK = 16384  # elements per task of _rows
 
 
@@ -90,29 +91,35 @@ def _rows_body(src, so, ss, dst, do, ds, n, rows):
 
 def _tiles_body(src, so, ss, dst, do, ds, n):
     """The copy over the box n where axis 4 is contiguous in src (ss[4] == 1) and axis 5 in dst
-    (ds[5] == 1): one task per (index of axes 0-3, band of TILE along axis 4), tile by tile."""
+    (ds[5] == 1): one task per (index of axes 0-3, band of TILE along axis 4), TILE x TILE tiles
+    with literal bounds (LLVM unrolls them), plain loops at the ragged edges."""
     n0, n1, n2, n3, n4, n5 = n
     bands = (n4 + TILE - 1) // TILE
     s5, d4 = ss[5], ds[4]
+    full5 = n5 - n5 % TILE
     for t in prange(n0 * n1 * n2 * n3 * bands):
         q = t // bands
         lo4 = (t - q * bands) * TILE
-        hi4 = min(n4, lo4 + TILE)
         i3 = q % n3
         q //= n3
         i2 = q % n2
         q //= n2
         i1 = q % n1
         i0 = q // n1
-        s = so + i0 * ss[0] + i1 * ss[1] + i2 * ss[2] + i3 * ss[3]
-        d = do + i0 * ds[0] + i1 * ds[1] + i2 * ds[2] + i3 * ds[3]
-        for lo5 in range(0, n5, TILE):
-            w = min(n5, lo5 + TILE) - lo5
-            for i4 in range(lo4, hi4):
-                out = dst[d + i4 * d4 + lo5:d + i4 * d4 + lo5 + w]
-                base = s + i4 + lo5 * s5
-                for j in range(w):
-                    out[j] = src[base + j * s5]
+        s = so + i0 * ss[0] + i1 * ss[1] + i2 * ss[2] + i3 * ss[3] + lo4
+        d = do + i0 * ds[0] + i1 * ds[1] + i2 * ds[2] + i3 * ds[3] + lo4 * d4
+        if lo4 + TILE <= n4:
+            for lo5 in range(0, full5, TILE):
+                for a in range(TILE):
+                    out = dst[d + a * d4 + lo5:d + a * d4 + lo5 + TILE]
+                    for b in range(TILE):
+                        out[b] = src[s + (lo5 + b) * s5 + a]
+            rows, first5 = TILE, full5
+        else:
+            rows, first5 = n4 - lo4, 0
+        for a in range(rows):  # the ragged column edge, or every column of the last band
+            for j in range(first5, n5):
+                dst[d + a * d4 + j] = src[s + j * s5 + a]
 
 
 _rows = Twin(_rows_body)

@@ -312,6 +312,7 @@ class Pad(Kernel):
                 if self.mode == "reflect" and max(b, e) > s.stop - s.start - 1 or s.stop == s.start:
                     raise step.error(f"{self.mode} padding needs more input than the axis holds")
         # reflect / edge / wrap: per axis, the input index each output position reads
+        self.fill = np.full(1, self.value).astype(step.out_dtypes[0])  # the constant, as run's fill casts it
         self.tables = None if self.mode == "constant" else [
             np.ascontiguousarray(np.pad(np.arange(d)[s], p, mode=self.mode), dtype=np.int64)
             for d, s, p in zip(shape, self.crop, self.pos, strict=True)]
@@ -327,12 +328,16 @@ class Pad(Kernel):
                 e.end(len(ys))
             return
         box = [max(0, s.stop - s.start) for s in self.crop]
-        if any(b or e_ for b, e_ in self.pos):
-            value = Expr(f"{ins[2]}.reshape(-1)[0]") if self.value_input else np.dtype(self.step.out_dtypes[0]).type(self.value)
-            e.line(f"{y}.fill({e.lit(value)})")
         cs, ds = c_strides(xs), c_strides(ys)
         emit_copy(e, x, sum(s.start * c for s, c in zip(self.crop, cs, strict=True)), cs,
                   y, sum(s.start * c for s, c in zip(self.inner, ds, strict=True)), ds, box)
+        value = ins[2] if self.value_input else e.lit(self.fill)
+        for k, (b, a) in enumerate(self.pos):
+            # the border slabs of axis k: before and after the input, inside it on axes < k
+            for lo, size in ((0, b), (b + box[k], a)):
+                slab = box[:k] + [size] + list(ys[k + 1:])
+                start = [s.start for s in self.inner[:k]] + [lo] + [0] * (len(ys) - k - 1)
+                emit_copy(e, value, 0, [0] * len(ys), y, sum(i * c for i, c in zip(start, ds, strict=True)), ds, slab)
 
     def run(self, ins, outs, scratch):
         x, y = ins[0][self.crop], outs[0]
