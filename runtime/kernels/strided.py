@@ -30,6 +30,7 @@ from runtime.kernels.base import Twin
 RANK = 6  # axes the kernels take
 TILE = 8  # edge of a transpose tile (8 source rows 4 KiB apart still share an L1 set)
 _TASK = 16384  # elements per task of _rows
+_COPIES_PER_WORK = 8  # copied elements per unit of the work PARALLEL_WORK counts (an add, a multiply-add)
 
 
 def _rows_body(src, so, ss, dst, do, ds, n, rows):
@@ -158,7 +159,8 @@ def emit_copy(e, src: str, src_offset: int, src_strides, dst: str, dst_offset: i
     if math.prod(shape) == 0:
         return
     n, ss, ds = simplify(tuple(shape), tuple(src_strides), tuple(dst_strides))
-    size = math.prod(n)
+    # a copy only moves memory, which one core nearly saturates: threads pay off only for big ones
+    work = math.prod(n) // _COPIES_PER_WORK
     sf, df = e.fresh("flat"), e.fresh("flat")
     e.line(f"{sf} = {src}.reshape(-1)")
     e.line(f"{df} = {dst}.reshape(-1)")
@@ -178,10 +180,10 @@ def emit_copy(e, src: str, src_offset: int, src_strides, dst: str, dst_offset: i
         n, ss, ds = ([v[k] for k in order] for v in (n, ss, ds))
         pad = [1] * (RANK - len(n))
         e.call(_tiles, Expr(sf), so, tuple([0] * len(pad) + ss), Expr(df), do, tuple([0] * len(pad) + ds),
-               tuple(pad + n), work=size)
+               tuple(pad + n), work=work)
     else:
         pad = [1] * (RANK - len(n))
         rows = max(1, _TASK // n[-1])
         e.call(_rows, Expr(sf), so, tuple([0] * len(pad) + ss), Expr(df), do, tuple([0] * len(pad) + ds),
-               tuple(pad + n), rows, work=size)
+               tuple(pad + n), rows, work=work)
     e.end(opened)

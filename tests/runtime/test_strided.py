@@ -1,6 +1,7 @@
 """The strided copies of the plan function (runtime/kernels/strided.py) against an index-by-index
 numpy reference: transposes (tiled, with partial tiles), negative steps, broadcasts, boxes with
-more axes than the kernels take, writes into part of a larger array, serial and parallel."""
+more axes than the kernels take, writes into part of a larger array, serial and parallel (the
+cases of more than 8 * PARALLEL_WORK elements, with two threads)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def box(x_shape, y_shape, so, ss, do, ds, shape, dtype=np.float32):
 CASES = {
     "nchw_to_nhwc_tiled": transpose((1, 64, 40, 40), (0, 2, 3, 1)),
     "nhwc_to_nchw_tiled": transpose((2, 17, 19, 33), (0, 3, 1, 2)),
+    "parallel_tiles": transpose((1, 96, 81, 79), (0, 2, 3, 1)),
+    "parallel_rows": box((8, 300, 257), (8, 300, 300), 0, c_strides((8, 300, 257)), 40, [90000, 300, 1],
+                         (8, 300, 257)),
     "matrix_partial_tiles": transpose((37, 45), (1, 0), np.int64),
     "rank5_transpose": transpose((2, 3, 4, 5, 6), (4, 2, 0, 3, 1), np.uint8),
     "reverse_slice": box((5, 7, 9), (3, 4, 5), 4 * 63 + 8, [-63, 18, -1], 0, [20, 5, 1], (3, 4, 5)),
@@ -69,6 +73,10 @@ def test_generated_code_uses_tiles_and_loops():
     x, y, so, ss, do, ds, shape = CASES["nchw_to_nhwc_tiled"]
     emit_copy(e, Expr("x"), so, ss, Expr("y"), do, ds, shape)
     assert any("tiles" in line for line in e.lines)
+    e = Emitter(2)
+    x, y, so, ss, do, ds, shape = CASES["parallel_rows"]
+    emit_copy(e, Expr("x"), so, ss, Expr("y"), do, ds, shape)
+    assert any("rows_body(" in line for line in e.lines)  # the parallel version (the serial one ends in _serial)
     e = Emitter(1)
     x, y, so, ss, do, ds, shape = CASES["eight_axes"]
     assert len(simplify(shape, ss, ds)[0]) > RANK
