@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.codegen import Expr
+from runtime.errors import BnncError
 from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.strided import c_strides, emit_copy
 
@@ -185,7 +186,7 @@ def _check_indices(idx, dim):
     """Raise when an index lies outside [-dim, dim - 1] (run-time indices only)."""
     for j in range(idx.shape[0]):
         if idx[j] < -dim or idx[j] >= dim:
-            raise IndexError("Gather: an index is out of range")
+            raise BnncError("a run-time index of Gather is out of range")
 
 
 def _gather_body(x, idx, y):
