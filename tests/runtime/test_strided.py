@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.codegen import Emitter, Expr, load_module, module_source
+from runtime.codegen import Emitter, Expr, function_source, load_module, module_source
 from runtime.kernels.strided import RANK, c_strides, emit_copy, simplify
 
 
@@ -61,7 +61,7 @@ def test_copies_match_reference(threads):
         xs.append(x)
         ys.append(y.copy())
     params = [f"x{k}" for k in range(len(xs))] + [f"y{k}" for k in range(len(ys))]
-    module, _ = load_module(module_source(e, params, "test_strided"), e.functions)
+    module, _ = load_module(module_source([function_source("run_plan", params, e.lines)], "test_strided"), e.functions)
     module.run_plan(*xs, *ys)
     for name, got, (x, y, so, ss, do, ds, shape) in zip(CASES, ys, CASES.values(), strict=True):
         np.testing.assert_array_equal(got, reference(x, so, ss, y, do, ds, shape), err_msg=name)
