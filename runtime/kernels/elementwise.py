@@ -7,6 +7,11 @@ Everything with a numpy ufunc writes straight into the planned output (``out=``)
 as ONNX does (multidirectional numpy broadcasting). Float warnings (log(0), 1/0) are silenced:
 onnxruntime returns inf/nan there too. The float activations run the same Numba code as the
 fused layers' activations (``nn.activate``), so both agree to the bit.
+
+In the plan function (runtime/codegen.py) an op is either a call of the same Numba kernel or one
+scalar expression per element in a loop (``Emitter.elementwise``), written to give ``run``'s
+values: the same operations in the same types and order, NaN propagated where numpy's ufuncs
+propagate it.
 """
 
 from __future__ import annotations
@@ -277,7 +282,7 @@ class Cast(Kernel):
 
     def emit(self, e, ins, outs):
         t = self.step.out_dtypes[0]
-        expr = "{0} != 0" if t == "bool" else t.replace("bool", "bool_") + "({0})"
+        expr = "{0} != 0" if t == "bool" else t + "({0})"  # nonzero is True; numbers convert as C does
         e.elementwise(outs[0], self.step.out_shapes[0], [operand(self.step, ins, 0)], expr.format)
 
     def run(self, ins, outs, scratch):

@@ -118,7 +118,7 @@ class _Normalization(Kernel):
             return self.params
         out = []
         for i in (1, 2):
-            w = e.work(self.param_shape, np.float64, "norm", zeroed=True)  # no bias: zeros, never written
+            w = e.work(self.param_shape, np.float64, "norm", zeroed=True)  # zeros stay when there is no bias
             if i == 1 or self.has_bias:
                 shape = tuple(self.step.in_shapes[i])
                 if np.broadcast_shapes(shape, self.param_shape) != self.param_shape:

@@ -221,6 +221,7 @@ class Gather(Kernel):
         self.idx = None
         if c is not None:
             self.idx = self._check(c)
+            self.flat_idx = self.idx.reshape(-1)
 
     def _check(self, idx: np.ndarray) -> np.ndarray:
         dim = self.step.in_shapes[0][self.axis]
@@ -233,7 +234,7 @@ class Gather(Kernel):
         p, d, q = math.prod(xs[:self.axis]), xs[self.axis], math.prod(xs[self.axis + 1:])
         j = math.prod(self.idx_shape)
         if self.idx is not None:
-            idx = self.idx.reshape(-1)
+            idx = self.flat_idx
         else:
             idx = Expr(f"{ins[1]}.reshape(-1)")
             e.call(_check_indices, idx, d)
@@ -312,8 +313,8 @@ class Pad(Kernel):
             for (b, e), s in zip(self.pos, self.crop, strict=True):
                 if self.mode == "reflect" and max(b, e) > s.stop - s.start - 1 or s.stop == s.start:
                     raise step.error(f"{self.mode} padding needs more input than the axis holds")
-        # reflect / edge / wrap: per axis, the input index each output position reads
         self.fill = np.full(1, self.value).astype(step.out_dtypes[0])  # the constant, as run's fill casts it
+        # reflect / edge / wrap: per axis, the input index each output position reads
         self.tables = None if self.mode == "constant" else [
             np.ascontiguousarray(np.pad(np.arange(d)[s], p, mode=self.mode), dtype=np.int64)
             for d, s, p in zip(shape, self.crop, self.pos, strict=True)]
