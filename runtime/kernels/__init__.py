@@ -8,6 +8,7 @@ from runtime.kernels import (  # noqa: F401  (registration)
     nn,
     norm,
     pool,
+    reduce,
     sign,
     tensor,
 )

@@ -19,6 +19,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from runtime.codegen import Expr
 from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.nn import same_shape
 
@@ -171,6 +172,10 @@ class Activation(Kernel):
             raise step.error("alpha must be nonzero (Celu divides by it)")
         self.a, self.b = (params + [0.0, 0.0])[:2]
 
+    def emit(self, e, ins, outs):
+        e.call(_map, Expr(f"{ins[0]}.reshape(-1)"), Expr(f"{outs[0]}.reshape(-1)"), self.kind, self.a, self.b,
+               work=math.prod(self.step.out_shapes[0]))
+
     def run(self, ins, outs, scratch):
         x, y = ins[0], outs[0]
         _map(x.size, x.reshape(-1), y.reshape(-1), self.kind, self.a, self.b)
@@ -187,6 +192,15 @@ class FloatClass(Kernel):
             raise step.error(f"{step.op} of {step.in_dtypes[0]} is not supported (float32 and float64 only)")
         self.pos = bool(step.attr("detect_positive", 1))
         self.neg = bool(step.attr("detect_negative", 1))
+
+    def emit(self, e, ins, outs):
+        if self.step.op == "IsNaN":
+            expr = "{0} != {0}"
+        elif self.pos or self.neg:
+            expr = " or ".join(["{0} == math.inf"] * self.pos + ["{0} == -math.inf"] * self.neg)
+        else:
+            expr = "False"
+        e.elementwise(outs[0], self.step.out_shapes[0], [(ins[0], tuple(self.step.in_shapes[0]))], expr.format)
 
     def run(self, ins, outs, scratch):
         x, y = ins[0], outs[0]

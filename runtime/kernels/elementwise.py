@@ -7,6 +7,11 @@ Everything with a numpy ufunc writes straight into the planned output (``out=``)
 as ONNX does (multidirectional numpy broadcasting). Float warnings (log(0), 1/0) are silenced:
 onnxruntime returns inf/nan there too. The float activations run the same Numba code as the
 fused layers' activations (``nn.activate``), so both agree to the bit.
+
+In the plan function (runtime/codegen.py) an op is either a call of the same Numba kernel or one
+scalar expression per element in a loop (``Emitter.elementwise``), written to give ``run``'s
+values: the same operations in the same types and order, NaN propagated where numpy's ufuncs
+propagate it.
 """
 
 from __future__ import annotations
@@ -196,6 +201,15 @@ class Binary(Kernel):
 class Pow(Kernel):
     """x ** y; the exponent may have another type, the result has the base's."""
 
+    def emit(self, e, ins, outs):
+        t = self.step.out_dtypes[0]
+        ops = [operand(self.step, ins, 0), operand(self.step, ins, 1)]
+        if np.dtype(t).kind in "iu" and np.dtype(self.step.in_dtypes[1]).kind == "f":
+            expr = "{t}(np.power(float64({0}), float64({1})))"  # in float64, then truncated, as run does
+        else:
+            expr = "np.power({0}, {t}({1}))"
+        e.elementwise(outs[0], self.step.out_shapes[0], ops, lambda a, b: expr.format(a, b, t=t))
+
     def run(self, ins, outs, scratch):
         with np.errstate(all="ignore"):
             x, e = ins
@@ -212,6 +226,22 @@ _VARIADIC = {"Min": np.minimum, "Max": np.maximum, "Sum": np.add, "Mean": np.add
 class Variadic(Kernel):
     """Min, Max, Sum, Mean over any number of broadcasting inputs."""
 
+    def emit(self, e, ins, outs):
+        op, t = self.step.op, self.step.out_dtypes[0]
+        ops = [operand(self.step, ins, i) for i in range(len(ins))]
+
+        def expr(*a):
+            if op in ("Min", "Max"):  # np.minimum / np.maximum propagate NaN, as run's ufuncs do
+                f = "np.minimum" if op == "Min" else "np.maximum"
+                acc = a[0]
+                for b in a[1:]:
+                    acc = f"{f}({acc}, {b})"
+                return acc
+            acc = "(" + " + ".join(a) + ")"  # left to right in the output type, as run adds
+            return f"{acc} / {t}({len(a)})" if op == "Mean" and len(a) > 1 else acc
+
+        e.elementwise(outs[0], self.step.out_shapes[0], ops, expr)
+
     def run(self, ins, outs, scratch):
         y = outs[0]
         fn = _VARIADIC[self.step.op]
@@ -224,6 +254,10 @@ class Variadic(Kernel):
 
 @register("Where")
 class Where(Kernel):
+    def emit(self, e, ins, outs):
+        ops = [operand(self.step, ins, i) for i in range(3)]
+        e.elementwise(outs[0], self.step.out_shapes[0], ops, lambda c, x, y: f"({x} if {c} else {y})")
+
     def run(self, ins, outs, scratch):
         cond, x, y = ins
         np.copyto(outs[0], y)
@@ -245,6 +279,11 @@ class Cast(Kernel):
             to = step.attr("to")
             if _ONNX_TYPES.get(to) != step.out_dtypes[0]:
                 raise step.error(f"cannot cast to ONNX element type {to} (output is {step.out_dtypes[0]})")
+
+    def emit(self, e, ins, outs):
+        t = self.step.out_dtypes[0]
+        expr = "{0} != 0" if t == "bool" else t + "({0})"  # nonzero is True; numbers convert as C does
+        e.elementwise(outs[0], self.step.out_shapes[0], [operand(self.step, ins, 0)], expr.format)
 
     def run(self, ins, outs, scratch):
         with np.errstate(all="ignore"):
@@ -387,6 +426,16 @@ class PRelu(Kernel):
             flat = full[0].reshape(xs[1], -1)
             if np.all(flat == flat[:, :1]):  # one slope per channel (or one for all)
                 self.slope = np.ascontiguousarray(flat[:, 0], dtype=step.out_dtypes[0])
+
+    def emit(self, e, ins, outs):
+        shape = self.step.out_shapes[0]
+        if self.slope is not None:
+            s3 = e.lit((shape[0], shape[1], math.prod(shape[2:])))
+            e.call(_channel_prelu, Expr(f"{ins[0]}.reshape({s3})"), Expr(f"{outs[0]}.reshape({s3})"), self.slope,
+                   work=math.prod(shape))
+            return
+        ops = [operand(self.step, ins, 0), operand(self.step, ins, 1)]
+        e.elementwise(outs[0], shape, ops, lambda x, a: f"({x} if {x} >= 0 else {x} * {a})")
 
     def run(self, ins, outs, scratch):
         x, y = ins[0], outs[0]

@@ -19,6 +19,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from runtime.codegen import Expr
 from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.nn import same_shape
 
@@ -110,6 +111,23 @@ class _Normalization(Kernel):
         bias = _vector(self.step, bias, self.param_shape, "bias") if bias is not None else np.zeros_like(scale)
         return scale, bias
 
+    def _emit_params(self, e, ins) -> tuple:
+        """The (scale, bias) vectors in generated code: the constant ones, or this run's inputs
+        broadcast into float64 workspace vectors."""
+        if self.params is not None:
+            return self.params
+        out = []
+        for i in (1, 2):
+            w = e.work(self.param_shape, np.float64, "norm", zeroed=True)  # zeros stay when there is no bias
+            if i == 1 or self.has_bias:
+                shape = tuple(self.step.in_shapes[i])
+                if np.broadcast_shapes(shape, self.param_shape) != self.param_shape:
+                    raise self.step.error(f"{('scale', 'bias')[i - 1]} of shape {list(shape)} does not broadcast to "
+                                          f"{list(self.param_shape)}")
+                e.elementwise(w, self.param_shape, [(ins[i], shape)], lambda a: f"float64({a})")
+            out.append(Expr(f"{w}.reshape(-1)"))
+        return tuple(out)
+
     def _params(self, ins) -> tuple[np.ndarray, np.ndarray]:
         """The constant (scale, bias), or this run's."""
         if self.params is not None:
@@ -130,6 +148,12 @@ class InstanceNormalization(_Normalization):
             raise step.error("the spatial axes are empty: mean and variance are undefined")
         self._prepare(step, (shape[1],))
         self.shape3 = (shape[0], shape[1], math.prod(shape[2:]))
+
+    def emit(self, e, ins, outs):
+        scale, bias = self._emit_params(e, ins)
+        s3 = e.lit(self.shape3)
+        e.call(_instance_norm, Expr(f"{ins[0]}.reshape({s3})"), Expr(f"{outs[0]}.reshape({s3})"), scale, bias, self.eps,
+               work=math.prod(self.shape3))
 
     def run(self, ins, outs, scratch):
         scale, bias = self._params(ins)
@@ -156,6 +180,12 @@ class LayerNormalization(_Normalization):
             raise step.error("the normalized axes are empty: mean and variance are undefined")
         self._prepare(step, shape[axis:])
         self.shape2 = (math.prod(shape[:axis]), math.prod(shape[axis:]))
+
+    def emit(self, e, ins, outs):
+        scale, bias = self._emit_params(e, ins)
+        s2 = e.lit(self.shape2)
+        e.call(_layer_norm, Expr(f"{ins[0]}.reshape({s2})"), Expr(f"{outs[0]}.reshape({s2})"), scale, bias, self.eps,
+               work=math.prod(self.shape2))
 
     def run(self, ins, outs, scratch):
         scale, bias = self._params(ins)

@@ -14,6 +14,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from runtime.codegen import Expr
 from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.conv import _phase_split, _tap_ranges
 from runtime.kernels.nn import lift4, window_geometry
@@ -226,6 +227,14 @@ class Pool(Kernel):
             counts.append(((taps >= lo) & (taps < hi)).sum(axis=1))
         return np.outer(counts[0], counts[1])
 
+    def emit(self, e, ins, outs):
+        (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _) = self.k, self.s, self.d, self.p
+        x, y = Expr(f"{ins[0]}.reshape({e.lit(self.x4)})"), Expr(f"{outs[0]}.reshape({e.lit(self.y4)})")
+        if self.tiled:
+            e.call(self.fn, x, y, kh, kw, self.is_max, work=self.work)
+        else:
+            e.call(self.fn, x, y, self.div, kh, kw, sh, sw, dh, dw, pt, pl, self.is_max, self.pad, work=self.work)
+
     def run(self, ins, outs, scratch):
         (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _) = self.k, self.s, self.d, self.p
         if self.tiled:
@@ -250,6 +259,10 @@ class GlobalPool(Kernel):
         if math.prod(step.out_shapes[0]) != self.rows:
             raise step.error(f"output shape {list(step.out_shapes[0])} does not match input shape {list(xs)}")
         self.work = math.prod(xs)
+
+    def emit(self, e, ins, outs):
+        e.call(_global_pool, Expr(f"{ins[0]}.reshape(({self.rows}, -1))"), Expr(f"{outs[0]}.reshape(-1)"), self.is_max,
+               work=self.work)
 
     def run(self, ins, outs, scratch):
         _global_pool(self.work, ins[0].reshape(self.rows, -1), outs[0].reshape(-1), self.is_max)

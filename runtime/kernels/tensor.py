@@ -1,11 +1,16 @@
-"""Tensor-layout kernels: views (Reshape, Flatten, Squeeze, Unsqueeze, Identity), copies
-(Transpose, Concat, Split, Slice, Gather, Expand, Tile, Pad), the Reduce family and
-ArgMax/ArgMin.
+"""Tensor-layout kernels: views (Reshape, Flatten, Squeeze, Unsqueeze, Identity) and copies
+(Transpose, Concat, Split, Slice, Gather, Expand, Tile, Pad); the Reduce family and
+ArgMax/ArgMin are in reduce.py.
 
 Every output shape is static in the artifact, so shape-like inputs (Reshape's shape, Expand's
 shape, Split's sizes) are not needed at run time: the kernels reshape or broadcast to the
 recorded output shape. Inputs that decide *which* elements move (Slice starts, Pad pads, Reduce
 axes) must be constants of the artifact; they are read once when the session is built.
+
+In the plan function (runtime/codegen.py) every copy is a strided copy of an index box
+(runtime/kernels/strided.py) whose offsets and strides are worked out here; Gather, whose
+indices may be a run-time input, and the reflect/edge/wrap modes of Pad, which read through
+per-axis index tables, have loops of their own.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from runtime.codegen import Expr
+from runtime.errors import BnncError
 from runtime.kernels.base import Kernel, Step, Twin, register
+from runtime.kernels.strided import c_strides, emit_copy
 
 
 def _const_ints(step: Step, i: int, what: str) -> list[int] | None:
@@ -65,6 +73,11 @@ class Transpose(Kernel):
         if sorted(self.perm) != list(range(r)):
             raise step.error(f"perm {self.perm} is not a permutation of {r} axes")
 
+    def emit(self, e, ins, outs):
+        cs = c_strides(self.step.in_shapes[0])
+        ys = tuple(self.step.out_shapes[0])
+        emit_copy(e, ins[0], 0, [cs[p] for p in self.perm], outs[0], 0, c_strides(ys), ys)
+
     def run(self, ins, outs, scratch):
         np.copyto(outs[0], ins[0].transpose(self.perm))
 
@@ -74,6 +87,15 @@ class Concat(Kernel):
     def __init__(self, step: Step):
         super().__init__(step)
         self.axis = _axes(step, [int(step.attr("axis", 0))], len(step.out_shapes[0]))[0]
+
+    def emit(self, e, ins, outs):
+        ds = c_strides(self.step.out_shapes[0])
+        start = 0
+        for x, shape in zip(ins, self.step.in_shapes, strict=True):
+            if x is None:
+                continue
+            emit_copy(e, x, 0, c_strides(shape), outs[0], start * ds[self.axis], ds, shape)
+            start += shape[self.axis]
 
     def run(self, ins, outs, scratch):
         np.concatenate([x for x in ins if x is not None], axis=self.axis, out=outs[0])
@@ -87,7 +109,7 @@ class Split(Kernel):
     def __init__(self, step: Step):
         super().__init__(step)
         r = len(step.in_shapes[0])
-        axis = _axes(step, [int(step.attr("axis", 0))], r)[0]
+        self.axis = axis = _axes(step, [int(step.attr("axis", 0))], r)[0]
         self.parts = []
         start = 0
         for shape in step.out_shapes:
@@ -97,6 +119,11 @@ class Split(Kernel):
             start += shape[axis]
         if start != step.in_shapes[0][axis]:
             raise step.error(f"outputs cover {start} of the {step.in_shapes[0][axis]} elements on axis {axis}")
+
+    def emit(self, e, ins, outs):
+        cs = c_strides(self.step.in_shapes[0])
+        for idx, out, shape in zip(self.parts, outs, self.step.out_shapes, strict=True):
+            emit_copy(e, ins[0], idx[self.axis].start * cs[self.axis], cs, out, 0, c_strides(shape), shape)
 
     def run(self, ins, outs, scratch):
         for idx, out in zip(self.parts, outs, strict=True):
@@ -131,6 +158,10 @@ class Slice(Kernel):
         got = tuple(len(range(*sl.indices(d))) for sl, d in zip(self.idx, shape, strict=True))
         if got != tuple(step.out_shapes[0]):
             raise step.error(f"slice gives shape {list(got)}, the graph says {list(step.out_shapes[0])}")
+        cs = c_strides(shape)
+        firsts = [sl.indices(d) for sl, d in zip(self.idx, shape, strict=True)]
+        self.offset = sum(f[0] * c for f, c in zip(firsts, cs, strict=True)) if all(got) else 0
+        self.strides = [f[2] * c for f, c in zip(firsts, cs, strict=True)]
 
     def _slice(self, dim: int, s: int, e: int, st: int) -> slice:
         if st == 0:
@@ -142,8 +173,40 @@ class Slice(Kernel):
         s, e = min(max(s, 0), dim - 1), min(max(e, -1), dim - 1)
         return slice(s, e if e >= 0 else None, st)
 
+    def emit(self, e, ins, outs):
+        ys = tuple(self.step.out_shapes[0])
+        emit_copy(e, ins[0], self.offset, self.strides, outs[0], 0, c_strides(ys), ys)
+
     def run(self, ins, outs, scratch):
         np.copyto(outs[0], ins[0][self.idx])
+
+
+@njit(cache=True, nogil=True)
+def _check_indices(idx, dim):
+    """Raise when an index lies outside [-dim, dim - 1] (run-time indices only)."""
+    for j in range(idx.shape[0]):
+        if idx[j] < -dim or idx[j] >= dim:
+            raise BnncError("a run-time index of Gather is out of range")
+
+
+def _gather_body(x, idx, y):
+    """y[p, j, :] = x[p, idx[j], :] for (P, D, Q) x and (P, J, Q) y; a negative index counts
+    from the end."""
+    P, D, Q = x.shape
+    J = idx.shape[0]
+    for pj in prange(P * J):
+        p = pj // J
+        j = pj - p * J
+        k = idx[j]
+        if k < 0:
+            k += D
+        src = x[p, k]
+        dst = y[p, j]
+        for q in range(Q):
+            dst[q] = src[q]
+
+
+_gather = Twin(_gather_body)
 
 
 @register("Gather")
@@ -158,12 +221,25 @@ class Gather(Kernel):
         self.idx = None
         if c is not None:
             self.idx = self._check(c)
+            self.flat_idx = self.idx.reshape(-1)
 
     def _check(self, idx: np.ndarray) -> np.ndarray:
         dim = self.step.in_shapes[0][self.axis]
         if idx.size and (idx.min() < -dim or idx.max() >= dim):
             raise self.step.error(f"indices out of range [-{dim}, {dim - 1}]")
         return np.asarray(idx, dtype=np.int64).reshape(self.idx_shape)
+
+    def emit(self, e, ins, outs):
+        xs = self.step.in_shapes[0]
+        p, d, q = math.prod(xs[:self.axis]), xs[self.axis], math.prod(xs[self.axis + 1:])
+        j = math.prod(self.idx_shape)
+        if self.idx is not None:
+            idx = self.flat_idx
+        else:
+            idx = Expr(f"{ins[1]}.reshape(-1)")
+            e.call(_check_indices, idx, d)
+        e.call(_gather, Expr(f"{ins[0]}.reshape(({p}, {d}, {q}))"), idx, Expr(f"{outs[0]}.reshape(({p}, {j}, {q}))"),
+               work=p * j * q)
 
     def run(self, ins, outs, scratch):
         idx = self.idx if self.idx is not None else self._check(ins[1])
@@ -173,6 +249,13 @@ class Gather(Kernel):
 @register("Expand")
 class Expand(Kernel):
     """Broadcast to the recorded output shape."""
+
+    def emit(self, e, ins, outs):
+        xs, ys = tuple(self.step.in_shapes[0]), tuple(self.step.out_shapes[0])
+        cs = (0,) * (len(ys) - len(xs)) + c_strides(xs)
+        xs = (1,) * (len(ys) - len(xs)) + xs
+        ss = [0 if d == 1 else c for d, c in zip(xs, cs, strict=True)]
+        emit_copy(e, ins[0], 0, ss, outs[0], 0, c_strides(ys), ys)
 
     def run(self, ins, outs, scratch):
         np.copyto(outs[0], ins[0])
@@ -191,6 +274,10 @@ class Tile(Kernel):
         reps = [y // d if d else 0 for d, y in zip(xs, ys, strict=True)]
         self.out_view = tuple(v for r, d in zip(reps, xs, strict=True) for v in (r, d))
         self.in_view = tuple(v for d in xs for v in (1, d))
+
+    def emit(self, e, ins, outs):
+        ss = [c for v in c_strides(self.step.in_shapes[0]) for c in (0, v)]
+        emit_copy(e, ins[0], 0, ss, outs[0], 0, c_strides(self.out_view), self.out_view)
 
     def run(self, ins, outs, scratch):
         np.copyto(outs[0].reshape(self.out_view), ins[0].reshape(self.in_view))
@@ -226,6 +313,33 @@ class Pad(Kernel):
             for (b, e), s in zip(self.pos, self.crop, strict=True):
                 if self.mode == "reflect" and max(b, e) > s.stop - s.start - 1 or s.stop == s.start:
                     raise step.error(f"{self.mode} padding needs more input than the axis holds")
+        self.fill = np.full(1, self.value).astype(step.out_dtypes[0])  # the constant, as run's fill casts it
+        # reflect / edge / wrap: per axis, the input index each output position reads
+        self.tables = None if self.mode == "constant" else [
+            np.ascontiguousarray(np.pad(np.arange(d)[s], p, mode=self.mode), dtype=np.int64)
+            for d, s, p in zip(shape, self.crop, self.pos, strict=True)]
+
+    def emit(self, e, ins, outs):
+        x, y = ins[0], outs[0]
+        xs, ys = tuple(self.step.in_shapes[0]), tuple(self.step.out_shapes[0])
+        if self.tables is not None:
+            if math.prod(ys):
+                tables = [e.lit(t) for t in self.tables]
+                idx = e.loops(ys)
+                e.line(f"{y}[{', '.join(idx)}] = {x}[{', '.join(f'{t}[{i}]' for t, i in zip(tables, idx))}]")
+                e.end(len(ys))
+            return
+        box = [max(0, s.stop - s.start) for s in self.crop]
+        cs, ds = c_strides(xs), c_strides(ys)
+        emit_copy(e, x, sum(s.start * c for s, c in zip(self.crop, cs, strict=True)), cs,
+                  y, sum(s.start * c for s, c in zip(self.inner, ds, strict=True)), ds, box)
+        value = ins[2] if self.value_input else e.lit(self.fill)
+        for k, (b, a) in enumerate(self.pos):
+            # the border slabs of axis k: before and after the input, inside it on axes < k
+            for lo, size in ((0, b), (b + box[k], a)):
+                slab = box[:k] + [size] + list(ys[k + 1:])
+                start = [s.start for s in self.inner[:k]] + [lo] + [0] * (len(ys) - k - 1)
+                emit_copy(e, value, 0, [0] * len(ys), y, sum(i * c for i, c in zip(start, ds, strict=True)), ds, slab)
 
     def run(self, ins, outs, scratch):
         x, y = ins[0][self.crop], outs[0]
@@ -235,141 +349,3 @@ class Pad(Kernel):
             y[self.inner] = x
         else:
             np.copyto(y, np.pad(x, self.pos, mode=self.mode))
-
-
-_REDUCE = {
-    "ReduceSum": np.sum,
-    "ReduceMean": np.mean,
-    "ReduceMax": np.max,
-    "ReduceMin": np.min,
-    "ReduceProd": np.prod,
-}
-
-
-@register(*_REDUCE)
-class Reduce(Kernel):
-    """Reduce over constant axes (attribute, or input from ReduceSum-13 / opset 18), keepdims,
-    noop_with_empty_axes."""
-
-    def __init__(self, step: Step):
-        super().__init__(step)
-        r = len(step.in_shapes[0])
-        axes = _const_ints(step, 1, "axes") if len(step.in_shapes) > 1 else step.attr("axes")
-        self.noop = not axes and bool(step.attr("noop_with_empty_axes", 0))
-        axes = _axes(step, axes or range(r), r)
-        self.axes = tuple(sorted(set(axes)))
-        self.kept = tuple(1 if i in self.axes else d for i, d in enumerate(step.in_shapes[0]))
-        self.fn = _REDUCE[step.op]
-
-    def run(self, ins, outs, scratch):
-        if self.noop:
-            np.copyto(outs[0], ins[0])
-        else:
-            self.fn(ins[0], axis=self.axes, keepdims=True, out=outs[0].reshape(self.kept))
-
-
-_ARG_BLOCK = 256  # columns q scanned together by one task of _arg_extreme
-
-
-@njit(cache=True, nogil=True)
-def _arg_extreme_row(v, lowest, last):
-    """The index of the largest v[i] (the smallest if lowest): the first one, or the last if last.
-
-    A scan that replaces the running best when v[i] > best (>= for the last index; < and <= for
-    ArgMin). A comparison with NaN is false, so a NaN never replaces anything and only a NaN at
-    index 0 is ever chosen, as in onnxruntime's scan. Four explicit loops: LLVM does not unswitch
-    the flags out of a loop, and a branch per element costs 3-4x."""
-    best = v[0]
-    k = 0
-    n = v.shape[0]
-    if lowest and last:
-        for i in range(1, n):
-            if v[i] <= best:
-                best, k = v[i], i
-    elif lowest:
-        for i in range(1, n):
-            if v[i] < best:
-                best, k = v[i], i
-    elif last:
-        for i in range(1, n):
-            if v[i] >= best:
-                best, k = v[i], i
-    else:
-        for i in range(1, n):
-            if v[i] > best:
-                best, k = v[i], i
-    return k
-
-
-@njit(cache=True, nogil=True)
-def _arg_extreme_step(row, i, best, arg, lowest, last):
-    """One row i of a scan of many columns at once: best[j], arg[j] = row[j], i where row[j]
-    replaces best[j] by the rule of _arg_extreme_row."""
-    m = row.shape[0]
-    if lowest and last:
-        for j in range(m):
-            if row[j] <= best[j]:
-                best[j], arg[j] = row[j], i
-    elif lowest:
-        for j in range(m):
-            if row[j] < best[j]:
-                best[j], arg[j] = row[j], i
-    elif last:
-        for j in range(m):
-            if row[j] >= best[j]:
-                best[j], arg[j] = row[j], i
-    else:
-        for j in range(m):
-            if row[j] > best[j]:
-                best[j], arg[j] = row[j], i
-
-
-def _arg_extreme_body(x, out, lowest, last):
-    """out[p, q] = argmax_i x[p, i, q] (argmin if lowest; ties to the first i, or the last if last)
-    for an (P, n, Q) array, n >= 1. With Q > 1 a task scans one block of columns q row by row, so
-    the inner loop reads contiguous memory whatever Q is."""
-    P, n, Q = x.shape
-    if Q == 1:
-        for p in prange(P):
-            out[p, 0] = _arg_extreme_row(x[p, :, 0], lowest, last)
-        return
-    blocks = (Q + _ARG_BLOCK - 1) // _ARG_BLOCK
-    for t in prange(P * blocks):
-        p = t // blocks
-        lo = (t - p * blocks) * _ARG_BLOCK
-        hi = min(Q, lo + _ARG_BLOCK)
-        best = x[p, 0, lo:hi].copy()
-        arg = out[p, lo:hi]
-        arg[:] = 0
-        for i in range(1, n):
-            _arg_extreme_step(x[p, i, lo:hi], i, best, arg, lowest, last)
-
-
-_arg_extreme = Twin(_arg_extreme_body)
-
-
-@register("ArgMax", "ArgMin")
-class ArgExtreme(Kernel):
-    """ArgMax / ArgMin along ``axis`` (default 0) with keepdims (default 1) and select_last_index
-    (default 0, opset 12+); int64 indices."""
-
-    def __init__(self, step: Step):
-        super().__init__(step)
-        shape = tuple(step.in_shapes[0])
-        if not shape:
-            raise step.error("the input must have at least one axis")
-        axis = _axes(step, [int(step.attr("axis", 0))], len(shape))[0]
-        if shape[axis] == 0:
-            raise step.error(f"axis {axis} is empty: there is no extreme to pick")
-        keep = bool(step.attr("keepdims", 1))
-        want = shape[:axis] + ((1,) if keep else ()) + shape[axis + 1:]
-        if tuple(step.out_shapes[0]) != want or step.out_dtypes[0] != "int64":
-            raise step.error(f"the output is {step.out_dtypes[0]} {list(step.out_shapes[0])}, expected int64 {list(want)}")
-        self.shape3 = (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
-        self.lowest = step.op == "ArgMin"
-        self.last = bool(step.attr("select_last_index", 0))
-
-    def run(self, ins, outs, scratch):
-        x = ins[0].reshape(self.shape3)
-        y = outs[0].reshape(self.shape3[0], self.shape3[2])
-        _arg_extreme(x.size, x, y, self.lowest, self.last)

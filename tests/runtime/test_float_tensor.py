@@ -3,11 +3,18 @@ Reduce*) against onnxruntime."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 from onnx import helper
 
-from tests.runtime.test_float_helpers import check, check_lowered, randn
+import bnnc
+from runtime import InferenceSession
+from runtime.errors import BnncError
+from tests.helpers import save
+from tests.runtime.test_float_helpers import build, check, check_lowered, randn
 
 I64 = np.int64
 
@@ -193,3 +200,14 @@ def test_reduce_noop_with_empty_axes():
 def test_reduce_int():
     x = np.arange(24, dtype=I64).reshape(2, 3, 4) - 7
     check(helper.make_node("ReduceMax", ["x"], ["y"], axes=[1], keepdims=0), {"x": x}, opset=13)
+
+
+def test_gather_runtime_index_out_of_range():
+    """A run-time index outside [-dim, dim - 1] is a user error, not a read past the input."""
+    x = randn(3, 4)
+    model = build([helper.make_node("Gather", ["x", "i"], ["y"], axis=1)], {"x": x, "i": np.array([0, 1], I64)})
+    with tempfile.TemporaryDirectory() as d:
+        sess = InferenceSession(bnnc.compile_model(save(model, d), os.path.join(d, "m.bnn"), passes=[]).path)
+    for bad in (4, -5):
+        with pytest.raises(BnncError, match="out of range"):
+            sess.run(None, {"x": x, "i": np.array([0, bad], I64)})
