@@ -4,6 +4,7 @@ from runtime.kernels import (  # noqa: F401  (registration)
     activations,
     binary,
     conv,
+    dense,
     elementwise,
     nn,
     norm,

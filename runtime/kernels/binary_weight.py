@@ -4,7 +4,8 @@
 bias`` with W in {-1, 0, +1}. With a real input there are no bits to XOR: the fastest way to
 compute this on a CPU is a float GEMM, so ``__init__`` unpacks the weight bitstream
 (runtime/bitpack.py) once into float32 ``W * scale[c]`` -- the exporter's own weights, alpha times
-the signs -- and the float convolution (runtime/kernels/conv.py) or a BLAS matmul does the rest.
+the signs -- and the float convolution (runtime/kernels/conv.py) or matrix product
+(runtime/kernels/dense.py) does the rest, in the session's plan function or step by step.
 The artifact keeps the packed bits; only the loaded session holds float weights.
 """
 
@@ -15,6 +16,7 @@ import numpy as np
 from runtime.kernels.base import Kernel, Step, register
 from runtime.kernels.binary_common import check_input, check_outputs, const_input, weight_values, window_attrs
 from runtime.kernels.conv import Conv
+from runtime.kernels.dense import Product
 from runtime.kernels.nn import activation_of
 
 
@@ -58,12 +60,13 @@ class BinaryWeightDense(Kernel):
             raise step.error(f"X must be float32 [N, {k}] (cout >= 1), got {xs}")
         check_input(step, 0, "X", tuple(xs), "float32")
         check_outputs(step, [((xs[0], cout), "float32")])
-        scale, self.bias = _scale_bias_of(step, cout)
+        scale, bias = _scale_bias_of(step, cout)
         self.wt = np.ascontiguousarray((weight_values(step, 1, (cout, k)).astype(np.float32) * scale[:, None]).T)
-        self.n, self.k = xs[0], k
+        self.c = np.ascontiguousarray(np.broadcast_to(bias, (xs[0], cout)))  # the bias of every row
+        self.product = Product((xs[0], k), (k, cout), (xs[0], cout), np.float32)
+
+    def emit(self, e, ins, outs):
+        self.product.emit(e, ins[0], self.wt, self.c, outs[0], 1.0, (0, 0.0, 0.0))
 
     def run(self, ins, outs, scratch):
-        x = np.ascontiguousarray(ins[0]).reshape(self.n, self.k)
-        y = outs[0]
-        np.matmul(x, self.wt, out=y)
-        y += self.bias
+        self.product.run(ins[0], self.wt, self.c, outs[0], 1.0, (0, 0.0, 0.0))

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+from onnx import helper
 
+import bnnc
 from bnnc import ops
+from runtime import InferenceSession
 from runtime.bitpack import pack_dense
 from runtime.errors import BnncError
-from tests.helpers import assert_close
+from tests.helpers import assert_close, ort_run
 from tests.runtime.test_binary_helpers import run_step, signs
+from tests.runtime.test_float_helpers import build, compare
 
 # name: (N, Cin, H, W, Cout, kh, kw, strides, pads, dilations, group)
 CASES = {
@@ -63,3 +68,25 @@ def test_errors():
                  out_specs=[((1, 2), "float32")])
     with pytest.raises(BnncError, match="constant"):
         run_step("bnnc.BinaryWeightDense", dict(cout=2, k=4), [x, wb, None, one, one], {3, 4})
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_binary_weight_layers_run_in_the_emitted_plan(threads, tmp_path):
+    """A binary-weight network (real activations, +-alpha weights) compiled by the default
+    pipeline: its BinaryWeightConv and BinaryWeightDense run inside the plan function and match
+    onnxruntime on the float graph."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 5, 9, 8)).astype(np.float32)
+    w = (signs(rng, (6, 5, 3, 3)) * rng.uniform(0.1, 1, (6, 1, 1, 1))).astype(np.float32)
+    g = (signs(rng, (4, 6 * 9 * 8)) * rng.uniform(0.1, 1, (4, 1))).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("Gemm", ["f", "g", "gb"], ["y"], transB=1)]
+    inits = {"w": w, "b": rng.standard_normal(6).astype(np.float32), "g": g,
+             "gb": rng.standard_normal(4).astype(np.float32)}
+    model = build(nodes, {"x": x}, inits)
+    onnx.save(model, tmp_path / "m.onnx")
+    sess = InferenceSession(bnnc.compile_model(str(tmp_path / "m.onnx"), str(tmp_path / "m.bnn")).path, threads=threads)
+    ops = {s["op"] for s in sess.manifest["plan"]}
+    assert {"bnnc.BinaryWeightConv", "bnnc.BinaryWeightDense"} <= ops
+    assert sess._plan is not None
+    compare(sess.run(None, {"x": x}), ort_run(model, {"x": x}))

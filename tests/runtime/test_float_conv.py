@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
 
+import bnnc
 from bnnc.ir import BNNC_DOMAIN
 from bnnc.ir_convert import from_proto, to_proto
+from runtime import InferenceSession
 from runtime.errors import BnncError
 from runtime.kernels import KERNELS, Step
 from tests.helpers import load_graph, ort_run, run_graph
@@ -206,3 +209,39 @@ def test_inconsistent_plan_shapes_are_refused():
                 out_dtypes=["float32"], consts=[None])
     with pytest.raises(BnncError, match="differs from input shape"):
         KERNELS["Relu"](relu)
+
+
+def _session(model, tmp_path, passes=None, threads=None):
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    return InferenceSession(bnnc.compile_model(str(path), str(tmp_path / "m.bnn"), passes=passes).path, threads=threads)
+
+
+# graphs whose every kernel is one of the float layers: the session must run them as one emitted
+# plan function (runtime/program.py), so the tests above check that code
+PLANNED = {
+    "conv_relu_depthwise": ([helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+                             helper.make_node("Relu", ["c"], ["r"]),
+                             helper.make_node("Conv", ["r", "dw"], ["y"], group=6, pads=[1, 1, 1, 1])],
+                            {"x": (2, 3, 11, 10)}, {"w": (6, 3, 3, 3), "b": (6,), "dw": (6, 1, 3, 3)}),
+    "conv_weights_from_input": ([helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])],
+                                {"x": (1, 4, 6, 6), "w": (5, 4, 3, 3), "b": (5,)}, {}),
+    "gemm_runtime_b_c": ([helper.make_node("Gemm", ["a", "bm", "c"], ["y"], transA=1, transB=1, alpha=0.5,
+                                           beta=2.0)], {"a": (7, 3), "bm": (4, 7), "c": (1, 4)}, {}),
+    "matmul_batched_broadcast": ([helper.make_node("MatMul", ["a", "bm"], ["y"])], {"a": (2, 1, 3, 5),
+                                                                                   "bm": (3, 5, 4)}, {}),
+    "batchnorm_runtime_stats": ([helper.make_node("BatchNormalization", ["x", "s", "bb", "m", "v"], ["y"])],
+                                {"x": (2, 3, 4, 5), "s": (3,), "bb": (3,), "m": (3,)}, {"v": (3,)}),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", list(PLANNED))
+def test_layers_run_as_one_emitted_plan(case, threads, tmp_path):
+    nodes, feed_shapes, init_shapes = PLANNED[case]
+    feeds = {k: randn(*s, salt=i) for i, (k, s) in enumerate(feed_shapes.items())}
+    inits = {k: np.abs(randn(*s, salt=10 + i)) + 0.1 for i, (k, s) in enumerate(init_shapes.items())}
+    model = build(nodes, feeds, inits)
+    sess = _session(model, tmp_path, passes=[], threads=threads)
+    assert sess._plan is not None
+    compare(sess.run(None, feeds), ort_run(model, feeds))

@@ -2,8 +2,9 @@
 control of the runtime (runtime.threads).
 
 The kernels pick a path from the planned shapes (scalar loops for tiny planes, serial or
-parallel Numba, GEMM bands spread over worker threads above a size); the thresholds are module
-constants, patched here so that small, fast cases take every path.
+parallel Numba, the GEMM conv's way of building its patch matrix, its bands and whether they are
+spread over threads); the thresholds are module constants, patched here so that small, fast
+cases take every path.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from onnx import helper
 
 import runtime.kernels.base as base
 import runtime.kernels.conv as conv
+import runtime.kernels.conv_gemm as conv_gemm
+import runtime.kernels.dense as dense
 import runtime.kernels.nn as nn
 import runtime.kernels.pool as pool
 import runtime.threads as threads
@@ -21,24 +24,39 @@ from runtime.errors import BnncError
 from runtime.session import _check_threads
 from tests.runtime.test_float_helpers import check, randn
 
-# name -> module constants that force the path (the others keep their values)
+# name -> module constants (of conv.py or conv_gemm.py) that force the path; the GEMM_PATHS
+# matter to the cases that take the GEMM path only
+G = conv_gemm
 CONV_PATHS = {
     "default": {},
     "tiny": {"_TINY_PLANE": 10_000},
     "parallel": {"PARALLEL_WORK": 0, "_TINY_PLANE": 0},
     "serial": {"PARALLEL_WORK": 1 << 40, "_TINY_PLANE": 0},
-    "threaded_bands": {"_SPLIT_MACS": 0, "_BAND_BYTES": 1, "_MIN_COLS": 1},
-    "narrow_bands": {"_MAX_WASTE": -1.0},
+}
+ROWS = {"_SPLIT_MACS": 0, "_BAND_BYTES": 1, "_MIN_COLS": 1}  # bands of one row, over the threads
+GEMM_PATHS = {
+    "row_bands": ROWS,
+    "image_bands": {"_SPLIT_MACS": 0, "_BAND_BYTES": 1 << 30},
+    "narrow_row_bands": {"_MODES": (G.NARROW,), **ROWS},
+    "wide_row_bands": {"_MODES": (G.WIDE,), "_MAX_WASTE": 1e9, **ROWS},
+    "wide_image_bands": {"_MODES": (G.WIDE,), "_MAX_WASTE": 1e9, "_BAND_BYTES": 1 << 30},
+    "shift_row_bands": {"_MODES": (G.SHIFT, G.NARROW), **ROWS},
 }
 
-# (input NCHW, weight MCkk, attributes): the GEMM path wide and narrow, pointwise, strides 1, 2,
-# 3 and 4 (each with its own phase-split loop), groups, depthwise, dilation, odd sizes
+# (input NCHW, weight MCkk, attributes): the GEMM path's four ways to build the patch matrix
+# (pointwise, shifted planes, wide rows of stride phases, narrow rows), strides 1, 2, 3 and 4
+# (each with its own phase-split loop), "same" convs with dilation and lopsided pads, several
+# images, groups, depthwise, odd sizes
 CONVS = {
     "stem_s4_k11": ((1, 3, 23, 21), (5, 3, 11, 11), dict(strides=[4, 4], pads=[3, 3, 4, 4])),
     "stem_s2_k7": ((2, 3, 17, 15), (6, 3, 7, 7), dict(strides=[2, 2], pads=[3, 3, 3, 3])),
     "s3_dilated": ((1, 4, 16, 14), (5, 4, 3, 3), dict(strides=[3, 3], dilations=[2, 1], pads=[2, 1, 0, 2])),
     "pointwise": ((2, 7, 6, 5), (9, 7, 1, 1), {}),
     "pointwise_s2": ((1, 7, 9, 8), (9, 7, 1, 1), dict(strides=[2, 2])),
+    "same_3x3_batch3": ((3, 4, 5, 6), (6, 4, 3, 3), dict(pads=[1, 1, 1, 1])),
+    "same_dilated_lopsided": ((2, 3, 9, 8), (5, 3, 3, 3), dict(dilations=[2, 2], pads=[1, 0, 3, 4])),
+    "same_kernel_wider_than_image": ((1, 2, 4, 2), (3, 2, 3, 5), dict(pads=[1, 2, 1, 2])),
+    "valid_5x5": ((2, 1, 11, 10), (4, 1, 5, 5), {}),
     "3x3_small_image": ((1, 5, 4, 3), (6, 5, 3, 3), dict(pads=[1, 1, 1, 1])),
     "groups2": ((1, 6, 9, 8), (8, 3, 3, 3), dict(group=2, pads=[1, 0, 1, 2], strides=[2, 1])),
     "depthwise_s2": ((2, 6, 11, 9), (6, 1, 3, 3), dict(group=6, strides=[2, 2], pads=[1, 1, 1, 1])),
@@ -77,10 +95,15 @@ def patch(monkeypatch):
     return apply
 
 
-@pytest.mark.parametrize("path", list(CONV_PATHS))
-@pytest.mark.parametrize("case", list(CONVS))
+GEMM_CASES = [k for k in CONVS if not k.startswith(("depthwise", "group"))]
+
+
+@pytest.mark.parametrize("case,path", [(c, p) for c in CONVS for p in CONV_PATHS] +
+                         [(c, p) for c in GEMM_CASES for p in GEMM_PATHS])
 def test_conv_paths(case, path, patch):
-    patch(conv, CONV_PATHS[path])
+    values = {**CONV_PATHS, **GEMM_PATHS}[path]
+    patch(conv_gemm, {k: v for k, v in values.items() if hasattr(conv_gemm, k)})
+    patch(conv, {k: v for k, v in values.items() if not hasattr(conv_gemm, k)})
     xs, ws, attrs = CONVS[case]
     inits = {"w": randn(*ws, salt=1) * 0.3, "b": randn(ws[0], salt=2)}
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], **attrs), helper.make_node("Relu", ["c"], ["y"])]
@@ -118,7 +141,7 @@ def test_elementwise_activation_and_batchnorm_paths(parallel, patch):
 
 @pytest.mark.parametrize("shapes", [((37, 20), (20, 9)), ((3, 20), (20, 41)), ((2, 5, 20), (20, 9))])
 def test_matmul_split_over_threads(shapes, patch):
-    patch(nn, {"_SPLIT_MACS": 0})
+    patch(dense, {"_SPLIT_MACS": 0})
     a, b = randn(*shapes[0]), randn(*shapes[1], salt=1)
     check(helper.make_node("MatMul", ["a", "b"], ["y"]), {"a": a}, {"b": b})
     check(helper.make_node("Gemm", ["a", "b"], ["y"], alpha=0.5), {"a": a.reshape(-1, 20)}, {"b": b})

@@ -1,0 +1,177 @@
+"""Benchmark: bnnc's float convolutions (Conv, bnnc.FusedConv, bnnc.BinaryWeightConv) and dense
+layers against onnxruntime, layer by layer.
+
+Each case is one layer at the shape it has in a real network (the Bi-Real Net 18 stem and 1x1
+shortcuts, the XNOR-Net stems, the convs of the corpus models, the binary-weight convs of
+../shared/corpus/torch_bwn_legacy, a classifier Gemm), written as a one-node ONNX graph (plus its
+activation) and compiled with bnnc's default pipeline, so a Conv with +-alpha weights becomes
+bnnc.BinaryWeightConv and Conv + Relu becomes bnnc.FusedConv, as in real models. Three engines
+run on the same input in one process, same thread count, interleaved after warm-up:
+onnxruntime, bnnc's emitted plan function ("new") and bnnc's step-by-step interpreter ("old",
+the session built as if some kernel could not emit). We print medians and the ratios
+onnxruntime median / bnnc median (above 1: bnnc is faster), of the wall-clock time and of the
+process's CPU time per run: on a shared machine the CPU time of a one-thread run is the steadier
+measure of the work done (with several threads it adds up the threads, idle spinning included).
+
+    python benchmarks/bench_float_conv.py [--threads N] [--reps 20] [--only SUBSTRING] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+import bnnc
+import runtime.session
+from runtime import InferenceSession
+
+
+def conv(name, x, m, k, s=1, p=None, act="", binary=False, g=1):
+    """A Conv (+ activation) case: x = (N, C, H, W), m output channels, k x k kernel; ``binary``:
+    weights +-alpha per output channel (bnnc makes it a binary-weight conv)."""
+    p = [k // 2] * 4 if p is None else p
+    r = np.random.default_rng(1)
+    w = r.standard_normal((m, x[1] // g, k, k)).astype(np.float32) * 0.1
+    if binary:
+        w = (np.where(w >= 0, 1.0, -1.0) * r.uniform(0.05, 0.2, (m, 1, 1, 1))).astype(np.float32)
+    b = r.standard_normal(m).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c" if act else "y"], kernel_shape=[k, k],
+                              strides=[s, s], pads=p, group=g)]
+    if act:
+        nodes.append(helper.make_node(act, ["c"], ["y"]))
+    return name, nodes, x, {"w": w, "b": b}
+
+
+def gemm(name, n, k, m):
+    w = np.random.default_rng(4).standard_normal((m, k)).astype(np.float32)
+    b = np.random.default_rng(5).standard_normal(m).astype(np.float32)
+    return name, [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)], (n, k), {"w": w, "b": b}
+
+
+CASES = [
+    conv("birealnet stem 3->64 7x7 s2 224", (1, 3, 224, 224), 64, 7, 2),
+    conv("xnornet stem 3->12 11x11 s4 224", (1, 3, 224, 224), 12, 11, 4, [3, 3, 4, 4], act="Relu"),
+    conv("1x1 64->128 28x28", (1, 64, 28, 28), 128, 1),
+    conv("1x1 128->256 14x14", (1, 128, 14, 14), 256, 1),
+    conv("1x1 256->512 7x7", (1, 256, 7, 7), 512, 1),
+    conv("1x1 64->128 s2 56x56", (1, 64, 56, 56), 128, 1, 2),
+    conv("5x5 1->64 28x28 b8 tanh", (8, 1, 28, 28), 64, 5, p=[0, 0, 0, 0], act="Tanh"),
+    conv("xnornet-torch 3->64 5x5 32x32 b8", (8, 3, 32, 32), 64, 5),
+    conv("bwn first 3->32 3x3 32x32 b8", (8, 3, 32, 32), 32, 3, act="Relu"),
+    conv("bwn binary-weight 32->64 32x32 b8", (8, 32, 32, 32), 64, 3, binary=True),
+    conv("bwn binary-weight 64->128 16x16 b8", (8, 64, 16, 16), 128, 3, binary=True),
+    conv("bwn binary-weight 128->128 8x8 b8", (8, 128, 8, 8), 128, 3, binary=True),
+    conv("resnete stem 3->16 3x3 64x64 b4", (4, 3, 64, 64), 16, 3),
+    conv("resnete 1x1 16->32 32x32 b4", (4, 16, 32, 32), 32, 1),
+    conv("quicknet stem 3->8 3x3 s2 32x32", (1, 3, 32, 32), 8, 3, 2, [0, 0, 1, 1]),
+    conv("3x3 64->64 56x56", (1, 64, 56, 56), 64, 3, act="Relu"),
+    gemm("gemm 512->1000", 1, 512, 1000),
+    gemm("gemm 1024->1024 b8", 8, 1024, 1024),
+]
+
+
+def model_of(nodes, x_shape, inits) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, "case", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def sessions(model: onnx.ModelProto, threads: int):
+    """(new, old) bnnc sessions of one model: the plan function, and the interpreter."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "m.onnx")
+        onnx.save(model, path)
+        art = bnnc.compile_model(path, os.path.join(d, "m.bnn")).path
+        new = InferenceSession(art, threads=threads)
+        keep = runtime.session.emittable
+        runtime.session.emittable = lambda kernels: False
+        try:
+            old = InferenceSession(art, threads=threads)
+        finally:
+            runtime.session.emittable = keep
+    return new, old
+
+
+def run_case(nodes, x_shape, inits, threads: int, reps: int, warmup: int) -> dict:
+    model = model_of(nodes, x_shape, inits)
+    x = np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)
+    new, old = sessions(model, threads)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    if threads > 1:  # onnxruntime's spinning pool threads would starve bnnc's on a small machine
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    ref = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    fns = {"onnxruntime": lambda: ref.run(None, {"x": x}), "new": lambda: new.run(None, {"x": x}),
+           "old": lambda: old.run(None, {"x": x})}
+    want = fns["onnxruntime"]()[0]
+    err = max(float(np.max(np.abs(want - fns[k]()[0]))) for k in ("new", "old")) / max(1.0, float(np.max(np.abs(want))))
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for i in range(reps):  # blocks of 3 back-to-back runs per engine, rotating the order
+        for k in names[i % 3:] + names[:i % 3]:
+            for _ in range(3):
+                t, c = time.perf_counter(), time.process_time()
+                fns[k]()
+                cpu[k].append(time.process_time() - c)
+                wall[k].append(time.perf_counter() - t)
+    ms = {k: statistics.median(v) * 1e3 for k, v in wall.items()}
+    cpu_ms = {k: statistics.median(v) * 1e3 for k, v in cpu.items()}
+    ops = sorted({s["op"] for s in new.manifest["plan"]})
+    return {"ms": ms, "cpu_ms": cpu_ms, "ratio_new": ms["onnxruntime"] / ms["new"],
+            "ratio_old": ms["onnxruntime"] / ms["old"], "cpu_ratio_new": cpu_ms["onnxruntime"] / cpu_ms["new"],
+            "cpu_ratio_old": cpu_ms["onnxruntime"] / cpu_ms["old"], "emitted": new._plan is not None, "ops": ops,
+            "max_rel_error": err}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=10, help="blocks of 3 runs per engine")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--only", default="", help="run the cases whose name contains this")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = ap.parse_args(argv)
+    results = {}
+    if not args.json:
+        print(f"threads {args.threads}, {args.reps} rotations of 3-run blocks; ratio = onnxruntime / bnnc")
+        print(f"{'':38s} {'wall-clock median ms':^26s} {'ratio':^13s} {'CPU time median ms':^26s} {'ratio':^13s}")
+        print(f"{'case':38s}" + f" {'ort':>8s} {'old':>8s} {'new':>8s} {'old':>6s} {'new':>6s}" * 2 + "  ops")
+    for name, nodes, x_shape, inits in CASES:
+        if args.only not in name:
+            continue
+        r = run_case(nodes, x_shape, inits, args.threads, args.reps, args.warmup)
+        results[name] = r
+        if not args.json:
+            flag = ("" if r["emitted"] else "  NOT EMITTED") + ("  MISMATCH" if r["max_rel_error"] > 1e-3 else "")
+            cols = ""
+            for ms, pre in ((r["ms"], "ratio_"), (r["cpu_ms"], "cpu_ratio_")):
+                cols += (f" {ms['onnxruntime']:8.3f} {ms['old']:8.3f} {ms['new']:8.3f} {r[pre + 'old']:5.2f}x"
+                         f" {r[pre + 'new']:5.2f}x")
+            print(f"{name:38s}{cols}  {','.join(o.removeprefix('bnnc.') for o in r['ops'])}{flag}", flush=True)
+    if args.json:
+        print(json.dumps({"threads": args.threads, "reps": args.reps, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
