@@ -36,7 +36,7 @@ from numba import njit, prange
 
 from runtime.blas import gemm
 from runtime.kernels.base import Twin
-from runtime.kernels.nn import act_rows
+from runtime.kernels.nn import act_inplace
 
 _BAND_BYTES = 1 << 18  # target size of one band's patch matrix (stays in L2 while BLAS packs it)
 _MIN_COLS = 128  # but at least this many columns (output positions) per band, for GEMM efficiency
@@ -50,15 +50,24 @@ def bias_act(src, dst, b, kind, a0, a1):
     """dst[i] = act(src[i] + b) over 1-D arrays (src may be dst); Relu is fused into the add, the
     other activations run as a second pass while the row is in cache."""
     n = dst.shape[0]
-    if kind == 1:
+    if src.ctypes.data == dst.ctypes.data:  # one name per buffer, or LLVM will not vectorize
+        if kind == 1:
+            for i in range(n):
+                v = dst[i] + b
+                dst[i] = v if v > 0 else 0
+            return
+        for i in range(n):
+            dst[i] += b
+    elif kind == 1:
         for i in range(n):
             v = src[i] + b
             dst[i] = v if v > 0 else 0
+        return
     else:
         for i in range(n):
             dst[i] = src[i] + b
-        if kind != 0:
-            act_rows(dst, dst, kind, a0, a1)
+    if kind != 0:
+        act_inplace(dst, kind, a0, a1)
 
 
 @njit(cache=True, nogil=True)

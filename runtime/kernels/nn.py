@@ -95,10 +95,46 @@ def _sigmoid_typed(v):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def act_inplace(y, kind, a0, a1):
+    """y[i] = act(y[i]): ``act_rows`` written over one array, since with two names for one buffer
+    LLVM's overlap check fails and its loops run one element at a time."""
+    n = y.shape[0]
+    if kind == 1:
+        for i in range(n):
+            v = y[i]
+            y[i] = v if v > 0 else 0
+    elif kind == 2:
+        for i in range(n):
+            v = y[i]
+            y[i] = v if v >= 0 else v * a0
+    elif kind == 3:
+        for i in range(n):
+            v = y[i]
+            if v < a0:
+                v = a0
+            if v > a1:
+                v = a1
+            y[i] = v
+    elif kind == 4:
+        for i in range(n):
+            y[i] = sigmoid(y[i])
+    elif kind == 5:
+        for i in range(n):
+            y[i] = tanh(y[i])
+    elif kind == 6:
+        for i in range(n):
+            v = a0 * y[i] + a1
+            y[i] = min(1.0, max(0.0, v))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def act_rows(x, y, kind, a0, a1):
     """y[i] = act(x[i]) over 1-D arrays (x may be y); one simple loop per kind so each vectorizes
     (numpy's error model: a division has no zero check, which would stop that)."""
     n = x.shape[0]
+    if x.ctypes.data == y.ctypes.data:
+        act_inplace(y, kind, a0, a1)
+        return
     if kind == 0:
         for i in range(n):
             y[i] = x[i]

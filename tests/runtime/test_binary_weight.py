@@ -85,7 +85,8 @@ def test_binary_weight_layers_run_in_the_emitted_plan(threads, tmp_path):
              "gb": rng.standard_normal(4).astype(np.float32)}
     model = build(nodes, {"x": x}, inits)
     onnx.save(model, tmp_path / "m.onnx")
-    sess = InferenceSession(bnnc.compile_model(str(tmp_path / "m.onnx"), str(tmp_path / "m.bnn")).path, threads=threads)
+    art = bnnc.compile_model(str(tmp_path / "m.onnx"), str(tmp_path / "m.bnn")).path
+    sess = InferenceSession(art, threads=threads, plan="emitted")
     ops = {s["op"] for s in sess.manifest["plan"]}
     assert {"bnnc.BinaryWeightConv", "bnnc.BinaryWeightDense"} <= ops
     assert sess._plan is not None

@@ -78,7 +78,7 @@ import numpy as np
 from runtime import InferenceSession, blas
 assert blas.BLAS == "numba", blas.BLAS
 d = np.load(r"{data}")
-sess = InferenceSession(r"{model}", threads=2)
+sess = InferenceSession(r"{model}", threads=2, plan="emitted")
 assert sess._plan is not None
 (y,) = sess.run(None, {{"x": d["x"]}})
 np.testing.assert_allclose(y, d["y"], rtol=1e-4, atol=1e-4)

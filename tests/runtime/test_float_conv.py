@@ -214,16 +214,24 @@ def test_inconsistent_plan_shapes_are_refused():
 def _session(model, tmp_path, passes=None, threads=None):
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
-    return InferenceSession(bnnc.compile_model(str(path), str(tmp_path / "m.bnn"), passes=passes).path, threads=threads)
+    art = bnnc.compile_model(str(path), str(tmp_path / "m.bnn"), passes=passes).path
+    return InferenceSession(art, threads=threads, plan="emitted")
 
 
-# graphs whose every kernel is one of the float layers: the session must run them as one emitted
-# plan function (runtime/program.py), so the tests above check that code
+# graphs whose every kernel is one of the float layers, run as one emitted plan function
+# (runtime/program.py; the other tests run the same compiled kernels step by step): the conv's
+# shifted-plane, wide-row, pointwise, narrow-row and direct paths, weights and statistics
+# computed in the graph, Gemm's transposes and C, a broadcast batched MatMul
 PLANNED = {
     "conv_relu_depthwise": ([helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
                              helper.make_node("Relu", ["c"], ["r"]),
                              helper.make_node("Conv", ["r", "dw"], ["y"], group=6, pads=[1, 1, 1, 1])],
                             {"x": (2, 3, 11, 10)}, {"w": (6, 3, 3, 3), "b": (6,), "dw": (6, 1, 3, 3)}),
+    "same_wide_pointwise": ([helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+                             helper.make_node("Conv", ["c", "w2"], ["d"], pads=[2, 2, 2, 2], strides=[2, 2]),
+                             helper.make_node("Conv", ["d", "w3"], ["y"])],
+                            {"x": (2, 3, 40, 38)}, {"w": (4, 3, 3, 3), "b": (4,), "w2": (5, 4, 5, 5),
+                                                    "w3": (6, 5, 1, 1)}),
     "conv_weights_from_input": ([helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])],
                                 {"x": (1, 4, 6, 6), "w": (5, 4, 3, 3), "b": (5,)}, {}),
     "gemm_runtime_b_c": ([helper.make_node("Gemm", ["a", "bm", "c"], ["y"], transA=1, transB=1, alpha=0.5,
