@@ -212,21 +212,24 @@ def emit_bits(s, table, c0, yb, ym, out_mask, sg, mk):
     """OR the rule values of ``s[j]`` (output channel c0 + j) into the packed word rows ``yb``
     (sign) and ``ym`` (nonzero mask), word = channel // 64; the caller zeroes the words first.
     ``table`` is ``rule_table(rule)``; sg, mk are int64 scratch as long as s.
-    v_below if s < lo, else v_mid if s <= hi, else v_above, branch-free so it vectorises."""
+    v_below if s < lo, else v_mid if s <= hi, else v_above, branch-free so it vectorises.
+    Every loop here indexes contiguous views by its own range: an index LLVM cannot prove
+    non-negative (c0 + j) keeps Numba's wraparound in the loop, which then does not vectorise."""
     n = s.shape[0]
-    # two loops, not one: each then needs few runtime alias checks, and LLVM vectorises it
-    for i in range(n):
-        c = c0 + i
-        lt = -np.int64(s[i] < table[0, c])
-        le = -np.int64(s[i] <= table[1, c])
-        sg[i] = (lt & table[2, c]) | (~lt & le & table[3, c]) | (~le & table[4, c])
+    _rule_flags(s, table[0, c0:c0 + n], table[1, c0:c0 + n], table[2, c0:c0 + n], table[3, c0:c0 + n],
+                table[4, c0:c0 + n], sg)
     if out_mask:
-        for i in range(n):
-            c = c0 + i
-            lt = -np.int64(s[i] < table[0, c])
-            le = -np.int64(s[i] <= table[1, c])
-            mk[i] = (lt & table[5, c]) | (~lt & le & table[6, c]) | (~le & table[7, c])
+        _rule_flags(s, table[0, c0:c0 + n], table[1, c0:c0 + n], table[5, c0:c0 + n], table[6, c0:c0 + n],
+                    table[7, c0:c0 + n], mk)
     or_flags(sg, mk, n, c0, yb, ym, out_mask)
+
+
+@njit(cache=True)
+def _rule_flags(s, lo, hi, below, mid, above, out):
+    for i in range(s.shape[0]):
+        lt = -np.int64(s[i] < lo[i])
+        le = -np.int64(s[i] <= hi[i])
+        out[i] = (lt & below[i]) | (~lt & le & mid[i]) | (~le & above[i])
 
 
 @njit(cache=True)
@@ -238,9 +241,9 @@ def or_flags(sg, mk, n, c0, yb, ym, out_mask):
         b = (c0 + j) & 63
         take = min(64 - b, n - j)
         q = (c0 + j) >> 6
-        yb[q] |= _pack_flags(sg, j, b, take)
+        yb[q] |= _pack_flags(sg[j:], b, take)
         if out_mask:
-            ym[q] |= _pack_flags(mk, j, b, take)
+            ym[q] |= _pack_flags(mk[j:], b, take)
         j += take
 
 
@@ -263,13 +266,81 @@ def emit_sign_bits(y, zero, c0, yb, ym, with_mask, sg, mk):
 
 
 @njit(cache=True)
-def _pack_flags(f, j, b, take):
-    """Word with bit b + k set where the 0 / -1 flag f[j + k] is -1, k < take."""
+def _pack_flags(f, b, take):
+    """Word with bit b + k set where the 0 / -1 flag f[k] is -1, k < take."""
     w = np.int64(0)
     if b == 0 and take == 64:  # the common whole word: constant shifts, vectorises
         for k in range(64):
-            w |= f[j + k] & (np.int64(1) << k)
+            w |= f[k] & (np.int64(1) << k)
     else:
         for k in range(take):
-            w |= (f[j + k] & 1) << (b + k)
+            w |= (f[k] & 1) << (b + k)
     return np.uint64(w)
+
+
+@njit(cache=True)
+def emit_row(pc, pm, nv, masked, cg, oc0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, r, has_r, bz,
+             srow, sg, mk):
+    """Turn one row of popcounts (channels oc0 .. oc0 + nc) into s and write it through the
+    output stage (plus the residual r when has_r, and binarized with bz unless NO_BITS); srow,
+    sg, mk are int64 scratch of length nc.
+    Pixel by pixel over channel vectors. The views are made once per row and every loop indexes
+    them by its own range: an index LLVM cannot prove non-negative (oc0 + j) keeps Numba's
+    wraparound in the loop, and a view or a call per pixel costs more than the pixel's work."""
+    ow_, nc = pc.shape
+    whole = (oc0 & 63) == 0 and (nc & 63) == 0  # whole output words: packed here, in place
+    q0 = oc0 >> 6
+    sg2 = sg.reshape((nc >> 6, 64)) if whole else sg.reshape((1, nc))
+    mk2 = mk.reshape((nc >> 6, 64)) if whole else mk.reshape((1, nc))
+    ybr = yb[n, oh] if mode == BITS or bz != NO_BITS else yb[0, 0]
+    ymr = ym[n, oh] if out_mask else ym[0, 0]
+    if mode == BITS:
+        lo, hi = table[0, oc0:oc0 + nc], table[1, oc0:oc0 + nc]
+        b0, b1, b2 = table[2, oc0:oc0 + nc], table[3, oc0:oc0 + nc], table[4, oc0:oc0 + nc]
+        m0, m1, m2 = table[5, oc0:oc0 + nc], table[6, oc0:oc0 + nc], table[7, oc0:oc0 + nc]
+        for ow in range(ow_):
+            base = nv[ow] * cg
+            for j in range(nc):
+                s = (pm[ow, j] if masked else base) - 2 * pc[ow, j]
+                lt = -np.int64(s < lo[j])
+                le = -np.int64(s <= hi[j])
+                sg[j] = (lt & b0[j]) | (~lt & le & b1[j]) | (~le & b2[j])
+                if out_mask:
+                    mk[j] = (lt & m0[j]) | (~lt & le & m1[j]) | (~le & m2[j])
+            _put_flags(sg, mk, sg2, mk2, whole, q0, oc0, ybr[ow], ymr[ow] if out_mask else ymr[0], out_mask)
+        return
+    sc, bi = scale[oc0:oc0 + nc], bias[oc0:oc0 + nc]
+    fv = np.empty(nc, np.float32)
+    yv = y[n, oc0:oc0 + nc, oh]
+    rv = r[n, oc0:oc0 + nc, oh] if has_r else r[0, :1, 0]
+    for ow in range(ow_):
+        base = nv[ow] * cg
+        for j in range(nc):
+            fv[j] = np.float32(np.int32((pm[ow, j] if masked else base) - 2 * pc[ow, j])) * sc[j] + bi[j]
+        if has_r:
+            for j in range(nc):
+                fv[j] += rv[j, ow]
+        for j in range(nc):
+            yv[j, ow] = fv[j]
+        if bz != NO_BITS:
+            for j in range(nc):
+                sg[j], mk[j] = sign_flags(fv[j], bz)
+            _put_flags(sg, mk, sg2, mk2, whole, q0, oc0, ybr[ow], ymr[ow] if out_mask else ymr[0], out_mask)
+
+
+@njit(cache=True, inline="always")
+def _put_flags(sg, mk, sg2, mk2, whole, q0, oc0, ybw, ymw, out_mask):
+    """The 0 / -1 flags of one pixel into its words (sg2, mk2: the flags as [words, 64])."""
+    if not whole:
+        or_flags(sg, mk, sg.shape[0], oc0, ybw, ymw, out_mask)
+        return
+    for q in range(sg2.shape[0]):
+        w = np.int64(0)
+        for k in range(64):
+            w |= sg2[q, k] & (np.int64(1) << k)
+        ybw[q0 + q] = np.uint64(w)
+        if out_mask:
+            w = np.int64(0)
+            for k in range(64):
+                w |= mk2[q, k] & (np.int64(1) << k)
+            ymw[q0 + q] = np.uint64(w)

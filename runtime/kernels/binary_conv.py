@@ -30,14 +30,12 @@ from runtime.codegen import Expr
 from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.binary_common import (
     BITS,
-    FLOAT,
     NO_BITS,
     OutputStage,
     _all_set,
     all_set,
     check_outputs,
-    emit_bits,
-    emit_sign_bits,
+    emit_row,
     has_input,
     pack_last,
     packed_image_input,
@@ -45,6 +43,7 @@ from runtime.kernels.binary_common import (
     window_attrs,
 )
 from runtime.kernels.binary_conv_narrow import NarrowPlan
+from runtime.kernels.binary_conv_tiled import tiled_conv, tiled_weights
 from runtime.threads import current_threads
 
 
@@ -197,53 +196,6 @@ def _row(x, xm, w, wm, wcnt, oh, c0, c1, geom, masked, pc, pm, nv):
                         a0[j] += popcount(x0 ^ wr[j])
 
 
-@njit(cache=True)
-def _emit(pc, pm, nv, masked, cg, oc0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, r, has_r, bz,
-          srow, sg, mk):
-    """Turn one row of popcounts (channels oc0 .. oc0 + nc) into s and write it through the
-    output stage (plus the residual r when has_r, and binarized with bz unless NO_BITS); srow,
-    sg, mk are int64 scratch of length nc."""
-    ow_, nc = pc.shape
-    if mode == FLOAT and bz == NO_BITS:
-        # channel by channel: each channel's row of y is contiguous (NCHW), so the stores stream
-        for j in range(nc):
-            c = oc0 + j
-            sc = scale[c]
-            bi = bias[c]
-            yr = y[n, c, oh]
-            if masked:
-                for ow in range(ow_):
-                    yr[ow] = np.float32(np.int32(pm[ow, j] - 2 * pc[ow, j])) * sc + bi
-            else:
-                for ow in range(ow_):
-                    yr[ow] = np.float32(np.int32(nv[ow] * cg - 2 * pc[ow, j])) * sc + bi
-            if has_r:
-                rr = r[n, c, oh]
-                for ow in range(ow_):
-                    yr[ow] += rr[ow]
-        return
-    for ow in range(ow_):
-        if masked:
-            for j in range(nc):
-                srow[j] = pm[ow, j] - 2 * pc[ow, j]
-        else:
-            base = nv[ow] * cg
-            for j in range(nc):
-                srow[j] = base - 2 * pc[ow, j]
-        if mode == FLOAT and has_r:
-            for j in range(nc):
-                c = oc0 + j
-                y[n, c, oh, ow] = (np.float32(np.int32(srow[j])) * scale[c] + bias[c]) + r[n, c, oh, ow]
-        elif mode == FLOAT:
-            for j in range(nc):
-                y[n, oc0 + j, oh, ow] = np.float32(np.int32(srow[j])) * scale[oc0 + j] + bias[oc0 + j]
-        if mode == FLOAT and bz != NO_BITS:
-            emit_sign_bits(y[n, oc0:oc0 + nc, oh, ow], bz, oc0, yb[n, oh, ow], ym[n, oh, ow] if out_mask else ym[0, 0, 0],
-                           out_mask, sg, mk)
-        elif mode == BITS:
-            emit_bits(srow, table, oc0, yb[n, oh, ow], ym[n, oh, ow] if out_mask else ym[0, 0, 0], out_mask, sg, mk)
-
-
 @Twin
 def _binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
     """x, xm: uint64 [G, N, Hx, Wx, WG]; w, wm: uint64 [G, taps, WG, Cout_g]; masked: 0 no masks,
@@ -282,7 +234,7 @@ def _binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bi
             nv[:] = 0
             _row(x[g, n], xm[g, n] if masked & 1 else xm[0, 0], w[g], wm[g] if masked & 2 else wm[0],
                  wcnt[g] if masked & 2 else wcnt[0], oh, c0, c1, geom, masked, pc, pm, nv)
-            _emit(pc, pm, nv, masked, cg, g * coutg + c0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r,
+            emit_row(pc, pm, nv, masked, cg, g * coutg + c0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r,
                   bz, scratch[0], scratch[1], scratch[2])
 
 
@@ -333,6 +285,8 @@ class BinaryConv(Kernel):
         if self.masked & 2:
             self.wm = np.ascontiguousarray(masks.transpose(0, 1, 3, 2))
             self.wcnt = np.ascontiguousarray((vals != 0).sum(axis=3, dtype=np.int64))  # [G, taps, og]
+        # the tiled path (binary_conv_tiled.py) runs whatever has no mask at run time
+        self.tiled = None if self.masked & 2 or self.narrow is not None else tiled_weights(self.w)
 
         # pre-padding (pad +-1) and group re-packing share one scratch copy of the input
         self.pad = pad_value != 0
@@ -395,8 +349,21 @@ class BinaryConv(Kernel):
             e.indent -= 1
         elif self.has_xm:
             xmg = Expr(f"{ins[1]}.reshape({e.lit((1,) + tuple(self.step.in_shapes[1]))})")
+        if self.tiled is not None:  # masks with a zero in them take the general path
+            if self.has_xm:
+                e.line(f"if {masked} == 0:")
+                e.indent += 1
+            e.call(tiled_conv, xg, *self.tiled, self.geom, self._block(e.threads), st.mode, st.out_mask, st.scale,
+                   st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero, work=self.work)
+            if not self.has_xm:
+                return
+            e.indent -= 1
+            e.line("else:")
+            e.indent += 1
         e.call(_binary_conv, xg, xmg, self.w, self.wm, self.wcnt, self.geom, masked, self._block(e.threads), st.mode,
                st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero, work=self.work)
+        if self.tiled is not None:
+            e.indent -= 1
 
     def run(self, ins, outs, scratch):
         x = np.ascontiguousarray(ins[0])
@@ -423,5 +390,9 @@ class BinaryConv(Kernel):
                 xmg = xm.reshape((1,) + xm.shape)
         else:
             xmg = xg  # unused
+        if self.tiled is not None and masked == 0:
+            tiled_conv(self.work, xg, *self.tiled, self.geom, self._block(current_threads()), st.mode, st.out_mask,
+                       st.scale, st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero)
+            return
         _binary_conv(self.work, xg, xmg, self.w, self.wm, self.wcnt, self.geom, masked, self._block(current_threads()),
                      st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero)

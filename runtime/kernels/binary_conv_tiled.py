@@ -1,0 +1,133 @@
+"""BinaryConv's tiled path: one output row gathered into bit rows, then a plain XOR-popcount GEMM.
+
+For the layers without masks (no zero among the activations, +-1 weights), an output row of
+OW pixels is first gathered into ``cols[OW, K]``: the K = taps x WG input words each pixel's
+taps read, in tap order, a word of zeros for a tap outside the image. The popcounts are then
+``pc[p, c] = sum_k popcount(cols[p, k] ^ w[k, c])`` with the weights laid out ``[K, Cout_g]``:
+for one input word the innermost loop runs over contiguous output channels, which LLVM turns
+into the widest popcount the CPU has (``vpopcntq`` on AVX-512 VPOPCNTDQ, a nibble-table
+``pshufb`` popcount on AVX2, ``cnt`` on NEON), with nothing else in the loop: no tap bounds,
+no pixel pairs, no views. It is the loop of the bare tile (benchmarks/xnor_tile.py).
+
+Zero padding stays exact: a tap outside the image reads zero words, so it adds
+``popcount(0 ^ w_t,c) = wpc[t, c]`` (the popcount of that tap's weights of channel c) which is
+subtracted again for the border pixels, and it is not counted among the valid taps ``nv[p]``;
+the integer ``s = nv[p] * Cin_g - 2 * pc[p, c]`` is then the one of the general path and goes
+through the same output stage (binary_common.emit_row).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from runtime.bitpack import popcount
+from runtime.kernels.base import Twin
+from runtime.kernels.binary_common import BITS, NO_BITS, emit_row
+
+
+@njit(cache=True)
+def _gather(x, oh, geom, cols, nv) -> bool:
+    """cols[p] = the words of output pixel p's taps in row oh (zeros outside the image), nv[p] the
+    number of its valid taps; whether any tap of the row falls outside."""
+    kh_, kw_, sh, sw, dh, dw, pt, pl = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
+    hx, wx, wg = x.shape
+    border = False
+    for p in range(cols.shape[0]):
+        k = 0
+        valid = 0
+        for kh in range(kh_):
+            ih = oh * sh - pt + kh * dh
+            for kw in range(kw_):
+                iw = p * sw - pl + kw * dw
+                if ih < 0 or ih >= hx or iw < 0 or iw >= wx:
+                    for j in range(wg):
+                        cols[p, k + j] = 0
+                else:
+                    src = x[ih, iw]
+                    for j in range(wg):
+                        cols[p, k + j] = src[j]
+                    valid += 1
+                k += wg
+        nv[p] = valid
+        border |= valid < kh_ * kw_
+    return border
+
+
+@njit(cache=True)
+def _popcounts(cols, w, c0, c1, pc) -> None:
+    """pc[p, j] = sum_k popcount(cols[p, k] ^ w[k, c0 + j]). The weights are read through one
+    contiguous row view per word (a 2-D slice of channels would lose Numba's C layout, and an
+    index LLVM cannot prove non-negative keeps Numba's wraparound: neither vectorises)."""
+    for p in range(cols.shape[0]):
+        acc = pc[p]
+        for j in range(acc.shape[0]):
+            acc[j] = 0
+        for k in range(cols.shape[1]):
+            xk = cols[p, k]
+            wr = w[k, c0:c1]
+            for j in range(wr.shape[0]):
+                acc[j] += popcount(xk ^ wr[j])
+
+
+@njit(cache=True)
+def _unborder(oh, geom, hx, wx, wpc, pc, nv) -> None:
+    """Take the zero words of the taps outside the image back out of pc (border pixels only)."""
+    kh_, kw_, sh, sw, dh, dw, pt, pl = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7]
+    taps = kh_ * kw_
+    for p in range(pc.shape[0]):
+        if nv[p] == taps:
+            continue
+        for kh in range(kh_):
+            ih = oh * sh - pt + kh * dh
+            for kw in range(kw_):
+                iw = p * sw - pl + kw * dw
+                if ih < 0 or ih >= hx or iw < 0 or iw >= wx:
+                    t = kh * kw_ + kw
+                    for j in range(pc.shape[1]):
+                        pc[p, j] -= wpc[t, j]
+
+
+@Twin
+def tiled_conv(x, w, wpc, geom, cb, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
+    """x: uint64 [G, N, Hx, Wx, WG]; w: uint64 [G, taps * WG, Cout_g]; wpc: int64 [G, taps, Cout_g],
+    the popcount of each tap's weight words; the rest as binary_conv._binary_conv."""
+    oh_, ow_, cg = geom[8], geom[9], geom[10]
+    g_, n_, hx, wx = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    coutg = w.shape[2]
+    nblk = (coutg + cb - 1) // cb
+    for chunk in prange(n_ * oh_ * nblk):
+        blk = chunk % nblk
+        r = chunk // nblk
+        oh = r % oh_
+        n = r // oh_
+        c0 = blk * cb
+        c1 = min(coutg, c0 + cb)
+        cols = np.empty((ow_, w.shape[1]), np.uint64)
+        pc = np.empty((ow_, c1 - c0), np.int64)
+        nv = np.empty(ow_, np.int64)
+        scratch = np.empty((3, c1 - c0), np.int64)
+        if mode == BITS or bz != NO_BITS:
+            oc0, oc1 = (c0, c1) if g_ == 1 else (0, g_ * coutg)
+            for ow in range(ow_):
+                for q in range(oc0 >> 6, ((oc1 - 1) >> 6) + 1):
+                    yb[n, oh, ow, q] = 0
+                    if out_mask:
+                        ym[n, oh, ow, q] = 0
+        for g in range(g_):
+            border = _gather(x[g, n], oh, geom, cols, nv)
+            _popcounts(cols, w[g], c0, c1, pc)
+            if border:
+                _unborder(oh, geom, hx, wx, wpc[g, :, c0:c1], pc, nv)
+            emit_row(pc, pc, nv, 0, cg, g * coutg + c0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res,
+                     has_r, bz, scratch[0], scratch[1], scratch[2])
+
+
+def tiled_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """From the general path's weights ``[G, taps, WG, Cout_g]``: ``[G, taps * WG, Cout_g]`` and
+    the per-tap popcounts ``[G, taps, Cout_g]``."""
+    g, taps, wg, og = w.shape
+    counts = np.zeros((g, taps, og), np.int64)
+    for b in range(64):
+        counts += ((w >> np.uint64(b)) & np.uint64(1)).sum(axis=2, dtype=np.int64)
+    return np.ascontiguousarray(w.reshape(g, taps * wg, og)), counts
