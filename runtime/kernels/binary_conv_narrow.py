@@ -119,12 +119,17 @@ def merge_rows(x, cg, kw, sw, dw, pl, ptop, fill, out):
 @njit(cache=True)
 def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
     """s = k0 + base - 2 * acc ([Cout_g, OW]) for one output row of group g, through the output stage,
-    one channel at a time along the row (runtime/kernels/binary_common.py: OutputStage)."""
+    one channel at a time along the row (runtime/kernels/binary_common.py: OutputStage). The bits
+    of a word's 64 channels gather in a contiguous row ``pk`` (planes sign, mask) and go to the
+    pixel-major output words once per word, not once per channel."""
     og, ow_ = acc.shape
+    bits = mode == BITS or bz != NO_BITS
+    pk = np.zeros((2, ow_), np.uint64)
     for co in range(og):
         c = g * og + co
         a = acc[co]
         b = base[co]
+        sh = np.uint64(c & 63)
         if mode != BITS:
             yr = y[n, c, oh]
             sc = scale[c]
@@ -136,30 +141,30 @@ def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, y
                 for ow in range(ow_):
                     yr[ow] += rr[ow]
             if bz != NO_BITS:  # the float row binarized too (a fused bnnc.Binarize)
-                q = c >> 6
-                sh = np.uint64(c & 63)
-                ybr = yb[n, oh]
                 for ow in range(ow_):
                     neg, nz = sign_flags(yr[ow], bz)
-                    ybr[ow, q] |= np.uint64(neg & 1) << sh
-                if out_mask:
-                    ymr = ym[n, oh]
-                    for ow in range(ow_):
-                        neg, nz = sign_flags(yr[ow], bz)
-                        ymr[ow, q] |= np.uint64(nz & 1) << sh
-            continue
-        lo, hi = table[0, c], table[1, c]
-        q = c >> 6
-        sh = np.uint64(c & 63)
-        for plane in range(2 if out_mask else 1):
-            f_below, f_mid, f_above = table[2 + 3 * plane, c], table[3 + 3 * plane, c], table[4 + 3 * plane, c]
-            out = yb[n, oh] if plane == 0 else ym[n, oh]
+                    pk[0, ow] |= np.uint64(neg & 1) << sh
+                    pk[1, ow] |= np.uint64(nz & 1) << sh
+        else:
+            lo, hi = table[0, c], table[1, c]
+            for plane in range(2 if out_mask else 1):
+                f_below, f_mid, f_above = table[2 + 3 * plane, c], table[3 + 3 * plane, c], table[4 + 3 * plane, c]
+                for ow in range(ow_):
+                    v = k0 + b[ow] - 2 * a[ow]
+                    lt = -np.int64(v < lo)
+                    le = -np.int64(v <= hi)
+                    f = (lt & f_below) | (~lt & le & f_mid) | (~le & f_above)
+                    pk[plane, ow] |= np.uint64(f & 1) << sh
+        if bits and ((c & 63) == 63 or co == og - 1):
+            q = c >> 6
+            ybr = yb[n, oh]
             for ow in range(ow_):
-                v = k0 + b[ow] - 2 * a[ow]
-                lt = -np.int64(v < lo)
-                le = -np.int64(v <= hi)
-                f = (lt & f_below) | (~lt & le & f_mid) | (~le & f_above)
-                out[ow, q] |= np.uint64(f & 1) << sh
+                ybr[ow, q] |= pk[0, ow]
+            if out_mask:
+                ymr = ym[n, oh]
+                for ow in range(ow_):
+                    ymr[ow, q] |= pk[1, ow]
+            pk[:] = 0
 
 
 @Twin
