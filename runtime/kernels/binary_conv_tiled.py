@@ -56,18 +56,35 @@ def _gather(x, oh, geom, cols, nv) -> bool:
 
 @njit(cache=True)
 def _popcounts(cols, w, c0, c1, pc) -> None:
-    """pc[p, j] = sum_k popcount(cols[p, k] ^ w[k, c0 + j]). The weights are read through one
-    contiguous row view per word (a 2-D slice of channels would lose Numba's C layout, and an
-    index LLVM cannot prove non-negative keeps Numba's wraparound: neither vectorises)."""
-    for p in range(cols.shape[0]):
-        acc = pc[p]
-        for j in range(acc.shape[0]):
-            acc[j] = 0
-        for k in range(cols.shape[1]):
-            xk = cols[p, k]
-            wr = w[k, c0:c1]
-            for j in range(wr.shape[0]):
-                acc[j] += popcount(xk ^ wr[j])
+    """pc[p, j] = sum_k popcount(cols[p, k] ^ w[k, c0 + j]), two pixels per pass sharing each
+    weight load (measured against one and four: benchmarks/bench_binary_conv_paths.py). The
+    weights are read through one contiguous row view per word (a 2-D slice of channels would
+    lose Numba's C layout, and an index LLVM cannot prove non-negative keeps Numba's wraparound:
+    neither vectorises)."""
+    p = 0
+    while p < cols.shape[0]:
+        two = p + 1 < cols.shape[0]
+        a0 = pc[p]
+        a1 = pc[p + 1] if two else pc[p]
+        for j in range(a0.shape[0]):
+            a0[j] = 0
+            a1[j] = 0
+        if two:
+            for k in range(cols.shape[1]):
+                x0 = cols[p, k]
+                x1 = cols[p + 1, k]
+                wr = w[k, c0:c1]
+                for j in range(wr.shape[0]):
+                    v = wr[j]
+                    a0[j] += popcount(x0 ^ v)
+                    a1[j] += popcount(x1 ^ v)
+        else:
+            for k in range(cols.shape[1]):
+                x0 = cols[p, k]
+                wr = w[k, c0:c1]
+                for j in range(wr.shape[0]):
+                    a0[j] += popcount(x0 ^ wr[j])
+        p += 2
 
 
 @njit(cache=True)
