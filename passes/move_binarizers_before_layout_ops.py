@@ -54,12 +54,21 @@ def _replace_pair(graph: ir.Graph, first: ir.Node, second: ir.Node, new: list[ir
 
 
 def _swap_sign_up(graph: ir.Graph, sign: ir.Node, lay: ir.Node) -> None:
-    """Sign(L(x)) -> L(Sign(x)); the final output keeps the Sign's name."""
+    """Sign(L(x)) -> L(Sign(x)); the final output keeps the Sign's name. When L(x) has other
+    readers (a gating branch beside the binarizer) L stays for them and the Sign's readers get
+    a copy of it: the binarizer's recognition does not depend on who else reads its input."""
     x = lay.inputs[0]
     new_sign = _copy(graph, sign, [x])
     new_sign.outputs[0].shape, new_sign.outputs[0].dtype = x.shape, x.dtype
-    new_lay = _copy(graph, lay, [new_sign.outputs[0], *lay.inputs[1:]])
-    _replace_pair(graph, lay, sign, [new_sign, new_lay], new_lay.outputs[0], ((new_sign, sign), (new_lay, lay)))
+    if only_reader(lay.outputs[0]) is sign:
+        new_lay = _copy(graph, lay, [new_sign.outputs[0], *lay.inputs[1:]])
+        _replace_pair(graph, lay, sign, [new_sign, new_lay], new_lay.outputs[0], ((new_sign, sign), (new_lay, lay)))
+        return
+    new_lay = _copy(graph, lay, [new_sign.outputs[0], *lay.inputs[1:]], name=lay.name + "_binarized")
+    graph.insert_before(sign, [new_sign, new_lay])
+    replace_value(graph, sign.outputs[0], new_lay.outputs[0], rename=True)
+    remove(graph, [sign])
+    adopt_name(new_sign, sign)
 
 
 def _perm(node: ir.Node, rank: int) -> list[int]:
@@ -166,7 +175,10 @@ class MoveBinarizersBeforeLayoutOps(Pass):
             if node.graph is not graph or not node.inputs or node.inputs[0] is None:
                 continue
             src = node.inputs[0].producer()
-            if src is None or src.graph is not graph or len(src.outputs) != 1 or only_reader(src.outputs[0]) is not node:
+            if src is None or src.graph is not graph or len(src.outputs) != 1:
+                continue
+            shared_sign = is_bnnc(node, "Sign") and is_std(src, *_LAYOUT)  # copies src when it has other readers
+            if only_reader(src.outputs[0]) is not node and not shared_sign:
                 continue
             key = self._rewrite(graph, node, src)
             if key:

@@ -47,3 +47,18 @@ def test_reshape_that_is_a_transpose():
     assert transpose_equivalent((1, 512, 1, 1), (1, 1, 1, 512)) == [0, 2, 3, 1]
     assert transpose_equivalent((1, 4, 2, 1), (1, 2, 4, 1)) is None
     assert transpose_equivalent((1, 4, 1, 1), (1, 4, 1, 1)) is None
+
+
+def test_sign_beside_other_readers_still_moves_and_cancels():
+    """tf2onnx's NHWC island around a binarizer whose input a gating branch also reads (as in
+    Real-to-Binary Net): the Transpose stays for the branch, the Sign's copy cancels."""
+    nodes = [N("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]), N("Sign", ["t"], ["s"]),
+             N("Transpose", ["s"], ["u"], perm=[0, 3, 1, 2]),
+             N("ReduceMax", ["t"], ["g"], axes=[1, 2], keepdims=1),
+             N("Transpose", ["g"], ["gt"], perm=[0, 3, 1, 2]), N("Mul", ["u", "gt"], ["y"])]
+    graph, res = _run(nodes, {}, [1, 3, 4, 5], [1, 3, 4, 5])
+    ops = [n.op_type for n in list(graph.graph)]
+    assert res.stats["binarizers_moved"] == 1 and res.stats["pairs_merged"] == 1
+    assert ops.count("Transpose") == 2 and ops.index("Sign") < ops.index("Mul")  # the branch's pair only
+    sign = next(n for n in graph.graph if n.op_type == "Sign")
+    assert sign.inputs[0].name == "x"
