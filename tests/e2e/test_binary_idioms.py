@@ -145,6 +145,19 @@ def test_nhwc_island_with_pad_one_from_tf2onnx():
     assert not {"Transpose", "Pad"} & {s["op"] for s in res.manifest["plan"]}
 
 
+def test_binarizer_beside_a_gating_branch_behind_tf2onnx_transposes():
+    """Real-to-Binary Net's gate reads the binarizer's input too (BatchNorm -> GlobalAveragePool
+    -> Dense -> Sigmoid scaling the conv's output): the conv still runs XNOR."""
+    b = Builder(9)
+    t = b.op("Transpose", [b.bn("x", 8)], perm=[0, 2, 3, 1])
+    s = b.op("Transpose", [b.sign(t, "larq")], perm=[0, 3, 1, 2])
+    z = b.conv(s, b.pm1((8, 8, 3, 3)), pads=[1, 1, 1, 1])
+    gate = b.op("Sigmoid", [b.dense(b.op("Flatten", [b.op("GlobalAveragePool", [b.op("Transpose", [t], perm=[0, 3, 1, 2])])]),
+                                    b.normal((8, 8), 8))])
+    y = b.op("Mul", [z, b.op("Unsqueeze", [gate, b.const(np.array([2, 3], np.int64))])])
+    check(b.model([("x", [1, 8, 6, 6])], [(y, None)]), _x([1, 8, 6, 6]), ["xnor", "float"])
+
+
 @pytest.mark.parametrize("order", ["chw", "hwc"])
 def test_binary_dense_after_a_flatten(order):
     b = Builder(9)
