@@ -119,10 +119,12 @@ class Emitter:
             return str(v)
         if isinstance(v, np.ndarray):
             return self.const(v)
+        # numbers are written typed (int64(3), not 3): Numba types a bare literal as its own
+        # type (Literal[int](3)) and compiles a kernel called with it once per distinct value
         if isinstance(v, (bool, np.bool_)):
-            return "True" if v else "False"
+            return "bool_(True)" if v else "bool_(False)"
         if isinstance(v, int):
-            return str(v)
+            return f"int64({v})"
         if isinstance(v, np.integer):
             return f"{v.dtype.name}({int(v)})"
         if isinstance(v, (float, np.floating)):

@@ -71,16 +71,21 @@ def _binarize_nc(x, zero, y, ym, with_mask):
     wc = y.shape[1]
     for r in prange(n_ * wc):
         n = r // wc
-        q = r % wc
+        q = r - n * wc
+        xr = x[n, q * 64:min(c_, q * 64 + 64)]  # a contiguous view indexed by its range: vectorises
         s = np.uint64(0)
         m = np.uint64(0)
-        for b in range(min(64, c_ - q * 64)):
-            v = x[n, q * 64 + b]
-            neg = (not v > 0) if zero == -1 else v < 0
-            s |= np.uint64(neg) << np.uint64(b)
-            m |= np.uint64((v > 0) | (v < 0) | (zero != 0)) << np.uint64(b)
+        if zero == -1:
+            for b in range(xr.shape[0]):
+                s |= np.uint64(not xr[b] > 0) << np.uint64(b)
+        else:
+            for b in range(xr.shape[0]):
+                s |= np.uint64(xr[b] < 0) << np.uint64(b)
         y[n, q] = s
         if with_mask:
+            for b in range(xr.shape[0]):
+                v = xr[b]
+                m |= np.uint64((v > 0) | (v < 0) | (zero != 0)) << np.uint64(b)
             ym[n, q] = m
 
 
