@@ -136,7 +136,7 @@ def tiled_conv(x, w, wpc, geom, cb, mode, out_mask, scale, bias, table, y, yb, y
             _popcounts(cols, w[g], c0, c1, pc)
             if border:
                 _unborder(oh, geom, hx, wx, wpc[g, :, c0:c1], pc, nv)
-            emit_row(pc, pc, nv, 0, cg, g * coutg + c0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res,
+            emit_row(pc, pc, nv, np.int64(0), cg, g * coutg + c0, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res,
                      has_r, bz, scratch[0], scratch[1], scratch[2])
 
 
