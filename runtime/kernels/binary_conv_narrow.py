@@ -216,20 +216,9 @@ def narrow_conv(xm, mm, masked, w, d, geom, tasks, mode, out_mask, scale, bias, 
                                 for ow in range(ow_):
                                     a0[ow] += popcount((xr[ow] ^ w0) & mr[ow])
                             continue
-                        co = 0
-                        while co + 3 < og:  # four channels per pass share the loads of the row
-                            w0, w1, w2, w3 = wr[co], wr[co + 1], wr[co + 2], wr[co + 3]
-                            a0, a1, a2, a3 = acc[co], acc[co + 1], acc[co + 2], acc[co + 3]
-                            for ow in range(ow_):
-                                v = xr[ow]
-                                a0[ow] += popcount(v ^ w0)
-                                a1[ow] += popcount(v ^ w1)
-                                a2[ow] += popcount(v ^ w2)
-                                a3[ow] += popcount(v ^ w3)
-                            co += 4
-                        for c in range(co, og):
-                            w0 = wr[c]
-                            a0 = acc[c]
+                        for co in range(og):  # one channel per pass: best of 1, 2, 4 and 8 (fastest runs)
+                            w0 = wr[co]
+                            a0 = acc[co]
                             for ow in range(ow_):
                                 a0[ow] += popcount(xr[ow] ^ w0)
                     valid += 1
