@@ -168,11 +168,11 @@ def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, y
 
 
 @Twin
-def narrow_conv(xm, mm, masked, w, d, geom, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
+def narrow_conv(xm, mm, masked, w, d, dcols, geom, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
     """xm uint64 [G, N, Hx, WG, OW] merged rows, mm their merged nonzero masks (when ``masked``:
     s = popcount(m) - 2 popcount((x ^ w) & m), and outside pixels, mask 0, count for nothing);
     w uint64 [G, kh, WG, Cout_g] merged weights; d int64 [G, kh, Cout_g, OW] border corrections,
-    used when ``has_d`` (zero padding without masks); geom: (kh,
+    nonzero only in the columns dcols, used when ``has_d`` (zero padding without masks); geom: (kh,
     sh, dh, pt, OH, bits of a merged row); the N * OH output rows are split into ``tasks`` runs;
     outputs as binary_conv's (res: the residual, added to the float output when has_r; bz: the
     float output binarized too, unless NO_BITS)."""
@@ -194,8 +194,10 @@ def narrow_conv(xm, mm, masked, w, d, geom, tasks, mode, out_mask, scale, bias, 
                     ym[n, oh] = 0
             for g in range(g_):
                 acc[:] = 0
-                if has_d:
-                    base[:] = 0
+                if has_d:  # the other columns of base stay 0 (np.zeros above)
+                    for co in range(og):
+                        for i in range(dcols.shape[0]):
+                            base[co, dcols[i]] = 0
                 if masked:
                     cnt[:] = 0
                 valid = 0
@@ -222,13 +224,13 @@ def narrow_conv(xm, mm, masked, w, d, geom, tasks, mode, out_mask, scale, bias, 
                             for ow in range(ow_):
                                 a0[ow] += popcount(xr[ow] ^ w0)
                     valid += 1
-                    if has_d:
+                    if has_d:  # only the border columns have corrections
                         dk = d[g, ki]
                         for co in range(og):
                             b = base[co]
                             dr = dk[co]
-                            for ow in range(ow_):
-                                b[ow] += dr[ow]
+                            for i in range(dcols.shape[0]):
+                                b[dcols[i]] += dr[dcols[i]]
                 if masked:  # s = popcount(m) - 2 * acc, the same count for every channel
                     for co in range(og):
                         base[co] = cnt
@@ -248,6 +250,7 @@ class NarrowPlan:
         v = vals.reshape(g, og, cg, kh, kw).transpose(0, 3, 1, 4, 2).reshape(g, kh, og, kw * cg)
         self.w = np.ascontiguousarray(pack_bits(v < 0, -1).transpose(0, 1, 3, 2))  # [G, kh, WG, og]
         self.d = np.zeros((0, kh, og, ow), np.int64)  # empty: no corrections
+        self.dcols = np.zeros(0, np.int64)
         if pad_value == 0 and (pl or pr):
             self.d = np.zeros((g, kh, og, ow), np.int64)
             # S(ow): the taps of a kernel row that fall outside the image, left or right
@@ -256,6 +259,7 @@ class NarrowPlan:
                 out = [kj for kj in range(kw) if not 0 <= c * sw - pl + kj * dw < w_]
                 if out:
                     self.d[:, :, :, c] = 2 * neg[:, :, out, :].sum(axis=2) - len(out) * cg
+            self.dcols = np.flatnonzero(self.d.any(axis=(0, 1, 2))).astype(np.int64)
         self.ptop = pt if pad_value else 0
         hx = h + pt + pb if pad_value else h
         self.fill = _ONES if pad_value == -1 else np.uint64(0)
@@ -286,7 +290,7 @@ class NarrowPlan:
             e.indent -= 1
         tasks = min(self.merged_shape[1] * self.geom[4], 4 * e.threads)
         flag = Expr(f"({masked} != 0)") if xmask is not None else False
-        e.call(narrow_conv, xm, mm, flag, self.w, self.d, self.geom, tasks, stage.mode, stage.out_mask, stage.scale,
+        e.call(narrow_conv, xm, mm, flag, self.w, self.d, self.dcols, self.geom, tasks, stage.mode, stage.out_mask, stage.scale,
                stage.bias, stage.table, y, yb, ym, r, stage.residual, stage.bits_zero, work=self.work)
 
     def run(self, x, xmask, stage, y, yb, ym, r, scratch):
@@ -301,5 +305,5 @@ class NarrowPlan:
             mm = scratch["mm"]
             merge_rows(mm.size * kw, xmask, cg, kw, sw, dw, pl, ptop, self.mask_fill, mm)
         tasks = min(xm.shape[1] * self.geom[4], 4 * current_threads())
-        narrow_conv(self.work, xm, mm, xmask is not None, self.w, self.d, self.geom, tasks, stage.mode,
+        narrow_conv(self.work, xm, mm, xmask is not None, self.w, self.d, self.dcols, self.geom, tasks, stage.mode,
                     stage.out_mask, stage.scale, stage.bias, stage.table, y, yb, ym, r, stage.residual, stage.bits_zero)
