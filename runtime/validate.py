@@ -281,13 +281,26 @@ def binarizes(manifest: dict[str, Any]) -> bool:
     return any(s["op"] in BINARIZING_OPS for s in manifest["plan"])
 
 
+_ZEROS: dict[str, np.ndarray] = {}  # the longest read-only zero vector asked for, by dtype
+
+
 def check_finite(name: str, x: np.ndarray) -> None:
     """Refuse a float input holding NaN or Inf (see the module docstring for why not propagate).
 
-    A float64 sum of the values is finite exactly when they all are, unless it overflowed (only
-    possible for float64 inputs near the largest double); then the exact elementwise test decides.
+    The dot product of the values with zeros is 0 exactly when they are all finite (0 * finite
+    is 0 and a sum of zeros cannot overflow; NaN * 0 and Inf * 0 are NaN): one BLAS pass, three
+    times faster than a float64 sum. Other float types take the exact elementwise test.
     """
-    if x.dtype.kind != "f" or np.isfinite(x.sum(dtype=np.float64)) or np.isfinite(x).all():
+    if x.dtype.kind != "f":
+        return
+    if x.dtype in (np.float32, np.float64) and x.size:
+        zeros = _ZEROS.get(x.dtype.str)
+        if zeros is None or zeros.size < x.size:
+            zeros = _ZEROS[x.dtype.str] = np.zeros(x.size, x.dtype)
+        with np.errstate(invalid="ignore"):  # the NaN of a bad input is the answer, not a warning
+            if np.isfinite(x.reshape(-1) @ zeros[:x.size]):
+                return
+    elif np.isfinite(x).all():
         return
     bad = ~np.isfinite(x)
     first = tuple(int(i) for i in np.argwhere(bad)[0])
