@@ -32,7 +32,8 @@ from bnnc.ir import (
 from bnnc.pipeline import Pass, PassResult
 
 NAME = "move-binarizers-before-layout-ops"
-_LAYOUT = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "MaxPool")
+_MOVES_ONLY = ("Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
+_LAYOUT = (*_MOVES_ONLY, "MaxPool")
 
 
 def _copy(graph: ir.Graph, node: ir.Node, inputs, name: str | None = None, **attrs) -> ir.Node:
@@ -177,7 +178,10 @@ class MoveBinarizersBeforeLayoutOps(Pass):
             src = node.inputs[0].producer()
             if src is None or src.graph is not graph or len(src.outputs) != 1:
                 continue
-            shared_sign = is_bnnc(node, "Sign") and is_std(src, *_LAYOUT)  # copies src when it has other readers
+            # a Sign copies a layout op that has other readers: the same data in another order,
+            # so nothing is computed twice; not a MaxPool, whose other readers need the float pool
+            # anyway, and whose output is smaller to binarize than its input
+            shared_sign = is_bnnc(node, "Sign") and is_std(src, *_MOVES_ONLY)
             if only_reader(src.outputs[0]) is not node and not shared_sign:
                 continue
             key = self._rewrite(graph, node, src)

@@ -62,3 +62,13 @@ def test_sign_beside_other_readers_still_moves_and_cancels():
     assert ops.count("Transpose") == 2 and ops.index("Sign") < ops.index("Mul")  # the branch's pair only
     sign = next(n for n in graph.graph if n.op_type == "Sign")
     assert sign.inputs[0].name == "x"
+
+
+def test_sign_stays_below_a_maxpool_with_other_readers():
+    """Bi-Real Net's stem: the pooled tensor is both the shortcut and the binarizer's input; the
+    float pool stays, so binarizing the pooled (4x smaller) tensor is the cheaper place."""
+    nodes = [N("MaxPool", ["x"], ["m"], kernel_shape=[2, 2], strides=[2, 2]), N("Sign", ["m"], ["s"]),
+             N("Add", ["s", "m"], ["y"])]
+    graph, res = _run(nodes, {}, [1, 3, 4, 4], [1, 3, 2, 2])
+    assert res.stats["binarizers_moved"] == 0
+    assert [n.op_type for n in list(graph.graph)] == ["MaxPool", "Sign", "Add"]
