@@ -349,21 +349,13 @@ class BinaryConv(Kernel):
             e.indent -= 1
         elif self.has_xm:
             xmg = Expr(f"{ins[1]}.reshape({e.lit((1,) + tuple(self.step.in_shapes[1]))})")
-        if self.tiled is not None:  # masks with a zero in them take the general path
-            if self.has_xm:
-                e.line(f"if {masked} == 0:")
-                e.indent += 1
-            e.call(tiled_conv, xg, *self.tiled, self.geom, self._block(e.threads), st.mode, st.out_mask, st.scale,
-                   st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero, work=self.work)
-            if not self.has_xm:
-                return
-            e.indent -= 1
-            e.line("else:")
-            e.indent += 1
+        if self.tiled is not None:  # no weight mask: the activation's, if it has zeros, goes in
+            e.call(tiled_conv, xg, xmg, Expr(f"({masked} != 0)") if self.has_xm else False, *self.tiled, self.geom,
+                   self._block(e.threads), st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual,
+                   st.bits_zero, work=self.work)
+            return
         e.call(_binary_conv, xg, xmg, self.w, self.wm, self.wcnt, self.geom, masked, self._block(e.threads), st.mode,
                st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero, work=self.work)
-        if self.tiled is not None:
-            e.indent -= 1
 
     def run(self, ins, outs, scratch):
         x = np.ascontiguousarray(ins[0])
@@ -390,9 +382,9 @@ class BinaryConv(Kernel):
                 xmg = xm.reshape((1,) + xm.shape)
         else:
             xmg = xg  # unused
-        if self.tiled is not None and masked == 0:
-            tiled_conv(self.work, xg, *self.tiled, self.geom, self._block(current_threads()), st.mode, st.out_mask,
-                       st.scale, st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero)
+        if self.tiled is not None:
+            tiled_conv(self.work, xg, xmg, masked != 0, *self.tiled, self.geom, self._block(current_threads()), st.mode,
+                       st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero)
             return
         _binary_conv(self.work, xg, xmg, self.w, self.wm, self.wcnt, self.geom, masked, self._block(current_threads()),
                      st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero)
