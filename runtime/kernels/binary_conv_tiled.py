@@ -6,8 +6,8 @@ taps read, in tap order, a word of zeros for a tap outside the image. The popcou
 ``pc[p, c] = sum_k popcount(cols[p, k] ^ w[k, c])`` with the weights laid out ``[K, Cout_g]``:
 for one input word the innermost loop runs over contiguous output channels, which LLVM turns
 into the widest popcount the CPU has (``vpopcntq`` on AVX-512 VPOPCNTDQ, a nibble-table
-``pshufb`` popcount on AVX2, ``cnt`` on NEON), with nothing else in the loop: no tap bounds,
-no pixel pairs, no views. It is the loop of the bare tile (benchmarks/xnor_tile.py).
+``pshufb`` popcount on AVX2, ``cnt`` on NEON), two output pixels sharing each weight load and
+nothing else in the loop (no tap bounds): the loop of the bare tile (benchmarks/xnor_tile.py).
 
 Zero padding stays exact: a tap outside the image reads zero words, so it adds
 ``popcount(0 ^ w_t,c) = wpc[t, c]`` (the popcount of that tap's weights of channel c) which is
