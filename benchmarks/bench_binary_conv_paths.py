@@ -1,4 +1,4 @@
-"""Benchmark: BinaryConv's two kernels (the general one and the narrow one for few input
+"""Benchmark: BinaryConv's two +-1-weight kernels (the tiled one and the narrow one for few input
 channels, runtime/kernels/binary_conv_narrow.py) on layer shapes from small to wide, with
 onnxruntime's float Conv of the same layer for scale. The data for the path choice in
 runtime.kernels.binary_conv.choose_narrow; "auto" marks the path that function picks.
@@ -86,29 +86,29 @@ def main() -> None:
     numba.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     print(f"BinaryConv 3x3 pads 1, batch 1, bits output, {args.threads} thread(s), medians of {args.reps} runs (ms)")
-    print(f"{'Cin':>4} {'Cout':>5} {'HxW':>6} {'g':>3} {'M MACs':>7} {'onnxruntime':>12} {'general':>9} "
-          f"{'narrow':>9} {'narrow/general':>15}  auto")
+    print(f"{'Cin':>4} {'Cout':>5} {'HxW':>6} {'g':>3} {'M MACs':>7} {'onnxruntime':>12} {'tiled':>9} "
+          f"{'narrow':>9} {'narrow/tiled':>15}  auto")
     for cin, cout, h, g in SHAPES:
         x = rng.choice(np.array([-1, 1], np.int8), size=(1, cin, h, h))
         w = rng.choice(np.array([-1, 1], np.int8), size=(cout, cin // g, 3, 3))
         runs = {"onnxruntime": ort_conv(x, w, g, args.threads)}
         results = {}
-        for name, narrow in (("general", False), ("narrow", True)):
+        for name, narrow in (("tiled", False), ("narrow", True)):
             runs[name], results[name] = bnnc_conv(x, w, g, narrow)
         for fn in runs.values():
             for _ in range(3):
                 fn()
-        if not np.array_equal(results["general"][0], results["narrow"][0]):
-            raise SystemExit(f"general and narrow kernels disagree on {cin}->{cout} {h}x{h} g{g}")
+        if not np.array_equal(results["tiled"][0], results["narrow"][0]):
+            raise SystemExit(f"tiled and narrow kernels disagree on {cin}->{cout} {h}x{h} g{g}")
         ms = {name: [] for name in runs}
         for _ in range(args.reps):  # interleaved
             for name, fn in runs.items():
                 ms[name].append(median_ms(fn, 1))
         med = {name: statistics.median(v) for name, v in ms.items()}
-        auto = "narrow" if binary_conv.choose_narrow(cin // g, 3, cout // g, h) else "general"
+        auto = "narrow" if binary_conv.choose_narrow(cin // g, 3, cout // g, h) else "tiled"
         macs = cout * (cin // g) * 9 * h * h / 1e6
-        print(f"{cin:>4} {cout:>5} {h:>3}x{h:<2} {g:>3} {macs:>7.1f} {med['onnxruntime']:>12.3f} {med['general']:>9.3f} "
-              f"{med['narrow']:>9.3f} {med['general'] / med['narrow']:>14.2f}x  {auto}")
+        print(f"{cin:>4} {cout:>5} {h:>3}x{h:<2} {g:>3} {macs:>7.1f} {med['onnxruntime']:>12.3f} {med['tiled']:>9.3f} "
+              f"{med['narrow']:>9.3f} {med['tiled'] / med['narrow']:>14.2f}x  {auto}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
 """bnnc.BinaryConv: XNOR-popcount convolution of packed activations with packed weights.
 
+Three kernels: the narrow one for few input channels (binary_conv_narrow.py), the tiled one for
+the other +-1-weight layers (binary_conv_tiled.py), and the general one below, which ternary
+weights (a weight mask) take. All three compute the same integer s:
+
 For an output pixel and channel, s = sum over taps t and input words of the packed dot product
 (runtime/bitpack.py): without masks ``s = n_valid_taps * Cin_g - 2 * sum popcount(x ^ w)``,
 with nonzero masks ``s = sum popcount(m) - 2 * sum popcount((x ^ w) & m)``, m = x_mask & w_mask
@@ -244,7 +248,7 @@ def choose_narrow(cg: int, kw: int, og: int, ow: int) -> bool:
     width, Cout_g and the output width. Measured (benchmarks/bench_binary_conv_paths.py, one
     thread): the narrow path is 1.4-5x faster with a merged kernel row of at most 3 words
     (Cin_g <= 64 at kw = 3) and rows of at least 8 pixels, unless the many output channels (more
-    than 64) of a short row (under 32 pixels) suit the general path's channel loop better."""
+    than 64) of a short row (under 32 pixels) suit the tiled path's channel loop better."""
     return nwords(kw * cg) <= 3 and ow >= 8 and (og <= 64 or ow >= 32)
 
 
