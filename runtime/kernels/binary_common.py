@@ -344,3 +344,28 @@ def _put_flags(sg, mk, sg2, mk2, whole, q0, oc0, ybw, ymw, out_mask):
             for k in range(64):
                 w |= mk2[q, k] & (np.int64(1) << k)
             ymw[q0 + q] = np.uint64(w)
+
+
+@njit(cache=True, inline="always")
+def row_task(chunk, nblk, oh_, coutg, cb):
+    """(n, oh, c0, c1) of a binary conv task: output row oh of image n, output channels c0 .. c1
+    (``nblk`` blocks of ``cb`` per row)."""
+    blk = chunk % nblk
+    r = chunk // nblk
+    c0 = blk * cb
+    return r // oh_, r % oh_, c0, min(coutg, c0 + cb)
+
+
+@njit(cache=True)
+def clear_row_words(mode, bz, out_mask, g_, coutg, c0, c1, n, oh, yb, ym) -> None:
+    """Zero the packed output words a binary conv task ORs its bits into (channels c0 .. c1 of
+    every group's row oh, or all channels when there are groups), before it writes them."""
+    if mode != BITS and bz == NO_BITS:
+        return
+    oc0, oc1 = (c0, c1) if g_ == 1 else (0, g_ * coutg)
+    for ow in range(yb.shape[2]):
+        for q in range(oc0 >> 6, ((oc1 - 1) >> 6) + 1):
+            yb[n, oh, ow, q] = 0
+            if out_mask:
+                ym[n, oh, ow, q] = 0
+

@@ -33,16 +33,16 @@ from runtime.bitpack import nwords, popcount, tail_mask
 from runtime.codegen import Expr
 from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.binary_common import (
-    BITS,
-    NO_BITS,
     OutputStage,
     _all_set,
     all_set,
     check_outputs,
+    clear_row_words,
     emit_row,
     has_input,
     pack_last,
     packed_image_input,
+    row_task,
     weight_values,
     window_attrs,
 )
@@ -215,23 +215,12 @@ def _binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bi
     coutg = w.shape[3]
     nblk = (coutg + cb - 1) // cb
     for chunk in prange(n_ * oh_ * nblk):
-        blk = chunk % nblk
-        r = chunk // nblk
-        oh = r % oh_
-        n = r // oh_
-        c0 = blk * cb
-        c1 = min(coutg, c0 + cb)
+        n, oh, c0, c1 = row_task(chunk, nblk, oh_, coutg, cb)
         pc = np.empty((ow_, c1 - c0), np.int64)
         pm = np.empty((ow_ if masked else 1, c1 - c0), np.int64)
         nv = np.empty(ow_, np.int64)
         scratch = np.empty((3, c1 - c0), np.int64)
-        if mode == BITS or bz != NO_BITS:
-            oc0, oc1 = (c0, c1) if g_ == 1 else (0, g_ * coutg)
-            for ow in range(ow_):
-                for q in range(oc0 >> 6, ((oc1 - 1) >> 6) + 1):
-                    yb[n, oh, ow, q] = 0
-                    if out_mask:
-                        ym[n, oh, ow, q] = 0
+        clear_row_words(mode, bz, out_mask, g_, coutg, c0, c1, n, oh, yb, ym)
         for g in range(g_):
             pc[:] = 0
             pm[:] = 0
