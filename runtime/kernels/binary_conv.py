@@ -344,7 +344,7 @@ class BinaryConv(Kernel):
             xmg = Expr(f"{ins[1]}.reshape({e.lit((1,) + tuple(self.step.in_shapes[1]))})")
         if self.tiled is not None:  # no weight mask: the activation's, if it has zeros, goes in
             e.call(tiled_conv, xg, xmg, Expr(f"({masked} != 0)") if self.has_xm else False, *self.tiled, self.geom,
-                   self._block(e.threads), st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual,
+                   self._block(e.threads), 4 * e.threads, st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual,
                    st.bits_zero, work=self.work)
             return
         e.call(_binary_conv, xg, xmg, self.w, self.wm, self.wcnt, self.geom, masked, self._block(e.threads), st.mode,
@@ -376,7 +376,8 @@ class BinaryConv(Kernel):
         else:
             xmg = xg  # unused
         if self.tiled is not None:
-            tiled_conv(self.work, xg, xmg, masked != 0, *self.tiled, self.geom, self._block(current_threads()), st.mode,
+            tiled_conv(self.work, xg, xmg, masked != 0, *self.tiled, self.geom, self._block(current_threads()),
+                       4 * current_threads(), st.mode,
                        st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero)
             return
         _binary_conv(self.work, xg, xmg, self.w, self.wm, self.wcnt, self.geom, masked, self._block(current_threads()),

@@ -143,33 +143,39 @@ def _unborder(oh, geom, hx, wx, wpc, pc, nv) -> None:
 
 
 @Twin
-def tiled_conv(x, xm, masked, w, wpc, geom, cb, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
+def tiled_conv(x, xm, masked, w, wpc, geom, cb, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
     """x: uint64 [G, N, Hx, Wx, WG] and, when ``masked`` (1), its nonzero masks xm (a zero
     activation counts for nothing: s = popcount(m) - 2 popcount((x ^ w) & m)); w: uint64
     [G, taps * WG, Cout_g]; wpc: int64 [G, taps, Cout_g], the popcount of each tap's weight
-    words; the rest as binary_conv._binary_conv."""
+    words; ``tasks``: runs of whole (row, channel block) chunks; the rest as
+    binary_conv._binary_conv."""
     oh_, ow_, cg = geom[8], geom[9], geom[10]
     g_, n_, hx, wx = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
     coutg = w.shape[2]
     nblk = (coutg + cb - 1) // cb
-    for chunk in prange(n_ * oh_ * nblk):
-        n, oh, c0, c1 = row_task(chunk, nblk, oh_, coutg, cb)
+    chunks = n_ * oh_ * nblk
+    tasks = max(1, min(tasks, chunks))
+    for task in prange(tasks):  # buffers once per task, not once per row: tiny layers pay for them
         cols = np.empty((ow_, w.shape[1]), np.uint64)
         mcols = np.empty((ow_ if masked else 1, w.shape[1]), np.uint64)
-        pc = np.empty((ow_, c1 - c0), np.int64)
+        pcbuf = np.empty(ow_ * cb, np.int64)
         nv = np.empty(ow_, np.int64)
-        scratch = np.empty((3, c1 - c0), np.int64)
-        clear_row_words(mode, bz, out_mask, g_, coutg, c0, c1, n, oh, yb, ym)
-        for g in range(g_):
-            border = _gather(x[g, n], xm[g, n] if masked else xm[0, 0], masked, oh, geom, cols, mcols, nv)
-            if masked:  # the taps outside read mask 0: no correction; s = nv - 2 pc (cg = 1 below)
-                _popcounts_masked(cols, mcols, w[g], c0, c1, pc)
-            else:
-                _popcounts(cols, w[g], c0, c1, pc)
-                if border:
-                    _unborder(oh, geom, hx, wx, wpc[g, :, c0:c1], pc, nv)
-            emit_row(pc, pc, nv, np.int64(0), np.int64(1) if masked else cg, g * coutg + c0, n, oh, mode, out_mask,
-                     scale, bias, table, y, yb, ym, res, has_r, bz, scratch[0], scratch[1], scratch[2])
+        sbuf = np.empty(3 * cb, np.int64)
+        for chunk in range(task * chunks // tasks, (task + 1) * chunks // tasks):
+            n, oh, c0, c1 = row_task(chunk, nblk, oh_, coutg, cb)
+            pc = pcbuf[:ow_ * (c1 - c0)].reshape((ow_, c1 - c0))
+            scratch = sbuf[:3 * (c1 - c0)].reshape((3, c1 - c0))
+            clear_row_words(mode, bz, out_mask, g_, coutg, c0, c1, n, oh, yb, ym)
+            for g in range(g_):
+                border = _gather(x[g, n], xm[g, n] if masked else xm[0, 0], masked, oh, geom, cols, mcols, nv)
+                if masked:  # the taps outside read mask 0: no correction; s = nv - 2 pc (cg = 1 below)
+                    _popcounts_masked(cols, mcols, w[g], c0, c1, pc)
+                else:
+                    _popcounts(cols, w[g], c0, c1, pc)
+                    if border:
+                        _unborder(oh, geom, hx, wx, wpc[g, :, c0:c1], pc, nv)
+                emit_row(pc, pc, nv, np.int64(0), np.int64(1) if masked else cg, g * coutg + c0, n, oh, mode,
+                         out_mask, scale, bias, table, y, yb, ym, res, has_r, bz, scratch[0], scratch[1], scratch[2])
 
 
 def tiled_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
