@@ -23,7 +23,7 @@ BREVITAS = ["brevitas_cnv_1w1a_half_qonnx", "brevitas_tfc_1w1a_qonnx"]
 
 def check_dumps(dump: Path, artifact: Path, model: Path) -> dict:
     summary = json.loads((dump / "summary.json").read_text())
-    assert summary["model"] == str(model.resolve()) and summary["bnnc_version"] == bnnc.__version__
+    assert Path(summary["model"]).resolve() == model.resolve() and summary["bnnc_version"] == bnnc.__version__
     assert summary["artifact_bytes"] == os.path.getsize(artifact) and summary["total_seconds"] > 0
     files = set(os.listdir(dump))
     assert "00_input.onnx" in files
