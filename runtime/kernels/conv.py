@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.codegen import Expr
+from runtime.kernels import conv_tile as tiles
 from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.conv_gemm import WIDE, GemmPlan, bias_act, conv_gemm, phase_split, workers
 from runtime.kernels.nn import act_rows, activation_of, lift4, window_geometry
@@ -37,6 +38,7 @@ from runtime.threads import current_threads
 
 _SPLIT_MACS = 1 << 22  # below this many multiply-adds a conv runs in one thread
 _TINY_PLANE = 16  # a direct conv with at most this many output pixels runs as plain scalar loops
+_TILE_WASTE = 0.15  # register tiles when they throw away at most this fraction of their work
 _phase_split = phase_split  # the name pool.py imports
 
 
@@ -150,6 +152,7 @@ class Conv(Kernel):
         consts = list(step.consts) + [None]
         self.has_bias = bias is not None
         self.const = consts[1] is not None and (consts[2] is not None or not self.has_bias)
+        self.tiled = self.tiled and self.const
         self.params = self._params(consts[1], consts[2]) if self.const else None
 
     def _plan(self, ws, g: int, act: tuple[int, float, float]) -> None:
@@ -182,12 +185,27 @@ class Conv(Kernel):
         self.direct = g > 1 and cg * self.mg <= 256
         self.tiny = self.direct and self.y4[2] * self.y4[3] <= _TINY_PLANE
         self.geo = (*self.y4[2:], kh, kw, *self.strides, *self.dil, *self.pads[:2])
+        self.tiled = self._tiles_fit()
+        _, c, sh, sw, hq, wq = self._phase_shape()
+        self._offs = tiles.tap_offsets(c, (kh, kw), self.strides, self.dil, hq, wq) if self.tiled else None
+
+    def _tiles_fit(self) -> bool:
+        """Register tiles (conv_tile.py) for one float32 group whose planes waste little, except
+        unpadded 1x1 convs with stride 1, which BLAS reads in place."""
+        if self.groups != 1 or self.dtype != np.float32:
+            return False
+        if self.w4[2:] == (1, 1) and self.strides == (1, 1) and not any(self.pads):
+            return False
+        _, _, hq, wq = self._phase_shape()[2:]
+        return tiles.waste(*self.y4[2:], wq) <= _TILE_WASTE
 
     def _params(self, w: np.ndarray, b: np.ndarray | None):
         """Weights (direct: [M, Cg, kh, kw]; GEMM: [M, K]) and the bias [M] (zeros when absent)."""
         m = self.w4[0]
         w = np.asarray(w, dtype=self.dtype).reshape(self.w4)
         b = np.zeros(m, self.dtype) if b is None else np.asarray(b, dtype=self.dtype).reshape(m)
+        if self.tiled:
+            return tiles.pack_weights(w.reshape(m, -1), b)
         return np.ascontiguousarray(w if self.direct else w.reshape(m, -1)), np.ascontiguousarray(b)
 
     def _phase_shape(self) -> tuple[int, ...]:
@@ -201,6 +219,15 @@ class Conv(Kernel):
         """The direct path's output rows computed Wq wide, (N, M, OH * Wq)."""
         return self.y4[0], self.y4[1], self.y4[2] * self._phase_shape()[5]
 
+    def _tile_input_shape(self) -> tuple[int, int]:
+        """The tiles' phase-split images, flat, with room for a tile read past the last plane."""
+        return self.x4[0], math.prod(self._phase_shape()[1:]) + tiles.NR
+
+    def _tile_args(self) -> tuple:
+        """(offs, geometry) of conv_tile: the taps' offsets and (sh, sw, Hq, Wq, pt, pl)."""
+        sh, sw, hq, wq = self._phase_shape()[2:]
+        return self._offs, (sh, sw, hq, wq, *self.pads[:2])
+
     def _gemm_plan(self, threads: int) -> GemmPlan:
         t = workers(self.macs, threads, _SPLIT_MACS)
         return GemmPlan.of(self.x4, self.y4, self.w4, self.strides, self.dil, self.pads, self.groups, t)
@@ -210,7 +237,12 @@ class Conv(Kernel):
         w, b = self.params if self.const else self._emit_params(e, ins)
         kind, a0, a1 = self.act
         (dh, dw), (pt, pl) = self.dil, self.pads[:2]
-        if self.tiny:
+        if self.tiled:
+            t = workers(self.macs, e.threads, _SPLIT_MACS)
+            xq = e.work(self._tile_input_shape(), self.dtype, "xq", zeroed=True)
+            chunks = tiles.chunks_of(self.x4[0], self.y4[2], t)
+            e.call(tiles.conv_tile, x, xq, w, b, y, *self._tile_args(), kind, a0, a1, chunks, work=self.macs if t > 1 else 0)
+        elif self.tiny:
             e.call(_conv_tiny, x, w, b, y, *self.strides, dh, dw, pt, pl, kind, a0, a1)
         elif self.direct:
             xq = e.work(self._phase_shape(), self.dtype, "xq", zeroed=True)
@@ -244,6 +276,8 @@ class Conv(Kernel):
     def make_scratch(self) -> dict:
         """The direct path's phase-split image and wide rows; the GEMM path's patch matrices and
         result blocks are made per thread count, on first use (``run``)."""
+        if self.tiled:
+            return {"xq": np.zeros(self._tile_input_shape(), self.dtype)}
         if not self.direct or self.tiny:
             return {}
         return {"xq": np.zeros(self._phase_shape(), self.dtype), "wide": np.empty(self._wide_shape(), self.dtype)}
@@ -254,7 +288,11 @@ class Conv(Kernel):
         w, b = self.params if self.const else self._params(ins[1], ins[2] if self.has_bias else None)
         kind, a0, a1 = self.act
         (dh, dw), (pt, pl) = self.dil, self.pads[:2]
-        if self.tiny:
+        if self.tiled:
+            t = workers(self.macs, current_threads(), _SPLIT_MACS)
+            tiles.conv_tile(self.macs if t > 1 else 0, x, scratch["xq"], w, b, y, *self._tile_args(), kind, a0, a1,
+                            tiles.chunks_of(self.x4[0], self.y4[2], t))
+        elif self.tiny:
             _conv_tiny(x, w, b, y, self.strides[0], self.strides[1], dh, dw, pt, pl, kind, a0, a1)
         elif self.direct:
             _conv_direct(self.macs, x, scratch["xq"], scratch["wide"], w, b, y, pt, pl, dh, dw, kind, a0, a1)

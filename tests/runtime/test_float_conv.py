@@ -129,6 +129,10 @@ def _fused_case(layer: str, act: str):
         feeds = {"x": randn(1, 6, 9, 8)}
         inits = {"w": randn(8, 6, 3, 3, salt=1) * 0.3, "b": randn(8, salt=2)}
         node = helper.make_node("Conv", ["x", "w", "b"], ["t"], pads=[1, 0, 1, 2], strides=[1, 2])
+    elif layer == "TiledConv":  # a plane wide enough for the register tiles (conv_tile.py)
+        feeds = {"x": randn(1, 6, 20, 34)}
+        inits = {"w": randn(9, 6, 3, 3, salt=1) * 0.3, "b": randn(9, salt=2)}
+        node = helper.make_node("Conv", ["x", "w", "b"], ["t"], pads=[1, 1, 1, 1])
     elif layer == "GroupedConv":
         feeds = {"x": randn(1, 6, 9, 8)}
         inits = {"w": randn(8, 3, 3, 3, salt=1) * 0.3, "b": randn(8, salt=2)}
@@ -154,7 +158,7 @@ def _fused_case(layer: str, act: str):
 
 
 @pytest.mark.parametrize("act", list(ACTS))
-@pytest.mark.parametrize("layer", ["Conv", "GroupedConv", "DepthwiseConv", "Gemm", "MatMul"])
+@pytest.mark.parametrize("layer", ["Conv", "TiledConv", "GroupedConv", "DepthwiseConv", "Gemm", "MatMul"])
 def test_fused_layer(layer, act):
     node, act_node, feeds, inits, params = _fused_case(layer, act)
     model = build([node, act_node], feeds, inits)

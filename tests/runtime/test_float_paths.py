@@ -33,14 +33,20 @@ CONV_PATHS = {
     "parallel": {"PARALLEL_WORK": 0, "_TINY_PLANE": 0},
     "serial": {"PARALLEL_WORK": 1 << 40, "_TINY_PLANE": 0},
 }
-ROWS = {"_SPLIT_MACS": 0, "_BAND_BYTES": 1, "_MIN_COLS": 1}  # bands of one row, over the threads
+ROWS = {"_SPLIT_MACS": 0, "_BAND_BYTES": 1, "_MIN_COLS": 1, "_TILE_WASTE": -1.0}  # bands of one row, over the threads
 GEMM_PATHS = {
     "row_bands": ROWS,
-    "image_bands": {"_SPLIT_MACS": 0, "_BAND_BYTES": 1 << 30},
+    "image_bands": {"_SPLIT_MACS": 0, "_BAND_BYTES": 1 << 30, "_TILE_WASTE": -1.0},
     "narrow_row_bands": {"_MODES": (G.NARROW,), **ROWS},
     "wide_row_bands": {"_MODES": (G.WIDE,), "_MAX_WASTE": 1e9, **ROWS},
-    "wide_image_bands": {"_MODES": (G.WIDE,), "_MAX_WASTE": 1e9, "_BAND_BYTES": 1 << 30},
+    "wide_image_bands": {"_MODES": (G.WIDE,), "_MAX_WASTE": 1e9, "_BAND_BYTES": 1 << 30, "_TILE_WASTE": -1.0},
     "shift_row_bands": {"_MODES": (G.SHIFT, G.NARROW), **ROWS},
+}
+# the register tiles (conv_tile.py) for every float32 conv of one group: in one task per image,
+# and with each image's rows cut into runs over the threads
+TILE_PATHS = {
+    "tiles": {"_TILE_WASTE": 1e9, "PARALLEL_WORK": 1 << 40},
+    "tiles_row_runs": {"_TILE_WASTE": 1e9, "PARALLEL_WORK": 0, "_SPLIT_MACS": 0},
 }
 
 # (input NCHW, weight MCkk, attributes): the GEMM path's four ways to build the patch matrix
@@ -99,9 +105,9 @@ GEMM_CASES = [k for k in CONVS if not k.startswith(("depthwise", "group"))]
 
 
 @pytest.mark.parametrize("case,path", [(c, p) for c in CONVS for p in CONV_PATHS] +
-                         [(c, p) for c in GEMM_CASES for p in GEMM_PATHS])
+                         [(c, p) for c in GEMM_CASES for p in [*GEMM_PATHS, *TILE_PATHS]])
 def test_conv_paths(case, path, patch):
-    values = {**CONV_PATHS, **GEMM_PATHS}[path]
+    values = {**CONV_PATHS, **GEMM_PATHS, **TILE_PATHS}[path]
     patch(conv_gemm, {k: v for k, v in values.items() if hasattr(conv_gemm, k)})
     patch(conv, {k: v for k, v in values.items() if not hasattr(conv_gemm, k)})
     xs, ws, attrs = CONVS[case]

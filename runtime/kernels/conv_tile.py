@@ -1,0 +1,271 @@
+"""Float convolution as register tiles: the direct convolution of one group, no patch matrix.
+
+Geometry (as in runtime/kernels/conv.py): the zero-padded input split into stride phases, xq,
+and the output computed on "wide" rows of Wq = OW + (KW-1)*dw // sw columns, flattened: output
+position i = oh * Wq + ow reads tap k = (c, ki, kj) at xq[offs[k] + i], offs[k] the flat offset
+of channel c's phase plane ((ki*dh) % sh, (kj*dw) % sw) plus ((ki*dh) // sh) * Wq + (kj*dw) // sw.
+So for a run of consecutive positions every tap is one contiguous load, whatever the stride:
+
+    y[m, i] = act(bias[m] + sum_k w[m, k] * xq[offs[k] + i])
+
+``_tile`` computes one MR x NR block of that sum (MR output channels, NR = V * LANES consecutive
+positions) in MR * V vector registers of LANES floats: per tap it loads V vectors of xq and
+broadcasts MR weights (packed tap-major, ``pack_weights``), MR * V fused multiply-adds. The
+bias and a Relu are applied in the registers and the block is stored straight into y (NCHW):
+a vector inside one output row is one store; one that crosses a row end, or reaches the wide
+columns that do not exist in y (ow >= OW), is stored lane by lane, skipping those. LANES, MR and
+V fit the vector registers of the host (``TILE``): 16 floats x 8 x 2 on AVX-512 (16 of its 32
+registers accumulate), 8 x 4 x 3 on AVX2, 4 x 8 x 3 on NEON.
+
+The wide columns cost (Wq - OW) / Wq of the work, and positions past the last of a task round
+up to NR: ``waste`` measures it, and conv.py takes this path only where that is small (large
+planes: stems, first layers, 3x3 convs); it beats im2col + BLAS there because nothing but y is
+written and no second pass adds the bias.
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding as ll
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from runtime.kernels.base import Twin
+from runtime.kernels.conv_gemm import phase_split
+from runtime.kernels.nn import act_inplace
+
+
+def _host_tile() -> tuple[int, int, int]:
+    """(LANES, MR, V) for this CPU: the vector width in floats and a register block that leaves
+    room for V loaded vectors and a broadcast weight."""
+    try:
+        features = ll.get_host_cpu_features()
+    except Exception:  # an unknown host: LLVM splits the 4-float vectors as it must
+        features = {}
+    if features.get("avx512f"):
+        return 16, 8, 2
+    if features.get("avx2") or features.get("avx"):
+        return 8, 4, 3
+    return 4, 8, 3
+
+
+TILE = _host_tile()
+LANES, MR, V = TILE
+NR = V * LANES  # positions per tile
+_i1, _i32, _i64, _f32 = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.FloatType()
+_VEC = ir.VectorType(_f32, LANES)
+
+
+def _splat(builder, scalar):
+    undef = ir.Constant(_VEC, ir.Undefined)
+    one = builder.insert_element(undef, scalar, ir.Constant(_i32, 0))
+    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_i32, LANES), [0] * LANES))
+
+
+def _accumulate(builder, fma, xb, offs, nk, wb):
+    """The K loop: acc[r][v] += w[k*MR + r] * xq[offs[k] + v*LANES : + LANES]; returns the
+    accumulators (allocas that LLVM keeps in registers)."""
+    zero = ir.Constant(_VEC, [0.0] * LANES)
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(V)] for _ in range(MR)]
+    with cgutils.for_range(builder, nk) as loop:
+        k = loop.index
+        xk = builder.gep(xb, [builder.load(builder.gep(offs, [k]))])
+        xs = [builder.load(builder.bitcast(builder.gep(xk, [ir.Constant(_i64, v * LANES)]), _VEC.as_pointer()),
+                           align=4) for v in range(V)]
+        wk = builder.gep(wb, [builder.mul(k, ir.Constant(_i64, MR))])
+        for r in range(MR):
+            wv = _splat(builder, builder.load(builder.gep(wk, [ir.Constant(_i64, r)])))
+            for v in range(V):
+                builder.store(builder.call(fma, [xs[v], wv, builder.load(accs[r][v])]), accs[r][v])
+    return accs
+
+
+def _finish(builder, accs, bias, relu):
+    """acc + bias, then max(., 0) where relu (0 for NaN too, as the other kernels do)."""
+    zero = ir.Constant(_VEC, [0.0] * LANES)
+    relu_on = builder.icmp_signed("!=", relu, ir.Constant(relu.type, 0))
+    out = []
+    for r in range(MR):
+        b = _splat(builder, builder.load(builder.gep(bias, [ir.Constant(_i64, r)])))
+        row = []
+        for v in range(V):
+            val = builder.fadd(builder.load(accs[r][v]), b)
+            keep = builder.or_(builder.fcmp_ordered(">", val, zero), builder.not_(_splat_bool(builder, relu_on)))
+            row.append(builder.select(keep, val, zero))
+        out.append(row)
+    return out
+
+
+def _splat_bool(builder, flag):
+    vt = ir.VectorType(_i1, LANES)
+    undef = ir.Constant(vt, ir.Undefined)
+    one = builder.insert_element(undef, flag, ir.Constant(_i32, 0))
+    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_i32, LANES), [0] * LANES))
+
+
+def _wrap(builder, ohv, owv, wq):
+    """while ow >= Wq: ow -= Wq; oh += 1 (a vector may span several short rows)."""
+    cond = builder.append_basic_block("wrap.cond")
+    body = builder.append_basic_block("wrap.body")
+    end = builder.append_basic_block("wrap.end")
+    builder.branch(cond)
+    builder.position_at_end(cond)
+    builder.cbranch(builder.icmp_signed(">=", builder.load(owv), wq), body, end)
+    builder.position_at_end(body)
+    builder.store(builder.sub(builder.load(owv), wq), owv)
+    builder.store(builder.add(builder.load(ohv), ir.Constant(_i64, 1)), ohv)
+    builder.branch(cond)
+    builder.position_at_end(end)
+
+
+def _store(builder, vals, rows, mvalid, pos, oh0, ow0, geo):
+    """Store vector v of row r at output position pos + v*LANES (oh0, ow0 its row and column)
+    into y row ``rows[r]``, for r < mvalid; positions past ``end`` or in the wide columns are
+    skipped."""
+    wq, ow_n, end = geo
+    ohv, owv = cgutils.alloca_once_value(builder, oh0), cgutils.alloca_once_value(builder, ow0)
+    one = ir.Constant(_i64, 1)
+    for v in range(V):
+        if v:
+            builder.store(builder.add(builder.load(owv), ir.Constant(_i64, LANES)), owv)
+            _wrap(builder, ohv, owv, wq)
+        oh, ow = builder.load(ohv), builder.load(owv)
+        p = builder.add(pos, ir.Constant(_i64, v * LANES))
+        fits = builder.and_(builder.icmp_signed("<=", builder.add(ow, ir.Constant(_i64, LANES)), ow_n),
+                            builder.icmp_signed("<=", builder.add(p, ir.Constant(_i64, LANES)), end))
+        with builder.if_else(fits, likely=True) as (whole, lanes):
+            with whole:
+                at = builder.add(builder.mul(oh, ow_n), ow)
+                for r in range(MR):
+                    with builder.if_then(builder.icmp_signed("<", ir.Constant(_i64, r), mvalid), likely=True):
+                        builder.store(vals[r][v], builder.bitcast(builder.gep(rows[r], [at]), _VEC.as_pointer()), align=4)
+            with lanes:
+                ohj, owj = oh, ow
+                for j in range(LANES):
+                    if j:
+                        owj = builder.add(owj, one)
+                        wrap = builder.icmp_signed(">=", owj, wq)
+                        owj, ohj = builder.select(wrap, builder.sub(owj, wq), owj), builder.select(wrap, builder.add(ohj, one), ohj)
+                    ok = builder.and_(builder.icmp_signed("<", owj, ow_n),
+                                      builder.icmp_signed("<", builder.add(p, ir.Constant(_i64, j)), end))
+                    with builder.if_then(ok):
+                        at = builder.add(builder.mul(ohj, ow_n), owj)
+                        for r in range(MR):
+                            with builder.if_then(builder.icmp_signed("<", ir.Constant(_i64, r), mvalid)):
+                                builder.store(builder.extract_element(vals[r][v], ir.Constant(_i32, j)),
+                                              builder.gep(rows[r], [at]))
+
+
+@intrinsic
+def _tile(typingctx, xq, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow_n, end, bias, bm, mvalid, relu):
+    """One MR x NR tile (module docstring): output channels m0 + r (r < mvalid) at positions
+    pos + j (j < NR, pos + j < end), rows oh0 + ..., into y[by + r * ystride + oh * ow_n + ow];
+    weights w[bw + k*MR + r], bias bias[bm + r]."""
+    sig = types.void(xq, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow_n, end, bias, bm, mvalid, relu)
+
+    def codegen(context, builder, sig, args):
+        aty = sig.args
+        xq_, pos_, offs_, w_, bw_, y_, by_, ystride_, oh0_, ow0_, wq_, own_, end_, bias_, bm_, mvalid_, relu_ = args
+
+        def data(i, v):
+            return context.make_array(aty[i])(context, builder, v).data
+
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]),
+                                             f"llvm.fmuladd.v{LANES}f32")
+        offs_p = data(2, offs_)
+        nk = context.make_array(aty[2])(context, builder, offs_).nitems
+        xb = builder.gep(data(0, xq_), [pos_])
+        accs = _accumulate(builder, fma, xb, offs_p, nk, builder.gep(data(3, w_), [bw_]))
+        bias_p = builder.gep(data(13, bias_), [bm_])
+        vals = _finish(builder, accs, bias_p, relu_)
+        yb = builder.gep(data(5, y_), [by_])
+        rows = [builder.gep(yb, [builder.mul(ir.Constant(_i64, r), ystride_)]) for r in range(MR)]
+        _store(builder, vals, rows, mvalid_, pos_, oh0_, ow0_, (wq_, own_, end_))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _conv_tile_body(x, xq, w, bias, y, offs, geo, kind, a0, a1, chunks):
+    """y (N, M, OH, OW) = act(conv(x (N, C, H, W)) + bias) through tiles; xq (N, >= C*sh*sw*Hq*Wq
+    + NR) the phase-split images (their padding zero, never written), w and bias packed by
+    ``pack_weights``, offs the taps' offsets; each image's output rows are cut into ``chunks``
+    runs of rows, one task each."""
+    N, C = x.shape[0], x.shape[1]
+    M, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    sh, sw, Hq, Wq, pt, pl = geo
+    ps = sh * sw * Hq * Wq  # one channel's phase planes
+    nmb, K = -(-M // MR), offs.shape[0]
+    for nc in prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        phase_split(x[n, c:c + 1], xq[n, c * ps:(c + 1) * ps].reshape(1, sh, sw, Hq, Wq), pt, pl)
+    rows = -(-OH // chunks)
+    for task in prange(N * chunks):
+        n = task // chunks
+        r0 = (task - n * chunks) * rows
+        r1 = min(OH, r0 + rows)
+        if r1 <= r0:
+            continue
+        xf, yf = xq[n], y[n].reshape(M * OH * OW)
+        end = (r1 - 1) * Wq + OW
+        oh, ow = r0, 0
+        for pos in range(r0 * Wq, end, NR):
+            for mb in range(nmb):
+                _tile(xf, pos, offs, w, mb * K * MR, yf, mb * MR * OH * OW, OH * OW, oh, ow, Wq, OW, end, bias,
+                      mb * MR, min(MR, M - mb * MR), kind == 1)
+            ow += NR
+            while ow >= Wq:
+                ow -= Wq
+                oh += 1
+        if kind > 1:
+            for m in range(M):
+                seg = yf[(m * OH + r0) * OW:(m * OH + r1) * OW]
+                act_inplace(seg, kind, a0, a1)
+
+
+conv_tile = Twin(_conv_tile_body)
+
+
+def pack_weights(w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """w (M, K) -> blocks of MR output channels, tap-major: packed[(mb*K + k)*MR + r] =
+    w[mb*MR + r, k], zero rows past M; the bias padded with zeros to the same rows."""
+    m, k = w.shape
+    nmb = -(-m // MR)
+    wpad = np.zeros((nmb * MR, k), np.float32)
+    wpad[:m] = w
+    bpad = np.zeros(nmb * MR, np.float32)
+    bpad[:m] = b
+    return np.ascontiguousarray(wpad.reshape(nmb, MR, k).transpose(0, 2, 1)).reshape(-1), bpad
+
+
+def tap_offsets(c: int, kernel, strides, dil, hq: int, wq: int) -> np.ndarray:
+    """offs[(c, ki, kj)]: where tap (ki, kj) of channel c starts in an image's flattened phase
+    planes xq (C, sh, sw, Hq, Wq)."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dil
+    return np.array([(((ch * sh + ki * dh % sh) * sw + kj * dw % sw) * hq + ki * dh // sh) * wq + kj * dw // sw
+                     for ch in range(c) for ki in range(kh) for kj in range(kw)], np.int64)
+
+
+def waste(oh: int, ow: int, wq: int, chunks: int = 1) -> float:
+    """Fraction of the computed positions that are thrown away: the wide columns and the last
+    tile of every chunk of rows."""
+    rows = -(-oh // chunks)
+    done = 0
+    for r0 in range(0, oh, rows):
+        r1 = min(oh, r0 + rows)
+        done += -(-((r1 - r0 - 1) * wq + ow) // NR) * NR
+    return 1.0 - oh * ow / done
+
+
+def chunks_of(n: int, oh: int, threads: int) -> int:
+    """Row runs per image: one with one thread, else enough for every thread to get the same
+    number of tasks (images x runs)."""
+    if threads <= 1:
+        return 1
+    c = -(-threads // n)
+    while (n * c) % threads and c < oh:
+        c += 1
+    return min(c, oh)
