@@ -64,9 +64,13 @@ class BinaryWeightDense(Kernel):
         self.wt = np.ascontiguousarray((weight_values(step, 1, (cout, k)).astype(np.float32) * scale[:, None]).T)
         self.c = np.ascontiguousarray(np.broadcast_to(bias, (xs[0], cout)))  # the bias of every row
         self.product = Product((xs[0], k), (k, cout), (xs[0], cout), np.float32)
+        self.product.use_tiles(self.wt, self.c)
 
     def emit(self, e, ins, outs):
         self.product.emit(e, ins[0], self.wt, self.c, outs[0], 1.0, (0, 0.0, 0.0))
 
+    def make_scratch(self):
+        return self.product.make_scratch()
+
     def run(self, ins, outs, scratch):
-        self.product.run(ins[0], self.wt, self.c, outs[0], 1.0, (0, 0.0, 0.0))
+        self.product.run(ins[0], self.wt, self.c, outs[0], 1.0, (0, 0.0, 0.0), scratch)

@@ -8,7 +8,7 @@ So for a run of consecutive positions every tap is one contiguous load, whatever
 
     y[m, i] = act(bias[m] + sum_k w[m, k] * xq[offs[k] + i])
 
-``_tile`` computes one MR x NR block of that sum (MR output channels, NR = V * LANES consecutive
+``tile`` computes one MR x NR block of that sum (MR output channels, NR = V * LANES consecutive
 positions) in MR * V vector registers of LANES floats: per tap it loads V vectors of xq and
 broadcasts MR weights (packed tap-major, ``pack_weights``), MR * V fused multiply-adds. The
 bias and a Relu are applied in the registers and the block is stored straight into y (NCHW):
@@ -159,7 +159,7 @@ def _store(builder, vals, rows, mvalid, pos, oh0, ow0, geo):
 
 
 @intrinsic
-def _tile(typingctx, xq, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow_n, end, bias, bm, mvalid, relu):
+def tile(typingctx, xq, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow_n, end, bias, bm, mvalid, relu):
     """One MR x NR tile (module docstring): output channels m0 + r (r < mvalid) at positions
     pos + j (j < NR, pos + j < end), rows oh0 + ..., into y[by + r * ystride + oh * ow_n + ow];
     weights w[bw + k*MR + r], bias bias[bm + r]."""
@@ -214,7 +214,7 @@ def _conv_tile_body(x, xq, w, bias, y, offs, geo, kind, a0, a1, chunks):
         oh, ow = r0, 0
         for pos in range(r0 * Wq, end, NR):
             for mb in range(nmb):
-                _tile(xf, pos, offs, w, mb * K * MR, yf, mb * MR * OH * OW, OH * OW, oh, ow, Wq, OW, end, bias,
+                tile(xf, pos, offs, w, mb * K * MR, yf, mb * MR * OH * OW, OH * OW, oh, ow, Wq, OW, end, bias,
                       mb * MR, min(MR, M - mb * MR), kind == 1)
             ow += NR
             while ow >= Wq:

@@ -6,6 +6,14 @@ broadcasting of the leading axes is resolved when the kernel is built, into the 
 ia, ib); one BLAS call per product (runtime/blas.py). A product above ``_SPLIT_MACS``
 multiply-adds is cut into bands of rows (or of columns, when it has fewer rows than columns),
 one per thread, inside the compiled code: BLAS itself runs single-threaded during an inference.
+
+A product with constant weights and a few rows or more (``Product.use_tiles``) runs on the
+register tiles of the float convolution (runtime/kernels/conv_tile.py) instead, as a 1x1 conv
+turned around: the tile's "output channels" are the rows of a (its broadcast weights: a packed
+per run, tap-major, with a column of ones), its "positions" the columns of y, its "image" the
+constant b with the bias as one more row, so ``y = [a, 1] @ [b; c]`` in one pass. BLAS handles
+skinny products poorly (8 rows x 1024 x 1024: a third of the tiles' speed); one row stays with
+BLAS, whose GEMV reads b once where a tile block would compute MR rows.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from numba import njit, prange
 
 from runtime.blas import gemm
 from runtime.codegen import Expr
+from runtime.kernels import conv_tile as tiles
 from runtime.kernels.base import Kernel, Step, Twin, register
 from runtime.kernels.nn import act_rows, activation_of
 from runtime.threads import current_threads
@@ -51,6 +60,34 @@ def _matmul_body(a, b, c, y, ia, ib, has_c, alpha, tasks, by_rows, kind, a0, a1)
 _matmul = Twin(_matmul_body)
 
 
+def _dense_tiles_body(a, ap, b, offs, y, zero, tasks, kind, a0, a1):
+    """y (n, m) = act([a, 1] @ b) with b the flat (k + 1) x m matrix [w; bias] padded by NR, offs
+    its rows' offsets; ap the packed a (blocks of MR rows, tap-major); ``tasks`` runs of columns."""
+    n, k = a.shape
+    m = y.shape[1]
+    nmb, k1 = -(-n // tiles.MR), k + 1
+    for mb in range(nmb):
+        for kk in range(k1):
+            for r in range(tiles.MR):
+                row = mb * tiles.MR + r
+                ap[(mb * k1 + kk) * tiles.MR + r] = 0.0 if row >= n else (a[row, kk] if kk < k else 1.0)
+    yf = y.reshape(n * m)
+    per = -(-m // (tasks * tiles.NR)) * tiles.NR
+    for t in prange(tasks):
+        for pos in range(t * per, min(m, (t + 1) * per), tiles.NR):
+            for mb in range(nmb):
+                tiles.tile(b, pos, offs, ap, mb * k1 * tiles.MR, yf, mb * tiles.MR * m, m, 0, pos, m, m, m, zero, 0,
+                           min(tiles.MR, n - mb * tiles.MR), kind == 1)
+        if kind > 1:
+            lo, hi = t * per, min(m, (t + 1) * per)
+            for r in range(n):
+                if hi > lo:
+                    act_rows(yf[r * m + lo:r * m + hi], yf[r * m + lo:r * m + hi], kind, a0, a1)
+
+
+_dense_tiles = Twin(_dense_tiles_body)
+
+
 @njit(cache=True, nogil=True)
 def _transpose(x, y):
     """y = x.T for 2-D arrays."""
@@ -81,6 +118,30 @@ class Product:
         self.ia, self.ib = ia.astype(np.int64), ib.astype(np.int64)
         self.macs = len(ia) * a3[1] * a3[2] * b3[2]
         self.dtype = np.dtype(dtype)
+        self.tile_b: np.ndarray | None = None  # [b; c] flat, when the tiles serve (use_tiles)
+
+    def use_tiles(self, b: np.ndarray | None, c: np.ndarray | None) -> None:
+        """Take the register tiles (module docstring) when b is a constant 2-D matrix, c absent or
+        one row repeated, the dtype float32, and there are at least MR / 2 rows."""
+        n, k, m = self.y3[1], self.a3[2], self.y3[2]
+        if b is None or b.ndim != 2 or self.y3[0] != 1 or self.dtype != np.float32 or 2 * n < tiles.MR:
+            return
+        if c is not None and not np.array_equal(np.broadcast_to(c, self.y3[1:]), np.broadcast_to(c[:1], self.y3[1:])):
+            return
+        wb = np.zeros((k + 1) * m + tiles.NR, np.float32)
+        wb[:k * m] = b.reshape(-1)
+        if c is not None:
+            wb[k * m:(k + 1) * m] = np.broadcast_to(c, self.y3[1:])[0]
+        self.tile_b = wb
+        self.tile_offs = np.arange(k + 1, dtype=np.int64) * m
+        self.tile_ap = (-(-n // tiles.MR) * tiles.MR * (k + 1),)
+
+    def _tile_tasks(self, threads: int) -> int:
+        return min(threads if self.macs >= _SPLIT_MACS else 1, -(-self.y3[2] // tiles.NR))
+
+    def make_scratch(self) -> dict | None:
+        """The packed rows of a, when the tiles serve."""
+        return None if self.tile_b is None else {"ap": np.zeros(self.tile_ap, np.float32)}
 
     def split(self, threads: int) -> tuple[int, bool]:
         """(tasks, by_rows): bands per product, of rows when there are at least as many as columns."""
@@ -92,6 +153,14 @@ class Product:
     def emit(self, e, a, b, c, y, alpha: float, act) -> None:
         """y = act(alpha * a @ b + c) in generated code; a, b, c, y are source names or arrays (c
         None: no addend; else of y's shape, broadcast already)."""
+        if self.tile_b is not None:
+            tasks = self._tile_tasks(e.threads)
+            a2 = np.ascontiguousarray(a).reshape(self.y3[1], self.a3[2]) if isinstance(a, np.ndarray) else Expr(
+                f"{a}.reshape({e.lit((self.y3[1], self.a3[2]))})")
+            y2 = Expr(f"{y}.reshape({e.lit(self.y3[1:])})")
+            e.call(_dense_tiles, a2, e.work(self.tile_ap, np.float32, "ap"), self.tile_b, self.tile_offs, y2,
+                   np.zeros(tiles.MR, np.float32), tasks, *act, work=self.macs if tasks > 1 else 0)
+            return
         tasks, by_rows = self.split(e.threads)
         def r(v, shape):
             return np.ascontiguousarray(v).reshape(shape) if isinstance(v, np.ndarray) else Expr(
@@ -100,7 +169,13 @@ class Product:
         e.call(_matmul, r(a, self.a3), r(b, self.b3), r(y if c is None else c, self.y3), r(y, self.y3), self.ia,
                self.ib, c is not None, float(alpha), tasks, by_rows, *act, work=self.macs if tasks > 1 else 0)
 
-    def run(self, a, b, c, y, alpha: float, act) -> None:
+    def run(self, a, b, c, y, alpha: float, act, scratch: dict) -> None:
+        if self.tile_b is not None:
+            tasks = self._tile_tasks(current_threads())
+            _dense_tiles(self.macs if tasks > 1 else 0, np.ascontiguousarray(a, np.float32).reshape(self.y3[1], self.a3[2]),
+                         scratch["ap"], self.tile_b, self.tile_offs, y.reshape(self.y3[1:]), np.zeros(tiles.MR, np.float32),
+                         tasks, *act)
+            return
         tasks, by_rows = self.split(current_threads())
         y3 = y.reshape(self.y3)
         c3 = y3 if c is None else np.ascontiguousarray(c, self.dtype).reshape(self.y3)
@@ -133,6 +208,8 @@ class Gemm(Kernel):
             self.product = Product(self.a_shape, self.b_shape, step.out_shapes[0], self.dtype)
         except ValueError as err:
             raise step.error(str(err)) from None
+        if not self.has_c or self.c is not None:
+            self.product.use_tiles(self.b, self.c)
 
     def _b(self, b: np.ndarray, fold_alpha: bool) -> np.ndarray:
         b = b.T if self.trans_b else b
@@ -162,11 +239,14 @@ class Gemm(Kernel):
             e.elementwise(c, self.step.out_shapes[0], [(ins[2], self.step.in_shapes[2])], lambda v: f"{v} * {e.lit(beta)}")
         self.product.emit(e, a, ins[1] if b is None else b, c, outs[0], 1.0 if self.b is not None else self.alpha, self.act)
 
+    def make_scratch(self):
+        return self.product.make_scratch()
+
     def run(self, ins, outs, scratch):
         a = ins[0].T if self.trans_a else ins[0]
         b, alpha = (self.b, 1.0) if self.b is not None else (self._b(ins[1], False), self.alpha)
         c = self.c if self.c is not None or not self.has_c else self._c(ins[2])
-        self.product.run(a, b, c, outs[0], alpha, self.act)
+        self.product.run(a, b, c, outs[0], alpha, self.act, scratch)
 
 
 @register("MatMul", "bnnc.FusedMatMul")
@@ -186,9 +266,13 @@ class MatMul(Kernel):
             self.product = Product(sa, sb, step.out_shapes[0], step.out_dtypes[0])
         except ValueError as err:
             raise step.error(str(err)) from None
+        self.product.use_tiles(self.b, None)
 
     def emit(self, e, ins, outs):
         self.product.emit(e, ins[0], self.b if self.b is not None else ins[1], None, outs[0], 1.0, self.act)
 
+    def make_scratch(self):
+        return self.product.make_scratch()
+
     def run(self, ins, outs, scratch):
-        self.product.run(ins[0], self.b if self.b is not None else ins[1], None, outs[0], 1.0, self.act)
+        self.product.run(ins[0], self.b if self.b is not None else ins[1], None, outs[0], 1.0, self.act, scratch)

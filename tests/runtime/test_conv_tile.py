@@ -1,16 +1,21 @@
 """The register-tiled float convolution (runtime/kernels/conv_tile.py) against a numpy reference
 over awkward sizes: output channels around the tile's row count MR (1, MR - 1, MR + 1, 2 MR + 3),
 rows shorter than a vector, strides, dilation, lopsided pads, tasks that cut an image's rows,
-every activation; and the choice of that path in conv.py."""
+every activation; the choice of that path in conv.py; and dense products on the same tiles
+(dense.py) against onnxruntime."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import helper
 
+import runtime.kernels.base as base
 import runtime.kernels.conv_tile as ct
+import runtime.kernels.dense as dense
 from runtime.kernels import KERNELS, Step
 from runtime.kernels.nn import ACTIVATIONS
+from tests.runtime.test_float_helpers import check, randn
 
 
 def _reference(x, w, b, strides, dil, pads):
@@ -97,3 +102,21 @@ def test_conv_takes_tiles_where_they_waste_little():
     assert not _conv_kernel((1, 64, 28, 28), (128, 64, 1, 1)).tiled  # BLAS reads the input in place
     assert not _conv_kernel((8, 128, 8, 8), (128, 128, 3, 3), pads=[1, 1, 1, 1]).tiled  # a fifth is wide columns
     assert ct.waste(112, 112, 115) < 0.05
+
+
+DENSE = [(4, 1, 33), (8, 63, 1), (9, 64, 31), (17, 65, 130), (6, 130, 64)]  # rows, k, columns
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("rows,k,cols", DENSE)
+def test_dense_tiles_match_onnxruntime(rows, k, cols, parallel, monkeypatch):
+    """Gemm with a constant B and a bias row on the tiles (dense.py), the columns over threads."""
+    monkeypatch.setattr(base, "PARALLEL_WORK", 0 if parallel else 1 << 40)
+    monkeypatch.setattr(dense, "_SPLIT_MACS", 0 if parallel else 1 << 40)
+    inits = {"w": randn(cols, k, salt=1), "b": randn(cols, salt=2)}
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1, alpha=0.5, beta=2.0)
+    check(node, {"x": randn(rows, k)}, inits)
+    step = Step(name="g", op="Gemm", attrs={"transB": 1}, in_shapes=[(rows, k), (cols, k), (cols,)],
+                in_dtypes=["float32"] * 3, out_shapes=[(rows, cols)], out_dtypes=["float32"],
+                consts=[None, inits["w"], inits["b"]])
+    assert KERNELS["Gemm"](step).product.tile_b is not None
