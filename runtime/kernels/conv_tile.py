@@ -159,28 +159,29 @@ def _store(builder, vals, rows, mvalid, pos, oh0, ow0, geo):
 
 
 @intrinsic
-def tile(typingctx, xq, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow_n, end, bias, bm, mvalid, relu):
+def tile(typingctx, xq, xpos, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow_n, end, bias, bm, mvalid, relu):
     """One MR x NR tile (module docstring): output channels m0 + r (r < mvalid) at positions
-    pos + j (j < NR, pos + j < end), rows oh0 + ..., into y[by + r * ystride + oh * ow_n + ow];
-    weights w[bw + k*MR + r], bias bias[bm + r]."""
-    sig = types.void(xq, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow_n, end, bias, bm, mvalid, relu)
+    pos + j (j < NR, pos + j < end), read from xq[xpos + offs[k] + j], stored at (oh, ow) (from
+    oh0, ow0 on) into y[by + r * ystride + oh * ow_n + ow]; weights w[bw + k*MR + r], bias
+    bias[bm + r]."""
+    sig = types.void(xq, xpos, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow_n, end, bias, bm, mvalid, relu)
 
     def codegen(context, builder, sig, args):
         aty = sig.args
-        xq_, pos_, offs_, w_, bw_, y_, by_, ystride_, oh0_, ow0_, wq_, own_, end_, bias_, bm_, mvalid_, relu_ = args
+        xq_, xpos_, pos_, offs_, w_, bw_, y_, by_, ystride_, oh0_, ow0_, wq_, own_, end_, bias_, bm_, mvalid_, relu_ = args
 
         def data(i, v):
             return context.make_array(aty[i])(context, builder, v).data
 
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]),
                                              f"llvm.fmuladd.v{LANES}f32")
-        offs_p = data(2, offs_)
-        nk = context.make_array(aty[2])(context, builder, offs_).nitems
-        xb = builder.gep(data(0, xq_), [pos_])
-        accs = _accumulate(builder, fma, xb, offs_p, nk, builder.gep(data(3, w_), [bw_]))
-        bias_p = builder.gep(data(13, bias_), [bm_])
+        offs_p = data(3, offs_)
+        nk = context.make_array(aty[3])(context, builder, offs_).nitems
+        xb = builder.gep(data(0, xq_), [xpos_])
+        accs = _accumulate(builder, fma, xb, offs_p, nk, builder.gep(data(4, w_), [bw_]))
+        bias_p = builder.gep(data(14, bias_), [bm_])
         vals = _finish(builder, accs, bias_p, relu_)
-        yb = builder.gep(data(5, y_), [by_])
+        yb = builder.gep(data(6, y_), [by_])
         rows = [builder.gep(yb, [builder.mul(ir.Constant(_i64, r), ystride_)]) for r in range(MR)]
         _store(builder, vals, rows, mvalid_, pos_, oh0_, ow0_, (wq_, own_, end_))
         return context.get_dummy_value()
@@ -214,7 +215,7 @@ def _conv_tile_body(x, xq, w, bias, y, offs, geo, kind, a0, a1, chunks):
         oh, ow = r0, 0
         for pos in range(r0 * Wq, end, NR):
             for mb in range(nmb):
-                tile(xf, pos, offs, w, mb * K * MR, yf, mb * MR * OH * OW, OH * OW, oh, ow, Wq, OW, end, bias,
+                tile(xf, pos, pos, offs, w, mb * K * MR, yf, mb * MR * OH * OW, OH * OW, oh, ow, Wq, OW, end, bias,
                       mb * MR, min(MR, M - mb * MR), kind == 1)
             ow += NR
             while ow >= Wq:

@@ -61,8 +61,10 @@ _matmul = Twin(_matmul_body)
 
 
 def _dense_tiles_body(a, ap, b, offs, y, zero, tasks, kind, a0, a1):
-    """y (n, m) = act([a, 1] @ b) with b the flat (k + 1) x m matrix [w; bias] padded by NR, offs
-    its rows' offsets; ap the packed a (blocks of MR rows, tap-major); ``tasks`` runs of columns."""
+    """y (n, m) = act([a, 1] @ b) with b the (k + 1) x m matrix [w; bias] cut into panels of NR
+    columns, each panel (k + 1) x NR contiguous (read in order, as the prefetcher likes: a
+    column run of a row-major b would step a page per row), offs[k] = k * NR; ap the packed a
+    (blocks of MR rows, tap-major); ``tasks`` runs of columns."""
     n, k = a.shape
     m = y.shape[1]
     nmb, k1 = -(-n // tiles.MR), k + 1
@@ -76,7 +78,7 @@ def _dense_tiles_body(a, ap, b, offs, y, zero, tasks, kind, a0, a1):
     for t in prange(tasks):
         for pos in range(t * per, min(m, (t + 1) * per), tiles.NR):
             for mb in range(nmb):
-                tiles.tile(b, pos, offs, ap, mb * k1 * tiles.MR, yf, mb * tiles.MR * m, m, 0, pos, m, m, m, zero, 0,
+                tiles.tile(b, pos * k1, pos, offs, ap, mb * k1 * tiles.MR, yf, mb * tiles.MR * m, m, 0, pos, m, m, m, zero, 0,
                            min(tiles.MR, n - mb * tiles.MR), kind == 1)
         if kind > 1:
             lo, hi = t * per, min(m, (t + 1) * per)
@@ -128,12 +130,13 @@ class Product:
             return
         if c is not None and not np.array_equal(np.broadcast_to(c, self.y3[1:]), np.broadcast_to(c[:1], self.y3[1:])):
             return
-        wb = np.zeros((k + 1) * m + tiles.NR, np.float32)
-        wb[:k * m] = b.reshape(-1)
+        panels = -(-m // tiles.NR)
+        wb = np.zeros((k + 1, panels * tiles.NR), np.float32)
+        wb[:k, :m] = b
         if c is not None:
-            wb[k * m:(k + 1) * m] = np.broadcast_to(c, self.y3[1:])[0]
-        self.tile_b = wb
-        self.tile_offs = np.arange(k + 1, dtype=np.int64) * m
+            wb[k, :m] = np.broadcast_to(c, self.y3[1:])[0]
+        self.tile_b = np.ascontiguousarray(wb.reshape(k + 1, panels, tiles.NR).transpose(1, 0, 2)).reshape(-1)
+        self.tile_offs = np.arange(k + 1, dtype=np.int64) * tiles.NR
         self.tile_ap = (-(-n // tiles.MR) * tiles.MR * (k + 1),)
 
     def _tile_tasks(self, threads: int) -> int:
