@@ -3,17 +3,24 @@ layers against onnxruntime, layer by layer.
 
 Each case is one layer at the shape it has in a real network (the Bi-Real Net 18 stem and 1x1
 shortcuts, the XNOR-Net stems, the convs of the corpus models, the binary-weight convs of
-../shared/corpus/torch_bwn_legacy, a classifier Gemm), written as a one-node ONNX graph (plus its
+../shared/corpus/torch_bwn_legacy, classifier Gemms), written as a one-node ONNX graph (plus its
 activation) and compiled with bnnc's default pipeline, so a Conv with +-alpha weights becomes
-bnnc.BinaryWeightConv and Conv + Relu becomes bnnc.FusedConv, as in real models. Three engines
-run on the same input in one process, same thread count, interleaved after warm-up:
-onnxruntime, bnnc's emitted plan function ("new") and bnnc's step-by-step interpreter ("old",
-the session built as if some kernel could not emit). We print medians and the ratios
-onnxruntime median / bnnc median (above 1: bnnc is faster), of the wall-clock time and of the
-process's CPU time per run: on a shared machine the CPU time of a one-thread run is the steadier
-measure of the work done (with several threads it adds up the threads, idle spinning included).
+bnnc.BinaryWeightConv and Conv + Relu becomes bnnc.FusedConv, as in real models. Both engines
+run on the same input in one process, same thread count, interleaved after warm-up (blocks of 3
+back-to-back runs per engine, the order rotating), and we print medians and the ratio
+onnxruntime / bnnc (above 1: bnnc is faster) of two measures:
 
-    python benchmarks/bench_float_conv.py [--threads N] [--reps 20] [--only SUBSTRING] [--json]
+* ``run``: a whole ``session.run`` (feed checks, the output returned as a new array), wall-clock,
+  and the ratio of the process's CPU time per run (on a shared machine the CPU time of a
+  one-thread run is the steadier measure of the work done);
+* ``layer``: the layer's own time, as in a whole model: onnxruntime's per-node kernel times from
+  its profiler, summed over the nodes of one run (its NCHWc conv and the reorder after it), and
+  bnnc's plan function called alone (the output stays in the session's buffer).
+
+``--steps`` adds bnnc's step-by-step interpreter (the session built as if some kernel could not
+emit) to the run measure.
+
+    python benchmarks/bench_float_conv.py [--threads N] [--reps 10] [--only SUBSTRING] [--steps] [--json]
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from onnx import TensorProto, helper, numpy_helper
 import bnnc
 import runtime.session
 from runtime import InferenceSession
+from runtime.program import call
+from runtime.threads import limit_threads
 
 
 def conv(name, x, m, k, s=1, p=None, act="", binary=False, g=1):
@@ -91,13 +100,16 @@ def model_of(nodes, x_shape, inits) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(model)
 
 
-def sessions(model: onnx.ModelProto, threads: int):
-    """(new, old) bnnc sessions of one model: the plan function, and the interpreter."""
+def sessions(model: onnx.ModelProto, threads: int, steps: bool):
+    """(plan, steps) bnnc sessions of one model: the plan function, and the interpreter (None
+    unless ``steps``)."""
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "m.onnx")
         onnx.save(model, path)
         art = bnnc.compile_model(path, os.path.join(d, "m.bnn")).path
         new = InferenceSession(art, threads=threads)
+        if not steps:
+            return new, None
         keep = runtime.session.emittable
         runtime.session.emittable = lambda kernels: False
         try:
@@ -107,67 +119,111 @@ def sessions(model: onnx.ModelProto, threads: int):
     return new, old
 
 
-def run_case(nodes, x_shape, inits, threads: int, reps: int, warmup: int) -> dict:
-    model = model_of(nodes, x_shape, inits)
-    x = np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)
-    new, old = sessions(model, threads)
+def ort_session(model: onnx.ModelProto, threads: int, profile: str | None = None) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     if threads > 1:  # onnxruntime's spinning pool threads would starve bnnc's on a small machine
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    ref = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    fns = {"onnxruntime": lambda: ref.run(None, {"x": x}), "new": lambda: new.run(None, {"x": x}),
-           "old": lambda: old.run(None, {"x": x})}
-    want = fns["onnxruntime"]()[0]
-    err = max(float(np.max(np.abs(want - fns[k]()[0]))) for k in ("new", "old")) / max(1.0, float(np.max(np.abs(want))))
+    if profile:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def ort_layer_times(trace: str) -> list[float]:
+    """Seconds per run from an onnxruntime profile: the node kernel times inside each run."""
+    with open(trace) as f:
+        events = json.load(f)
+    runs = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
+    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    return [sum(e["dur"] for e in nodes if a <= e["ts"] <= b) * 1e-6 for a, b in runs]
+
+
+def bare_plan(sess: InferenceSession, x: np.ndarray):
+    """bnnc's plan function alone, on the session's own workspace (as one layer of a model)."""
+    ws = sess._take_workspace()
+    n = sess._nthreads
+
+    def run():
+        with limit_threads(n):
+            call(sess._plan, [x], ws.slots, ws.plan_scratch)
+
+    return run
+
+
+def timed(fns: dict, reps: int, warmup: int) -> tuple[dict, dict]:
+    """Wall-clock and CPU seconds of every run of every engine, interleaved in rotating blocks."""
     for _ in range(warmup):
         for f in fns.values():
             f()
     wall: dict[str, list[float]] = {k: [] for k in fns}
     cpu: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
-    for i in range(reps):  # blocks of 3 back-to-back runs per engine, rotating the order
-        for k in names[i % 3:] + names[:i % 3]:
+    for i in range(reps):
+        for k in names[i % len(names):] + names[:i % len(names)]:
             for _ in range(3):
                 t, c = time.perf_counter(), time.process_time()
                 fns[k]()
                 cpu[k].append(time.process_time() - c)
                 wall[k].append(time.perf_counter() - t)
+    return wall, cpu
+
+
+def run_case(nodes, x_shape, inits, threads: int, reps: int, warmup: int, steps: bool) -> dict:
+    model = model_of(nodes, x_shape, inits)
+    x = np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)
+    new, old = sessions(model, threads, steps)
+    ref = ort_session(model, threads)
+    with tempfile.TemporaryDirectory() as d:
+        prof = ort_session(model, threads, os.path.join(d, "ort"))
+        fns = {"onnxruntime": lambda: ref.run(None, {"x": x}), "bnnc": lambda: new.run(None, {"x": x}),
+               "ort layer": lambda: prof.run(None, {"x": x}), "bnnc layer": bare_plan(new, x)}
+        if old is not None:
+            fns["bnnc steps"] = lambda: old.run(None, {"x": x})
+        want = fns["onnxruntime"]()[0]
+        got = [new.run(None, {"x": x})[0]] + ([old.run(None, {"x": x})[0]] if old is not None else [])
+        err = max(float(np.max(np.abs(want - g))) for g in got) / max(1.0, float(np.max(np.abs(want))))
+        wall, cpu = timed(fns, reps, warmup)
+        wall["ort layer"] = ort_layer_times(prof.end_profiling())[-len(wall["ort layer"]):]
     ms = {k: statistics.median(v) * 1e3 for k, v in wall.items()}
-    cpu_ms = {k: statistics.median(v) * 1e3 for k, v in cpu.items()}
-    ops = sorted({s["op"] for s in new.manifest["plan"]})
-    return {"ms": ms, "cpu_ms": cpu_ms, "ratio_new": ms["onnxruntime"] / ms["new"],
-            "ratio_old": ms["onnxruntime"] / ms["old"], "cpu_ratio_new": cpu_ms["onnxruntime"] / cpu_ms["new"],
-            "cpu_ratio_old": cpu_ms["onnxruntime"] / cpu_ms["old"], "emitted": new._plan is not None, "ops": ops,
-            "max_rel_error": err}
+    cpu_ms = {k: statistics.median(v) * 1e3 for k, v in cpu.items() if "layer" not in k}
+    out = {"ms": ms, "cpu_ms": cpu_ms, "ratio_run": ms["onnxruntime"] / ms["bnnc"],
+           "cpu_ratio_run": cpu_ms["onnxruntime"] / cpu_ms["bnnc"], "ratio_layer": ms["ort layer"] / ms["bnnc layer"],
+           "ops": sorted({s["op"] for s in new.manifest["plan"]}), "emitted": new._plan is not None,
+           "max_rel_error": err}
+    if old is not None:
+        out["ratio_steps"] = ms["onnxruntime"] / ms["bnnc steps"]
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--reps", type=int, default=10, help="blocks of 3 runs per engine")
+    ap.add_argument("--reps", type=int, default=10, help="rotations of 3-run blocks per engine")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--only", default="", help="run the cases whose name contains this")
+    ap.add_argument("--steps", action="store_true", help="also time bnnc's step-by-step interpreter")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args(argv)
     results = {}
     if not args.json:
-        print(f"threads {args.threads}, {args.reps} rotations of 3-run blocks; ratio = onnxruntime / bnnc")
-        print(f"{'':38s} {'wall-clock median ms':^26s} {'ratio':^13s} {'CPU time median ms':^26s} {'ratio':^13s}")
-        print(f"{'case':38s}" + f" {'ort':>8s} {'old':>8s} {'new':>8s} {'old':>6s} {'new':>6s}" * 2 + "  ops")
+        print(f"threads {args.threads}, {args.reps} rotations of 3-run blocks; medians; ratio = onnxruntime / bnnc")
+        print(f"{'':38s} {'run: wall-clock ms':^24s} {'CPU':>6s} {'layer: kernels ms':^24s}")
+        print(f"{'case':38s} {'ort':>8s} {'bnnc':>8s} {'ratio':>6s} {'ratio':>6s} {'ort':>8s} {'bnnc':>8s} {'ratio':>6s}"
+              + ("   steps" if args.steps else "") + "  ops")
     for name, nodes, x_shape, inits in CASES:
         if args.only not in name:
             continue
-        r = run_case(nodes, x_shape, inits, args.threads, args.reps, args.warmup)
+        r = run_case(nodes, x_shape, inits, args.threads, args.reps, args.warmup, args.steps)
         results[name] = r
         if not args.json:
+            ms = r["ms"]
             flag = ("" if r["emitted"] else "  NOT EMITTED") + ("  MISMATCH" if r["max_rel_error"] > 1e-3 else "")
-            cols = ""
-            for ms, pre in ((r["ms"], "ratio_"), (r["cpu_ms"], "cpu_ratio_")):
-                cols += (f" {ms['onnxruntime']:8.3f} {ms['old']:8.3f} {ms['new']:8.3f} {r[pre + 'old']:5.2f}x"
-                         f" {r[pre + 'new']:5.2f}x")
-            print(f"{name:38s}{cols}  {','.join(o.removeprefix('bnnc.') for o in r['ops'])}{flag}", flush=True)
+            steps = f" {r['ratio_steps']:6.2f}x" if args.steps else ""
+            print(f"{name:38s} {ms['onnxruntime']:8.3f} {ms['bnnc']:8.3f} {r['ratio_run']:5.2f}x {r['cpu_ratio_run']:5.2f}x"
+                  f" {ms['ort layer']:8.3f} {ms['bnnc layer']:8.3f} {r['ratio_layer']:5.2f}x{steps}"
+                  f"  {','.join(o.removeprefix('bnnc.') for o in r['ops'])}{flag}", flush=True)
     if args.json:
         print(json.dumps({"threads": args.threads, "reps": args.reps, "results": results}, indent=2))
     return 0

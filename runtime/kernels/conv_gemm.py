@@ -21,8 +21,11 @@ is in cache. How a band's patch matrix is built (the cheapest that fits the geom
 * ``NARROW`` (anything else): one copy per output row and tap, zeros in the padding.
 
 A band inside one image (not ``WIDE``) is written straight into the output (rows of the output
-plane are its columns); otherwise the result goes to a scratch block and is copied out with the
-bias. Tasks go round-robin to ``T`` threads (``prange`` over T, each with its own patch matrix
+plane are its columns), which is first filled with the bias so that BLAS adds to it (beta = 1:
+it skips zeroing the block, and no second pass adds the bias); otherwise the result goes to a
+scratch block and is copied out with the bias. Most float convs of one group take register
+tiles instead (runtime/kernels/conv_tile.py); this path serves the pointwise ones, small planes
+and groups. Tasks go round-robin to ``T`` threads (``prange`` over T, each with its own patch matrix
 and scratch block, rows ``col[t]``, ``yw[t]``); the band count is a multiple of T where that is
 possible, so the threads finish together. BLAS itself runs single-threaded in each.
 """
@@ -123,6 +126,16 @@ def _pieces(q0, q1, OH, OW):
 def _fill(a, lo, hi):
     for i in range(max(lo, 0), min(hi, a.shape[0])):
         a[i] = 0
+
+
+@njit(cache=True, nogil=True)
+def _fill_rows(dst, ld, cols, values):
+    """dst[m * ld + j] = values[m] for j < cols."""
+    for m in range(values.shape[0]):
+        row = dst[m * ld:m * ld + cols]
+        v = values[m]
+        for j in range(cols):
+            row[j] = v
 
 
 @njit(cache=True, nogil=True)
@@ -258,17 +271,19 @@ def _conv_gemm_body(x, xq, w, bias, y, col, yw, bands, geo, mode, kind, a0, a1):
                 _im2col_shift(x, g * Cg, K, ct, pieces, cols, geo)
             else:
                 _im2col_narrow(x, g * Cg, K, ct, pieces, cols, geo)
-            dst, ldc = yt, cols
-            if single:
-                dst, ldc = yf[(q0 // ohw * M + g * Mg) * ohw + q0 % ohw:], ohw
-            gemm(Mg, cols, K, 1.0, wf[g * Mg * K:], K, src, ldb, 0.0, dst, ldc)
+            if single:  # straight into y, over the bias (BLAS then skips zeroing it)
+                dst = yf[(q0 // ohw * M + g * Mg) * ohw + q0 % ohw:]
+                _fill_rows(dst, ohw, cols, bias[g * Mg:(g + 1) * Mg])
+                gemm(Mg, cols, K, 1.0, wf[g * Mg * K:], K, src, ldb, 1.0, dst, ohw)
+                if kind != 0:
+                    for m in range(Mg):
+                        act_inplace(dst[m * ohw:m * ohw + cols], kind, a0, a1)
+                continue
+            gemm(Mg, cols, K, 1.0, wf[g * Mg * K:], K, src, ldb, 0.0, yt, cols)
             rw = wq if mode == WIDE else OW  # width of a row of the band's result
             for m in range(Mg):
                 bm = bias[g * Mg + m]
-                row = dst[m * ldc:m * ldc + cols]
-                if single:
-                    bias_act(row, row, bm, kind, a0, a1)
-                    continue
+                row = yt[m * cols:(m + 1) * cols]
                 d0 = 0
                 for s in range(pieces.shape[0]):  # copied out row by row, the WIDE extra columns dropped
                     n, oh0, oh1 = pieces[s, 0], pieces[s, 1], pieces[s, 2]
