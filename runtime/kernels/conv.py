@@ -186,8 +186,7 @@ class Conv(Kernel):
         self.tiny = self.direct and self.y4[2] * self.y4[3] <= _TINY_PLANE
         self.geo = (*self.y4[2:], kh, kw, *self.strides, *self.dil, *self.pads[:2])
         self.tiled = self._tiles_fit()
-        _, c, sh, sw, hq, wq = self._phase_shape()
-        self._offs = tiles.tap_offsets(c, (kh, kw), self.strides, self.dil, hq, wq) if self.tiled else None
+        self._tile_geo = tiles.geometry(cg, self.y4[2:], (kh, kw), self.strides, self.dil, self.pads) if self.tiled else None
 
     def _tiles_fit(self) -> bool:
         """Register tiles (conv_tile.py) for one float32 group whose planes waste little, except
@@ -196,7 +195,7 @@ class Conv(Kernel):
             return False
         if self.w4[2:] == (1, 1) and self.strides == (1, 1) and not any(self.pads):
             return False
-        _, _, hq, wq = self._phase_shape()[2:]
+        wq = self.y4[3] if self.w4[2:] == (1, 1) else self._phase_shape()[5]
         return tiles.waste(*self.y4[2:], wq) <= _TILE_WASTE
 
     def _params(self, w: np.ndarray, b: np.ndarray | None):
@@ -220,13 +219,12 @@ class Conv(Kernel):
         return self.y4[0], self.y4[1], self.y4[2] * self._phase_shape()[5]
 
     def _tile_input_shape(self) -> tuple[int, int]:
-        """The tiles' phase-split images, flat, with room for a tile read past the last plane."""
-        return self.x4[0], math.prod(self._phase_shape()[1:]) + tiles.NR
+        """The tiles' input planes of each image, flat, with room for a tile read past the last."""
+        return self.x4[0], self._tile_geo[2] + tiles.NR
 
     def _tile_args(self) -> tuple:
-        """(offs, geometry) of conv_tile: the taps' offsets and (sh, sw, Hq, Wq, pt, pl)."""
-        sh, sw, hq, wq = self._phase_shape()[2:]
-        return self._offs, (sh, sw, hq, wq, *self.pads[:2])
+        """(offs, geo) of conv_tile (``conv_tile.geometry``)."""
+        return self._tile_geo[:2]
 
     def _gemm_plan(self, threads: int) -> GemmPlan:
         t = workers(self.macs, threads, _SPLIT_MACS)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import llvmlite.binding as ll
 import numpy as np
 from llvmlite import ir
-from numba import prange, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -189,6 +189,23 @@ def tile(typingctx, xq, xpos, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow
     return sig, codegen
 
 
+@njit(cache=True, nogil=True)
+def _sample(x, xq, sh, sw, pt, pl):
+    """xq[a, b] = x[a*sh - pt, b*sw - pl] where that is inside x (H, W) (the rest is padding,
+    never written)."""
+    H, W = x.shape
+    Hq, Wq = xq.shape
+    for a in range(Hq):
+        h = a * sh - pt
+        if h < 0 or h >= H:
+            continue
+        b0 = min(Wq, max(0, -(-pl // sw)))
+        b1 = max(b0, min(Wq, (W - 1 + pl) // sw + 1))
+        src, dst = x[h], xq[a]
+        for b in range(b0, b1):
+            dst[b] = src[b * sw - pl]
+
+
 def _conv_tile_body(x, xq, w, bias, y, offs, geo, kind, a0, a1, chunks):
     """y (N, M, OH, OW) = act(conv(x (N, C, H, W)) + bias) through tiles; xq (N, >= C*sh*sw*Hq*Wq
     + NR) the phase-split images (their padding zero, never written), w and bias packed by
@@ -196,13 +213,16 @@ def _conv_tile_body(x, xq, w, bias, y, offs, geo, kind, a0, a1, chunks):
     runs of rows, one task each."""
     N, C = x.shape[0], x.shape[1]
     M, OH, OW = y.shape[1], y.shape[2], y.shape[3]
-    sh, sw, Hq, Wq, pt, pl = geo
-    ps = sh * sw * Hq * Wq  # one channel's phase planes
+    sh, sw, Hq, Wq, pt, pl, sampled = geo
+    ps = Hq * Wq if sampled else sh * sw * Hq * Wq  # one channel's planes
     nmb, K = -(-M // MR), offs.shape[0]
     for nc in prange(N * C):
         n = nc // C
         c = nc - n * C
-        phase_split(x[n, c:c + 1], xq[n, c * ps:(c + 1) * ps].reshape(1, sh, sw, Hq, Wq), pt, pl)
+        if sampled:
+            _sample(x[n, c], xq[n, c * ps:(c + 1) * ps].reshape(Hq, Wq), sh, sw, pt, pl)
+        else:
+            phase_split(x[n, c:c + 1], xq[n, c * ps:(c + 1) * ps].reshape(1, sh, sw, Hq, Wq), pt, pl)
     rows = -(-OH // chunks)
     for task in prange(N * chunks):
         n = task // chunks
@@ -242,12 +262,19 @@ def pack_weights(w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(wpad.reshape(nmb, MR, k).transpose(0, 2, 1)).reshape(-1), bpad
 
 
-def tap_offsets(c: int, kernel, strides, dil, hq: int, wq: int) -> np.ndarray:
-    """offs[(c, ki, kj)]: where tap (ki, kj) of channel c starts in an image's flattened phase
-    planes xq (C, sh, sw, Hq, Wq)."""
-    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dil
-    return np.array([(((ch * sh + ki * dh % sh) * sw + kj * dw % sw) * hq + ki * dh // sh) * wq + kj * dw // sw
+def geometry(c: int, out_hw, kernel, strides, dil, pads) -> tuple[np.ndarray, tuple, int]:
+    """(offs, geo, plane floats) of conv_tile for ``c`` input channels: offs[(c, ki, kj)] is where
+    tap (ki, kj) of channel c starts in an image's flattened planes; geo = (sh, sw, Hq, Wq, pt,
+    pl, sampled). A 1x1 kernel reads one phase only: its planes are the input sampled at the
+    stride (OH x OW each, ``sampled``), not all sh * sw phases."""
+    (oh, ow), (kh, kw), (sh, sw), (dh, dw) = out_hw, kernel, strides, dil
+    if (kh, kw) == (1, 1):
+        offs = np.arange(c, dtype=np.int64) * (oh * ow)
+        return offs, (sh, sw, oh, ow, pads[0], pads[1], True), c * oh * ow
+    hq, wq = oh + (kh - 1) * dh // sh, ow + (kw - 1) * dw // sw
+    offs = np.array([(((ch * sh + ki * dh % sh) * sw + kj * dw % sw) * hq + ki * dh // sh) * wq + kj * dw // sw
                      for ch in range(c) for ki in range(kh) for kj in range(kw)], np.int64)
+    return offs, (sh, sw, hq, wq, pads[0], pads[1], False), c * sh * sw * hq * wq
 
 
 def waste(oh: int, ow: int, wq: int, chunks: int = 1) -> float:

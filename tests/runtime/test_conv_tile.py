@@ -40,12 +40,11 @@ def _run(x, w, b, strides, dil, pads, kind, chunks, a0=0.0, a1=0.0):
     m, _, kh, kw = w.shape
     want = _reference(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), strides, dil, pads)
     oh, ow = want.shape[2:]
-    hq, wq = oh + (kh - 1) * dil[0] // strides[0], ow + (kw - 1) * dil[1] // strides[1]
-    xq = np.zeros((n, c * strides[0] * strides[1] * hq * wq + ct.NR), np.float32)
+    offs, geo, plane = ct.geometry(c, (oh, ow), (kh, kw), strides, dil, pads)
+    xq = np.zeros((n, plane + ct.NR), np.float32)
     wp, bp = ct.pack_weights(w.reshape(m, -1), b)
-    offs = ct.tap_offsets(c, (kh, kw), strides, dil, hq, wq)
     y = np.full(want.shape, np.nan, np.float32)
-    ct.conv_tile(0, x, xq, wp, bp, y, offs, (*strides, hq, wq, pads[0], pads[1]), kind, a0, a1, chunks)
+    ct.conv_tile(0, x, xq, wp, bp, y, offs, geo, kind, a0, a1, chunks)
     return y, want
 
 
@@ -57,6 +56,7 @@ CASES = {  # x NCHW, (M, kh, kw), strides, dilations, pads (top, left, bottom, r
     "dilated_lopsided_s3": ((1, 3, 25, 23), (5, 3, 3), (3, 2), (2, 3), (2, 0, 1, 4)),
     "valid_5x5_k1": ((4, 1, 28, 28), (ct.MR, 5, 5), (1, 1), (1, 1), (0, 0, 0, 0)),
     "pointwise_s2": ((1, 9, 13, 12), (ct.MR * 2, 1, 1), (2, 2), (1, 1), (0, 0, 0, 0)),
+    "pointwise_s3_padded": ((2, 5, 14, 11), (3, 1, 1), (3, 2), (1, 1), (1, 2, 2, 1)),
 }
 
 
