@@ -206,6 +206,21 @@ def _sample(x, xq, sh, sw, pt, pl):
             dst[b] = src[b * sw - pl]
 
 
+def _next_start(pos, oh, ow, wq, ow_n):
+    """The position (row, column) of the next tile after the one at pos: NR on, or the start of
+    the next row when that lands in the wide columns (a tile never starts on nothing to store)."""
+    pos, ow = pos + NR, ow + NR
+    while ow >= wq:
+        ow -= wq
+        oh += 1
+    if ow >= ow_n:
+        pos, oh, ow = pos + wq - ow, oh + 1, 0
+    return pos, oh, ow
+
+
+_next_start_jit = njit(cache=True, nogil=True)(_next_start)
+
+
 def _conv_tile_body(x, xq, w, bias, y, offs, geo, kind, a0, a1, chunks):
     """y (N, M, OH, OW) = act(conv(x (N, C, H, W)) + bias) through tiles; xq (N, >= C*sh*sw*Hq*Wq
     + NR) the phase-split images (their padding zero, never written), w and bias packed by
@@ -232,15 +247,12 @@ def _conv_tile_body(x, xq, w, bias, y, offs, geo, kind, a0, a1, chunks):
             continue
         xf, yf = xq[n], y[n].reshape(M * OH * OW)
         end = (r1 - 1) * Wq + OW
-        oh, ow = r0, 0
-        for pos in range(r0 * Wq, end, NR):
+        pos, oh, ow = r0 * Wq, r0, 0
+        while pos < end:
             for mb in range(nmb):
                 tile(xf, pos, pos, offs, w, mb * K * MR, yf, mb * MR * OH * OW, OH * OW, oh, ow, Wq, OW, end, bias,
                       mb * MR, min(MR, M - mb * MR), kind == 1)
-            ow += NR
-            while ow >= Wq:
-                ow -= Wq
-                oh += 1
+            pos, oh, ow = _next_start_jit(pos, oh, ow, Wq, OW)
         if kind > 1:
             for m in range(M):
                 seg = yf[(m * OH + r0) * OW:(m * OH + r1) * OW]
@@ -278,13 +290,15 @@ def geometry(c: int, out_hw, kernel, strides, dil, pads) -> tuple[np.ndarray, tu
 
 
 def waste(oh: int, ow: int, wq: int, chunks: int = 1) -> float:
-    """Fraction of the computed positions that are thrown away: the wide columns and the last
-    tile of every chunk of rows."""
+    """Fraction of the computed positions that are thrown away: the wide columns that tiles
+    cover and the end of the last tile of every chunk of rows."""
     rows = -(-oh // chunks)
     done = 0
     for r0 in range(0, oh, rows):
-        r1 = min(oh, r0 + rows)
-        done += -(-((r1 - r0 - 1) * wq + ow) // NR) * NR
+        pos, r, c = r0 * wq, r0, 0
+        while pos < (min(oh, r0 + rows) - 1) * wq + ow:
+            done += NR
+            pos, r, c = _next_start(pos, r, c, wq, ow)
     return 1.0 - oh * ow / done
 
 

@@ -50,6 +50,7 @@ def _run(x, w, b, strides, dil, pads, kind, chunks, a0=0.0, a1=0.0):
 
 CASES = {  # x NCHW, (M, kh, kw), strides, dilations, pads (top, left, bottom, right)
     "stem_s2": ((1, 3, 30, 27), (ct.MR + 1, 7, 7), (2, 2), (1, 1), (3, 3, 3, 3)),
+    "rows_of_whole_tiles": ((2, 3, 5, 2 * ct.NR), (ct.MR, 3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
     "one_channel_out": ((2, 4, 9, 40), (1, 3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
     "mr_minus_one": ((1, 5, 6, 5), (ct.MR - 1, 3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
     "short_rows": ((3, 2, 7, 3), (2 * ct.MR + 3, 3, 2), (1, 1), (1, 1), (1, 0, 1, 0)),
