@@ -77,6 +77,7 @@ CASES = [
     conv("5x5 1->64 28x28 b8 tanh", (8, 1, 28, 28), 64, 5, p=[0, 0, 0, 0], act="Tanh"),
     conv("xnornet-torch 3->64 5x5 32x32 b8", (8, 3, 32, 32), 64, 5),
     conv("bwn first 3->32 3x3 32x32 b8", (8, 3, 32, 32), 32, 3, act="Relu"),
+    conv("cnv first 3->64 3x3 valid 32x32", (1, 3, 32, 32), 64, 3, p=[0, 0, 0, 0]),
     conv("bwn binary-weight 32->64 32x32 b8", (8, 32, 32, 32), 64, 3, binary=True),
     conv("bwn binary-weight 64->128 16x16 b8", (8, 64, 16, 16), 128, 3, binary=True),
     conv("bwn binary-weight 128->128 8x8 b8", (8, 128, 8, 8), 128, 3, binary=True),
