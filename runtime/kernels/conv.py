@@ -8,8 +8,14 @@ Hq x Wq with Wq = OW + (KW-1)*dw // sw. Tap (ki, kj) then reads, for every outpu
 the flattened plane. So over a band of output rows computed Wq wide (the columns past OW are
 discarded), every tap is one contiguous run of memory, whatever the stride.
 
-Two paths:
+Three paths:
 
+* register tiles (runtime/kernels/conv_tile.py; float32, one group, planes where the wide
+  columns waste at most ``_TILE_WASTE``): blocks of output channels x consecutive positions
+  accumulated in vector registers over every tap, bias and Relu added there, stored straight
+  into y; no patch matrix. Stems, first layers, 3x3 and strided 1x1 convs take it (measured in
+  benchmarks/bench_float_conv.py: 1.0x onnxruntime on the Bi-Real Net stem where im2col + BLAS
+  gave 0.68x). Pointwise stride-1 convs stay with BLAS, which reads their input in place.
 * GEMM (runtime/kernels/conv_gemm.py): bands of output positions, each a patch matrix built
   straight from the input times the weights through BLAS (runtime/blas.py), bias and activation
   added while the band is in cache; bands are spread over the session's threads.
@@ -18,7 +24,7 @@ Two paths:
   phase split of a group's channels is done by the thread that convolves them, while in cache.
   Tiny layers (planes of a few pixels) run as plain scalar loops instead.
 
-The session runs either path from its plan function (``emit``: every size a literal, the
+The session runs every path from its plan function (``emit``: every size a literal, the
 scratch arrays in the workspace) or step by step (``run``: the same compiled code).
 """
 

@@ -17,10 +17,14 @@ columns that do not exist in y (ow >= OW), is stored lane by lane, skipping thos
 V fit the vector registers of the host (``TILE``): 16 floats x 8 x 2 on AVX-512 (16 of its 32
 registers accumulate), 8 x 4 x 3 on AVX2, 4 x 8 x 3 on NEON.
 
-The wide columns cost (Wq - OW) / Wq of the work, and positions past the last of a task round
-up to NR: ``waste`` measures it, and conv.py takes this path only where that is small (large
-planes: stems, first layers, 3x3 convs); it beats im2col + BLAS there because nothing but y is
-written and no second pass adds the bias.
+Tiles start at NR-position steps, except that one which would start on wide columns starts at
+the next row instead (so rows of a whole number of tiles waste nothing); the wide columns a tile
+covers, and the end of the last tile of a task, are computed for nothing: ``waste`` measures
+that, and conv.py takes this path only where it is small (large planes: stems, first layers,
+3x3 convs). It beats im2col + BLAS there because nothing but y is written and no second pass
+adds the bias. A 1x1 kernel reads one stride phase only, so its planes are the input sampled at
+the stride (``geometry``). Dense products with constant weights use the same tile with the
+roles turned around (runtime/kernels/dense.py).
 """
 
 from __future__ import annotations

@@ -124,9 +124,12 @@ class Product:
 
     def use_tiles(self, b: np.ndarray | None, c: np.ndarray | None) -> None:
         """Take the register tiles (module docstring) when b is a constant 2-D matrix, c absent or
-        one row repeated, the dtype float32, and there are at least MR / 2 rows."""
+        one row repeated, the dtype float32, and there are MR rows, or half as many and k >= 256
+        (below, BLAS was as fast: benchmarks/bench_float_conv.py)."""
         n, k, m = self.y3[1], self.a3[2], self.y3[2]
-        if b is None or b.ndim != 2 or self.y3[0] != 1 or self.dtype != np.float32 or 2 * n < tiles.MR:
+        if b is None or b.ndim != 2 or self.y3[0] != 1 or self.dtype != np.float32:
+            return
+        if n < tiles.MR and (2 * n < tiles.MR or k < 256):
             return
         if c is not None and not np.array_equal(np.broadcast_to(c, self.y3[1:]), np.broadcast_to(c[:1], self.y3[1:])):
             return

@@ -105,7 +105,7 @@ def test_conv_takes_tiles_where_they_waste_little():
     assert ct.waste(112, 112, 115) < 0.05
 
 
-DENSE = [(4, 1, 33), (8, 63, 1), (9, 64, 31), (17, 65, 130), (6, 130, 64)]  # rows, k, columns
+DENSE = [(4, 300, 33), (8, 1, 5), (8, 63, 1), (9, 64, 31), (17, 65, 130), (6, 257, 64)]  # rows, k, columns
 
 
 @pytest.mark.parametrize("parallel", [False, True])
