@@ -243,6 +243,9 @@ def choose_narrow(cg: int, kw: int, og: int, ow: int) -> bool:
 
 @register("bnnc.BinaryConv")
 class BinaryConv(Kernel):
+    n_inputs = (5, 7)  # X, X_mask, W, W_mask, then scale, bias, R (float output) or rule (bits)
+    n_outputs = (1, 3)
+
     def __init__(self, step: Step):
         super().__init__(step)
         (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = window_attrs(step)

@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.codegen import Expr
-from runtime.kernels.base import Kernel, Step, Twin, register
+from runtime.kernels.base import FLOATS, Kernel, Step, Twin, check_dtypes, register
 from runtime.kernels.conv_gemm import WIDE, GemmPlan, bias_act, conv_gemm, phase_split, workers
 from runtime.kernels.nn import act_rows, activation_of, lift4, window_geometry
 from runtime.threads import current_threads
@@ -139,8 +139,11 @@ def _conv_tiny(x, w, bias, y, sh, sw, dh, dw, pt, pl, kind, a0, a1):
 class Conv(Kernel):
     """NCHW convolution, 1-D or 2-D, any groups; see the module docstring for the strategy."""
 
+    n_inputs = (2, 3)
+
     def __init__(self, step: Step):
         super().__init__(step)
+        check_dtypes(step, [0, 1, 2], FLOATS)
         ws = step.in_shapes[1]
         act = activation_of(step) if step.op == "bnnc.FusedConv" else (0, 0.0, 0.0)
         self._plan(ws, int(step.attr("group", 1)), act)
