@@ -194,7 +194,7 @@ def test_a_forged_output_is_refused_by_its_kernel(tmp_path, case):
         value = manifest["values"][name]
         for field in ({"shape": value["shape"][:-1] + [value["shape"][-1] + 1] if value["shape"] else [2]},
                       {"dtype": OTHER_DTYPE[value["dtype"]]}):
-            path = _forged(tmp_path, manifest, tensors, lambda m, f=field: _set_value(m, name, **f))
+            path = _forged(tmp_path, manifest, tensors, lambda m, f=field, v=name: _set_value(m, v, **f))
             with pytest.raises(BnncError, match=f"node '{step['name']}'"):
                 InferenceSession(path, plan="steps")
 
