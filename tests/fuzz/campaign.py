@@ -80,7 +80,8 @@ def _warm_up(target, directory: str) -> None:
         path = os.path.join(directory, f"seed{k}{suffix}")
         with open(path, "wb") as f:
             f.write(raw)
-        oracle(path)
+        if oracle(path) not in ("ran", "loaded"):  # a refused seed would make every mutant "refused"
+            raise RuntimeError(f"seed {k} of the campaign does not run")
 
 
 def _address_space() -> int:
