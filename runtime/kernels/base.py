@@ -33,6 +33,7 @@ elements (or multiply-adds, or word operations).
 
 from __future__ import annotations
 
+import math
 import types
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -42,6 +43,7 @@ from numba import njit
 
 from runtime.errors import BnncError
 from runtime.threads import current_threads
+from runtime.validate import MAX_VALUE_BYTES
 
 PARALLEL_WORK = 1 << 16  # below this much work (elements, or multiply-adds) a kernel runs serially
 
@@ -158,6 +160,15 @@ def check_dtypes(step: Step, inputs, allowed, output: bool = True) -> str:
         where = "its inputs and output" if output else "its inputs"
         raise step.error(f"{where} must share one dtype out of {', '.join(allowed)}, the plan has {', '.join(map(str, got))}")
     return got[0]
+
+
+def check_scratch(step: Step, shape, dtype) -> None:
+    """A work array of the kernel is bounded like a value of the artifact (runtime/validate.py):
+    forged padding or dilation must not make the session allocate without limit."""
+    nbytes = math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
+    if nbytes > MAX_VALUE_BYTES:
+        raise step.error(f"needs a work array of {nbytes:,} bytes (more than {MAX_VALUE_BYTES:,}): its padding, "
+                         f"dilation or strides are out of proportion")
 
 
 def broadcast(step: Step, shapes) -> tuple[int, ...]:

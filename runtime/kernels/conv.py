@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.codegen import Expr
-from runtime.kernels.base import FLOATS, Kernel, Step, Twin, check_dtypes, register
+from runtime.kernels.base import FLOATS, Kernel, Step, Twin, check_dtypes, check_scratch, register
 from runtime.kernels.conv_gemm import WIDE, GemmPlan, bias_act, conv_gemm, phase_split, workers
 from runtime.kernels.nn import act_rows, activation_of, lift4, window_geometry
 from runtime.threads import current_threads
@@ -185,6 +185,10 @@ class Conv(Kernel):
         self.direct = g > 1 and cg * self.mg <= 256
         self.tiny = self.direct and self.y4[2] * self.y4[3] <= _TINY_PLANE
         self.geo = (*self.y4[2:], kh, kw, *self.strides, *self.dil, *self.pads[:2])
+        if self.direct and not self.tiny:
+            check_scratch(step, self._phase_shape(), self.dtype)
+        elif not self.direct:  # the phase-split image does not depend on the thread count
+            check_scratch(step, self._gemm_plan(1).xq_shape, self.dtype)
 
     def _params(self, w: np.ndarray, b: np.ndarray | None):
         """Weights (direct: [M, Cg, kh, kw]; GEMM: [M, K]) and the bias [M] (zeros when absent)."""

@@ -247,3 +247,21 @@ def test_a_step_with_too_many_inputs_is_refused(tmp_path):
 def test_forged_cases_survive_json():
     for m, _ in CASES:  # the fuzzer's reseal goes through JSON: nothing here may need more than JSON holds
         assert json.loads(json.dumps(m)) == m
+
+
+def test_padding_out_of_proportion_is_refused_before_any_allocation(tmp_path):
+    """Padding and dilation within the validator's bounds whose output is small, while the work
+    array of the padded input would take tens of gigabytes."""
+    node = helper.make_node("Conv", ["x", "w"], ["y"], group=2, pads=[1, 1, 1, 1])
+    depthwise = _onnx(node, {"x": randn(1, 2, 8, 8)}, {"w": randn(2, 1, 3, 3)})
+
+    def dilate(m):
+        m["plan"][0]["attrs"].update(dilations=[32768, 32768], pads=[32768] * 4)  # the same 8 x 8 output
+
+    _refused(tmp_path, depthwise, dilate, "work array")
+
+    def stride(m):  # a 3 x 3 output of a border of -1 words 65536 wide
+        m["plan"][0]["attrs"].update(strides=[65536, 65536], pads=[65536] * 4, pad_value=-1)
+        _set_value(m, m["plan"][0]["outputs"][0], shape=[1, 6, 3, 3])
+
+    _refused(tmp_path, _case("bnnc.BinaryConv"), stride, "work array")
