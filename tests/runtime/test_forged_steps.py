@@ -157,7 +157,10 @@ def _cases():
 
 
 CASES = _cases()
-OTHER_DTYPE = {"float32": "float64", "float64": "float32", "bool": "int8", "int64": "int32", "uint64": "int64"}
+# what a forged output may claim instead (the campaign's value_entry mutations: float16 MaxPool and
+# bnnc.Sign outputs, an int16 AveragePool, a bool BinaryConv, each accepted by its producer once)
+OTHER_DTYPES = {"float32": ["float64", "float16", "int16", "bool"], "float64": ["float32"], "bool": ["int8", "uint8"],
+                "int64": ["int32", "float32"], "uint64": ["int64", "float64"]}
 
 
 def _forged(tmp_path, manifest, tensors, edit) -> str:
@@ -192,8 +195,8 @@ def test_a_forged_output_is_refused_by_its_kernel(tmp_path, case):
     InferenceSession(_forged(tmp_path, manifest, tensors, lambda m: None), plan="steps")  # the honest one loads
     for name in step["outputs"]:
         value = manifest["values"][name]
-        for field in ({"shape": value["shape"][:-1] + [value["shape"][-1] + 1] if value["shape"] else [2]},
-                      {"dtype": OTHER_DTYPE[value["dtype"]]}):
+        shape = value["shape"][:-1] + [value["shape"][-1] + 1] if value["shape"] else [2]
+        for field in [{"shape": shape}] + [{"dtype": d} for d in OTHER_DTYPES[value["dtype"]]]:
             path = _forged(tmp_path, manifest, tensors, lambda m, f=field, v=name: _set_value(m, v, **f))
             with pytest.raises(BnncError, match=f"node '{step['name']}'"):
                 InferenceSession(path, plan="steps")
@@ -212,14 +215,19 @@ def _case(op):
 
 
 def test_conv_input_of_another_dtype_is_refused(tmp_path):
-    """Campaign cases 2552, 6687: a Conv input declared float16 or bool reached Numba's typing."""
+    """Campaign cases 2552, 6687, 17904: a pool's or BinaryConv's output declared float16, int16 or
+    bool was accepted by its producer and reached the next Conv, which failed in Numba's typing
+    (cases 22484, 23507: a bnnc.Sign output declared int16 or bool even ran, and the Gemm read
+    it). The producers refuse now (``test_a_forged_output_is_refused_by_its_kernel``); the
+    consumer refuses such an input too."""
     conv = _case("Conv")
     for dtype in ("float16", "bool", "float64"):
         _refused(tmp_path, conv, lambda m, d=dtype: _set_value(m, m["plan"][0]["inputs"][0], dtype=d), "dtype")
 
 
 def test_huge_number_attribute_is_refused_by_the_validator(tmp_path):
-    """Campaign: a bnnc.Sign ``scale`` of 10**30... digits overflowed float() in the kernel."""
+    """A number attribute of 309 digits or more (JSON allows it) overflowed ``float()`` in the
+    kernels that read one (found in review: bnnc.Sign's ``scale``, activation parameters)."""
     manifest, tensors = _case("bnnc.Sign")
 
     def edit(m):
