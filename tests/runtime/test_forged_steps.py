@@ -226,8 +226,9 @@ def test_conv_input_of_another_dtype_is_refused(tmp_path):
 
 
 def test_huge_number_attribute_is_refused_by_the_validator(tmp_path):
-    """A number attribute of 309 digits or more (JSON allows it) overflowed ``float()`` in the
-    kernels that read one (found in review: bnnc.Sign's ``scale``, activation parameters)."""
+    """A number attribute of 309 digits or more (JSON allows it) overflows ``float()`` in the
+    kernels that read one (bnnc.Sign's ``scale``, activation parameters): the validator names the
+    attribute instead of leaving it to the session's catch-all for unforeseen kernel errors."""
     manifest, tensors = _case("bnnc.Sign")
 
     def edit(m):
