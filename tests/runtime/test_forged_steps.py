@@ -274,3 +274,30 @@ def test_padding_out_of_proportion_is_refused_before_any_allocation(tmp_path):
         _set_value(m, m["plan"][0]["outputs"][0], shape=[1, 6, 3, 3])
 
     _refused(tmp_path, _case("bnnc.BinaryConv"), stride, "work array")
+
+
+def _feeds(sess) -> dict:
+    rng = np.random.default_rng(0)
+    return {a.name: rng.standard_normal(a.shape).astype(a.type[len("tensor("):-1]) for a in sess.get_inputs()}
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=lambda i: CASES[i][0]["plan"][-1]["op"])
+def test_a_forged_input_is_refused_or_fits(tmp_path, case):
+    """The step's first input declared one larger or of another dtype (its output unchanged):
+    either its kernel refuses the step, or the step is consistent after all (a slice that ends
+    before the new element, a pool whose last window stays the same) and runs."""
+    manifest, tensors = CASES[case]
+    step = manifest["plan"][-1]
+    name = step["inputs"][0]
+    value = manifest["values"].get(name)
+    if value is None:  # a constant: its shape is the data's own
+        return
+    shape = value["shape"][:-1] + [value["shape"][-1] + 1] if value["shape"] else [2]
+    for field in [{"shape": shape}] + [{"dtype": d} for d in OTHER_DTYPES[value["dtype"]]]:
+        path = _forged(tmp_path, manifest, tensors, lambda m, f=field: _set_value(m, name, **f))
+        try:
+            sess = InferenceSession(path, plan="steps")
+        except BnncError as e:
+            assert f"node '{step['name']}'" in str(e), str(e)
+            continue
+        sess.run(None, _feeds(sess))  # consistent after all: it must run (any error here fails)
