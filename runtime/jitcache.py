@@ -30,16 +30,22 @@ def source_digest(root: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _writable_dir(path: str, private: str | None = None) -> bool:
+def user_temp_dir() -> str:
+    """This user's folder in the shared temporary directory (checked by ``writable_dir``)."""
+    return os.path.join(tempfile.gettempdir(), f"bnnc-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
+
+
+def writable_dir(path: str, private: str | None = None) -> bool:
     """Make ``path``; True when this process can write there. ``private``, a parent of
     ``path`` in a shared directory, must belong to this user and be closed to others (nobody
     else may plant machine code in the cache)."""
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        if private is not None and hasattr(os, "getuid"):
+        if private is not None:  # checked before anything is made inside it
+            os.makedirs(private, mode=0o700, exist_ok=True)  # (makedirs would give it the umask's mode)
             st = os.stat(private)
-            if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
                 return False
+        os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError:
         return False
     return os.access(path, os.W_OK | os.X_OK)
@@ -58,8 +64,8 @@ def use_versioned_cache() -> None:
         return
     name = "kernels-" + source_digest(os.path.dirname(os.path.abspath(__file__)))
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    shared = os.path.join(tempfile.gettempdir(), f"bnnc-{os.getuid() if hasattr(os, 'getuid') else 'user'}")
+    shared = user_temp_dir()
     for path, private in ((os.path.join(base, "bnnc", name), None), (os.path.join(shared, name), shared)):
-        if _writable_dir(path, private):
+        if writable_dir(path, private):
             numba.config.CACHE_DIR = path
             return

@@ -37,6 +37,7 @@ def generate(steps: list[dict], kernels: list, step_slots: list, n_slots: int, c
         else:
             outs = [None if j is None else Expr(f"b{j}") for j in slots]
         e.scope = re.sub(r"\W+", "_", s.get("name", s["op"]))[-20:].strip("_")
+        e.node = s.get("name", s["op"])
         start = len(e.lines)
         e.comment(f"{s.get('name', s['op'])} ({s['op']})")
         k.emit(e, ins, outs)

@@ -43,6 +43,7 @@ VALUE_DTYPES = frozenset(
      "float16", "float32", "float64")
 )
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_FLOAT_MAX = 10**308
 _BIG = 1 << 31
 
 # The domain of every attribute the kernels read, by name (the names mean the same in every op that
@@ -243,7 +244,8 @@ def _is_int(v: Any, lo: int, hi: int) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A JSON number that converts to a float (an int of 309+ digits overflows ``float()``)."""
+    return isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool) and abs(v) <= _FLOAT_MAX)
 
 
 def _in_domain(rule: tuple | None, v: Any) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.codegen import Expr
-from runtime.kernels.base import Kernel, Step, Twin, register
+from runtime.kernels.base import FLOATS, Kernel, Step, Twin, check_dtypes, register
 from runtime.kernels.nn import same_shape
 
 _CHUNK = 16384  # elements per task of the flat loop
@@ -159,8 +159,7 @@ class Activation(Kernel):
     def __init__(self, step: Step):
         super().__init__(step)
         same_shape(step)
-        if step.out_dtypes[0] not in ("float32", "float64"):
-            raise step.error(f"{step.op} of {step.out_dtypes[0]} is not supported (float32 and float64 only)")
+        check_dtypes(step, [0], FLOATS)
         self.kind = _KINDS[step.op]
         if step.op == "Gelu":
             approximate = step.attr("approximate", "none")
@@ -188,8 +187,9 @@ class FloatClass(Kernel):
     def __init__(self, step: Step):
         super().__init__(step)
         same_shape(step)
-        if step.in_dtypes[0] not in ("float32", "float64"):
-            raise step.error(f"{step.op} of {step.in_dtypes[0]} is not supported (float32 and float64 only)")
+        check_dtypes(step, [0], FLOATS, output=False)
+        if step.out_dtypes[0] != "bool":
+            raise step.error(f"the output must be bool, the plan says {step.out_dtypes[0]}")
         self.pos = bool(step.attr("detect_positive", 1))
         self.neg = bool(step.attr("detect_negative", 1))
 

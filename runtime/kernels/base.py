@@ -16,6 +16,15 @@ Kernels whose outputs are views of their inputs (Reshape, Flatten, Squeeze...) s
 ``view = True``: the session allocates nothing for them and ``run(ins, None, scratch)`` returns
 the list of output arrays.
 
+Consistency: the compiled code indexes without bounds checks, and an artifact may come from
+anywhere, so ``__init__`` refuses (``step.error``, a BnncError naming the node) any step whose
+declared shapes and dtypes do not follow from its inputs, attributes and constants. The base
+class checks how many inputs and outputs a step has (``n_inputs``, ``n_outputs``) and that its
+first input and its required outputs are present; the helpers below check dtypes, broadcasting and
+output shapes. The session allocates every buffer at its declared shape and dtype and checks
+the graph inputs, so once each kernel holds its declared outputs to what it computes, every
+array a kernel reads has the shape and dtype it was built for.
+
 Small work runs serially: a parallel Numba kernel pays for waking the thread pool (a few
 microseconds with one thread, tens with several on a busy machine) before it does anything, so
 parallel kernels get a serial twin (``twin``, ``Twin``) for work below ``PARALLEL_WORK``
@@ -24,6 +33,7 @@ elements (or multiply-adds, or word operations).
 
 from __future__ import annotations
 
+import math
 import types
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -33,6 +43,7 @@ from numba import njit
 
 from runtime.errors import BnncError
 from runtime.threads import current_threads
+from runtime.validate import MAX_VALUE_BYTES
 
 PARALLEL_WORK = 1 << 16  # below this much work (elements, or multiply-adds) a kernel runs serially
 
@@ -87,9 +98,21 @@ class Kernel:
     """Base class; subclasses are registered by op name with ``@register``."""
 
     view: ClassVar[bool] = False
+    # how many inputs and outputs the step may have (fewest, most; None: no limit)
+    n_inputs: ClassVar[tuple[int, int | None]] = (1, 1)
+    n_outputs: ClassVar[tuple[int, int | None]] = (1, 1)
 
     def __init__(self, step: Step):
         self.step = step
+        for what, shapes, (lo, hi) in (("inputs", step.in_shapes, self.n_inputs),
+                                       ("outputs", step.out_shapes, self.n_outputs)):
+            if len(shapes) < lo or (hi is not None and len(shapes) > hi):
+                most = "any number" if hi is None else str(hi)
+                raise step.error(f"has {len(shapes)} {what}; it takes {lo} to {most}")
+        if not step.in_shapes or step.in_shapes[0] is None:
+            raise step.error("its first input is missing")
+        if any(s is None for s in step.out_shapes[:self.n_outputs[0]]):
+            raise step.error("a required output of the step is unnamed")
 
     def make_scratch(self) -> Any:
         """This kernel's scratch for one workspace (None: it needs none)."""
@@ -106,6 +129,54 @@ class Kernel:
         """Write this step into the plan function: ``ins`` and ``outs`` are the source names of
         the input arrays and of the output buffers (for a view, the names to bind)."""
         raise NotImplementedError
+
+
+FLOATS = ("float32", "float64")  # the dtypes the float kernels are compiled for
+INTS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+NUMBERS = FLOATS + INTS  # float16 has no arithmetic in Numba: no kernel takes it
+DTYPES = NUMBERS + ("bool",)  # what data movement (views, copies) takes
+
+
+def check_outputs(step: Step, expect: list[tuple[tuple, str]]) -> None:
+    """The step's outputs are exactly ``expect``: (shape, dtype) each."""
+    if len(step.out_shapes) != len(expect):
+        raise step.error(f"expected {len(expect)} output(s), the plan has {len(step.out_shapes)}")
+    for i, (shape, dtype) in enumerate(expect):
+        if step.out_shapes[i] is None:
+            raise step.error(f"output {i} is unnamed, but the step computes it")
+        got = (tuple(step.out_shapes[i]), step.out_dtypes[i])
+        if got != (tuple(shape), dtype):
+            raise step.error(f"output {i} must be {dtype} {list(shape)}, the plan says {got[1]} {list(got[0])}")
+
+
+def check_dtypes(step: Step, inputs, allowed, output: bool = True) -> str:
+    """The present inputs at indices ``inputs`` (and output 0 when ``output``) share one dtype
+    out of ``allowed``; returns it ("" when none of them is present)."""
+    got = [step.in_dtypes[i] for i in inputs if i < len(step.in_dtypes) and step.in_shapes[i] is not None]
+    got += [step.out_dtypes[0]] if output else []
+    if not got:  # only absent optional inputs: nothing to check
+        return ""
+    if len(set(got)) != 1 or got[0] not in allowed:
+        where = "its inputs and output" if output else "its inputs"
+        raise step.error(f"{where} must share one dtype out of {', '.join(allowed)}, the plan has {', '.join(map(str, got))}")
+    return got[0]
+
+
+def check_scratch(step: Step, shape, dtype) -> None:
+    """A work array of the kernel is bounded like a value of the artifact (runtime/validate.py):
+    forged padding or dilation must not make the session allocate without limit."""
+    nbytes = math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
+    if nbytes > MAX_VALUE_BYTES:
+        raise step.error(f"needs a work array of {nbytes:,} bytes (more than {MAX_VALUE_BYTES:,}): its padding, "
+                         f"dilation or strides are out of proportion")
+
+
+def broadcast(step: Step, shapes) -> tuple[int, ...]:
+    """The shape ``shapes`` broadcast to (multidirectional, as numpy and ONNX)."""
+    try:
+        return tuple(int(d) for d in np.broadcast_shapes(*(tuple(s) for s in shapes)))
+    except ValueError:
+        raise step.error(f"shapes {', '.join(str(list(s)) for s in shapes)} do not broadcast together") from None
 
 
 KERNELS: dict[str, type[Kernel]] = {}

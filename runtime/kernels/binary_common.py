@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit
 
 from runtime.bitpack import nwords, pack_bits, unpack_bits
-from runtime.kernels.base import Step
+from runtime.kernels.base import Step, check_outputs  # noqa: F401  (the binary kernels import it from here)
 
 FLOAT, BITS = 0, 1
 NO_BITS = 2  # bits_zero when the float output has no binarized twin
@@ -78,15 +78,6 @@ def check_input(step: Step, i: int, what: str, shape: tuple, dtype: str) -> None
         raise step.error(
             f"{what} must be {dtype} {list(shape)}, got {step.in_dtypes[i]} {list(step.in_shapes[i] or ())}"
         )
-
-
-def check_outputs(step: Step, expect: list[tuple[tuple, str]]) -> None:
-    if len(step.out_shapes) != len(expect):
-        raise step.error(f"expected {len(expect)} output(s), the plan has {len(step.out_shapes)}")
-    for i, (shape, dtype) in enumerate(expect):
-        got = (tuple(step.out_shapes[i]), step.out_dtypes[i])
-        if got != (tuple(shape), dtype):
-            raise step.error(f"output {i} must be {dtype} {list(shape)}, the plan says {got[1]} {list(got[0])}")
 
 
 def weight_values(step: Step, i: int, shape: tuple[int, ...]) -> np.ndarray:

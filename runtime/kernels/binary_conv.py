@@ -31,7 +31,7 @@ from numba import njit, prange
 
 from runtime.bitpack import nwords, popcount, tail_mask
 from runtime.codegen import Expr
-from runtime.kernels.base import Kernel, Step, Twin, register
+from runtime.kernels.base import Kernel, Step, Twin, check_scratch, register
 from runtime.kernels.binary_common import (
     OutputStage,
     _all_set,
@@ -243,6 +243,9 @@ def choose_narrow(cg: int, kw: int, og: int, ow: int) -> bool:
 
 @register("bnnc.BinaryConv")
 class BinaryConv(Kernel):
+    n_inputs = (5, 7)  # X, X_mask, W, W_mask, then scale, bias, R (float output) or rule (bits)
+    n_outputs = (1, 3)
+
     def __init__(self, step: Step):
         super().__init__(step)
         (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = window_attrs(step)
@@ -291,6 +294,7 @@ class BinaryConv(Kernel):
         self.tail = tail
         self.pt, self.pl = (pt, pl) if self.pad else (0, 0)
         self.copy_shape = shape
+        check_scratch(step, self.narrow.merged_shape if self.narrow is not None else shape, np.uint64)
         cpt, cpl = (0, 0) if self.pad else (pt, pl)
         self.geom = (kh, kw, sh, sw, dh, dw, cpt, cpl, oh, ow, cg)
         self.g, self.og, self.rows = g, og, n * oh

@@ -103,6 +103,9 @@ def _binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias
 
 @register("bnnc.BinaryDense")
 class BinaryDense(Kernel):
+    n_inputs = (5, 7)  # X, X_mask, W, W_mask, then scale, bias, R (float output) or rule (bits)
+    n_outputs = (1, 3)
+
     def __init__(self, step: Step):
         super().__init__(step)
         cout, k = int(step.attr("cout", 0)), int(step.attr("k", 0))

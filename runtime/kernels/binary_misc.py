@@ -100,6 +100,8 @@ def binarize(x: np.ndarray, zero: int, y: np.ndarray, ym: np.ndarray | None) -> 
 
 @register("bnnc.Binarize")
 class Binarize(Kernel):
+    n_outputs = (1, 2)
+
     def __init__(self, step: Step):
         super().__init__(step)
         self.zero = int(step.attr("zero", 1))
@@ -201,6 +203,9 @@ def _window_ok(o: int, size: int, k: int, s: int, d: int, p0: int) -> bool:
 
 @register("bnnc.BitMaxPool")
 class BitMaxPool(Kernel):
+    n_inputs = (1, 3)  # X, X_mask, invert
+    n_outputs = (1, 2)
+
     def __init__(self, step: Step):
         super().__init__(step)
         (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = window_attrs(step)

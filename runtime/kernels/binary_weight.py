@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernels.base import Kernel, Step, register
+from runtime.kernels.base import Kernel, Step, check_dtypes, register
 from runtime.kernels.binary_common import check_input, check_outputs, const_input, weight_values, window_attrs
 from runtime.kernels.conv import Conv
 from runtime.kernels.dense import Product
@@ -33,6 +33,8 @@ class BinaryWeightConv(Conv):
     """The float convolution (runtime/kernels/conv.py) with weights ``values * scale[c]``,
     unpacked once, and ``bias`` as its bias."""
 
+    n_inputs = (5, 5)  # X, W, W_mask, scale, bias
+
     def __init__(self, step: Step):
         Kernel.__init__(self, step)
         (kh, kw), _, (pt, pl, pb, pr), _ = window_attrs(step)
@@ -43,6 +45,7 @@ class BinaryWeightConv(Conv):
         if xs is None or len(xs) != 4:
             raise step.error("X must be float32 [N, C, H, W]")
         check_input(step, 0, "X", (xs[0], cin, xs[2], xs[3]), "float32")
+        check_dtypes(step, [0], ("float32",))  # the output too
         self._plan((cout, cin // g, kh, kw), g, activation_of(step))
         scale, bias = _scale_bias_of(step, cout)
         w = weight_values(step, 1, self.w4).astype(np.float32) * scale.reshape(-1, 1, 1, 1)
@@ -52,6 +55,8 @@ class BinaryWeightConv(Conv):
 
 @register("bnnc.BinaryWeightDense")
 class BinaryWeightDense(Kernel):
+    n_inputs = (5, 5)  # X, W, W_mask, scale, bias
+
     def __init__(self, step: Step):
         super().__init__(step)
         cout, k = int(step.attr("cout", 0)), int(step.attr("k", 0))

@@ -37,7 +37,7 @@ from numba import njit, prange
 
 from runtime.codegen import Expr
 from runtime.kernels import conv_tile as tiles
-from runtime.kernels.base import Kernel, Step, Twin, register
+from runtime.kernels.base import FLOATS, Kernel, Step, Twin, check_dtypes, check_scratch, register
 from runtime.kernels.conv_gemm import WIDE, GemmPlan, bias_act, conv_gemm, phase_split, workers
 from runtime.kernels.nn import act_rows, activation_of, lift4, window_geometry
 from runtime.threads import current_threads
@@ -147,8 +147,11 @@ def _conv_tiny(x, w, bias, y, sh, sw, dh, dw, pt, pl, kind, a0, a1):
 class Conv(Kernel):
     """NCHW convolution, 1-D or 2-D, any groups; see the module docstring for the strategy."""
 
+    n_inputs = (2, 3)
+
     def __init__(self, step: Step):
         super().__init__(step)
+        check_dtypes(step, [0, 1, 2], FLOATS)
         ws = step.in_shapes[1]
         act = activation_of(step) if step.op == "bnnc.FusedConv" else (0, 0.0, 0.0)
         self._plan(ws, int(step.attr("group", 1)), act)
@@ -193,6 +196,10 @@ class Conv(Kernel):
         self.geo = (*self.y4[2:], kh, kw, *self.strides, *self.dil, *self.pads[:2])
         self.tiled = self._tiles_fit()
         self._tile_geo = tiles.geometry(cg, self.y4[2:], (kh, kw), self.strides, self.dil, self.pads) if self.tiled else None
+        if self.direct and not self.tiny:
+            check_scratch(step, self._phase_shape(), self.dtype)
+        elif not self.direct:  # the phase-split image does not depend on the thread count
+            check_scratch(step, self._gemm_plan(1).xq_shape, self.dtype)
 
     def _tiles_fit(self) -> bool:
         """Register tiles (conv_tile.py) for one float32 group whose planes waste little, except

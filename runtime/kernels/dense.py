@@ -24,7 +24,7 @@ from numba import njit, prange
 from runtime.blas import gemm
 from runtime.codegen import Expr
 from runtime.kernels import conv_tile as tiles
-from runtime.kernels.base import Kernel, Step, Twin, register
+from runtime.kernels.base import FLOATS, Kernel, Step, Twin, broadcast, check_dtypes, register
 from runtime.kernels.nn import act_rows, activation_of
 from runtime.threads import current_threads
 
@@ -195,8 +195,11 @@ class Gemm(Kernel):
     """Y = act(alpha * A' @ B' + beta * C); a constant B is transposed and scaled once, a
     constant C scaled and broadcast once."""
 
+    n_inputs = (2, 3)
+
     def __init__(self, step: Step):
         super().__init__(step)
+        check_dtypes(step, [0, 1, 2], FLOATS)
         self.act = activation_of(step) if step.op == "bnnc.FusedGemm" else (0, 0.0, 0.0)
         self.alpha = float(step.attr("alpha", 1.0))
         self.beta = float(step.attr("beta", 1.0))
@@ -210,6 +213,10 @@ class Gemm(Kernel):
         if sa is None or sb is None or len(sa) != 2 or len(sb) != 2:
             raise step.error(f"A and B must be 2-D, got shapes {sa} and {sb}")
         self.a_shape, self.b_shape = (sa[::-1] if self.trans_a else sa), (sb[::-1] if self.trans_b else sb)
+        if tuple(step.out_shapes[0]) != (self.a_shape[0], self.b_shape[1]):
+            raise step.error(f"A' {list(self.a_shape)} times B' {list(self.b_shape)} does not give {list(step.out_shapes[0])}")
+        if self.has_c and broadcast(step, [step.in_shapes[2], step.out_shapes[0]]) != tuple(step.out_shapes[0]):
+            raise step.error(f"C of shape {list(step.in_shapes[2])} does not broadcast to {list(step.out_shapes[0])}")
         try:
             self.product = Product(self.a_shape, self.b_shape, step.out_shapes[0], self.dtype)
         except ValueError as err:
@@ -255,19 +262,34 @@ class Gemm(Kernel):
         self.product.run(a, b, c, outs[0], alpha, self.act, scratch)
 
 
+def _matmul_shape(step: Step, sa: tuple, sb: tuple) -> tuple:
+    """numpy's matmul result shape (1-D operands promoted, then their axis dropped)."""
+    a = (1,) + sa if len(sa) == 1 else sa
+    b = sb + (1,) if len(sb) == 1 else sb
+    if a[-1] != b[-2]:
+        raise step.error(f"operands {list(sa)} and {list(sb)} do not multiply")
+    core = a[-2:-1] * (len(sa) > 1) + b[-1:] * (len(sb) > 1)
+    return broadcast(step, [a[:-2], b[:-2]]) + core
+
+
 @register("MatMul", "bnnc.FusedMatMul")
 class MatMul(Kernel):
     """numpy-semantics matmul (batched, broadcast, 1-D operands); a constant 2-D B with a
     batched A is one GEMM over all leading rows."""
 
+    n_inputs = (2, 2)
+
     def __init__(self, step: Step):
         super().__init__(step)
+        check_dtypes(step, [0, 1], FLOATS)
         self.act = activation_of(step) if step.op == "bnnc.FusedMatMul" else (0, 0.0, 0.0)
         b = step.consts[1]
         self.b = np.ascontiguousarray(b) if b is not None else None
         sa, sb = step.in_shapes[0], step.in_shapes[1]
         if sa is None or sb is None or not sa or not sb:
             raise step.error(f"MatMul needs operands of rank >= 1, got shapes {sa} and {sb}")
+        if tuple(step.out_shapes[0]) != _matmul_shape(step, tuple(sa), tuple(sb)):
+            raise step.error(f"operands {list(sa)} and {list(sb)} do not give {list(step.out_shapes[0])}")
         try:
             self.product = Product(sa, sb, step.out_shapes[0], step.out_dtypes[0])
         except ValueError as err:

@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.codegen import Expr
-from runtime.kernels.base import Kernel, Step, Twin, register
+from runtime.kernels.base import FLOATS, NUMBERS, Kernel, Step, Twin, broadcast, check_dtypes, check_outputs, register
 from runtime.kernels.nn import activate, activation_of, emit_activate, same_shape
 
 _CHUNK = 16384
@@ -133,11 +133,15 @@ _UNARY = {
 }
 
 
+_UNARY_DTYPES = {"Neg": NUMBERS, "Abs": NUMBERS, "Sign": NUMBERS, "Not": ("bool",)}  # the others: floats
+
+
 @register(*_UNARY)
 class Unary(Kernel):
     def __init__(self, step: Step):
         super().__init__(step)
         self.fn = _UNARY[step.op]
+        check_dtypes(step, [0], _UNARY_DTYPES.get(step.op, FLOATS))
         same_shape(step)
 
     def emit(self, e, ins, outs):
@@ -172,13 +176,26 @@ _BINARY = {
 }
 
 
+_COMPARISONS = ("And", "Or", "Xor", "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual")  # bool out
+
+
 @register(*_BINARY)
 class Binary(Kernel):
     """A broadcasting binary op; integer Div truncates toward zero like C (and onnxruntime)."""
 
+    n_inputs = (2, 2)
+
     def __init__(self, step: Step):
         super().__init__(step)
         self.fn = _BINARY[step.op]
+        if step.op in ("And", "Or", "Xor"):
+            check_dtypes(step, [0, 1], ("bool",))
+        elif step.op in ("Add", "Sub", "Mul", "Div"):
+            check_dtypes(step, [0, 1], NUMBERS)
+        else:  # a comparison
+            check_dtypes(step, [0, 1], NUMBERS + ("bool",) if step.op == "Equal" else NUMBERS, output=False)
+        dtype = "bool" if step.op in _COMPARISONS else step.in_dtypes[0]
+        check_outputs(step, [(broadcast(step, step.in_shapes), dtype)])
         self.int_div = step.op == "Div" and np.dtype(step.out_dtypes[0]).kind in "iu"
 
     def emit(self, e, ins, outs):
@@ -200,6 +217,14 @@ class Binary(Kernel):
 @register("Pow")
 class Pow(Kernel):
     """x ** y; the exponent may have another type, the result has the base's."""
+
+    n_inputs = (2, 2)
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        check_dtypes(step, [0], NUMBERS)
+        check_dtypes(step, [1], NUMBERS, output=False)
+        check_outputs(step, [(broadcast(step, step.in_shapes), step.in_dtypes[0])])
 
     def emit(self, e, ins, outs):
         t = self.step.out_dtypes[0]
@@ -225,6 +250,15 @@ _VARIADIC = {"Min": np.minimum, "Max": np.maximum, "Sum": np.add, "Mean": np.add
 @register(*_VARIADIC)
 class Variadic(Kernel):
     """Min, Max, Sum, Mean over any number of broadcasting inputs."""
+
+    n_inputs = (1, None)
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        if any(s is None for s in step.in_shapes):
+            raise step.error("an input is missing")
+        check_dtypes(step, range(len(step.in_shapes)), NUMBERS)
+        check_outputs(step, [(broadcast(step, step.in_shapes), step.in_dtypes[0])])
 
     def emit(self, e, ins, outs):
         op, t = self.step.op, self.step.out_dtypes[0]
@@ -254,6 +288,14 @@ class Variadic(Kernel):
 
 @register("Where")
 class Where(Kernel):
+    n_inputs = (3, 3)
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        check_dtypes(step, [0], ("bool",), output=False)
+        check_dtypes(step, [1, 2], NUMBERS + ("bool",))
+        check_outputs(step, [(broadcast(step, step.in_shapes), step.in_dtypes[1])])
+
     def emit(self, e, ins, outs):
         ops = [operand(self.step, ins, i) for i in range(3)]
         e.elementwise(outs[0], self.step.out_shapes[0], ops, lambda c, x, y: f"({x} if {c} else {y})")
@@ -273,12 +315,20 @@ _ONNX_TYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "
 class Cast(Kernel):
     """Conversion with C semantics: floats truncate toward zero, nonzero becomes True."""
 
+    n_inputs = (1, 2)
+
     def __init__(self, step: Step):
         super().__init__(step)
+        check_dtypes(step, [0], NUMBERS + ("bool",), output=False)
         if step.op == "Cast":
             to = step.attr("to")
             if _ONNX_TYPES.get(to) != step.out_dtypes[0]:
                 raise step.error(f"cannot cast to ONNX element type {to} (output is {step.out_dtypes[0]})")
+        elif len(step.in_shapes) != 2 or step.in_dtypes[1] != step.out_dtypes[0]:
+            raise step.error("CastLike needs a second input, whose dtype the output has")
+        check_outputs(step, [(step.in_shapes[0], step.out_dtypes[0])])
+        if step.out_dtypes[0] not in NUMBERS + ("bool",):
+            raise step.error(f"cannot cast to {step.out_dtypes[0]}")
 
     def emit(self, e, ins, outs):
         t = self.step.out_dtypes[0]
@@ -305,6 +355,7 @@ class Softmax(Kernel):
         r = len(shape)
         legacy = int(step.attr("_opset", 13)) < 13
         axis = int(step.attr("axis", 1 if legacy else -1))
+        check_dtypes(step, [0], FLOATS)
         same_shape(step)
         if not -r <= axis < max(r, 1):
             raise step.error(f"axis {axis} is out of range for rank {r}")
@@ -335,9 +386,10 @@ class _Activation(Kernel):
         keys = {"LeakyRelu": ("alpha",), "HardSigmoid": ("alpha", "beta")}.get(self.name, ())
         params = [step.attr(k) for k in keys]
         self.act = activation_of(step, self.name, params if None not in params else None)
-        self.float = step.out_dtypes[0] in ("float32", "float64")
+        self.float = step.out_dtypes[0] in FLOATS
         if not self.float and self.name != "Relu":
             raise step.error(f"{self.name} of {step.out_dtypes[0]} is not supported (float only)")
+        check_dtypes(step, [0], NUMBERS)
         same_shape(step)
 
     def emit(self, e, ins, outs):
@@ -368,8 +420,15 @@ class Clip(Kernel):
     """Clip with min/max as attributes (opset < 11) or optional scalar inputs (read per run
     unless constant)."""
 
+    n_inputs = (1, 3)
+
     def __init__(self, step: Step):
         super().__init__(step)
+        check_dtypes(step, [0, 1, 2], NUMBERS)
+        same_shape(step)
+        for i in (1, 2):
+            if len(step.in_shapes) > i and step.in_shapes[i] is not None and math.prod(step.in_shapes[i]) != 1:
+                raise step.error(f"{('min', 'max')[i - 1]} must be one value, got shape {list(step.in_shapes[i])}")
         dt = np.dtype(step.out_dtypes[0])
         info = np.finfo(dt) if dt.kind == "f" else np.iinfo(dt)
         lo_hi = [step.attr("min", -math.inf if dt.kind == "f" else info.min),
@@ -384,7 +443,6 @@ class Clip(Kernel):
                     lo_hi[k] = c.reshape(-1)[0].item()
         self.lo, self.hi = lo_hi
         self.float = dt.kind == "f"
-        same_shape(step)
 
     def emit(self, e, ins, outs):
         t = self.step.out_dtypes[0]
@@ -409,11 +467,16 @@ class Clip(Kernel):
 class PRelu(Kernel):
     """y = x if x >= 0 else slope * x; a per-channel (or scalar) slope runs in Numba."""
 
+    n_inputs = (2, 2)
+
     def __init__(self, step: Step):
         super().__init__(step)
         xs = step.in_shapes[0]
         s = step.consts[1]
+        check_dtypes(step, [0, 1], NUMBERS)
         same_shape(step)
+        if broadcast(step, [xs, step.in_shapes[1]]) != tuple(xs):
+            raise step.error(f"slope of shape {list(step.in_shapes[1])} does not broadcast to {list(xs)}")
         self.slope = None
         if s is None:
             return

@@ -23,7 +23,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from runtime.codegen import Expr
-from runtime.kernels.base import Kernel, Step, Twin, register
+from runtime.kernels.base import FLOATS, Kernel, Step, Twin, check_dtypes, register
 
 # activation name -> (code, default parameters); the parameters are a0, a1 of act_rows
 ACTIVATIONS = {
@@ -281,10 +281,16 @@ class BatchNormalization(Kernel):
     """Inference BatchNorm folded into y = x * a[c] + b[c], a = scale / sqrt(var + eps),
     b = B - mean * a (computed in float64 once when the statistics are constants)."""
 
+    n_inputs = (5, 5)
+    n_outputs = (1, 3)
+
     def __init__(self, step: Step):
         super().__init__(step)
         if step.attr("training_mode", 0) or len(step.out_shapes) > 1:
             raise step.error("training-mode BatchNormalization is not supported (export the model in eval mode)")
+        check_dtypes(step, [0], FLOATS)
+        for i in range(1, 5):
+            check_dtypes(step, [i], FLOATS, output=False)
         self.eps = float(step.attr("epsilon", 1e-5))
         self.dtype = np.dtype(step.out_dtypes[0])
         same_shape(step)

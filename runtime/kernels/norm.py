@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.codegen import Expr
-from runtime.kernels.base import Kernel, Step, Twin, register
+from runtime.kernels.base import FLOATS, Kernel, Step, Twin, check_dtypes, register
 from runtime.kernels.nn import same_shape
 
 
@@ -73,9 +73,10 @@ _layer_norm = Twin(_layer_norm_body)
 
 
 def _float_only(step: Step) -> None:
-    """The kernels are compiled for float32 and float64 only."""
-    if step.out_dtypes[0] not in ("float32", "float64"):
-        raise step.error(f"{step.op} of {step.out_dtypes[0]} is not supported (float32 and float64 only)")
+    """The kernels are compiled for float32 and float64 only (scale and bias are read as float64)."""
+    check_dtypes(step, [0], FLOATS)
+    for i in (1, 2):
+        check_dtypes(step, [i], FLOATS, output=False)
 
 
 def _vector(step: Step, arr: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -90,6 +91,8 @@ def _vector(step: Step, arr: np.ndarray, shape: tuple[int, ...], what: str) -> n
 class _Normalization(Kernel):
     """Shared set-up: epsilon, and the scale and bias as float64 vectors over the normalized
     block (``param_shape``), made once when they are constants."""
+
+    n_inputs = (2, 3)
 
     def _prepare(self, step: Step, param_shape: tuple[int, ...]) -> None:
         """Checks common to both ops; scale and bias made once when they are constants."""
@@ -165,6 +168,8 @@ class InstanceNormalization(_Normalization):
 class LayerNormalization(_Normalization):
     """y = (x - mean) / sqrt(var + epsilon) * Scale + B, statistics over the axes from ``axis``
     (default -1) on; Scale and B broadcast to those axes."""
+
+    n_outputs = (1, 3)
 
     def __init__(self, step: Step):
         super().__init__(step)

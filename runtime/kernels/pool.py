@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.codegen import Expr
-from runtime.kernels.base import Kernel, Step, Twin, register
+from runtime.kernels.base import FLOATS, NUMBERS, Kernel, Step, Twin, check_dtypes, register
 from runtime.kernels.conv import _phase_split, _tap_ranges
 from runtime.kernels.nn import lift4, window_geometry
 
@@ -174,13 +174,16 @@ _global_pool = Twin(_global_pool_body)
 
 
 class Pool(Kernel):
+    n_outputs = (1, 2)
+
     def __init__(self, step: Step):
         super().__init__(step)
         xs, ys = step.in_shapes[0], step.out_shapes[0]
         if len(step.out_shapes) > 1:
             raise step.error("the Indices output of MaxPool is not supported")
-        if len(xs) not in (3, 4):
-            raise step.error(f"only 1-D and 2-D pooling is supported, got input shape {xs}")
+        check_dtypes(step, [0], NUMBERS if step.op == "MaxPool" else FLOATS)
+        if len(xs) not in (3, 4) or len(ys) != len(xs):
+            raise step.error(f"only 1-D and 2-D pooling is supported, got shapes {list(xs)} -> {list(ys)}")
         k_sp = step.attr("kernel_shape")
         if not k_sp:
             raise step.error("kernel_shape is required")
@@ -254,9 +257,10 @@ class GlobalPool(Kernel):
         xs = step.in_shapes[0]
         if len(xs) < 3:
             raise step.error(f"expects an input with spatial axes, got shape {xs}")
+        check_dtypes(step, [0], FLOATS)
         self.rows = xs[0] * xs[1]
         self.is_max = step.op == "GlobalMaxPool"
-        if math.prod(step.out_shapes[0]) != self.rows:
+        if tuple(step.out_shapes[0]) != tuple(xs[:2]) + (1,) * (len(xs) - 2):
             raise step.error(f"output shape {list(step.out_shapes[0])} does not match input shape {list(xs)}")
         self.work = math.prod(xs)
 

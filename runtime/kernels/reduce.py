@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.codegen import Expr
-from runtime.kernels.base import Kernel, Step, Twin, register
+from runtime.kernels.base import NUMBERS, Kernel, Step, Twin, check_dtypes, register
 from runtime.kernels.strided import c_strides, emit_copy
 from runtime.kernels.tensor import _axes, _const_ints
 
@@ -145,8 +145,11 @@ class Reduce(Kernel):
     """Reduce over constant axes (attribute, or input from ReduceSum-13 / opset 18), keepdims,
     noop_with_empty_axes."""
 
+    n_inputs = (1, 2)
+
     def __init__(self, step: Step):
         super().__init__(step)
+        check_dtypes(step, [0], NUMBERS)
         r = len(step.in_shapes[0])
         axes = _const_ints(step, 1, "axes") if len(step.in_shapes) > 1 else step.attr("axes")
         self.noop = not axes and bool(step.attr("noop_with_empty_axes", 0))
@@ -156,6 +159,10 @@ class Reduce(Kernel):
         self.fn = _REDUCE[step.op]
         shape = tuple(step.in_shapes[0])
         self.count = math.prod(shape[a] for a in self.axes)
+        keep = bool(step.attr("keepdims", 1))
+        want = shape if self.noop else self.kept if keep else tuple(d for i, d in enumerate(shape) if i not in self.axes)
+        if tuple(step.out_shapes[0]) != want:
+            raise step.error(f"output shape {list(step.out_shapes[0])} is not the reduced shape {list(want)}")
         if not self.noop and self.count == 0 and math.prod(self.kept) and step.op in ("ReduceMax", "ReduceMin"):
             raise step.error("the reduced axes are empty: there is no extreme to take")
 
@@ -305,6 +312,7 @@ class ArgExtreme(Kernel):
         shape = tuple(step.in_shapes[0])
         if not shape:
             raise step.error("the input must have at least one axis")
+        check_dtypes(step, [0], NUMBERS, output=False)
         axis = _axes(step, [int(step.attr("axis", 0))], len(shape))[0]
         if shape[axis] == 0:
             raise step.error(f"axis {axis} is empty: there is no extreme to pick")

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernels.base import Kernel, Step, register
+from runtime.kernels.base import FLOATS, Kernel, Step, check_dtypes, register
+from runtime.kernels.nn import same_shape
 
 
 @register("bnnc.Sign")
 class SignKernel(Kernel):
     def __init__(self, step: Step):
         super().__init__(step)
+        check_dtypes(step, [0], FLOATS)
+        same_shape(step)
         self.zero = float(step.attr("zero", 0))
         self.scale = np.float32(step.attr("scale", 1.0))
 

@@ -22,7 +22,7 @@ from numba import njit, prange
 
 from runtime.codegen import Expr
 from runtime.errors import BnncError
-from runtime.kernels.base import Kernel, Step, Twin, register
+from runtime.kernels.base import DTYPES, Kernel, Step, Twin, broadcast, check_dtypes, check_outputs, register
 from runtime.kernels.strided import c_strides, emit_copy
 
 
@@ -34,6 +34,11 @@ def _const_ints(step: Step, i: int, what: str) -> list[int] | None:
     if c is None:
         raise step.error(f"{what} must be a constant (it is computed at run time in this graph)")
     return [int(v) for v in np.asarray(c).reshape(-1)]
+
+
+def _same_dtype(step: Step) -> None:
+    """Data movement: the output has the data input's dtype, one the compiled code can hold."""
+    check_dtypes(step, [0], DTYPES)
 
 
 def _axes(step: Step, axes, rank: int) -> list[int]:
@@ -50,9 +55,11 @@ class View(Kernel):
     """The output is the input's memory with the recorded output shape."""
 
     view = True
+    n_inputs = (1, 2)
 
     def __init__(self, step: Step):
         super().__init__(step)
+        _same_dtype(step)
         self.shape = tuple(step.out_shapes[0])
         if math.prod(self.shape) != math.prod(step.in_shapes[0]):
             raise step.error(f"cannot view shape {list(step.in_shapes[0])} as {list(self.shape)}")
@@ -72,6 +79,8 @@ class Transpose(Kernel):
         self.perm = _axes(step, step.attr("perm") or list(range(r))[::-1], r)
         if sorted(self.perm) != list(range(r)):
             raise step.error(f"perm {self.perm} is not a permutation of {r} axes")
+        _same_dtype(step)
+        check_outputs(step, [(tuple(step.in_shapes[0][p] for p in self.perm), step.in_dtypes[0])])
 
     def emit(self, e, ins, outs):
         cs = c_strides(self.step.in_shapes[0])
@@ -84,9 +93,17 @@ class Transpose(Kernel):
 
 @register("Concat")
 class Concat(Kernel):
+    n_inputs = (1, None)
+
     def __init__(self, step: Step):
         super().__init__(step)
-        self.axis = _axes(step, [int(step.attr("axis", 0))], len(step.out_shapes[0]))[0]
+        ys = tuple(step.out_shapes[0])
+        self.axis = a = _axes(step, [int(step.attr("axis", 0))], len(ys))[0]
+        check_dtypes(step, range(len(step.in_shapes)), DTYPES)
+        parts = [tuple(s) for s in step.in_shapes if s is not None]
+        if any(len(s) != len(ys) or s[:a] + s[a + 1:] != ys[:a] + ys[a + 1:] for s in parts) \
+                or sum(s[a] for s in parts) != ys[a]:
+            raise step.error(f"inputs {', '.join(str(list(s)) for s in parts)} do not concatenate to {list(ys)} on axis {a}")
 
     def emit(self, e, ins, outs):
         ds = c_strides(self.step.out_shapes[0])
@@ -106,10 +123,20 @@ class Split(Kernel):
     """Split along ``axis``; the part sizes are the recorded output shapes (however the model
     gave them: ``split`` attribute or input, ``num_outputs``, or equal parts)."""
 
+    n_inputs = (1, 2)
+    n_outputs = (1, None)
+
     def __init__(self, step: Step):
         super().__init__(step)
-        r = len(step.in_shapes[0])
+        xs = tuple(step.in_shapes[0])
+        r = len(xs)
         self.axis = axis = _axes(step, [int(step.attr("axis", 0))], r)[0]
+        check_dtypes(step, [0], DTYPES, output=False)
+        for shape, dtype in zip(step.out_shapes, step.out_dtypes, strict=True):
+            if shape is None:
+                raise step.error("every part must be an output (one is unnamed)")
+            if dtype != step.in_dtypes[0] or len(shape) != r or shape[:axis] + shape[axis + 1:] != xs[:axis] + xs[axis + 1:]:
+                raise step.error(f"output {dtype} {list(shape)} is not a part of the {step.in_dtypes[0]} input {list(xs)}")
         self.parts = []
         start = 0
         for shape in step.out_shapes:
@@ -135,8 +162,11 @@ class Slice(Kernel):
     """Slice with constant starts/ends/axes/steps (inputs, or attributes before opset 10),
     clamped as ONNX specifies."""
 
+    n_inputs = (1, 5)
+
     def __init__(self, step: Step):
         super().__init__(step)
+        _same_dtype(step)
         shape = step.in_shapes[0]
         if len(step.in_shapes) > 1:
             starts = _const_ints(step, 1, "starts")
@@ -211,12 +241,20 @@ _gather = Twin(_gather_body)
 
 @register("Gather")
 class Gather(Kernel):
+    n_inputs = (2, 2)
+
     def __init__(self, step: Step):
         super().__init__(step)
-        xs, ys = step.in_shapes[0], step.out_shapes[0]
-        self.axis = _axes(step, [int(step.attr("axis", 0))], len(xs))[0]
+        xs, ys = tuple(step.in_shapes[0]), tuple(step.out_shapes[0])
+        self.axis = a = _axes(step, [int(step.attr("axis", 0))], len(xs))[0]
+        _same_dtype(step)
+        if step.in_shapes[1] is None or step.in_dtypes[1] not in ("int32", "int64"):
+            raise step.error(f"indices must be int32 or int64, got {step.in_dtypes[1]}")
         # the indices' shape as the output records it (a scalar index may be stored as [1])
-        self.idx_shape = tuple(ys[self.axis:self.axis + len(ys) - len(xs) + 1])
+        self.idx_shape = tuple(ys[a:a + len(ys) - len(xs) + 1])
+        if len(ys) < len(xs) - 1 or ys[:a] != xs[:a] or ys[a + len(self.idx_shape):] != xs[a + 1:] \
+                or math.prod(self.idx_shape) != math.prod(step.in_shapes[1]):
+            raise step.error(f"gathering {list(step.in_shapes[1])} indices from {list(xs)} on axis {a} does not give {list(ys)}")
         c = step.consts[1]
         self.idx = None
         if c is not None:
@@ -250,6 +288,15 @@ class Gather(Kernel):
 class Expand(Kernel):
     """Broadcast to the recorded output shape."""
 
+    n_inputs = (1, 2)
+
+    def __init__(self, step: Step):
+        super().__init__(step)
+        _same_dtype(step)
+        ys = tuple(step.out_shapes[0])
+        if len(step.in_shapes[0]) > len(ys) or broadcast(step, [step.in_shapes[0], ys]) != ys:
+            raise step.error(f"cannot expand {list(step.in_shapes[0])} to {list(ys)}")
+
     def emit(self, e, ins, outs):
         xs, ys = tuple(self.step.in_shapes[0]), tuple(self.step.out_shapes[0])
         cs = (0,) * (len(ys) - len(xs)) + c_strides(xs)
@@ -266,8 +313,11 @@ class Tile(Kernel):
     """Tile as one broadcast copy: the output viewed as (r0, d0, r1, d1, ...) takes the input
     viewed as (1, d0, 1, d1, ...)."""
 
+    n_inputs = (1, 2)
+
     def __init__(self, step: Step):
         super().__init__(step)
+        _same_dtype(step)
         xs, ys = step.in_shapes[0], step.out_shapes[0]
         if len(xs) != len(ys) or any(d and y % d for d, y in zip(xs, ys, strict=True)):
             raise step.error(f"cannot tile shape {list(xs)} to {list(ys)}")
@@ -288,8 +338,11 @@ class Pad(Kernel):
     """constant / reflect / edge / wrap padding; negative pads crop. Pads (and axes) are an
     attribute before opset 11 or constant inputs; the constant value may be a run-time input."""
 
+    n_inputs = (1, 4)
+
     def __init__(self, step: Step):
         super().__init__(step)
+        _same_dtype(step)
         shape = step.in_shapes[0]
         r = len(shape)
         self.mode = step.attr("mode", "constant")
@@ -309,6 +362,12 @@ class Pad(Kernel):
         self.inner = tuple(slice(b, b + (s.stop - s.start)) for (b, _), s in zip(self.pos, self.crop, strict=True))
         self.value = float(step.attr("value", 0.0))
         self.value_input = len(step.in_shapes) > 2 and step.in_shapes[2] is not None
+        padded = tuple(b + (s.stop - s.start) + e for (b, e), s in zip(self.pos, self.crop, strict=True))
+        if tuple(step.out_shapes[0]) != padded or any(s.stop < s.start for s in self.crop):
+            raise step.error(f"padding {list(shape)} gives {list(padded)}, the plan says {list(step.out_shapes[0])}")
+        if self.value_input and (math.prod(step.in_shapes[2]) != 1 or step.in_dtypes[2] != step.in_dtypes[0]):
+            raise step.error(f"the constant value must be one {step.in_dtypes[0]}, got {step.in_dtypes[2]} "
+                             f"{list(step.in_shapes[2])}")
         if self.mode != "constant" and any(b or e for b, e in self.pos):
             for (b, e), s in zip(self.pos, self.crop, strict=True):
                 if self.mode == "reflect" and max(b, e) > s.stop - s.start - 1 or s.stop == s.start:

@@ -320,10 +320,8 @@ def load_and_run(path: str) -> str:
         return "refused"
     rng = np.random.default_rng(0)
     feeds = {}
-    for arg in sess.get_inputs():
-        shape = [1 if isinstance(d, str) else d for d in arg.shape]
-        dtype = np.dtype(arg.type[len("tensor("):-1])
-        feeds[arg.name] = (rng.standard_normal(shape) * 2).astype(dtype)
+    for arg in sess.manifest["inputs"]:  # the compiled shapes: a dynamic batch takes multiples of them
+        feeds[arg["name"]] = (rng.standard_normal(arg["shape"]) * 2).astype(arg["dtype"])
     try:
         sess.run(None, feeds)
     except BnncError:
