@@ -11,7 +11,7 @@ from onnx import helper
 import bnnc
 from cli import popcount_isa
 from tests.bnn_graphs import Builder
-from tests.helpers import assert_cli_error, cli, make_model, save
+from tests.helpers import assert_cli_error, cli, make_model, needs_corpus, save
 
 DIGITS = Path(__file__).parents[1].parent / "shared" / "corpus" / "digits_bnn" / "model.onnx"  # NHWC input
 N = helper.make_node
@@ -53,6 +53,7 @@ def test_input_shape_may_fix_dynamic_dims_only(tmp_path, bnn):
     assert cli("compile", bnn, "--input-shape", "x=2,3,6,6", "-o", tmp_path / "m.bnn")[0] == 0
 
 
+@needs_corpus
 def test_verify_on_the_digits_model_rejects_rgb_and_nchw_inputs(tmp_path):
     # the digits model expects [N, 8, 8, 1]; both used to verify "OK" on the file's shape
     for shape in [(3, 8, 8, 3), (3, 1, 8, 8)]:
