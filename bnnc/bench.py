@@ -73,7 +73,9 @@ def load_engines(onnx_path: str, threads: int = 1, input_shapes: dict | None = N
 def interleave(fns: dict[str, Callable[[], object]], repeat: int, warmup: int = 3,
                progress: Callable[[int, int], None] | None = None) -> dict[str, list[float]]:
     """Seconds of ``repeat`` runs of every function, in blocks of ``BLOCK`` back-to-back runs of
-    one function at a time; the order of the functions rotates from one round to the next."""
+    one function at a time; the order of the functions rotates from one round to the next. Each
+    block starts with one untimed run: both engines' idle workers spin a little after a run, and
+    that would be charged to the first run of the other engine."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -82,6 +84,7 @@ def interleave(fns: dict[str, Callable[[], object]], repeat: int, warmup: int = 
     while len(times[order[0]]) < repeat:
         for k in order:
             acc, fn = times[k], fns[k]
+            fn()
             for _ in range(min(BLOCK, repeat - len(acc))):
                 t0 = time.perf_counter()
                 fn()

@@ -4,8 +4,9 @@ Graph optimizations are off everywhere bnnc asks onnxruntime for a reference (th
 tabulation, QONNX folding, verify): onnxruntime's fusions (Conv+BatchNormalization) change the
 arithmetic, and bnnc must match the graph's own arithmetic. ``bnnc bench`` times onnxruntime as
 users run it, optimizations on. Its log shows errors only (the
-warnings about unused initializers are noise here); with more than one thread its pool threads do
-not spin-wait after a run, which would starve bnnc's threads on a small machine.
+warnings about unused initializers are noise here); with more than one thread its pool threads
+spin-wait inside a run, as users run it, but stop at the end of each run
+(``session.force_spinning_stop``): spinning on would starve bnnc's threads on a small machine.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def session(model: onnx.ModelProto | bytes, threads: int = 1, what: str = "the m
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads > 1:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     try:
         data = model if isinstance(model, bytes) else model.SerializeToString()
         return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])

@@ -2,11 +2,13 @@
 
 import os
 
-# Numba's OpenMP workers would otherwise spin after every parallel kernel and hold cores that the
-# next kernel's threads (or the GEMM worker threads, see runtime.threads) are waiting for; on a
-# small machine that made multi-threaded runs 10x slower than one thread. It must be set before
-# Numba starts its thread pool; a value the user set is kept.
+# Numba's OpenMP workers: without a policy libgomp spins for milliseconds after every parallel
+# kernel and holds cores the user's code needs; sleeping at once (PASSIVE) makes every kernel wait
+# for a wake-up (tens of microseconds on a VM), which took most of the second thread's gain. So
+# they sleep, but only after a short spin that bridges the gaps between a plan's kernels
+# (runtime/threads.py). Set before Numba starts its pool; values the user set are kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 
 from runtime.jitcache import use_versioned_cache  # noqa: E402
 

@@ -3,11 +3,17 @@
 Two thread pools must never take turns: OpenBLAS's idle workers spin for a long while after each
 GEMM, and a Numba kernel launched next then waits for a core they hold (on a 2-core VM, a
 conv stem alternating an im2col kernel with 2-thread GEMMs ran 100x slower than with one
-thread). So during an inference Numba's pool does the kernels with ``n`` threads, BLAS runs with
-one thread, and the few GEMMs large enough to need more cores are split into column bands that
-``run_parts`` hands to plain Python worker threads (they sleep in the kernel when idle, and
-numpy's matmul releases the GIL). Numba's OpenMP workers are made to sleep when idle too
-(``OMP_WAIT_POLICY=PASSIVE``, set in ``runtime/__init__.py`` before Numba starts its pool).
+thread). So during an inference BLAS runs with one thread, and Numba's pool does all the
+parallel work, the large GEMMs included (each of its threads calls BLAS on a band,
+runtime/kernels/dense.py).
+
+Numba's OpenMP workers spin a short while after each parallel kernel before they sleep
+(``GOMP_SPINCOUNT``, set in ``runtime/__init__.py`` before Numba starts its pool). A plan's
+kernels follow each other microseconds apart, and waking a sleeping worker costs tens of
+microseconds on a VM: with workers that slept at once (``OMP_WAIT_POLICY=PASSIVE`` alone), the
+second thread made Bi-Real Net 18 only 1.2x faster, its 0.2-0.5 ms binary convs hardly at all.
+The spin is bounded (about 1-2 ms of one core after the last kernel of an inference), so the
+workers do not hold cores while the user's own code runs.
 
 ``limit_threads(n)`` sets Numba's count (per calling thread) and the BLAS count (process-wide) for
 one inference and restores the BLAS count after, so the user's own numpy work keeps its setting.
@@ -23,8 +29,6 @@ import ctypes
 import glob
 import os
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 
@@ -141,38 +145,3 @@ class limit_threads:  # noqa: N801  (used like a function: ``with limit_threads(
                 for setter, before in _blas_saved:
                     setter(before)
                 _blas_saved.clear()
-
-
-_workers: ThreadPoolExecutor | None = None
-_workers_lock = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _workers
-    with _workers_lock:
-        if _workers is None:
-            _workers = ThreadPoolExecutor(max(1, max_threads() - 1), thread_name_prefix="bnnc")
-        return _workers
-
-
-def run_parts(fn: Callable[[int, int], None], parts: int, threads: int) -> None:
-    """Call ``fn(part, worker)`` for every part in range(parts), spread over ``threads`` threads:
-    worker 0 is the calling thread, the others are pool threads; parts go round-robin, so a
-    worker's scratch buffers (indexed by ``worker``) are never shared. ``fn`` should spend its
-    time in code that releases the GIL (numpy's matmul, ``nogil`` Numba functions)."""
-    threads = max(1, min(threads, parts))
-    if threads == 1:
-        for p in range(parts):
-            fn(p, 0)
-        return
-
-    def share(worker: int) -> None:
-        for p in range(worker, parts, threads):
-            fn(p, worker)
-
-    futures = [_pool().submit(share, w) for w in range(1, threads)]
-    try:
-        share(0)
-    finally:
-        for f in futures:
-            f.result()

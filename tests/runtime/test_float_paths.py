@@ -153,15 +153,6 @@ def test_matmul_split_over_threads(shapes, patch):
     check(helper.make_node("Gemm", ["a", "b"], ["y"], alpha=0.5), {"a": a.reshape(-1, 20)}, {"b": b})
 
 
-def test_run_parts_covers_every_part_once_per_worker_slot():
-    seen: list[tuple[int, int]] = []
-    threads.run_parts(lambda p, w: seen.append((p, w)), 7, 3)
-    assert sorted(p for p, _ in seen) == list(range(7))
-    assert all(p % 3 == w for p, w in seen)
-    with pytest.raises(ZeroDivisionError):
-        threads.run_parts(lambda p, w: 1 / (p - 5), 7, 2)  # a worker's error reaches the caller
-
-
 def test_limit_threads_bounds_blas_and_restores_it():
     libs = threads.blas_libraries()
     if not libs:
