@@ -47,6 +47,7 @@ from runtime.kernels.binary_common import (
     window_attrs,
 )
 from runtime.kernels.binary_conv_narrow import NarrowPlan
+from runtime.kernels.binary_conv_panel import panel_conv, panel_plan, panel_weights
 from runtime.kernels.binary_conv_tiled import tiled_conv, tiled_weights
 from runtime.threads import current_threads
 
@@ -283,6 +284,8 @@ class BinaryConv(Kernel):
             self.wcnt = np.ascontiguousarray((vals != 0).sum(axis=3, dtype=np.int64))  # [G, taps, og]
         # the tiled path (binary_conv_tiled.py) runs whatever has no mask at run time
         self.tiled = None if self.masked & 2 or self.narrow is not None else tiled_weights(self.w)
+        # one group, no zero among the activations at run time: the panel path (binary_conv_panel.py)
+        self.panel = panel_weights(self.w) if self.tiled is not None and g == 1 else None
 
         # pre-padding (pad +-1) and group re-packing share one scratch copy of the input
         self.pad = pad_value != 0
@@ -346,10 +349,24 @@ class BinaryConv(Kernel):
             e.indent -= 1
         elif self.has_xm:
             xmg = Expr(f"{ins[1]}.reshape({e.lit((1,) + tuple(self.step.in_shapes[1]))})")
+        if self.panel is not None:
+            if self.has_xm:
+                e.line(f"if not {masked}:")
+                e.indent += 1
+            band, cb, tasks = panel_plan(self.w, self.geom[8], self.geom[9], self.rows // self.geom[8], e.threads)
+            e.call(panel_conv, Expr(f"{xg}[0]"), *self.panel, self.geom, band, cb, tasks, st.mode, st.out_mask, st.scale,
+                   st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero, work=self.work)
+            if not self.has_xm:
+                return
+            e.indent -= 1
+            e.line("else:")
+            e.indent += 1
         if self.tiled is not None:  # no weight mask: the activation's, if it has zeros, goes in
             e.call(tiled_conv, xg, xmg, Expr(f"({masked} != 0)") if self.has_xm else False, *self.tiled, self.geom,
                    self._block(e.threads), 4 * e.threads, st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual,
                    st.bits_zero, work=self.work)
+            if self.panel is not None:
+                e.indent -= 1
             return
         e.call(_binary_conv, xg, xmg, self.w, self.wm, self.wcnt, self.geom, masked, self._block(e.threads), st.mode,
                st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero, work=self.work)
@@ -379,6 +396,11 @@ class BinaryConv(Kernel):
                 xmg = xm.reshape((1,) + xm.shape)
         else:
             xmg = xg  # unused
+        if self.panel is not None and not masked:
+            band, cb, tasks = panel_plan(self.w, self.geom[8], self.geom[9], self.rows // self.geom[8], current_threads())
+            panel_conv(self.work, xg[0], *self.panel, self.geom, band, cb, tasks, st.mode, st.out_mask, st.scale, st.bias,
+                       st.table, y, yb, ym, r, st.residual, st.bits_zero)
+            return
         if self.tiled is not None:
             tiled_conv(self.work, xg, xmg, masked != 0, *self.tiled, self.geom, self._block(current_threads()),
                        4 * current_threads(), st.mode,

@@ -34,6 +34,7 @@ from runtime.bitpack import nwords, pack_bits, popcount
 from runtime.codegen import Expr
 from runtime.kernels.base import Twin
 from runtime.kernels.binary_common import BITS, NO_BITS, sign_flags
+from runtime.kernels.binary_tile import MR, tile_row, tile_weights
 from runtime.threads import current_threads
 
 _ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -118,11 +119,11 @@ def merge_rows(x, cg, kw, sw, dw, pl, ptop, fill, out):
 
 @njit(cache=True)
 def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
-    """s = k0 + base - 2 * acc ([Cout_g, OW]) for one output row of group g, through the output stage,
+    """s = k0 + base - 2 * acc ([Cout_g, OW], the first rows of acc) for one output row of group g, through the output stage,
     one channel at a time along the row (runtime/kernels/binary_common.py: OutputStage). The bits
     of a word's 64 channels gather in a contiguous row ``pk`` (planes sign, mask) and go to the
     pixel-major output words once per word, not once per channel."""
-    og, ow_ = acc.shape
+    og, ow_ = base.shape  # acc may have more rows (the tile's padded channel blocks)
     bits = mode == BITS or bz != NO_BITS
     pk = np.zeros((2, ow_), np.uint64)
     for co in range(og):
@@ -168,10 +169,12 @@ def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, y
 
 
 @Twin
-def narrow_conv(xm, mm, masked, w, d, dcols, geom, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
+def narrow_conv(xm, mm, masked, w, wt, offs, d, dcols, geom, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
     """xm uint64 [G, N, Hx, WG, OW] merged rows, mm their merged nonzero masks (when ``masked``:
     s = popcount(m) - 2 popcount((x ^ w) & m), and outside pixels, mask 0, count for nothing);
-    w uint64 [G, kh, WG, Cout_g] merged weights; d int64 [G, kh, Cout_g, OW] border corrections,
+    w uint64 [G, kh, WG, Cout_g] merged weights, wt the same as the register tile's
+    (binary_tile.py), offs[ki * WG + wd] where word wd of kernel row ki starts from the first
+    row's (the unmasked counts go through the tile); d int64 [G, kh, Cout_g, OW] border corrections,
     nonzero only in the columns dcols, used when ``has_d`` (zero padding without masks); geom: (kh,
     sh, dh, pt, OH, bits of a merged row); the N * OH output rows are split into ``tasks`` runs;
     outputs as binary_conv's (res: the residual, added to the float output when has_r; bz: the
@@ -180,9 +183,12 @@ def narrow_conv(xm, mm, masked, w, d, dcols, geom, tasks, mode, out_mask, scale,
     has_d = d.shape[0] > 0 and not masked
     g_, n_, hx, wg, ow_ = xm.shape
     og = w.shape[3]
+    nblk = -(-og // MR)
+    kk = kh_ * wg
     rows = n_ * oh_
+    xf = xm.reshape(-1)
     for task in prange(tasks):
-        acc = np.empty((og, ow_), np.int64)
+        acc = np.empty((nblk * MR, ow_), np.int64)
         base = np.zeros((og, ow_), np.int64)
         cnt = np.zeros(ow_, np.int64)
         for r in range(task * rows // tasks, (task + 1) * rows // tasks):
@@ -192,50 +198,46 @@ def narrow_conv(xm, mm, masked, w, d, dcols, geom, tasks, mode, out_mask, scale,
                 yb[n, oh] = 0
                 if out_mask:
                     ym[n, oh] = 0
+            ih0 = oh * sh - pt
+            ki0 = min(kh_, max(0, -(ih0 // dh)))  # the kernel rows inside the input: ki0 .. ki1 - 1
+            ki1 = max(ki0, min(kh_, (hx - 1 - ih0) // dh + 1)) if ih0 < hx else ki0
             for g in range(g_):
-                acc[:] = 0
                 if has_d:  # the other columns of base stay 0 (np.zeros above)
                     for co in range(og):
                         for i in range(dcols.shape[0]):
                             base[co, dcols[i]] = 0
-                if masked:
-                    cnt[:] = 0
-                valid = 0
-                for ki in range(kh_):
-                    ih = oh * sh - pt + ki * dh
-                    if ih < 0 or ih >= hx:
-                        continue
+                        for ki in range(ki0, ki1):  # only the border columns have corrections
+                            b = base[co]
+                            dr = d[g, ki, co]
+                            for i in range(dcols.shape[0]):
+                                b[dcols[i]] += dr[dcols[i]]
+                if not masked:
+                    if ki1 > ki0:
+                        tile_row(xf, ((g * n_ + n) * hx + ih0) * wg * ow_, offs, ki0 * wg, ki1 * wg, wt, g * nblk * kk * MR,
+                                 nblk, acc, ow_)
+                    else:
+                        acc[:] = 0
+                    _emit_rows(acc, base, (ki1 - ki0) * bits, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res,
+                               has_r, bz)
+                    continue
+                acc[:] = 0
+                cnt[:] = 0
+                for ki in range(ki0, ki1):
+                    ih = ih0 + ki * dh
                     for wd in range(wg):
                         xr = xm[g, n, ih, wd]
                         wr = w[g, ki, wd]
-                        if masked:
-                            mr = mm[g, n, ih, wd]
-                            for ow in range(ow_):
-                                cnt[ow] += popcount(mr[ow])
-                            for co in range(og):
-                                w0 = wr[co]
-                                a0 = acc[co]
-                                for ow in range(ow_):
-                                    a0[ow] += popcount((xr[ow] ^ w0) & mr[ow])
-                            continue
-                        for co in range(og):  # one channel per pass: best of 1, 2, 4 and 8 (fastest runs)
+                        mr = mm[g, n, ih, wd]
+                        for ow in range(ow_):
+                            cnt[ow] += popcount(mr[ow])
+                        for co in range(og):
                             w0 = wr[co]
                             a0 = acc[co]
                             for ow in range(ow_):
-                                a0[ow] += popcount(xr[ow] ^ w0)
-                    valid += 1
-                    if has_d:  # only the border columns have corrections
-                        dk = d[g, ki]
-                        for co in range(og):
-                            b = base[co]
-                            dr = dk[co]
-                            for i in range(dcols.shape[0]):
-                                b[dcols[i]] += dr[dcols[i]]
-                if masked:  # s = popcount(m) - 2 * acc, the same count for every channel
-                    for co in range(og):
-                        base[co] = cnt
-                _emit_rows(acc, base, 0 if masked else valid * bits, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r,
-                           bz)
+                                a0[ow] += popcount((xr[ow] ^ w0) & mr[ow])
+                for co in range(og):  # s = popcount(m) - 2 * acc, the same count for every channel
+                    base[co] = cnt
+                _emit_rows(acc, base, 0, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz)
 
 
 class NarrowPlan:
@@ -249,6 +251,9 @@ class NarrowPlan:
         og = cout // g
         v = vals.reshape(g, og, cg, kh, kw).transpose(0, 3, 1, 4, 2).reshape(g, kh, og, kw * cg)
         self.w = np.ascontiguousarray(pack_bits(v < 0, -1).transpose(0, 1, 3, 2))  # [G, kh, WG, og]
+        wg = self.w.shape[2]
+        self.wt = tile_weights(self.w.reshape(g, kh * wg, og))
+        self.offs = np.array([(ki * dh * wg + wd) * ow for ki in range(kh) for wd in range(wg)], np.int64)
         self.d = np.zeros((0, kh, og, ow), np.int64)  # empty: no corrections
         self.dcols = np.zeros(0, np.int64)
         if pad_value == 0 and (pl or pr):
@@ -290,7 +295,7 @@ class NarrowPlan:
             e.indent -= 1
         tasks = min(self.merged_shape[1] * self.geom[4], 4 * e.threads)
         flag = Expr(f"({masked} != 0)") if xmask is not None else False
-        e.call(narrow_conv, xm, mm, flag, self.w, self.d, self.dcols, self.geom, tasks, stage.mode, stage.out_mask, stage.scale,
+        e.call(narrow_conv, xm, mm, flag, self.w, self.wt, self.offs, self.d, self.dcols, self.geom, tasks, stage.mode, stage.out_mask, stage.scale,
                stage.bias, stage.table, y, yb, ym, r, stage.residual, stage.bits_zero, work=self.work)
 
     def run(self, x, xmask, stage, y, yb, ym, r, scratch):
@@ -305,5 +310,5 @@ class NarrowPlan:
             mm = scratch["mm"]
             merge_rows(mm.size * kw, xmask, cg, kw, sw, dw, pl, ptop, self.mask_fill, mm)
         tasks = min(xm.shape[1] * self.geom[4], 4 * current_threads())
-        narrow_conv(self.work, xm, mm, xmask is not None, self.w, self.d, self.dcols, self.geom, tasks, stage.mode,
+        narrow_conv(self.work, xm, mm, xmask is not None, self.w, self.wt, self.offs, self.d, self.dcols, self.geom, tasks, stage.mode,
                     stage.out_mask, stage.scale, stage.bias, stage.table, y, yb, ym, r, stage.residual, stage.bits_zero)

@@ -1,0 +1,212 @@
+"""BinaryConv's panel path: a band of output rows as a bit panel, counted by the register tile.
+
+For a layer with +-1 weights and one group, a task takes a band of output rows of one image
+and a run of output channels (whole 64-channel words). The band's P = rows x OW pixels are
+gathered into ``panel[K, P]``: K = taps x WG input words per pixel, the pixels of a word
+contiguous, a word of zeros for a tap outside the image. The register tile (binary_tile.py)
+then counts ``acc[c, p] = sum_k popcount(panel[k, p] ^ w[k, c])`` and the output stage runs
+channel by channel along the band's pixels, which are contiguous in the NCHW float output.
+
+Zero padding stays exact: a tap t outside the image reads zero words, adding ``wpc[t, c]``
+(the popcount of its weight words) to the count, while it should add nothing, so for the
+border pixels ``s = taps * Cin - 2 * acc + base`` with
+``base[c, p] = -(outside taps of p) * Cin + 2 * sum_{t outside} wpc[t, c]``; every other pixel
+has base 0 (only the border pixels' columns are written).
+
+Activations with exact zeros at run time (their nonzero mask has zeros) take the tiled path
+(binary_conv_tiled.py), which counts through the mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from runtime.kernels.base import Twin
+from runtime.kernels.binary_common import BITS, NO_BITS, sign_flags
+from runtime.kernels.binary_tile import MR, tile_row, tile_weights
+
+BAND_BYTES = 256 * 1024  # a band's panel and counts stay in the L2 cache
+
+
+@njit(cache=True)
+def _gather(x, oh0, oh1, geom, panel, border) -> int:
+    """panel[(t * WG + j), p] = word j of the pixel tap t of band pixel p reads (rows oh0 ..
+    oh1 - 1), 0 outside the image; border[:count] = the band pixels with a tap outside
+    (returns count)."""
+    kh_, kw_, sh, sw, dh, dw, pt, pl, ow_ = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7], geom[9]
+    hx, wx, wg = x.shape
+    for ki in range(kh_):
+        for kj in range(kw_):
+            d = kj * dw - pl  # output column ow reads input column ow * sw + d
+            lo = 0 if d >= 0 else min(ow_, (sw - 1 - d) // sw)
+            hi = max(lo, min(ow_, (wx - 1 - d) // sw + 1))
+            for j in range(wg):
+                row = panel[(ki * kw_ + kj) * wg + j]
+                for oh in range(oh0, oh1):
+                    ih = oh * sh - pt + ki * dh
+                    dst = row[(oh - oh0) * ow_:(oh - oh0 + 1) * ow_]
+                    if ih < 0 or ih >= hx:
+                        dst[:] = 0
+                        continue
+                    src = x[ih, :, j]
+                    for ow in range(lo):
+                        dst[ow] = 0
+                    for ow in range(hi, ow_):
+                        dst[ow] = 0
+                    s0 = lo * sw + d
+                    for i in range(hi - lo):
+                        dst[lo + i] = src[s0 + i * sw]
+    count = 0
+    for oh in range(oh0, oh1):
+        top = oh * sh - pt < 0 or oh * sh - pt + (kh_ - 1) * dh >= hx
+        for ow in range(ow_):
+            if top or ow * sw - pl < 0 or ow * sw - pl + (kw_ - 1) * dw >= wx:
+                border[count] = (oh - oh0) * ow_ + ow
+                count += 1
+    return count
+
+
+@njit(cache=True)
+def _border_base(oh0, geom, hx, wx, wpc, border, count, c0, c1, base) -> None:
+    """base[c - c0, p] for the border pixels p (the others are 0): -(outside taps) * Cin +
+    2 * the outside taps' weight popcounts."""
+    kh_, kw_, sh, sw, dh, dw, pt, pl, ow_, cg = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7], geom[9], geom[10]
+    for i in range(count):
+        p = border[i]
+        oh = oh0 + p // ow_
+        ow = p % ow_
+        for c in range(c1 - c0):
+            base[c, p] = 0
+        for ki in range(kh_):
+            ih = oh * sh - pt + ki * dh
+            for kj in range(kw_):
+                iw = ow * sw - pl + kj * dw
+                if ih < 0 or ih >= hx or iw < 0 or iw >= wx:
+                    t = ki * kw_ + kj
+                    for c in range(c1 - c0):
+                        base[c, p] += 2 * wpc[t, c0 + c] - cg
+
+
+@njit(cache=True)
+def _emit(acc, base, k0, c0, c1, n, p0, np_, mode, out_mask, scale, bias, table, y3, yb3, ym3, r3, has_r, bz, pk):
+    """s = k0 + base - 2 * acc for channels c0 .. c1 - 1 (rows of acc and base from 0) at the
+    band's pixels p0 .. p0 + np_ - 1 of image n, through the output stage (binary_common):
+    y3 [N, C, OH*OW], yb3/ym3 [N, OH*OW, words], r3 the residual as y3. The bits of a word's 64
+    channels gather in the contiguous rows of ``pk`` [2, >= np_] and are stored once per word
+    (the task owns the whole word)."""
+    bits = mode == BITS or bz != NO_BITS
+    for i in range(c1 - c0):
+        c = c0 + i
+        a = acc[i]
+        b = base[i]
+        sh = np.uint64(c & 63)
+        if (c & 63) == 0 or i == 0:
+            pk[:, :np_] = 0
+        if mode != BITS:
+            yr = y3[n, c, p0:p0 + np_]
+            sc = scale[c]
+            bi = bias[c]
+            if has_r:
+                rr = r3[n, c, p0:p0 + np_]
+                for p in range(np_):
+                    yr[p] = np.float32(np.int32(k0 + b[p] - 2 * a[p])) * sc + bi + rr[p]
+            else:
+                for p in range(np_):
+                    yr[p] = np.float32(np.int32(k0 + b[p] - 2 * a[p])) * sc + bi
+            if bz != NO_BITS:
+                for p in range(np_):
+                    neg, nz = sign_flags(yr[p], bz)
+                    pk[0, p] |= np.uint64(neg & 1) << sh
+                    pk[1, p] |= np.uint64(nz & 1) << sh
+        else:
+            lo, hi = table[0, c], table[1, c]
+            for plane in range(2 if out_mask else 1):
+                f_below, f_mid, f_above = table[2 + 3 * plane, c], table[3 + 3 * plane, c], table[4 + 3 * plane, c]
+                for p in range(np_):
+                    v = k0 + b[p] - 2 * a[p]
+                    lt = -np.int64(v < lo)
+                    le = -np.int64(v <= hi)
+                    f = (lt & f_below) | (~lt & le & f_mid) | (~le & f_above)
+                    pk[plane, p] |= np.uint64(f & 1) << sh
+        if bits and ((c & 63) == 63 or c == c1 - 1):
+            q = c >> 6
+            ybr = yb3[n, p0:p0 + np_]
+            for p in range(np_):
+                ybr[p, q] = pk[0, p]
+            if out_mask:
+                ymr = ym3[n, p0:p0 + np_]
+                for p in range(np_):
+                    ymr[p, q] = pk[1, p]
+
+
+@Twin
+def panel_conv(x, wt, wpc, geom, band, cb, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
+    """x uint64 [N, Hx, Wx, WG] (one group); wt the tile's weights of w [taps * WG, Cout]; wpc
+    int64 [taps, Cout] each tap's weight popcounts; geom as binary_conv's; ``band`` output rows
+    per panel, ``cb`` output channels per task (a multiple of 64 unless it is all of them);
+    the N x bands x channel runs are split into ``tasks`` runs; outputs as binary_conv's."""
+    kh_, kw_, oh_, ow_, cg = geom[0], geom[1], geom[8], geom[9], geom[10]
+    n_, hx, wx, wg = x.shape
+    cout = wpc.shape[1]
+    kk = kh_ * kw_ * wg
+    nbands = -(-oh_ // band)
+    nch = -(-cout // cb)
+    chunks = n_ * nbands * nch
+    k0 = kh_ * kw_ * cg
+    y3 = y.reshape((y.shape[0], y.shape[1], y.shape[2] * y.shape[3]))
+    r3 = res.reshape((res.shape[0], res.shape[1], res.shape[2] * res.shape[3]))
+    yb3 = yb.reshape((yb.shape[0], yb.shape[1] * yb.shape[2], yb.shape[3]))
+    ym3 = ym.reshape((ym.shape[0], ym.shape[1] * ym.shape[2], ym.shape[3]))
+    offs = np.arange(kk) * (band * ow_)
+    tasks = max(1, min(tasks, chunks))
+    for task in prange(tasks):
+        panel = np.empty((kk, band * ow_), np.uint64)
+        acc = np.empty((-(-cb // MR) * MR, band * ow_), np.int64)
+        base = np.zeros((cb, band * ow_), np.int64)
+        border = np.empty(band * ow_, np.int64)
+        pk = np.empty((2, band * ow_), np.uint64)
+        last = -1
+        count = 0
+        for chunk in range(task * chunks // tasks, (task + 1) * chunks // tasks):
+            img_band = chunk // nch
+            n = img_band // nbands
+            oh0 = (img_band % nbands) * band
+            oh1 = min(oh_, oh0 + band)
+            c0 = (chunk % nch) * cb
+            c1 = min(cout, c0 + cb)
+            np_ = (oh1 - oh0) * ow_
+            if img_band != last:  # the panel of this band (a task's chunks of one band share it)
+                if count:  # the previous band's border columns of base back to 0
+                    for c in range(cb):
+                        for i in range(count):
+                            base[c, border[i]] = 0
+                count = _gather(x[n], oh0, oh1, geom, panel, border)
+                last = img_band
+            tile_row(panel.reshape(-1), 0, offs, 0, kk, wt, (c0 // MR) * kk * MR, -(-(c1 - c0) // MR), acc, np_)
+            _border_base(oh0, geom, hx, wx, wpc, border, count, c0, c1, base)
+            _emit(acc, base, k0, c0, c1, n, oh0 * ow_, np_, mode, out_mask, scale, bias, table, y3, yb3, ym3, r3, has_r, bz, pk)
+
+
+def panel_plan(w: np.ndarray, oh: int, ow: int, rows: int, threads: int) -> tuple[int, int, int]:
+    """(band rows, channels per task, tasks) for weights [1, taps, WG, Cout] and an output of
+    ``rows`` images x oh x ow: bands whose panel and counts fit BAND_BYTES, and enough tasks for
+    the threads (channel runs of whole 64-channel words when the bands alone are too few)."""
+    _, taps, wg, cout = w.shape
+    band = max(1, min(oh, BAND_BYTES // ((taps * wg + cout) * ow * 8)))
+    bands = rows * -(-oh // band)
+    cb = cout
+    want = 2 * threads if threads > 1 else 1
+    while bands * -(-cout // cb) < want and cb > 64:
+        cb = max(64, -(-(cb // 2) // 64) * 64)
+    return band, cb, max(1, 4 * threads)
+
+
+def panel_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """From the general path's weights ``[1, taps, WG, Cout]``: the tile's weights and the
+    per-tap popcounts ``[taps, Cout]``."""
+    _, taps, wg, cout = w.shape
+    counts = np.zeros((taps, cout), np.int64)
+    for b in range(64):
+        counts += ((w[0] >> np.uint64(b)) & np.uint64(1)).sum(axis=1, dtype=np.int64)
+    return tile_weights(np.ascontiguousarray(w.reshape(1, taps * wg, cout))), counts

@@ -1,0 +1,125 @@
+"""The XOR-popcount register tile of the binary convolutions: MR output channels x LANES pixels.
+
+For K input words per output (the taps of one output row, any layout with the pixels of a word
+contiguous), the counts of MR output channels at LANES consecutive pixels are
+
+    acc[r][j] = sum_k popcount(x[xb + offs[k] + j] ^ w[wb + k * MR + r])
+
+kept in MR vector registers of LANES 64-bit lanes for the whole K loop: per word one vector load
+of the pixels, MR weight words broadcast (packed channel-minor by ``tile_weights``), MR XORs,
+popcounts and adds, and one store per register at the end. Nothing else is in the loop, so it
+runs at the popcount unit's rate (``vpopcntq`` on AVX-512 VPOPCNTDQ; LLVM lowers the vector
+``ctpop`` to a nibble-table ``pshufb`` popcount on AVX2 and to ``cnt`` on NEON). A plain loop
+over pixels or channels keeps its counts in memory and reaches about a third of that rate:
+benchmarks/bench_binary_conv_paths.py compares them.
+
+LANES is the host's vector width in 64-bit words (8 on AVX-512, 4 on AVX2, 2 otherwise); MR = 8
+channels leaves registers for the loaded pixels on every one of them. ``tile_row`` covers a row
+of ``ow`` pixels: the last vector starts at ``ow - LANES`` and recomputes the few pixels
+it shares with the one before, so nothing is read or written past the row.
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding as ll
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from runtime.bitpack import popcount
+
+
+def _host_lanes() -> int:
+    try:
+        features = ll.get_host_cpu_features()
+    except Exception:  # an unknown host: LLVM splits what it must
+        features = {}
+    if features.get("avx512f"):
+        return 8
+    if features.get("avx2"):
+        return 4
+    return 2
+
+
+LANES = _host_lanes()
+MR = 8
+_i32, _i64 = ir.IntType(32), ir.IntType(64)
+_VEC = ir.VectorType(_i64, LANES)
+
+
+def _splat(builder, scalar):
+    undef = ir.Constant(_VEC, ir.Undefined)
+    one = builder.insert_element(undef, scalar, ir.Constant(_i32, 0))
+    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_i32, LANES), [0] * LANES))
+
+
+@intrinsic
+def xnor_tile(typingctx, x, xb, offs, k0, k1, w, wb, acc, ab, astride):
+    """acc[ab + r * astride + j] = sum_{k0 <= k < k1} popcount(x[xb + offs[k] + j] ^ w[wb + k * MR + r])
+    for r < MR, j < LANES (x, w: uint64 arrays, offs and acc int64, all C-contiguous)."""
+    sig = types.void(x, xb, offs, k0, k1, w, wb, acc, ab, astride)
+
+    def codegen(context, builder, sig, args):
+        x_, xb_, offs_, k0_, k1_, w_, wb_, acc_, ab_, as_ = args
+
+        def data(i, v):
+            return context.make_array(sig.args[i])(context, builder, v).data
+
+        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC]), f"llvm.ctpop.v{LANES}i64")
+        xp = builder.gep(data(0, x_), [xb_])
+        op = data(2, offs_)
+        wp = builder.gep(data(5, w_), [wb_])
+        zero = ir.Constant(_VEC, [0] * LANES)
+        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(MR)]
+        with cgutils.for_range_slice(builder, k0_, k1_, ir.Constant(_i64, 1), inc=True) as (k, _):
+            at = builder.gep(xp, [builder.load(builder.gep(op, [k]))])
+            xv = builder.load(builder.bitcast(at, _VEC.as_pointer()), align=8)
+            wk = builder.gep(wp, [builder.mul(k, ir.Constant(_i64, MR))])
+            for r in range(MR):
+                wv = _splat(builder, builder.load(builder.gep(wk, [ir.Constant(_i64, r)])))
+                builder.store(builder.add(builder.load(accs[r]), builder.call(ctpop, [builder.xor(xv, wv)])), accs[r])
+        ap = builder.gep(data(7, acc_), [ab_])
+        for r in range(MR):
+            dst = builder.gep(ap, [builder.mul(ir.Constant(_i64, r), as_)])
+            builder.store(builder.load(accs[r]), builder.bitcast(dst, _VEC.as_pointer()), align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def tile_row(x, xb, offs, k0, k1, w, wb, nblk, acc, ow) -> None:
+    """acc[c, p] (acc: int64 [>= nblk * MR, >= ow]) = sum_{k0 <= k < k1} popcount(x[xb +
+    offs[k] + p] ^ w_k,c) for every channel c of ``nblk`` blocks (weights from w[wb] on, as
+    ``tile_weights`` packs them) and pixel p < ow; x flat. Rows shorter than a vector are
+    counted word by word."""
+    kk = offs.shape[0]
+    a = acc.shape[1]
+    if ow < LANES:
+        for c in range(nblk * MR):
+            wc = wb + (c // MR) * kk * MR + c % MR
+            for p in range(ow):
+                s = 0
+                for k in range(k0, k1):
+                    s += popcount(x[xb + offs[k] + p] ^ w[wc + k * MR])
+                acc[c, p] = s
+        return
+    for cb in range(nblk):
+        wcb = wb + cb * kk * MR
+        p = 0
+        while p < ow:
+            q = min(p, ow - LANES)
+            xnor_tile(x, xb + q, offs, k0, k1, w, wcb, acc, cb * MR * a + q, a)
+            p += LANES
+
+
+def tile_weights(w: np.ndarray) -> np.ndarray:
+    """uint64 [G, K, C] weight words (word k of channel c) -> the tile's flat layout, channel
+    blocks of MR (zero words pad the last): [G, ceil(C / MR), K, MR]."""
+    g, k, c = w.shape
+    nblk = -(-c // MR)
+    pad = np.zeros((g, k, nblk * MR), np.uint64)
+    pad[:, :, :c] = w
+    return np.ascontiguousarray(pad.reshape(g, k, nblk, MR).transpose(0, 2, 1, 3)).reshape(-1)
