@@ -105,7 +105,7 @@ def main() -> None:
             for name, fn in runs.items():
                 ms[name].append(median_ms(fn, 1))
         med = {name: statistics.median(v) for name, v in ms.items()}
-        auto = "narrow" if binary_conv.choose_narrow(cin // g, 3, cout // g, h) else "tiled"
+        auto = "narrow" if binary_conv.choose_narrow(cin // g, 3, cout // g, h, g) else "tiled"
         macs = cout * (cin // g) * 9 * h * h / 1e6
         print(f"{cin:>4} {cout:>5} {h:>3}x{h:<2} {g:>3} {macs:>7.1f} {med['onnxruntime']:>12.3f} {med['tiled']:>9.3f} "
               f"{med['narrow']:>9.3f} {med['tiled'] / med['narrow']:>14.2f}x  {auto}")

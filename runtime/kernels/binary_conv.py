@@ -233,12 +233,16 @@ def _binary_conv(x, xm, w, wm, wcnt, geom, masked, cb, mode, out_mask, scale, bi
 
 
 # -- the kernel ---------------------------------------------------------------------------------
-def choose_narrow(cg: int, kw: int, og: int, ow: int) -> bool:
+def choose_narrow(cg: int, kw: int, og: int, ow: int, g: int = 1) -> bool:
     """Whether a layer takes the narrow path (binary_conv_narrow.py), from Cin_g, the kernel
-    width, Cout_g and the output width. Measured (benchmarks/bench_binary_conv_paths.py, one
-    thread): the narrow path is 1.4-5x faster with a merged kernel row of at most 3 words
-    (Cin_g <= 64 at kw = 3) and rows of at least 8 pixels, unless the many output channels (more
-    than 64) of a short row (under 32 pixels) suit the tiled path's channel loop better."""
+    width, Cout_g, the output width and the groups. Measured (benchmarks/bench_binary_conv_paths.py,
+    one thread): the narrow path is 1.4-5x faster than the tiled one with a merged kernel row of
+    at most 3 words (Cin_g <= 64 at kw = 3) and rows of at least 8 pixels, unless the many output
+    channels (more than 64) of a short row (under 32 pixels) suit the tiled path's channel loop
+    better. Whole words of input channels in one group merge into nothing shorter: the panel
+    path counts them as fast and writes its output stage along longer runs."""
+    if g == 1 and cg % 64 == 0:
+        return False
     return nwords(kw * cg) <= 3 and ow >= 8 and (og <= 64 or ow >= 32)
 
 
@@ -272,7 +276,7 @@ class BinaryConv(Kernel):
         self.masked = (1 if self.has_xm else 0) | (2 if has_input(step, 3) else 0)
         self.cin_tail = tail_mask(cin)
         self.narrow = None
-        if not self.masked & 2 and choose_narrow(cg, kw, og, ow):
+        if not self.masked & 2 and choose_narrow(cg, kw, og, ow, g):
             self.narrow = NarrowPlan(vals, g, n, h, w_, (kh, kw, sh, sw, dh, dw, oh, ow), (pt, pl, pb, pr), pad_value)
         vals = vals.reshape(g, og, cg, kh * kw).transpose(0, 3, 1, 2)  # [G, taps, og, cg]
         signs, masks = pack_last(vals)
@@ -285,7 +289,11 @@ class BinaryConv(Kernel):
         # the tiled path (binary_conv_tiled.py) runs whatever has no mask at run time
         self.tiled = None if self.masked & 2 or self.narrow is not None else tiled_weights(self.w)
         # one group, no zero among the activations at run time: the panel path (binary_conv_panel.py)
-        self.panel = panel_weights(self.w) if self.tiled is not None and g == 1 else None
+        self.panel = None
+        if self.tiled is not None and g == 1:
+            hx0, wx0 = (h + pt + pb, w_ + pl + pr) if pad_value else (h, w_)
+            self.panel = panel_weights(self.w, (kh, kw, sh, sw, dh, dw, 0 if pad_value else pt, 0 if pad_value else pl, oh, ow, cg),
+                                       hx0, wx0)
 
         # pre-padding (pad +-1) and group re-packing share one scratch copy of the input
         self.pad = pad_value != 0

@@ -9,9 +9,10 @@ channel by channel along the band's pixels, which are contiguous in the NCHW flo
 
 Zero padding stays exact: a tap t outside the image reads zero words, adding ``wpc[t, c]``
 (the popcount of its weight words) to the count, while it should add nothing, so for the
-border pixels ``s = taps * Cin - 2 * acc + base`` with
-``base[c, p] = -(outside taps of p) * Cin + 2 * sum_{t outside} wpc[t, c]``; every other pixel
-has base 0 (only the border pixels' columns are written).
+border pixels ``s = taps * Cin - 2 * acc + fix`` with
+``fix[c, p] = -(outside taps of p) * Cin + 2 * sum_{t outside} wpc[t, c]``, a table made once
+per session (``panel_weights``); the output stage writes every pixel with fix 0, then the
+border pixels again.
 
 Activations with exact zeros at run time (their nonzero mask has zeros) take the tiled path
 (binary_conv_tiled.py), which counts through the mask.
@@ -30,10 +31,9 @@ BAND_BYTES = 256 * 1024  # a band's panel and counts stay in the L2 cache
 
 
 @njit(cache=True)
-def _gather(x, oh0, oh1, geom, panel, border) -> int:
+def _gather(x, oh0, oh1, geom, panel) -> None:
     """panel[(t * WG + j), p] = word j of the pixel tap t of band pixel p reads (rows oh0 ..
-    oh1 - 1), 0 outside the image; border[:count] = the band pixels with a tap outside
-    (returns count)."""
+    oh1 - 1), 0 outside the image."""
     kh_, kw_, sh, sw, dh, dw, pt, pl, ow_ = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7], geom[9]
     hx, wx, wg = x.shape
     for ki in range(kh_):
@@ -57,41 +57,14 @@ def _gather(x, oh0, oh1, geom, panel, border) -> int:
                     s0 = lo * sw + d
                     for i in range(hi - lo):
                         dst[lo + i] = src[s0 + i * sw]
-    count = 0
-    for oh in range(oh0, oh1):
-        top = oh * sh - pt < 0 or oh * sh - pt + (kh_ - 1) * dh >= hx
-        for ow in range(ow_):
-            if top or ow * sw - pl < 0 or ow * sw - pl + (kw_ - 1) * dw >= wx:
-                border[count] = (oh - oh0) * ow_ + ow
-                count += 1
-    return count
 
 
 @njit(cache=True)
-def _border_base(oh0, geom, hx, wx, wpc, border, count, c0, c1, base) -> None:
-    """base[c - c0, p] for the border pixels p (the others are 0): -(outside taps) * Cin +
-    2 * the outside taps' weight popcounts."""
-    kh_, kw_, sh, sw, dh, dw, pt, pl, ow_, cg = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7], geom[9], geom[10]
-    for i in range(count):
-        p = border[i]
-        oh = oh0 + p // ow_
-        ow = p % ow_
-        for c in range(c1 - c0):
-            base[c, p] = 0
-        for ki in range(kh_):
-            ih = oh * sh - pt + ki * dh
-            for kj in range(kw_):
-                iw = ow * sw - pl + kj * dw
-                if ih < 0 or ih >= hx or iw < 0 or iw >= wx:
-                    t = ki * kw_ + kj
-                    for c in range(c1 - c0):
-                        base[c, p] += 2 * wpc[t, c0 + c] - cg
-
-
-@njit(cache=True)
-def _emit(acc, base, k0, c0, c1, n, p0, np_, mode, out_mask, scale, bias, table, y3, yb3, ym3, r3, has_r, bz, pk):
-    """s = k0 + base - 2 * acc for channels c0 .. c1 - 1 (rows of acc and base from 0) at the
-    band's pixels p0 .. p0 + np_ - 1 of image n, through the output stage (binary_common):
+def _emit(acc, k0, bpix, bfix, b0, b1, c0, c1, n, p0, np_, mode, out_mask, scale, bias, table, y3, yb3, ym3, r3, has_r, bz,
+          pk):
+    """s = k0 - 2 * acc for channels c0 .. c1 - 1 (rows of acc from 0) at the band's pixels p0 ..
+    p0 + np_ - 1 of image n, plus bfix[c, i] at the border pixels bpix[i] (b0 <= i < b1), through
+    the output stage (binary_common):
     y3 [N, C, OH*OW], yb3/ym3 [N, OH*OW, words], r3 the residual as y3. The bits of a word's 64
     channels gather in the contiguous rows of ``pk`` [2, >= np_] and are stored once per word
     (the task owns the whole word)."""
@@ -99,21 +72,24 @@ def _emit(acc, base, k0, c0, c1, n, p0, np_, mode, out_mask, scale, bias, table,
     for i in range(c1 - c0):
         c = c0 + i
         a = acc[i]
-        b = base[i]
+        fix = bfix[c, b0:b1]
         sh = np.uint64(c & 63)
+        one = np.uint64(1) << sh
         if (c & 63) == 0 or i == 0:
             pk[:, :np_] = 0
         if mode != BITS:
             yr = y3[n, c, p0:p0 + np_]
+            rr = r3[n, c, p0:p0 + np_] if has_r else r3[0, 0, :np_]
             sc = scale[c]
             bi = bias[c]
+            for p in range(np_):
+                yr[p] = np.float32(np.int32(k0 - 2 * a[p])) * sc + bi
+            for j in range(b1 - b0):  # the border pixels: their s has a correction
+                p = bpix[b0 + j] - p0
+                yr[p] = np.float32(np.int32(k0 + fix[j] - 2 * a[p])) * sc + bi
             if has_r:
-                rr = r3[n, c, p0:p0 + np_]
                 for p in range(np_):
-                    yr[p] = np.float32(np.int32(k0 + b[p] - 2 * a[p])) * sc + bi + rr[p]
-            else:
-                for p in range(np_):
-                    yr[p] = np.float32(np.int32(k0 + b[p] - 2 * a[p])) * sc + bi
+                    yr[p] += rr[p]
             if bz != NO_BITS:
                 for p in range(np_):
                     neg, nz = sign_flags(yr[p], bz)
@@ -124,11 +100,18 @@ def _emit(acc, base, k0, c0, c1, n, p0, np_, mode, out_mask, scale, bias, table,
             for plane in range(2 if out_mask else 1):
                 f_below, f_mid, f_above = table[2 + 3 * plane, c], table[3 + 3 * plane, c], table[4 + 3 * plane, c]
                 for p in range(np_):
-                    v = k0 + b[p] - 2 * a[p]
+                    v = k0 - 2 * a[p]
                     lt = -np.int64(v < lo)
                     le = -np.int64(v <= hi)
                     f = (lt & f_below) | (~lt & le & f_mid) | (~le & f_above)
                     pk[plane, p] |= np.uint64(f & 1) << sh
+                for j in range(b1 - b0):
+                    p = bpix[b0 + j] - p0
+                    v = k0 + fix[j] - 2 * a[p]
+                    lt = -np.int64(v < lo)
+                    le = -np.int64(v <= hi)
+                    f = (lt & f_below) | (~lt & le & f_mid) | (~le & f_above)
+                    pk[plane, p] = (pk[plane, p] & ~one) | (np.uint64(f & 1) << sh)
         if bits and ((c & 63) == 63 or c == c1 - 1):
             q = c >> 6
             ybr = yb3[n, p0:p0 + np_]
@@ -141,14 +124,15 @@ def _emit(acc, base, k0, c0, c1, n, p0, np_, mode, out_mask, scale, bias, table,
 
 
 @Twin
-def panel_conv(x, wt, wpc, geom, band, cb, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
-    """x uint64 [N, Hx, Wx, WG] (one group); wt the tile's weights of w [taps * WG, Cout]; wpc
-    int64 [taps, Cout] each tap's weight popcounts; geom as binary_conv's; ``band`` output rows
+def panel_conv(x, wt, bpix, brow, bfix, geom, band, cb, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
+    """x uint64 [N, Hx, Wx, WG] (one group); wt the tile's weights of w [taps * WG, Cout];
+    bpix, brow, bfix the border corrections (``border_table``); geom as binary_conv's; ``band`` output rows
     per panel, ``cb`` output channels per task (a multiple of 64 unless it is all of them);
     the N x bands x channel runs are split into ``tasks`` runs; outputs as binary_conv's."""
     kh_, kw_, oh_, ow_, cg = geom[0], geom[1], geom[8], geom[9], geom[10]
-    n_, hx, wx, wg = x.shape
-    cout = wpc.shape[1]
+    wg = x.shape[3]
+    n_ = x.shape[0]
+    cout = bfix.shape[0]
     kk = kh_ * kw_ * wg
     nbands = -(-oh_ // band)
     nch = -(-cout // cb)
@@ -163,11 +147,8 @@ def panel_conv(x, wt, wpc, geom, band, cb, tasks, mode, out_mask, scale, bias, t
     for task in prange(tasks):
         panel = np.empty((kk, band * ow_), np.uint64)
         acc = np.empty((-(-cb // MR) * MR, band * ow_), np.int64)
-        base = np.zeros((cb, band * ow_), np.int64)
-        border = np.empty(band * ow_, np.int64)
         pk = np.empty((2, band * ow_), np.uint64)
         last = -1
-        count = 0
         for chunk in range(task * chunks // tasks, (task + 1) * chunks // tasks):
             img_band = chunk // nch
             n = img_band // nbands
@@ -177,15 +158,11 @@ def panel_conv(x, wt, wpc, geom, band, cb, tasks, mode, out_mask, scale, bias, t
             c1 = min(cout, c0 + cb)
             np_ = (oh1 - oh0) * ow_
             if img_band != last:  # the panel of this band (a task's chunks of one band share it)
-                if count:  # the previous band's border columns of base back to 0
-                    for c in range(cb):
-                        for i in range(count):
-                            base[c, border[i]] = 0
-                count = _gather(x[n], oh0, oh1, geom, panel, border)
+                _gather(x[n], oh0, oh1, geom, panel)
                 last = img_band
             tile_row(panel.reshape(-1), 0, offs, 0, kk, wt, (c0 // MR) * kk * MR, -(-(c1 - c0) // MR), acc, np_)
-            _border_base(oh0, geom, hx, wx, wpc, border, count, c0, c1, base)
-            _emit(acc, base, k0, c0, c1, n, oh0 * ow_, np_, mode, out_mask, scale, bias, table, y3, yb3, ym3, r3, has_r, bz, pk)
+            _emit(acc, k0, bpix, bfix, brow[oh0], brow[oh1], c0, c1, n, oh0 * ow_, np_, mode, out_mask, scale, bias, table, y3,
+                  yb3, ym3, r3, has_r, bz, pk)
 
 
 def panel_plan(w: np.ndarray, oh: int, ow: int, rows: int, threads: int) -> tuple[int, int, int]:
@@ -202,11 +179,22 @@ def panel_plan(w: np.ndarray, oh: int, ow: int, rows: int, threads: int) -> tupl
     return band, cb, max(1, 4 * threads)
 
 
-def panel_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """From the general path's weights ``[1, taps, WG, Cout]``: the tile's weights and the
-    per-tap popcounts ``[taps, Cout]``."""
+def panel_weights(w: np.ndarray, geom: tuple, hx: int, wx: int) -> tuple[np.ndarray, ...]:
+    """From the general path's weights ``[1, taps, WG, Cout]`` and binary_conv's geometry (input
+    hx x wx): the tile's weights, and the border corrections: ``bpix`` the output pixels (oh *
+    OW + ow, ascending) with a tap outside the input, ``brow[oh]`` the first of them in row oh
+    or later (OH + 1 entries), ``bfix[c, i]`` the correction of pixel bpix[i]'s s in channel c:
+    -(outside taps) * Cin + 2 * the outside taps' weight popcounts."""
     _, taps, wg, cout = w.shape
-    counts = np.zeros((taps, cout), np.int64)
+    kh, kw, sh, sw, dh, dw, pt, pl, oh_, ow_, cg = geom
+    wpc = np.zeros((taps, cout), np.int64)
     for b in range(64):
-        counts += ((w[0] >> np.uint64(b)) & np.uint64(1)).sum(axis=1, dtype=np.int64)
-    return tile_weights(np.ascontiguousarray(w.reshape(1, taps * wg, cout))), counts
+        wpc += ((w[0] >> np.uint64(b)) & np.uint64(1)).sum(axis=1, dtype=np.int64)
+    ih = np.arange(oh_)[:, None] * sh - pt + np.arange(kh)[None, :] * dh  # [OH, kh]
+    iw = np.arange(ow_)[:, None] * sw - pl + np.arange(kw)[None, :] * dw  # [OW, kw]
+    out = ~(((ih >= 0) & (ih < hx))[:, None, :, None] & ((iw >= 0) & (iw < wx))[None, :, None, :])  # [OH, OW, kh, kw]
+    out = out.reshape(oh_ * ow_, taps)
+    bpix = np.flatnonzero(out.any(axis=1)).astype(np.int64)
+    brow = np.searchsorted(bpix, np.arange(oh_ + 1) * ow_).astype(np.int64)
+    bfix = np.ascontiguousarray((2 * out[bpix].astype(np.int64) @ wpc - out[bpix].sum(axis=1, keepdims=True) * cg).T)
+    return tile_weights(np.ascontiguousarray(w.reshape(1, taps * wg, cout))), bpix, brow, bfix
