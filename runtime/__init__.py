@@ -8,7 +8,7 @@ import os
 # they sleep, but only after a short spin that bridges the gaps between a plan's kernels
 # (runtime/threads.py). Set before Numba starts its pool; values the user set are kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("GOMP_SPINCOUNT", "30000")
+os.environ.setdefault("GOMP_SPINCOUNT", "3000")
 
 from runtime.jitcache import use_versioned_cache  # noqa: E402
 

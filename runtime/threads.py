@@ -12,8 +12,10 @@ Numba's OpenMP workers spin a short while after each parallel kernel before they
 kernels follow each other microseconds apart, and waking a sleeping worker costs tens of
 microseconds on a VM: with workers that slept at once (``OMP_WAIT_POLICY=PASSIVE`` alone), the
 second thread made Bi-Real Net 18 only 1.2x faster, its 0.2-0.5 ms binary convs hardly at all.
-The spin is bounded (about 1-2 ms of one core after the last kernel of an inference), so the
-workers do not hold cores while the user's own code runs.
+The spin is short (3000 rounds, about 0.2 ms here): as long as the gaps between kernels, and
+no longer, because a waiting thread that spins on a loaded machine takes the core from the
+thread it waits for (30000 rounds gave the same speed on a quiet machine and several times
+slower 2-thread runs beside two other busy processes).
 
 ``limit_threads(n)`` sets Numba's count (per calling thread) and the BLAS count (process-wide) for
 one inference and restores the BLAS count after, so the user's own numpy work keeps its setting.
