@@ -171,10 +171,11 @@ def panel_plan(w: np.ndarray, oh: int, ow: int, rows: int, threads: int) -> tupl
     the threads (channel runs of whole 64-channel words when the bands alone are too few)."""
     _, taps, wg, cout = w.shape
     band = max(1, min(oh, BAND_BYTES // ((taps * wg + cout) * ow * 8)))
+    if threads > 1:  # about four bands per thread, so that the last ones even out
+        band = max(1, min(band, -(-oh * rows // (4 * threads))))
     bands = rows * -(-oh // band)
     cb = cout
-    want = 2 * threads if threads > 1 else 1
-    while bands * -(-cout // cb) < want and cb > 64:
+    while bands * -(-cout // cb) < 2 * threads and cb > 64:
         cb = max(64, -(-(cb // 2) // 64) * 64)
     return band, cb, max(1, 4 * threads)
 
