@@ -82,14 +82,16 @@ def _emit(acc, k0, bpix, bfix, b0, b1, c0, c1, n, p0, np_, mode, out_mask, scale
             rr = r3[n, c, p0:p0 + np_] if has_r else r3[0, 0, :np_]
             sc = scale[c]
             bi = bias[c]
-            for p in range(np_):
-                yr[p] = np.float32(np.int32(k0 - 2 * a[p])) * sc + bi
-            for j in range(b1 - b0):  # the border pixels: their s has a correction
-                p = bpix[b0 + j] - p0
-                yr[p] = np.float32(np.int32(k0 + fix[j] - 2 * a[p])) * sc + bi
             if has_r:
                 for p in range(np_):
-                    yr[p] += rr[p]
+                    yr[p] = np.float32(np.int32(k0 - 2 * a[p])) * sc + bi + rr[p]
+            else:
+                for p in range(np_):
+                    yr[p] = np.float32(np.int32(k0 - 2 * a[p])) * sc + bi
+            for j in range(b1 - b0):  # the border pixels: their s has a correction
+                p = bpix[b0 + j] - p0
+                v = np.float32(np.int32(k0 + fix[j] - 2 * a[p])) * sc + bi
+                yr[p] = v + rr[p] if has_r else v
             if bz != NO_BITS:
                 for p in range(np_):
                     neg, nz = sign_flags(yr[p], bz)
