@@ -1,0 +1,84 @@
+"""BinaryConv's panel path (runtime/kernels/binary_conv_panel.py) and its register tile
+(binary_tile.py) under every way of cutting the work: bands of one or a few output rows, runs of
+64 output channels, several tasks per band, rows shorter and longer than a vector (the tile's
+overlapping last vector), border corrections in every band. Same references and exactness as
+tests/runtime/test_binary_conv.py, whose cases run here with the cuts forced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.kernels import binary_conv
+from runtime.kernels.binary_tile import LANES, MR, tile_row, tile_weights
+from tests.runtime import test_binary_conv as conv_tests
+
+
+def popcount(v) -> int:
+    return bin(int(v)).count("1")
+
+# (N, Cin, H, W, Cout, kh, kw, strides, pads, dilations, group): wide rows, several words
+EXTRA = {
+    "c70_3x3_rows_of_19": (2, 70, 9, 19, 130, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "c64_3x3_s2_rows_of_9": (1, 64, 11, 18, 72, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),
+}
+
+
+@pytest.fixture(params=[(1, 64, 3), (2, 64, 5), (3, 128, 1), (None, None, 4)], ids=lambda p: f"band{p[0]}_cb{p[1]}_tasks{p[2]}")
+def cuts(request, monkeypatch):
+    """Force the panel path's band rows, channel runs and tasks (None: its own choice)."""
+    band, cb, tasks = request.param
+    plan = binary_conv.panel_plan
+
+    def forced(w, oh, ow, rows, threads):
+        b, c, t = plan(w, oh, ow, rows, threads)
+        cout = w.shape[3]
+        return band or b, min(cb, cout) if cb else c, tasks
+
+    monkeypatch.setattr(binary_conv, "panel_plan", forced)
+    monkeypatch.setattr(binary_conv, "choose_narrow", lambda *a: False)
+    for name, case in EXTRA.items():
+        monkeypatch.setitem(conv_tests.CASES, name, case)
+    return request.param
+
+
+@pytest.mark.parametrize("case", ["c63_3x3_stride2_asym", "c130_3x3_asym", "c65_5x5_mixed", "K64_1x1", *EXTRA])
+def test_panel_cuts_match_the_reference(case, cuts):
+    for pad_value in (0, -1):
+        conv_tests.test_float_output(case, pad_value, "general")
+        conv_tests.test_bits_output(case, pad_value, "general")
+
+
+@pytest.mark.parametrize("k, p, c", [(1, LANES, MR), (9, 3 * LANES + 3, 2 * MR), (5, LANES - 1, MR), (20, 49, 3 * MR)])
+def test_tile_counts_every_channel_and_pixel(k, p, c):
+    """tile_row against popcounts taken one by one, with offsets that skip words and a k range
+    that leaves words out at both ends."""
+    rng = np.random.default_rng(k * 100 + p)
+    stride = p + 5
+    x = rng.integers(0, 2**63, size=(k + 2) * stride, dtype=np.int64).view(np.uint64) * np.uint64(2) + np.uint64(1)
+    w = rng.integers(0, 2**63, size=(1, k + 2, c), dtype=np.int64).view(np.uint64)
+    offs = np.arange(k + 2, dtype=np.int64) * stride + 2
+    acc = np.full((c, p), -1, np.int64)
+    tile_row(x, 1, offs, 1, k + 1, tile_weights(w), 0, c // MR, acc, p)
+    expect = np.zeros((c, p), np.int64)
+    for kk in range(1, k + 1):
+        for ch in range(c):
+            for j in range(p):
+                expect[ch, j] += popcount(x[1 + offs[kk] + j] ^ w[0, kk, ch])
+    np.testing.assert_array_equal(acc, expect)
+
+
+def test_panel_border_table_counts_outside_taps():
+    """bfix: for a 3x3 pad-1 layer, a corner pixel has 5 taps outside, an edge pixel 3, and the
+    table gives -outside * Cin + 2 * the popcount of those taps' weights."""
+    from runtime.kernels.binary_conv_panel import panel_weights
+
+    rng = np.random.default_rng(3)
+    cin, cout, h = 64, 8, 4
+    w = rng.integers(0, 2**63, size=(1, 9, 1, cout), dtype=np.int64).view(np.uint64)
+    _, bpix, brow, bfix = panel_weights(w, (3, 3, 1, 1, 1, 1, 1, 1, h, h, cin), h, h)
+    assert list(bpix) == [p for p in range(h * h) if p // h in (0, h - 1) or p % h in (0, h - 1)]
+    assert list(brow) == [0, 4, 6, 8, 12]
+    wpc = np.array([[popcount(v) for v in w[0, t, 0]] for t in range(9)])
+    corner = [0, 1, 2, 3, 6]  # taps outside for pixel (0, 0)
+    np.testing.assert_array_equal(bfix[:, 0], 2 * wpc[corner].sum(axis=0) - 5 * cin)
