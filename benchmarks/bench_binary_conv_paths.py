@@ -1,5 +1,6 @@
-"""Benchmark: BinaryConv's two +-1-weight kernels (the tiled one and the narrow one for few input
-channels, runtime/kernels/binary_conv_narrow.py) on layer shapes from small to wide, with
+"""Benchmark: BinaryConv's two +-1-weight paths (the narrow one for few input channels,
+runtime/kernels/binary_conv_narrow.py, and the other one: the panel path for one group,
+binary_conv_panel.py, the tiled one with groups, binary_conv_tiled.py; "tiled" below) on layer shapes from small to wide, with
 onnxruntime's float Conv of the same layer for scale. The data for the path choice in
 runtime.kernels.binary_conv.choose_narrow; "auto" marks the path that function picks.
 
@@ -75,7 +76,8 @@ def bnnc_conv(x: np.ndarray, w: np.ndarray, group: int, narrow: bool):
     finally:
         binary_conv.choose_narrow = choose
     outs = [np.empty((1, h, h, nwords(cout)), np.uint64)]
-    return (lambda: kernel.run(ins, outs)), outs
+    scratch = kernel.make_scratch()
+    return (lambda: kernel.run(ins, outs, scratch)), outs
 
 
 def main() -> None:
