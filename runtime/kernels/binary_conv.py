@@ -361,8 +361,8 @@ class BinaryConv(Kernel):
             if self.has_xm:
                 e.line(f"if not {masked}:")
                 e.indent += 1
-            band, cb, tasks = panel_plan(self.w, self.geom[8], self.geom[9], self.rows // self.geom[8], e.threads)
-            e.call(panel_conv, Expr(f"{xg}[0]"), *self.panel, self.geom, band, cb, tasks, st.mode, st.out_mask, st.scale,
+            nbands, cb, tasks = panel_plan(self.w, self.geom[8], self.geom[9], self.rows // self.geom[8], e.threads)
+            e.call(panel_conv, Expr(f"{xg}[0]"), *self.panel, self.geom, nbands, cb, tasks, st.mode, st.out_mask, st.scale,
                    st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero, work=self.work)
             if not self.has_xm:
                 return
@@ -405,8 +405,8 @@ class BinaryConv(Kernel):
         else:
             xmg = xg  # unused
         if self.panel is not None and not masked:
-            band, cb, tasks = panel_plan(self.w, self.geom[8], self.geom[9], self.rows // self.geom[8], current_threads())
-            panel_conv(self.work, xg[0], *self.panel, self.geom, band, cb, tasks, st.mode, st.out_mask, st.scale, st.bias,
+            nbands, cb, tasks = panel_plan(self.w, self.geom[8], self.geom[9], self.rows // self.geom[8], current_threads())
+            panel_conv(self.work, xg[0], *self.panel, self.geom, nbands, cb, tasks, st.mode, st.out_mask, st.scale, st.bias,
                        st.table, y, yb, ym, r, st.residual, st.bits_zero)
             return
         if self.tiled is not None:

@@ -126,17 +126,17 @@ def _emit(acc, k0, bpix, bfix, b0, b1, c0, c1, n, p0, np_, mode, out_mask, scale
 
 
 @Twin
-def panel_conv(x, wt, bpix, brow, bfix, geom, band, cb, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
+def panel_conv(x, wt, bpix, brow, bfix, geom, nbands, cb, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
     """x uint64 [N, Hx, Wx, WG] (one group); wt the tile's weights of w [taps * WG, Cout];
-    bpix, brow, bfix the border corrections (``border_table``); geom as binary_conv's; ``band`` output rows
-    per panel, ``cb`` output channels per task (a multiple of 64 unless it is all of them);
+    bpix, brow, bfix the border corrections (``border_table``); geom as binary_conv's; ``nbands`` bands of
+    output rows per image (band b: rows b * OH // nbands up to the next one's), ``cb`` output channels per task (a multiple of 64 unless it is all of them);
     the N x bands x channel runs are split into ``tasks`` runs; outputs as binary_conv's."""
     kh_, kw_, oh_, ow_, cg = geom[0], geom[1], geom[8], geom[9], geom[10]
     wg = x.shape[3]
     n_ = x.shape[0]
     cout = bfix.shape[0]
     kk = kh_ * kw_ * wg
-    nbands = -(-oh_ // band)
+    band = -(-oh_ // nbands)  # the most rows of a band
     nch = -(-cout // cb)
     chunks = n_ * nbands * nch
     k0 = kh_ * kw_ * cg
@@ -154,8 +154,9 @@ def panel_conv(x, wt, bpix, brow, bfix, geom, band, cb, tasks, mode, out_mask, s
         for chunk in range(task * chunks // tasks, (task + 1) * chunks // tasks):
             img_band = chunk // nch
             n = img_band // nbands
-            oh0 = (img_band % nbands) * band
-            oh1 = min(oh_, oh0 + band)
+            b = img_band % nbands
+            oh0 = b * oh_ // nbands
+            oh1 = (b + 1) * oh_ // nbands
             c0 = (chunk % nch) * cb
             c1 = min(cout, c0 + cb)
             np_ = (oh1 - oh0) * ow_
@@ -168,18 +169,22 @@ def panel_conv(x, wt, bpix, brow, bfix, geom, band, cb, tasks, mode, out_mask, s
 
 
 def panel_plan(w: np.ndarray, oh: int, ow: int, rows: int, threads: int) -> tuple[int, int, int]:
-    """(band rows, channels per task, tasks) for weights [1, taps, WG, Cout] and an output of
-    ``rows`` images x oh x ow: bands whose panel and counts fit BAND_BYTES, and enough tasks for
-    the threads (channel runs of whole 64-channel words when the bands alone are too few)."""
+    """(bands per image, channels per task, tasks) for weights [1, taps, WG, Cout] and an output
+    of ``rows`` images x oh x ow: bands whose panel and counts fit BAND_BYTES; with several
+    threads, at least four bands per thread where the rows allow, and channel runs of whole
+    64-channel words until the chunks (images x bands x channel runs) split evenly over the
+    threads, one chunk per task (a static split of unequal counts leaves a thread idle at the
+    end)."""
     _, taps, wg, cout = w.shape
     band = max(1, min(oh, BAND_BYTES // ((taps * wg + cout) * ow * 8)))
-    if threads > 1:  # about four bands per thread, so that the last ones even out
-        band = max(1, min(band, -(-oh * rows // (4 * threads))))
-    bands = rows * -(-oh // band)
+    nbands = -(-oh // band)
+    if threads <= 1:
+        return nbands, cout, 1
+    nbands = min(oh, max(nbands, -(-4 * threads // rows)))
     cb = cout
-    while bands * -(-cout // cb) < 2 * threads and cb > 64:
+    while (rows * nbands * -(-cout // cb)) % threads and cb > 64:
         cb = max(64, -(-(cb // 2) // 64) * 64)
-    return band, cb, max(1, 4 * threads)
+    return nbands, cb, rows * nbands * -(-cout // cb)
 
 
 def panel_weights(w: np.ndarray, geom: tuple, hx: int, wx: int) -> tuple[np.ndarray, ...]:

@@ -26,7 +26,7 @@ EXTRA = {
 
 @pytest.fixture(params=[(1, 64, 3), (2, 64, 5), (3, 128, 1), (None, None, 4)], ids=lambda p: f"band{p[0]}_cb{p[1]}_tasks{p[2]}")
 def cuts(request, monkeypatch):
-    """Force the panel path's band rows, channel runs and tasks (None: its own choice)."""
+    """Force the panel path's bands per image, channel runs and tasks (None: its own choice)."""
     band, cb, tasks = request.param
     plan = binary_conv.panel_plan
 
