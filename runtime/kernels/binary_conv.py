@@ -286,11 +286,12 @@ class BinaryConv(Kernel):
         if self.masked & 2:
             self.wm = np.ascontiguousarray(masks.transpose(0, 1, 3, 2))
             self.wcnt = np.ascontiguousarray((vals != 0).sum(axis=3, dtype=np.int64))  # [G, taps, og]
-        # the tiled path (binary_conv_tiled.py) runs whatever has no mask at run time
-        self.tiled = None if self.masked & 2 or self.narrow is not None else tiled_weights(self.w)
-        # one group, no zero among the activations at run time: the panel path (binary_conv_panel.py)
+        # +-1 weights: one group takes the panel path (binary_conv_panel.py), groups the tiled one
+        # (binary_conv_tiled.py); both count through an activation mask with zeros at run time
+        ones = not self.masked & 2 and self.narrow is None
+        self.tiled = tiled_weights(self.w) if ones and g > 1 else None
         self.panel = None
-        if self.tiled is not None and g == 1:
+        if ones and g == 1:
             hx0, wx0 = (h + pt + pb, w_ + pl + pr) if pad_value else (h, w_)
             self.panel = panel_weights(self.w, (kh, kw, sh, sw, dh, dw, 0 if pad_value else pt, 0 if pad_value else pl, oh, ow, cg),
                                        hx0, wx0)
@@ -358,23 +359,15 @@ class BinaryConv(Kernel):
         elif self.has_xm:
             xmg = Expr(f"{ins[1]}.reshape({e.lit((1,) + tuple(self.step.in_shapes[1]))})")
         if self.panel is not None:
-            if self.has_xm:
-                e.line(f"if not {masked}:")
-                e.indent += 1
             nbands, cb, tasks = panel_plan(self.w, self.geom[8], self.geom[9], self.rows // self.geom[8], e.threads)
-            e.call(panel_conv, Expr(f"{xg}[0]"), *self.panel, self.geom, nbands, cb, tasks, st.mode, st.out_mask, st.scale,
-                   st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero, work=self.work)
-            if not self.has_xm:
-                return
-            e.indent -= 1
-            e.line("else:")
-            e.indent += 1
+            e.call(panel_conv, Expr(f"{xg}[0]"), Expr(f"{xmg}[0]"), Expr(f"({masked} != 0)") if self.has_xm else False,
+                   self.tail, *self.panel, self.geom, nbands, cb, tasks, st.mode, st.out_mask, st.scale, st.bias, st.table, y,
+                   yb, ym, r, st.residual, st.bits_zero, work=self.work)
+            return
         if self.tiled is not None:  # no weight mask: the activation's, if it has zeros, goes in
             e.call(tiled_conv, xg, xmg, Expr(f"({masked} != 0)") if self.has_xm else False, *self.tiled, self.geom,
                    self._block(e.threads), 4 * e.threads, st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual,
                    st.bits_zero, work=self.work)
-            if self.panel is not None:
-                e.indent -= 1
             return
         e.call(_binary_conv, xg, xmg, self.w, self.wm, self.wcnt, self.geom, masked, self._block(e.threads), st.mode,
                st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero, work=self.work)
@@ -404,10 +397,10 @@ class BinaryConv(Kernel):
                 xmg = xm.reshape((1,) + xm.shape)
         else:
             xmg = xg  # unused
-        if self.panel is not None and not masked:
+        if self.panel is not None:
             nbands, cb, tasks = panel_plan(self.w, self.geom[8], self.geom[9], self.rows // self.geom[8], current_threads())
-            panel_conv(self.work, xg[0], *self.panel, self.geom, nbands, cb, tasks, st.mode, st.out_mask, st.scale, st.bias,
-                       st.table, y, yb, ym, r, st.residual, st.bits_zero)
+            panel_conv(self.work, xg[0], xmg[0], masked != 0, self.tail, *self.panel, self.geom, nbands, cb, tasks, st.mode,
+                       st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero)
             return
         if self.tiled is not None:
             tiled_conv(self.work, xg, xmg, masked != 0, *self.tiled, self.geom, self._block(current_threads()),

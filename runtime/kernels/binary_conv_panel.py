@@ -14,8 +14,12 @@ border pixels ``s = taps * Cin - 2 * acc + fix`` with
 per session (``panel_weights``); the output stage writes every pixel with fix 0, then the
 border pixels again.
 
-Activations with exact zeros at run time (their nonzero mask has zeros) take the tiled path
-(binary_conv_tiled.py), which counts through the mask.
+Activations with exact zeros (``Sign(0) = 0``; their nonzero mask m has zeros at run time) are
+split into two +-1 activations: ``a`` with the zeros as +1 (bits ``b & m``) and ``b`` with them
+as -1 (bits ``(b | ~m)``, the unused tail bits kept 0), so that ``x = (a + b) / 2`` and
+``s = s_a / 2 + s_b / 2 = K - popcount(a ^ w) - popcount(b ^ w)``: the panel holds both (2K
+words, the weights twice), the same tile counts them, and ``s = taps * Cin - acc + fix`` with the
+same border table (an outside tap reads zero words in both halves).
 """
 
 from __future__ import annotations
@@ -31,38 +35,54 @@ BAND_BYTES = 256 * 1024  # a band's panel and counts stay in the L2 cache
 
 
 @njit(cache=True)
-def _gather(x, oh0, oh1, geom, panel) -> None:
+def _gather(x, xm, masked, tail, oh0, oh1, geom, panel) -> None:
     """panel[(t * WG + j), p] = word j of the pixel tap t of band pixel p reads (rows oh0 ..
-    oh1 - 1), 0 outside the image."""
+    oh1 - 1), 0 outside the image; when ``masked``, that word with its zeros as +1 (``x & m``)
+    and, K rows further, as -1 (``(x | ~m) & tail``)."""
     kh_, kw_, sh, sw, dh, dw, pt, pl, ow_ = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7], geom[9]
     hx, wx, wg = x.shape
+    kk = kh_ * kw_ * wg
     for ki in range(kh_):
         for kj in range(kw_):
             d = kj * dw - pl  # output column ow reads input column ow * sw + d
             lo = 0 if d >= 0 else min(ow_, (sw - 1 - d) // sw)
             hi = max(lo, min(ow_, (wx - 1 - d) // sw + 1))
             for j in range(wg):
-                row = panel[(ki * kw_ + kj) * wg + j]
+                k = (ki * kw_ + kj) * wg + j
+                row = panel[k]
+                row2 = panel[k + kk] if masked else panel[k]
+                tj = tail[j]
                 for oh in range(oh0, oh1):
                     ih = oh * sh - pt + ki * dh
                     dst = row[(oh - oh0) * ow_:(oh - oh0 + 1) * ow_]
+                    dst2 = row2[(oh - oh0) * ow_:(oh - oh0 + 1) * ow_]
                     if ih < 0 or ih >= hx:
                         dst[:] = 0
+                        dst2[:] = 0
                         continue
-                    src = x[ih, :, j]
                     for ow in range(lo):
                         dst[ow] = 0
+                        dst2[ow] = 0
                     for ow in range(hi, ow_):
                         dst[ow] = 0
+                        dst2[ow] = 0
                     s0 = lo * sw + d
-                    for i in range(hi - lo):
-                        dst[lo + i] = src[s0 + i * sw]
+                    src = x[ih, :, j]
+                    if masked:
+                        msk = xm[ih, :, j]
+                        for i in range(hi - lo):
+                            v, m = src[s0 + i * sw], msk[s0 + i * sw]
+                            dst[lo + i] = v & m
+                            dst2[lo + i] = (v | ~m) & tj
+                    else:
+                        for i in range(hi - lo):
+                            dst[lo + i] = src[s0 + i * sw]
 
 
 @njit(cache=True)
-def _emit(acc, k0, bpix, bfix, b0, b1, c0, c1, n, p0, np_, mode, out_mask, scale, bias, table, y3, yb3, ym3, r3, has_r, bz,
+def _emit(acc, k0, mult, bpix, bfix, b0, b1, c0, c1, n, p0, np_, mode, out_mask, scale, bias, table, y3, yb3, ym3, r3, has_r, bz,
           pk):
-    """s = k0 - 2 * acc for channels c0 .. c1 - 1 (rows of acc from 0) at the band's pixels p0 ..
+    """s = k0 - mult * acc for channels c0 .. c1 - 1 (rows of acc from 0) at the band's pixels p0 ..
     p0 + np_ - 1 of image n, plus bfix[c, i] at the border pixels bpix[i] (b0 <= i < b1), through
     the output stage (binary_common):
     y3 [N, C, OH*OW], yb3/ym3 [N, OH*OW, words], r3 the residual as y3. The bits of a word's 64
@@ -84,13 +104,13 @@ def _emit(acc, k0, bpix, bfix, b0, b1, c0, c1, n, p0, np_, mode, out_mask, scale
             bi = bias[c]
             if has_r:
                 for p in range(np_):
-                    yr[p] = np.float32(np.int32(k0 - 2 * a[p])) * sc + bi + rr[p]
+                    yr[p] = np.float32(np.int32(k0 - mult * a[p])) * sc + bi + rr[p]
             else:
                 for p in range(np_):
-                    yr[p] = np.float32(np.int32(k0 - 2 * a[p])) * sc + bi
+                    yr[p] = np.float32(np.int32(k0 - mult * a[p])) * sc + bi
             for j in range(b1 - b0):  # the border pixels: their s has a correction
                 p = bpix[b0 + j] - p0
-                v = np.float32(np.int32(k0 + fix[j] - 2 * a[p])) * sc + bi
+                v = np.float32(np.int32(k0 + fix[j] - mult * a[p])) * sc + bi
                 yr[p] = v + rr[p] if has_r else v
             if bz != NO_BITS:
                 for p in range(np_):
@@ -102,14 +122,14 @@ def _emit(acc, k0, bpix, bfix, b0, b1, c0, c1, n, p0, np_, mode, out_mask, scale
             for plane in range(2 if out_mask else 1):
                 f_below, f_mid, f_above = table[2 + 3 * plane, c], table[3 + 3 * plane, c], table[4 + 3 * plane, c]
                 for p in range(np_):
-                    v = k0 - 2 * a[p]
+                    v = k0 - mult * a[p]
                     lt = -np.int64(v < lo)
                     le = -np.int64(v <= hi)
                     f = (lt & f_below) | (~lt & le & f_mid) | (~le & f_above)
                     pk[plane, p] |= np.uint64(f & 1) << sh
                 for j in range(b1 - b0):
                     p = bpix[b0 + j] - p0
-                    v = k0 + fix[j] - 2 * a[p]
+                    v = k0 + fix[j] - mult * a[p]
                     lt = -np.int64(v < lo)
                     le = -np.int64(v <= hi)
                     f = (lt & f_below) | (~lt & le & f_mid) | (~le & f_above)
@@ -126,8 +146,9 @@ def _emit(acc, k0, bpix, bfix, b0, b1, c0, c1, n, p0, np_, mode, out_mask, scale
 
 
 @Twin
-def panel_conv(x, wt, bpix, brow, bfix, geom, nbands, cb, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
-    """x uint64 [N, Hx, Wx, WG] (one group); wt the tile's weights of w [taps * WG, Cout];
+def panel_conv(x, xm, masked, tail, wt, bpix, brow, bfix, geom, nbands, cb, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
+    """x uint64 [N, Hx, Wx, WG] (one group) and, when ``masked``, its nonzero masks xm (tail: the
+    valid bits of a pixel's words); wt the tile's weights of w [taps * WG, Cout] twice over;
     bpix, brow, bfix the border corrections (``border_table``); geom as binary_conv's; ``nbands`` bands of
     output rows per image (band b: rows b * OH // nbands up to the next one's), ``cb`` output channels per task (a multiple of 64 unless it is all of them);
     the N x bands x channel runs are split into ``tasks`` runs; outputs as binary_conv's."""
@@ -144,10 +165,11 @@ def panel_conv(x, wt, bpix, brow, bfix, geom, nbands, cb, tasks, mode, out_mask,
     r3 = res.reshape((res.shape[0], res.shape[1], res.shape[2] * res.shape[3]))
     yb3 = yb.reshape((yb.shape[0], yb.shape[1] * yb.shape[2], yb.shape[3]))
     ym3 = ym.reshape((ym.shape[0], ym.shape[1] * ym.shape[2], ym.shape[3]))
-    offs = np.arange(kk) * (band * ow_)
+    halves = 2 if masked else 1
+    offs = np.arange(2 * kk) * (band * ow_)
     tasks = max(1, min(tasks, chunks))
     for task in prange(tasks):
-        panel = np.empty((kk, band * ow_), np.uint64)
+        panel = np.empty((halves * kk, band * ow_), np.uint64)
         acc = np.empty((-(-cb // MR) * MR, band * ow_), np.int64)
         pk = np.empty((2, band * ow_), np.uint64)
         last = -1
@@ -161,10 +183,10 @@ def panel_conv(x, wt, bpix, brow, bfix, geom, nbands, cb, tasks, mode, out_mask,
             c1 = min(cout, c0 + cb)
             np_ = (oh1 - oh0) * ow_
             if img_band != last:  # the panel of this band (a task's chunks of one band share it)
-                _gather(x[n], oh0, oh1, geom, panel)
+                _gather(x[n], xm[n] if masked else x[n], masked, tail, oh0, oh1, geom, panel)
                 last = img_band
-            tile_row(panel.reshape(-1), 0, offs, 0, kk, wt, (c0 // MR) * kk * MR, -(-(c1 - c0) // MR), acc, np_)
-            _emit(acc, k0, bpix, bfix, brow[oh0], brow[oh1], c0, c1, n, oh0 * ow_, np_, mode, out_mask, scale, bias, table, y3,
+            tile_row(panel.reshape(-1), 0, offs, 0, halves * kk, wt, (c0 // MR) * 2 * kk * MR, -(-(c1 - c0) // MR), acc, np_)
+            _emit(acc, k0, 3 - halves, bpix, bfix, brow[oh0], brow[oh1], c0, c1, n, oh0 * ow_, np_, mode, out_mask, scale, bias, table, y3,
                   yb3, ym3, r3, has_r, bz, pk)
 
 
@@ -189,7 +211,8 @@ def panel_plan(w: np.ndarray, oh: int, ow: int, rows: int, threads: int) -> tupl
 
 def panel_weights(w: np.ndarray, geom: tuple, hx: int, wx: int) -> tuple[np.ndarray, ...]:
     """From the general path's weights ``[1, taps, WG, Cout]`` and binary_conv's geometry (input
-    hx x wx): the tile's weights, and the border corrections: ``bpix`` the output pixels (oh *
+    hx x wx): the tile's weights (the K words twice: a masked panel's halves), and the border
+    corrections: ``bpix`` the output pixels (oh *
     OW + ow, ascending) with a tap outside the input, ``brow[oh]`` the first of them in row oh
     or later (OH + 1 entries), ``bfix[c, i]`` the correction of pixel bpix[i]'s s in channel c:
     -(outside taps) * Cin + 2 * the outside taps' weight popcounts."""
@@ -205,4 +228,5 @@ def panel_weights(w: np.ndarray, geom: tuple, hx: int, wx: int) -> tuple[np.ndar
     bpix = np.flatnonzero(out.any(axis=1)).astype(np.int64)
     brow = np.searchsorted(bpix, np.arange(oh_ + 1) * ow_).astype(np.int64)
     bfix = np.ascontiguousarray((2 * out[bpix].astype(np.int64) @ wpc - out[bpix].sum(axis=1, keepdims=True) * cg).T)
-    return tile_weights(np.ascontiguousarray(w.reshape(1, taps * wg, cout))), bpix, brow, bfix
+    w2 = np.concatenate([w.reshape(1, taps * wg, cout)] * 2, axis=1)  # both halves of a masked panel
+    return tile_weights(np.ascontiguousarray(w2)), bpix, brow, bfix
