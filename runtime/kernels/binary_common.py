@@ -215,12 +215,36 @@ def emit_bits(s, table, c0, yb, ym, out_mask, sg, mk):
     or_flags(sg, mk, n, c0, yb, ym, out_mask)
 
 
+@njit(cache=True, inline="always")
+def rule_flag(s, lo, hi, below, mid, above):
+    """The 0 / -1 flag the rule gives s: ``below`` if s < lo, else ``mid`` if s <= hi, else
+    ``above``, branch-free so that loops of it vectorise."""
+    lt = -np.int64(s < lo)
+    le = -np.int64(s <= hi)
+    return (lt & below) | (~lt & le & mid) | (~le & above)
+
+
+@njit(cache=True, inline="always")
+def rule_of(table, c, plane):
+    """(lo, hi, below, mid, above) of channel c's rule in ``rule_table`` form, for the sign
+    (plane 0) or the nonzero mask (plane 1)."""
+    return table[0, c], table[1, c], table[2 + 3 * plane, c], table[3 + 3 * plane, c], table[4 + 3 * plane, c]
+
+
+@njit(cache=True, inline="always")
+def or_sign_planes(yr, n, bz, sh, pk):
+    """OR the sign (plane 0) and nonzero (plane 1) bits of the floats yr[:n], their value at 0
+    being ``bz``, at bit ``sh`` of the word rows pk[0, :n] and pk[1, :n]."""
+    for p in range(n):
+        neg, nz = sign_flags(yr[p], bz)
+        pk[0, p] |= np.uint64(neg & 1) << sh
+        pk[1, p] |= np.uint64(nz & 1) << sh
+
+
 @njit(cache=True)
 def _rule_flags(s, lo, hi, below, mid, above, out):
     for i in range(s.shape[0]):
-        lt = -np.int64(s[i] < lo[i])
-        le = -np.int64(s[i] <= hi[i])
-        out[i] = (lt & below[i]) | (~lt & le & mid[i]) | (~le & above[i])
+        out[i] = rule_flag(s[i], lo[i], hi[i], below[i], mid[i], above[i])
 
 
 @njit(cache=True)

@@ -33,7 +33,7 @@ from numba import njit, prange
 from runtime.bitpack import nwords, pack_bits, popcount
 from runtime.codegen import Expr
 from runtime.kernels.base import Twin
-from runtime.kernels.binary_common import BITS, NO_BITS, sign_flags
+from runtime.kernels.binary_common import BITS, NO_BITS, or_sign_planes, rule_flag, rule_of
 from runtime.kernels.binary_tile import MR, tile_row, tile_weights
 from runtime.threads import current_threads
 
@@ -142,19 +142,12 @@ def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, y
                 for ow in range(ow_):
                     yr[ow] += rr[ow]
             if bz != NO_BITS:  # the float row binarized too (a fused bnnc.Binarize)
-                for ow in range(ow_):
-                    neg, nz = sign_flags(yr[ow], bz)
-                    pk[0, ow] |= np.uint64(neg & 1) << sh
-                    pk[1, ow] |= np.uint64(nz & 1) << sh
+                or_sign_planes(yr, ow_, bz, sh, pk)
         else:
-            lo, hi = table[0, c], table[1, c]
             for plane in range(2 if out_mask else 1):
-                f_below, f_mid, f_above = table[2 + 3 * plane, c], table[3 + 3 * plane, c], table[4 + 3 * plane, c]
+                lo, hi, f_below, f_mid, f_above = rule_of(table, c, plane)
                 for ow in range(ow_):
-                    v = k0 + b[ow] - 2 * a[ow]
-                    lt = -np.int64(v < lo)
-                    le = -np.int64(v <= hi)
-                    f = (lt & f_below) | (~lt & le & f_mid) | (~le & f_above)
+                    f = rule_flag(k0 + b[ow] - 2 * a[ow], lo, hi, f_below, f_mid, f_above)
                     pk[plane, ow] |= np.uint64(f & 1) << sh
         if bits and ((c & 63) == 63 or co == og - 1):
             q = c >> 6

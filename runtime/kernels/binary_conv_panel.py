@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.kernels.base import Twin
-from runtime.kernels.binary_common import BITS, NO_BITS, sign_flags
+from runtime.kernels.binary_common import BITS, NO_BITS, or_sign_planes, rule_flag, rule_of
 from runtime.kernels.binary_tile import MR, tile_row, tile_weights
 
 BAND_BYTES = 256 * 1024  # a band's panel and counts stay in the L2 cache
@@ -113,26 +113,16 @@ def _emit(acc, k0, mult, bpix, bfix, b0, b1, c0, c1, n, p0, np_, mode, out_mask,
                 v = np.float32(np.int32(k0 + fix[j] - mult * a[p])) * sc + bi
                 yr[p] = v + rr[p] if has_r else v
             if bz != NO_BITS:
-                for p in range(np_):
-                    neg, nz = sign_flags(yr[p], bz)
-                    pk[0, p] |= np.uint64(neg & 1) << sh
-                    pk[1, p] |= np.uint64(nz & 1) << sh
+                or_sign_planes(yr, np_, bz, sh, pk)
         else:
-            lo, hi = table[0, c], table[1, c]
             for plane in range(2 if out_mask else 1):
-                f_below, f_mid, f_above = table[2 + 3 * plane, c], table[3 + 3 * plane, c], table[4 + 3 * plane, c]
+                lo, hi, f_below, f_mid, f_above = rule_of(table, c, plane)
                 for p in range(np_):
-                    v = k0 - mult * a[p]
-                    lt = -np.int64(v < lo)
-                    le = -np.int64(v <= hi)
-                    f = (lt & f_below) | (~lt & le & f_mid) | (~le & f_above)
+                    f = rule_flag(k0 - mult * a[p], lo, hi, f_below, f_mid, f_above)
                     pk[plane, p] |= np.uint64(f & 1) << sh
                 for j in range(b1 - b0):
                     p = bpix[b0 + j] - p0
-                    v = k0 + fix[j] - mult * a[p]
-                    lt = -np.int64(v < lo)
-                    le = -np.int64(v <= hi)
-                    f = (lt & f_below) | (~lt & le & f_mid) | (~le & f_above)
+                    f = rule_flag(k0 + fix[j] - mult * a[p], lo, hi, f_below, f_mid, f_above)
                     pk[plane, p] = (pk[plane, p] & ~one) | (np.uint64(f & 1) << sh)
         if bits and ((c & 63) == 63 or c == c1 - 1):
             q = c >> 6
