@@ -206,20 +206,48 @@ def binary_dense(x, w, scale=None, bias=None, rule=None, *, in_order: str = "chw
     return _stage(s, output, scale, bias, rule, residual)
 
 
+def float_activation(y: np.ndarray, name: str = "", params: Sequence[float] = ()) -> np.ndarray:
+    """The activation a binary-weight layer applies to its float result (the ``activation`` and
+    ``activation_params`` attributes, as ONNX defines the op; "" for none), in float64."""
+    y = np.asarray(y, np.float64)
+    p = [float(v) for v in params]
+    if name == "":
+        return y
+    if name == "Relu":
+        return np.maximum(y, 0.0)
+    if name == "LeakyRelu":
+        return np.where(y < 0, y * (p[0] if p else 0.01), y)
+    if name == "Clip":
+        lo, hi = p if p else (-np.inf, np.inf)
+        return np.minimum(np.maximum(y, lo), hi)
+    if name == "Sigmoid":
+        return 1.0 / (1.0 + np.exp(-y))
+    if name == "Tanh":
+        return np.tanh(y)
+    if name == "HardSigmoid":
+        alpha, beta = p if p else (0.2, 0.5)
+        return np.clip(alpha * y + beta, 0.0, 1.0)
+    raise ValueError(f"unknown activation '{name}'")
+
+
 def binary_weight_conv(x, w, scale, bias, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
-                       group: int = 1) -> np.ndarray:
+                       group: int = 1, activation: str = "", activation_params: Sequence[float] = ()) -> np.ndarray:
     """BinaryWeightConv: float conv (zero padding) of x with {-1, 0, +1} weights, times scale
-    plus bias per output channel; computed in float64, returned as float32."""
+    plus bias per output channel, then the activation; computed in float64, returned as float32."""
     y = _conv_taps(np.asarray(x), np.asarray(w), strides, pads, dilations, group, 0.0, np.float64)
     shape = (1, -1, 1, 1)
-    return (y * np.asarray(scale, np.float64).reshape(shape) + np.asarray(bias, np.float64).reshape(shape)).astype(np.float32)
+    y = y * np.asarray(scale, np.float64).reshape(shape) + np.asarray(bias, np.float64).reshape(shape)
+    return float_activation(y, activation, activation_params).astype(np.float32)
 
 
-def binary_weight_dense(x, w, scale, bias) -> np.ndarray:
-    """BinaryWeightDense: x [N, K] @ w.T times scale plus bias, float64 inside, float32 out."""
+def binary_weight_dense(x, w, scale, bias, *, activation: str = "",
+                        activation_params: Sequence[float] = ()) -> np.ndarray:
+    """BinaryWeightDense: x [N, K] @ w.T times scale plus bias, then the activation; float64
+    inside, float32 out."""
     x = np.asarray(x, np.float64).reshape(np.shape(x)[0], -1)
     y = x @ np.asarray(w, np.float64).T
-    return (y * np.asarray(scale, np.float64) + np.asarray(bias, np.float64)).astype(np.float32)
+    y = y * np.asarray(scale, np.float64) + np.asarray(bias, np.float64)
+    return float_activation(y, activation, activation_params).astype(np.float32)
 
 
 # -- pooling ------------------------------------------------------------------------------------
@@ -249,6 +277,6 @@ def bit_maxpool(x: np.ndarray, kernel_shape, strides=None, pads=(0, 0, 0, 0), di
 
 __all__ = [
     "binarize", "binary_conv", "binary_conv_int", "binary_dense", "binary_dense_int", "binary_weight_conv",
-    "binary_weight_dense", "bit_maxpool", "conv_output_hw", "dense_input", "output_bits", "output_float",
+    "binary_weight_dense", "bit_maxpool", "conv_output_hw", "dense_input", "float_activation", "output_bits", "output_float",
     "output_shapes", "packed_shape", "pool_output_hw",
 ]

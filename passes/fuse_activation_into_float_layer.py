@@ -1,6 +1,8 @@
-"""Fuse a float Conv/Gemm/MatMul and the activation that alone reads it into one bnnc.Fused* node.
+"""Fuse a float-output layer and the activation that alone reads it into one node.
 
-The node is ``bnnc.FusedConv`` / ``bnnc.FusedGemm`` / ``bnnc.FusedMatMul``.
+Conv / Gemm / MatMul become ``bnnc.FusedConv`` / ``bnnc.FusedGemm`` / ``bnnc.FusedMatMul``; a
+``bnnc.BinaryWeightConv`` / ``bnnc.BinaryWeightDense`` (float input, binary weights, float output)
+stays itself and takes the activation as attributes (once: one that has one already is left).
 
 y = act(layer(x)): the fused node has the layer's inputs and attributes plus ``activation`` (the
 activation's op type) and ``activation_params`` (floats):
@@ -17,12 +19,13 @@ from collections import Counter
 import numpy as np
 import onnx_ir as ir
 
-from bnnc.ir import BNNC_DOMAIN, adopt_name, attrs_of, const, is_std, make_node, remove, replace_value
+from bnnc.ir import BNNC_DOMAIN, adopt_name, attrs_of, const, is_bnnc, is_std, make_node, op_key, remove, replace_value
 from bnnc.layers import carry
 from bnnc.pipeline import Pass, PassResult
 from runtime.kernels.nn import ACTIVATIONS as RUNTIME_ACTIVATIONS
 
 LAYERS = {"Conv": "FusedConv", "Gemm": "FusedGemm", "MatMul": "FusedMatMul"}
+BINARY_WEIGHT = ("BinaryWeightConv", "BinaryWeightDense")  # fused in place (module docstring)
 # what the runtime's fused kernels can apply, in the runtime's own list
 ACTIVATIONS = tuple(a for a in RUNTIME_ACTIVATIONS if a)
 F32 = np.finfo(np.float32)
@@ -59,7 +62,7 @@ def activation_params(act: ir.Node) -> list[float] | None:
 
 def match(layer: ir.Node) -> tuple[ir.Node | None, str | None]:
     """The activation to fuse into ``layer``, or None and why not (None: not a candidate)."""
-    if not is_std(layer, *LAYERS):
+    if not is_std(layer, *LAYERS) and not (is_bnnc(layer, *BINARY_WEIGHT) and "activation" not in attrs_of(layer)):
         return None, None
     y = layer.outputs[0]
     readers = y.consumers()
@@ -75,7 +78,8 @@ def match(layer: ir.Node) -> tuple[ir.Node | None, str | None]:
 
 def rewrite(graph: ir.Graph, layer: ir.Node, act: ir.Node, pass_name: str) -> ir.Node:
     """The fused node (not yet in the graph)."""
-    node = make_node(graph, LAYERS[layer.op_type], list(layer.inputs), f"{layer.name}_{act.op_type.lower()}", pass_name,
+    op = layer.op_type if is_bnnc(layer, *BINARY_WEIGHT) else LAYERS[layer.op_type]
+    node = make_node(graph, op, list(layer.inputs), f"{layer.name}_{act.op_type.lower()}", pass_name,
                      domain=BNNC_DOMAIN, **attrs_of(layer), activation=act.op_type,
                      activation_params=[float(p) for p in activation_params(act)])
     out = act.outputs[0]
@@ -106,5 +110,5 @@ class FuseActivationIntoFloatLayer(Pass):
             replace_value(graph, act.outputs[0], node.outputs[0], rename=True)
             remove(graph, [act, layer])
             adopt_name(node, layer)  # the report and the layer table refer to the layer's name
-            stats[f"{layer.op_type}+{act.op_type}"] += 1
+            stats[f"{op_key(layer)}+{act.op_type}"] += 1
         return PassResult(model, bool(stats), dict(stats), reasons)

@@ -88,15 +88,20 @@ def _binary_dense(a, ins, n):
     return _stage(a, s_fn, ins, n)
 
 
+def _activation(a):
+    """The fused activation of a binary-weight layer, as keyword arguments of its reference."""
+    return dict(activation=a.get("activation", ""), activation_params=a.get("activation_params", ()))
+
+
 def _binary_weight_conv(a, ins, _n):
     g = int(a.get("group", 1))
     w = unpack_dense(ins[1], (int(a["cout"]), int(a["cin"]) // g, *a["kernel_shape"]), ins[2])
-    return [ops.binary_weight_conv(ins[0], w, ins[3], ins[4], **_conv_geometry(a))]
+    return [ops.binary_weight_conv(ins[0], w, ins[3], ins[4], **_conv_geometry(a), **_activation(a))]
 
 
 def _binary_weight_dense(a, ins, _n):
     w = unpack_dense(ins[1], (int(a["cout"]), int(a["k"])), ins[2])
-    return [ops.binary_weight_dense(ins[0], w, ins[3], ins[4])]
+    return [ops.binary_weight_dense(ins[0], w, ins[3], ins[4], **_activation(a))]
 
 
 def _bit_maxpool(a, ins, n):

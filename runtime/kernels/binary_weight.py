@@ -1,7 +1,8 @@
 """bnnc.BinaryWeightConv, bnnc.BinaryWeightDense: float input, binary (or ternary) weights.
 
-``y = conv(x, W) * scale[c] + bias[c]`` (zero padding, as ONNX Conv) and ``y = x @ W.T * scale +
-bias`` with W in {-1, 0, +1}. With a real input there are no bits to XOR: the fastest way to
+``y = act(conv(x, W) * scale[c] + bias[c])`` (zero padding, as ONNX Conv) and ``y = act(x @ W.T *
+scale + bias)`` with W in {-1, 0, +1}, act the fused activation (``activation`` and
+``activation_params``, runtime/kernels/nn.py; none by default). With a real input there are no bits to XOR: the fastest way to
 compute this on a CPU is a float GEMM, so ``__init__`` unpacks the weight bitstream
 (runtime/bitpack.py) once into float32 ``W * scale[c]`` -- the exporter's own weights, alpha times
 the signs -- and the float convolution (runtime/kernels/conv.py) or matrix product
@@ -70,12 +71,13 @@ class BinaryWeightDense(Kernel):
         self.c = np.ascontiguousarray(np.broadcast_to(bias, (xs[0], cout)))  # the bias of every row
         self.product = Product((xs[0], k), (k, cout), (xs[0], cout), np.float32)
         self.product.use_tiles(self.wt, self.c)
+        self.act = activation_of(step)
 
     def emit(self, e, ins, outs):
-        self.product.emit(e, ins[0], self.wt, self.c, outs[0], 1.0, (0, 0.0, 0.0))
+        self.product.emit(e, ins[0], self.wt, self.c, outs[0], 1.0, self.act)
 
     def make_scratch(self):
         return self.product.make_scratch()
 
     def run(self, ins, outs, scratch):
-        self.product.run(ins[0], self.wt, self.c, outs[0], 1.0, (0, 0.0, 0.0), scratch)
+        self.product.run(ins[0], self.wt, self.c, outs[0], 1.0, self.act, scratch)

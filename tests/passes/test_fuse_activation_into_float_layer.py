@@ -1,4 +1,5 @@
-"""fuse-activation-into-float-layer: layer + activation becomes one bnnc.Fused* node (run by the runtime)."""
+"""fuse-activation-into-float-layer: layer + activation becomes one bnnc.Fused* node, or one
+binary-weight layer with an activation (run by the runtime and by the op references)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import pytest
 from onnx import helper
 
 from bnnc.ir import attrs_of, op_key
+from bnnc.layers import layer_of
 from bnnc.pipeline import run_pipeline
 from passes.fuse_activation_into_float_layer import FuseActivationIntoFloatLayer
+from tests.bnn_graphs import before_pass
 from tests.helpers import (
     assert_close,
     load_graph,
@@ -18,6 +21,7 @@ from tests.helpers import (
     output_names,
     run_graph,
 )
+from tests.reference_run import run_reference
 
 F = np.float32
 F32 = np.finfo(np.float32)
@@ -116,3 +120,54 @@ def test_layer_output_that_is_a_graph_output_is_not_fused():
     model = make_model(nodes, [("x", [2, 3])], [("c", [2, 4]), ("y", [2, 4])], {"w": rng.standard_normal((3, 4)).astype(F)})
     graph, rec = _fuse(model)
     assert not rec.modified and "graph output" in rec.reasons[0]
+
+
+def _binary_weight_model(rng, conv_acts=("Relu",)):
+    """Conv (+-alpha weights) -> conv_acts -> Flatten -> Gemm (+-alpha weights) -> Tanh: both
+    layers become binary-weight layers (float activations)."""
+    w = (np.where(rng.standard_normal((6, 3, 3, 3)) >= 0, 1.0, -1.0) * rng.uniform(0.1, 1, (6, 1, 1, 1))).astype(F)
+    g = (np.where(rng.standard_normal((4, 6 * 5 * 4)) >= 0, 1.0, -1.0) * rng.uniform(0.1, 1, (4, 1))).astype(F)
+    acts = [helper.make_node(a, [f"a{i}"], [f"a{i + 1}"], name=f"act{i}") for i, a in enumerate(conv_acts)]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["a0"], name="conv", pads=[1, 1, 1, 1]), *acts,
+             helper.make_node("Flatten", [f"a{len(acts)}"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "g", "gb"], ["d"], name="gemm", transB=1),
+             _act("Tanh", "d", "y")]
+    inits = {"w": w, "b": rng.standard_normal(6).astype(F), "g": g, "gb": rng.standard_normal(4).astype(F)}
+    return make_model(nodes, [("x", [2, 3, 5, 4])], [("y", [2, 4])], inits)
+
+
+def test_binary_weight_layers_take_their_activation():
+    """A binary-weight conv and dense keep their op and take the activation as attributes; the
+    op references (tests/reference_run.py) and the runtime compute what onnxruntime computes on
+    the source graph, before and after the pass."""
+    rng = np.random.default_rng(5)
+    model = _binary_weight_model(rng)
+    graph = before_pass(model, FuseActivationIntoFloatLayer)
+    x = rng.standard_normal((2, 3, 5, 4)).astype(F)
+    before = run_reference(graph, {"x": x})[0]
+    rec = run_pipeline(graph, [FuseActivationIntoFloatLayer()])[0]
+    assert [op_key(n) for n in list(graph.graph)] == ["bnnc.BinaryWeightConv", "Flatten", "bnnc.BinaryWeightDense"]
+    conv, _, dense = list(graph.graph)
+    assert (conv.name, dense.name) == ("conv", "gemm")
+    assert attrs_of(conv)["activation"] == "Relu" and attrs_of(dense)["activation"] == "Tanh"
+    assert layer_of(conv).mode == layer_of(dense).mode == "binary-weight"  # the layer table still says so
+    assert rec.stats == {"bnnc.BinaryWeightConv+Relu": 1, "bnnc.BinaryWeightDense+Tanh": 1}
+    (expect,) = ort_run(model, {"x": x})
+    assert_close(before, expect, rel=1e-5)
+    assert_close(run_reference(graph, {"x": x})[0], expect, rel=1e-5)
+    assert_close(run_graph(graph, {"x": x})[0], expect, rel=1e-5)
+
+
+def test_binary_weight_layer_takes_one_activation():
+    """A second activation after a fused binary-weight layer stays a node of its own, however
+    often the pass runs."""
+    rng = np.random.default_rng(6)
+    model = _binary_weight_model(rng, ("LeakyRelu", "Sigmoid"))
+    graph = before_pass(model, FuseActivationIntoFloatLayer)
+    run_pipeline(graph, [FuseActivationIntoFloatLayer()])
+    rec = run_pipeline(graph, [FuseActivationIntoFloatLayer()])[0]
+    assert not rec.modified
+    assert [op_key(n) for n in list(graph.graph)][:2] == ["bnnc.BinaryWeightConv", "Sigmoid"]
+    np.testing.assert_allclose(attrs_of(list(graph.graph)[0])["activation_params"], [0.01])
+    x = rng.standard_normal((2, 3, 5, 4)).astype(F)
+    assert_close(run_graph(graph, {"x": x})[0], ort_run(model, {"x": x})[0], rel=1e-5)

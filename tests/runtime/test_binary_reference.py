@@ -130,6 +130,23 @@ def test_binary_weight_dense_matches_gemm():
     assert_close(ops.binary_weight_dense(x, w, scale, bias), y, rel=1e-5)
 
 
+@pytest.mark.parametrize("act,attrs,params", [
+    ("Relu", {}, []), ("LeakyRelu", {"alpha": 0.3}, [0.3]), ("LeakyRelu", {}, []), ("Clip", {}, [-0.5, 0.75]),
+    ("Clip", {}, []), ("Sigmoid", {}, []), ("Tanh", {}, []), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}, [0.3, 0.4]),
+    ("HardSigmoid", {}, []),
+])
+def test_float_activation_matches_onnxruntime(act, attrs, params):
+    """The activation of a binary-weight layer, with the parameters the fusing pass writes (or
+    none: the op's defaults)."""
+    x = np.linspace(-12, 12, 97, dtype=np.float32).reshape(1, 97)
+    inputs, inits = ["x"], {}
+    if act == "Clip" and params:
+        inputs, inits = ["x", "lo", "hi"], {"lo": np.array(params[0], np.float32), "hi": np.array(params[1], np.float32)}
+    model = make_model([helper.make_node(act, inputs, ["y"], **attrs)], [("x", [1, 97])], [("y", [1, 97])], inits)
+    (y,) = ort_run(model, {"x": x})
+    assert_close(ops.float_activation(x, act, params), y, rel=1e-6)
+
+
 def test_output_shapes():
     attrs = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], cout=130, output="bits")
     assert ops.output_shapes("bnnc.BinaryConv", attrs, (1, 14, 14, 4), 2) == [((1, 7, 7, 3), "uint64")] * 2

@@ -29,6 +29,21 @@ CASES = {
 }
 
 
+# fused activations: (activation, activation_params) as fuse-activation-into-float-layer writes them
+ACTS = [("", []), ("Relu", []), ("LeakyRelu", [0.3]), ("Clip", [-0.5, 0.75]), ("Sigmoid", []), ("Tanh", []),
+        ("HardSigmoid", [0.3, 0.4])]
+
+
+def _tolerance(pre: np.ndarray) -> float:
+    """1e-5 of the largest value before the activation: a squashing activation keeps the float32
+    sum's rounding, not its magnitude."""
+    return 1e-5 * max(1.0, float(np.max(np.abs(pre))))
+
+
+def _act_attrs(act: str, params: list) -> dict:
+    return dict(activation=act, activation_params=params) if act else {}
+
+
 @pytest.mark.parametrize("ternary", [False, True])
 @pytest.mark.parametrize("case", list(CASES))
 def test_binary_weight_conv(case, ternary):
@@ -46,6 +61,25 @@ def test_binary_weight_conv(case, ternary):
     assert_close(y, expect, rel=1e-5)
 
 
+@pytest.mark.parametrize("act,params", ACTS)
+@pytest.mark.parametrize("case", ["3x3_pad1", "5x5_s2_asym", "group2_direct", "depthwise"])
+def test_binary_weight_conv_activation(case, act, params):
+    """The fused activation on every conv path (tiles, GEMM, direct, tiny)."""
+    n, cin, h, w, cout, kh, kw, st, pads, dil, g = CASES[case]
+    rng = np.random.default_rng(cin + cout)
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    wv = signs(rng, (cout, cin // g, kh, kw))
+    scale = rng.uniform(0.1, 2, cout).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    wb, _ = pack_dense(wv)
+    attrs = dict(kernel_shape=[kh, kw], strides=list(st), pads=list(pads), dilations=list(dil), group=g,
+                 cin=cin, cout=cout, **_act_attrs(act, params))
+    (y,) = run_step("bnnc.BinaryWeightConv", attrs, [x, wb, None, scale, bias], {1, 3, 4})
+    geo = dict(strides=st, pads=pads, dilations=dil, group=g)
+    expect = ops.binary_weight_conv(x, wv, scale, bias, **geo, activation=act, activation_params=params)
+    assert_close(y, expect, rel=_tolerance(ops.binary_weight_conv(x, wv, scale, bias, **geo)))
+
+
 @pytest.mark.parametrize("k", [1, 63, 64, 65, 130])
 @pytest.mark.parametrize("ternary", [False, True])
 def test_binary_weight_dense(k, ternary):
@@ -57,6 +91,21 @@ def test_binary_weight_dense(k, ternary):
     wb, wm = pack_dense(wv, with_mask=ternary)
     (y,) = run_step("bnnc.BinaryWeightDense", dict(cout=9, k=k), [x, wb, wm, scale, bias], {1, 2, 3, 4})
     assert_close(y, ops.binary_weight_dense(x, wv, scale, bias), rel=1e-5)
+
+
+@pytest.mark.parametrize("act,params", ACTS)
+@pytest.mark.parametrize("rows", [1, 8])  # BLAS, and the register tiles
+def test_binary_weight_dense_activation(rows, act, params):
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, 300)).astype(np.float32)
+    wv = signs(rng, (37, 300))
+    scale = rng.uniform(0.01, 0.1, 37).astype(np.float32)
+    bias = rng.standard_normal(37).astype(np.float32)
+    wb, _ = pack_dense(wv)
+    (y,) = run_step("bnnc.BinaryWeightDense", dict(cout=37, k=300, **_act_attrs(act, params)),
+                    [x, wb, None, scale, bias], {1, 3, 4})
+    expect = ops.binary_weight_dense(x, wv, scale, bias, activation=act, activation_params=params)
+    assert_close(y, expect, rel=_tolerance(ops.binary_weight_dense(x, wv, scale, bias)))
 
 
 def test_errors():
