@@ -36,6 +36,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.codegen import Expr
+from runtime.kernels import conv_panel as panels
 from runtime.kernels import conv_tile as tiles
 from runtime.kernels.base import FLOATS, Kernel, Step, Twin, check_dtypes, check_scratch, register
 from runtime.kernels.conv_gemm import WIDE, GemmPlan, bias_act, conv_gemm, phase_split, workers
@@ -45,6 +46,7 @@ from runtime.threads import current_threads
 _SPLIT_MACS = 1 << 22  # below this many multiply-adds a conv runs in one thread
 _TINY_PLANE = 16  # a direct conv with at most this many output pixels runs as plain scalar loops
 _TILE_WASTE = 0.15  # register tiles when they throw away at most this fraction of their work
+_TILE_KINDS = ("wide", "panel")  # the register tiles' layouts conv.py chooses from
 _phase_split = phase_split  # the name pool.py imports
 
 
@@ -194,22 +196,27 @@ class Conv(Kernel):
         self.direct = g > 1 and cg * self.mg <= 256
         self.tiny = self.direct and self.y4[2] * self.y4[3] <= _TINY_PLANE
         self.geo = (*self.y4[2:], kh, kw, *self.strides, *self.dil, *self.pads[:2])
-        self.tiled = self._tiles_fit()
+        self.tile_kind = self._tile_kind()
+        self.tiled = self.tile_kind is not None
         self._tile_geo = tiles.geometry(cg, self.y4[2:], (kh, kw), self.strides, self.dil, self.pads) if self.tiled else None
         if self.direct and not self.tiny:
             check_scratch(step, self._phase_shape(), self.dtype)
         elif not self.direct:  # the phase-split image does not depend on the thread count
             check_scratch(step, self._gemm_plan(1).xq_shape, self.dtype)
 
-    def _tiles_fit(self) -> bool:
-        """Register tiles (conv_tile.py) for one float32 group whose planes waste little, except
-        unpadded 1x1 convs with stride 1, which BLAS reads in place."""
+    def _tile_kind(self) -> str | None:
+        """Register tiles for one float32 group, on wide rows (conv_tile.py) or on a packed panel
+        (conv_panel.py), whichever does less work, when that wastes at most _TILE_WASTE; None
+        (GEMM) otherwise and for unpadded 1x1 convs with stride 1, which BLAS reads in place."""
         if self.groups != 1 or self.dtype != np.float32:
-            return False
+            return None
         if self.w4[2:] == (1, 1) and self.strides == (1, 1) and not any(self.pads):
-            return False
+            return None
         wq = self.y4[3] if self.w4[2:] == (1, 1) else self._phase_shape()[5]
-        return tiles.waste(*self.y4[2:], wq) <= _TILE_WASTE
+        n, m, oh, ow = self.y4
+        costs = {"wide": 1.0 / (1.0 - tiles.waste(oh, ow, wq)), "panel": panels.cost(n * oh * ow, m)}
+        kind = min(_TILE_KINDS, key=costs.get)
+        return kind if 1.0 - 1.0 / costs[kind] <= _TILE_WASTE else None
 
     def _params(self, w: np.ndarray, b: np.ndarray | None):
         """Weights (direct: [M, Cg, kh, kw]; GEMM: [M, K]) and the bias [M] (zeros when absent)."""
@@ -239,6 +246,10 @@ class Conv(Kernel):
         """(offs, geo) of conv_tile (``conv_tile.geometry``)."""
         return self._tile_geo[:2]
 
+    def _panel_tasks(self, threads: int) -> int:
+        n, _, oh, ow = self.y4
+        return panels.tasks_of(n * oh * ow, workers(self.macs, threads, _SPLIT_MACS))
+
     def _gemm_plan(self, threads: int) -> GemmPlan:
         t = workers(self.macs, threads, _SPLIT_MACS)
         return GemmPlan.of(self.x4, self.y4, self.w4, self.strides, self.dil, self.pads, self.groups, t)
@@ -248,7 +259,13 @@ class Conv(Kernel):
         w, b = self.params if self.const else self._emit_params(e, ins)
         kind, a0, a1 = self.act
         (dh, dw), (pt, pl) = self.dil, self.pads[:2]
-        if self.tiled:
+        if self.tile_kind == "panel":
+            t = self._panel_tasks(e.threads)
+            xq = e.work(self._tile_input_shape(), self.dtype, "xq", zeroed=True)
+            pan = e.work(panels.panel_shape(self.k, t), self.dtype, "panel")
+            e.call(panels.conv_panel, x, xq, pan, w, b, y, self._tile_geo[0], panels.koffs(self.k), self._tile_geo[1],
+                   kind, a0, a1, work=self.macs if t > 1 else 0)
+        elif self.tiled:
             t = workers(self.macs, e.threads, _SPLIT_MACS)
             xq = e.work(self._tile_input_shape(), self.dtype, "xq", zeroed=True)
             chunks = tiles.chunks_of(self.x4[0], self.y4[2], t)
@@ -299,7 +316,13 @@ class Conv(Kernel):
         w, b = self.params if self.const else self._params(ins[1], ins[2] if self.has_bias else None)
         kind, a0, a1 = self.act
         (dh, dw), (pt, pl) = self.dil, self.pads[:2]
-        if self.tiled:
+        if self.tile_kind == "panel":
+            t = self._panel_tasks(current_threads())
+            if t not in scratch:  # the panels for this thread count
+                scratch[t] = np.empty(panels.panel_shape(self.k, t), self.dtype)
+            panels.conv_panel(self.macs if t > 1 else 0, x, scratch["xq"], scratch[t], w, b, y, self._tile_geo[0],
+                              panels.koffs(self.k), self._tile_geo[1], kind, a0, a1)
+        elif self.tiled:
             t = workers(self.macs, current_threads(), _SPLIT_MACS)
             tiles.conv_tile(self.macs if t > 1 else 0, x, scratch["xq"], w, b, y, *self._tile_args(), kind, a0, a1,
                             tiles.chunks_of(self.x4[0], self.y4[2], t))

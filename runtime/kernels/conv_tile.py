@@ -37,7 +37,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from runtime.kernels.base import Twin
-from runtime.kernels.conv_gemm import phase_split
+from runtime.kernels.conv_planes import split_input
 from runtime.kernels.nn import act_inplace
 
 
@@ -126,9 +126,9 @@ def _wrap(builder, ohv, owv, wq):
 
 def _store(builder, vals, rows, mvalid, pos, oh0, ow0, geo):
     """Store vector v of row r at output position pos + v*LANES (oh0, ow0 its row and column)
-    into y row ``rows[r]``, for r < mvalid; positions past ``end`` or in the wide columns are
-    skipped."""
-    wq, ow_n, end = geo
+    into y row ``rows[r]`` at oh * rs + ow, for r < mvalid; positions past ``end`` or in the wide
+    columns are skipped."""
+    wq, ow_n, rs, end = geo
     ohv, owv = cgutils.alloca_once_value(builder, oh0), cgutils.alloca_once_value(builder, ow0)
     one = ir.Constant(_i64, 1)
     for v in range(V):
@@ -141,7 +141,7 @@ def _store(builder, vals, rows, mvalid, pos, oh0, ow0, geo):
                             builder.icmp_signed("<=", builder.add(p, ir.Constant(_i64, LANES)), end))
         with builder.if_else(fits, likely=True) as (whole, lanes):
             with whole:
-                at = builder.add(builder.mul(oh, ow_n), ow)
+                at = builder.add(builder.mul(oh, rs), ow)
                 for r in range(MR):
                     with builder.if_then(builder.icmp_signed("<", ir.Constant(_i64, r), mvalid), likely=True):
                         builder.store(vals[r][v], builder.bitcast(builder.gep(rows[r], [at]), _VEC.as_pointer()), align=4)
@@ -155,7 +155,7 @@ def _store(builder, vals, rows, mvalid, pos, oh0, ow0, geo):
                     ok = builder.and_(builder.icmp_signed("<", owj, ow_n),
                                       builder.icmp_signed("<", builder.add(p, ir.Constant(_i64, j)), end))
                     with builder.if_then(ok):
-                        at = builder.add(builder.mul(ohj, ow_n), owj)
+                        at = builder.add(builder.mul(ohj, rs), owj)
                         for r in range(MR):
                             with builder.if_then(builder.icmp_signed("<", ir.Constant(_i64, r), mvalid)):
                                 builder.store(builder.extract_element(vals[r][v], ir.Constant(_i32, j)),
@@ -163,16 +163,16 @@ def _store(builder, vals, rows, mvalid, pos, oh0, ow0, geo):
 
 
 @intrinsic
-def tile(typingctx, xq, xpos, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow_n, end, bias, bm, mvalid, relu):
+def tile(typingctx, xq, xpos, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow_n, rs, end, bias, bm, mvalid, relu):
     """One MR x NR tile (module docstring): output channels m0 + r (r < mvalid) at positions
     pos + j (j < NR, pos + j < end), read from xq[xpos + offs[k] + j], stored at (oh, ow) (from
-    oh0, ow0 on) into y[by + r * ystride + oh * ow_n + ow]; weights w[bw + k*MR + r], bias
-    bias[bm + r]."""
-    sig = types.void(xq, xpos, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow_n, end, bias, bm, mvalid, relu)
+    oh0, ow0 on; rows of wq positions, the first ow_n of them stored) into
+    y[by + r * ystride + oh * rs + ow]; weights w[bw + k*MR + r], bias bias[bm + r]."""
+    sig = types.void(xq, xpos, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow_n, rs, end, bias, bm, mvalid, relu)
 
     def codegen(context, builder, sig, args):
         aty = sig.args
-        xq_, xpos_, pos_, offs_, w_, bw_, y_, by_, ystride_, oh0_, ow0_, wq_, own_, end_, bias_, bm_, mvalid_, relu_ = args
+        xq_, xpos_, pos_, offs_, w_, bw_, y_, by_, ystride_, oh0_, ow0_, wq_, own_, rs_, end_, bias_, bm_, mvalid_, relu_ = args
 
         def data(i, v):
             return context.make_array(aty[i])(context, builder, v).data
@@ -183,31 +183,14 @@ def tile(typingctx, xq, xpos, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow
         nk = context.make_array(aty[3])(context, builder, offs_).nitems
         xb = builder.gep(data(0, xq_), [xpos_])
         accs = _accumulate(builder, fma, xb, offs_p, nk, builder.gep(data(4, w_), [bw_]))
-        bias_p = builder.gep(data(14, bias_), [bm_])
+        bias_p = builder.gep(data(15, bias_), [bm_])
         vals = _finish(builder, accs, bias_p, relu_)
         yb = builder.gep(data(6, y_), [by_])
         rows = [builder.gep(yb, [builder.mul(ir.Constant(_i64, r), ystride_)]) for r in range(MR)]
-        _store(builder, vals, rows, mvalid_, pos_, oh0_, ow0_, (wq_, own_, end_))
+        _store(builder, vals, rows, mvalid_, pos_, oh0_, ow0_, (wq_, own_, rs_, end_))
         return context.get_dummy_value()
 
     return sig, codegen
-
-
-@njit(cache=True, nogil=True)
-def _sample(x, xq, sh, sw, pt, pl):
-    """xq[a, b] = x[a*sh - pt, b*sw - pl] where that is inside x (H, W) (the rest is padding,
-    never written)."""
-    H, W = x.shape
-    Hq, Wq = xq.shape
-    for a in range(Hq):
-        h = a * sh - pt
-        if h < 0 or h >= H:
-            continue
-        b0 = min(Wq, max(0, -(-pl // sw)))
-        b1 = max(b0, min(Wq, (W - 1 + pl) // sw + 1))
-        src, dst = x[h], xq[a]
-        for b in range(b0, b1):
-            dst[b] = src[b * sw - pl]
 
 
 def _next_start(pos, oh, ow, wq, ow_n):
@@ -232,16 +215,10 @@ def _conv_tile_body(x, xq, w, bias, y, offs, geo, kind, a0, a1, chunks):
     runs of rows, one task each."""
     N, C = x.shape[0], x.shape[1]
     M, OH, OW = y.shape[1], y.shape[2], y.shape[3]
-    sh, sw, Hq, Wq, pt, pl, sampled = geo
-    ps = Hq * Wq if sampled else sh * sw * Hq * Wq  # one channel's planes
+    Wq = geo[3]
     nmb, K = -(-M // MR), offs.shape[0]
     for nc in prange(N * C):
-        n = nc // C
-        c = nc - n * C
-        if sampled:
-            _sample(x[n, c], xq[n, c * ps:(c + 1) * ps].reshape(Hq, Wq), sh, sw, pt, pl)
-        else:
-            phase_split(x[n, c:c + 1], xq[n, c * ps:(c + 1) * ps].reshape(1, sh, sw, Hq, Wq), pt, pl)
+        split_input(x, xq, nc, geo)
     rows = -(-OH // chunks)
     for task in prange(N * chunks):
         n = task // chunks
@@ -254,7 +231,7 @@ def _conv_tile_body(x, xq, w, bias, y, offs, geo, kind, a0, a1, chunks):
         pos, oh, ow = r0 * Wq, r0, 0
         while pos < end:
             for mb in range(nmb):
-                tile(xf, pos, pos, offs, w, mb * K * MR, yf, mb * MR * OH * OW, OH * OW, oh, ow, Wq, OW, end, bias,
+                tile(xf, pos, pos, offs, w, mb * K * MR, yf, mb * MR * OH * OW, OH * OW, oh, ow, Wq, OW, OW, end, bias,
                       mb * MR, min(MR, M - mb * MR), kind == 1)
             pos, oh, ow = _next_start_jit(pos, oh, ow, Wq, OW)
         if kind > 1:

@@ -78,7 +78,7 @@ def _dense_tiles_body(a, ap, b, offs, y, zero, tasks, kind, a0, a1):
     for t in prange(tasks):
         for pos in range(t * per, min(m, (t + 1) * per), tiles.NR):
             for mb in range(nmb):
-                tiles.tile(b, pos * k1, pos, offs, ap, mb * k1 * tiles.MR, yf, mb * tiles.MR * m, m, 0, pos, m, m, m, zero, 0,
+                tiles.tile(b, pos * k1, pos, offs, ap, mb * k1 * tiles.MR, yf, mb * tiles.MR * m, m, 0, pos, m, m, m, m, zero, 0,
                            min(tiles.MR, n - mb * tiles.MR), kind == 1)
         if kind > 1:
             lo, hi = t * per, min(m, (t + 1) * per)

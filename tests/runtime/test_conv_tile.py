@@ -1,8 +1,9 @@
-"""The register-tiled float convolution (runtime/kernels/conv_tile.py) against a numpy reference
-over awkward sizes: output channels around the tile's row count MR (1, MR - 1, MR + 1, 2 MR + 3),
-rows shorter than a vector, strides, dilation, lopsided pads, tasks that cut an image's rows,
-every activation; the choice of that path in conv.py; and dense products on the same tiles
-(dense.py) against onnxruntime."""
+"""The register-tiled float convolution, on wide rows (runtime/kernels/conv_tile.py) and on packed
+panels (runtime/kernels/conv_panel.py), against a numpy reference over awkward sizes: output
+channels around the tile's row count MR (1, MR - 1, MR + 1, 2 MR + 3), rows shorter than a
+vector, strides, dilation, lopsided pads, tasks that cut an image's rows (or the batch's
+positions), every activation; the choice of those paths in conv.py; and dense products on the
+same tiles (dense.py) against onnxruntime."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from onnx import helper
 
 import runtime.kernels.base as base
+import runtime.kernels.conv_panel as cp
 import runtime.kernels.conv_tile as ct
 import runtime.kernels.dense as dense
 from runtime.kernels import KERNELS, Step
@@ -35,7 +37,9 @@ def _reference(x, w, b, strides, dil, pads):
     return y
 
 
-def _run(x, w, b, strides, dil, pads, kind, chunks, a0=0.0, a1=0.0):
+def _run(x, w, b, strides, dil, pads, kind, chunks, a0=0.0, a1=0.0, panel=False):
+    """(y, reference): wide rows with ``chunks`` runs of rows per image, or (``panel``) packed
+    panels with ``chunks`` tasks."""
     n, c = x.shape[:2]
     m, _, kh, kw = w.shape
     want = _reference(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), strides, dil, pads)
@@ -44,7 +48,11 @@ def _run(x, w, b, strides, dil, pads, kind, chunks, a0=0.0, a1=0.0):
     xq = np.zeros((n, plane + ct.NR), np.float32)
     wp, bp = ct.pack_weights(w.reshape(m, -1), b)
     y = np.full(want.shape, np.nan, np.float32)
-    ct.conv_tile(0, x, xq, wp, bp, y, offs, geo, kind, a0, a1, chunks)
+    if panel:
+        pan = np.full(cp.panel_shape(len(offs), chunks), np.nan, np.float32)
+        cp.conv_panel(0, x, xq, pan, wp, bp, y, offs, cp.koffs(len(offs)), geo, kind, a0, a1)
+    else:
+        ct.conv_tile(0, x, xq, wp, bp, y, offs, geo, kind, a0, a1, chunks)
     return y, want
 
 
@@ -61,26 +69,28 @@ CASES = {  # x NCHW, (M, kh, kw), strides, dilations, pads (top, left, bottom, r
 }
 
 
+@pytest.mark.parametrize("panel", [False, True])
 @pytest.mark.parametrize("chunks", [1, 3])
 @pytest.mark.parametrize("case", list(CASES))
-def test_tiles_match_reference(case, chunks):
+def test_tiles_match_reference(case, chunks, panel):
     xs, (m, kh, kw), strides, dil, pads = CASES[case]
     rng = np.random.default_rng(len(case))
     x = rng.standard_normal(xs).astype(np.float32)
     w = rng.standard_normal((m, xs[1], kh, kw)).astype(np.float32)
     b = rng.standard_normal(m).astype(np.float32)
-    y, want = _run(x, w, b, strides, dil, pads, 0, chunks)
+    y, want = _run(x, w, b, strides, dil, pads, 0, chunks, panel=panel)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("panel", [False, True])
 @pytest.mark.parametrize("act", [a for a in ACTIVATIONS if a])
-def test_tiles_apply_the_activation(act):
+def test_tiles_apply_the_activation(act, panel):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 3, 10, 37)).astype(np.float32)
     w = rng.standard_normal((ct.MR + 2, 3, 3, 3)).astype(np.float32) * 0.3
     b = rng.standard_normal(ct.MR + 2).astype(np.float32)
     kind = ACTIVATIONS[act][0]
-    y, want = _run(x, w, b, (1, 1), (1, 1), (1, 1, 1, 1), kind, 2, -0.5, 0.7)
+    y, want = _run(x, w, b, (1, 1), (1, 1), (1, 1, 1, 1), kind, 2, -0.5, 0.7, panel=panel)
     f = {1: lambda v: np.maximum(v, 0), 2: lambda v: np.where(v >= 0, v, -0.5 * v), 3: lambda v: np.clip(v, -0.5, 0.7),
          4: lambda v: 1 / (1 + np.exp(-v)), 5: np.tanh, 6: lambda v: np.clip(-0.5 * v + 0.7, 0, 1)}[kind]
     np.testing.assert_allclose(y, f(want), rtol=1e-5, atol=1e-5)
@@ -101,8 +111,22 @@ def test_conv_takes_tiles_where_they_waste_little():
     assert stem.tiled
     assert _conv_kernel((8, 32, 32, 32), (64, 32, 3, 3), pads=[1, 1, 1, 1]).tiled
     assert not _conv_kernel((1, 64, 28, 28), (128, 64, 1, 1)).tiled  # BLAS reads the input in place
-    assert not _conv_kernel((8, 128, 8, 8), (128, 128, 3, 3), pads=[1, 1, 1, 1]).tiled  # a fifth is wide columns
+    assert _conv_kernel((8, 32, 32, 32), (64, 32, 3, 3), pads=[1, 1, 1, 1]).tile_kind == "wide"  # rows of whole tiles
+    # wide rows: a fifth of the plane is wide columns; the packed panel wastes nothing
+    assert _conv_kernel((8, 128, 8, 8), (128, 128, 3, 3), pads=[1, 1, 1, 1]).tile_kind == "panel"
     assert ct.waste(112, 112, 115) < 0.05
+    assert cp.waste(8 * 8 * 8) == 0.0 and cp.waste(ct.NR + 1) > 0.4
+
+
+def test_panel_rows_of_one_position():
+    """Output planes one column wide (every copy a run of one, spilling into the next run) and
+    positions that do not fill the last tile."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 4, 9, 1)).astype(np.float32)
+    w = rng.standard_normal((ct.MR + 1, 4, 3, 1)).astype(np.float32)
+    b = rng.standard_normal(ct.MR + 1).astype(np.float32)
+    y, want = _run(x, w, b, (1, 1), (1, 1), (1, 0, 1, 0), 1, 2, panel=True)
+    np.testing.assert_allclose(y, np.maximum(want, 0), rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 DENSE = [(4, 300, 33), (8, 1, 5), (8, 63, 1), (9, 64, 31), (17, 65, 130), (6, 257, 64)]  # rows, k, columns

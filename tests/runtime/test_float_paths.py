@@ -42,11 +42,14 @@ GEMM_PATHS = {
     "wide_image_bands": {"_MODES": (G.WIDE,), "_MAX_WASTE": 1e9, "_BAND_BYTES": 1 << 30, "_TILE_WASTE": -1.0},
     "shift_row_bands": {"_MODES": (G.SHIFT, G.NARROW), **ROWS},
 }
-# the register tiles (conv_tile.py) for every float32 conv of one group: in one task per image,
-# and with each image's rows cut into runs over the threads
+# the register tiles for every float32 conv of one group, on wide rows (conv_tile.py: one task
+# per image, and each image's rows cut into runs over the threads) and on packed panels
+# (conv_panel.py: one task, and the batch's position tiles over the threads)
 TILE_PATHS = {
-    "tiles": {"_TILE_WASTE": 1e9, "PARALLEL_WORK": 1 << 40},
-    "tiles_row_runs": {"_TILE_WASTE": 1e9, "PARALLEL_WORK": 0, "_SPLIT_MACS": 0},
+    "tiles": {"_TILE_WASTE": 1e9, "_TILE_KINDS": ("wide",), "PARALLEL_WORK": 1 << 40},
+    "tiles_row_runs": {"_TILE_WASTE": 1e9, "_TILE_KINDS": ("wide",), "PARALLEL_WORK": 0, "_SPLIT_MACS": 0},
+    "panel": {"_TILE_WASTE": 1e9, "_TILE_KINDS": ("panel",), "PARALLEL_WORK": 1 << 40},
+    "panel_tasks": {"_TILE_WASTE": 1e9, "_TILE_KINDS": ("panel",), "PARALLEL_WORK": 0, "_SPLIT_MACS": 0},
 }
 
 # (input NCHW, weight MCkk, attributes): the GEMM path's four ways to build the patch matrix
