@@ -36,6 +36,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.codegen import Expr
+from runtime.kernels import conv_channels as chans
 from runtime.kernels import conv_panel as panels
 from runtime.kernels import conv_tile as tiles
 from runtime.kernels.base import FLOATS, Kernel, Step, Twin, check_dtypes, check_scratch, register
@@ -46,7 +47,7 @@ from runtime.threads import current_threads
 _SPLIT_MACS = 1 << 22  # below this many multiply-adds a conv runs in one thread
 _TINY_PLANE = 16  # a direct conv with at most this many output pixels runs as plain scalar loops
 _TILE_WASTE = 0.15  # register tiles when they throw away at most this fraction of their work
-_TILE_KINDS = ("wide", "panel")  # the register tiles' layouts conv.py chooses from
+_TILE_KINDS = ("wide", "panel", "channels")  # the register tiles' layouts conv.py chooses from
 _phase_split = phase_split  # the name pool.py imports
 
 
@@ -214,7 +215,8 @@ class Conv(Kernel):
             return None
         wq = self.y4[3] if self.w4[2:] == (1, 1) else self._phase_shape()[5]
         n, m, oh, ow = self.y4
-        costs = {"wide": 1.0 / (1.0 - tiles.waste(oh, ow, wq)), "panel": panels.cost(n * oh * ow, m)}
+        costs = {"wide": 1.0 / (1.0 - tiles.waste(oh, ow, wq)), "panel": panels.cost(n * oh * ow, m),
+                 "channels": chans.cost(n, oh * ow, m, self.k)}
         kind = min(_TILE_KINDS, key=costs.get)
         return kind if 1.0 - 1.0 / costs[kind] <= _TILE_WASTE else None
 
@@ -223,6 +225,8 @@ class Conv(Kernel):
         m = self.w4[0]
         w = np.asarray(w, dtype=self.dtype).reshape(self.w4)
         b = np.zeros(m, self.dtype) if b is None else np.asarray(b, dtype=self.dtype).reshape(m)
+        if self.tile_kind == "channels":
+            return chans.pack_weights(w.reshape(m, -1), b)
         if self.tiled:
             return tiles.pack_weights(w.reshape(m, -1), b)
         return np.ascontiguousarray(w if self.direct else w.reshape(m, -1)), np.ascontiguousarray(b)
@@ -246,6 +250,17 @@ class Conv(Kernel):
         """(offs, geo) of conv_tile (``conv_tile.geometry``)."""
         return self._tile_geo[:2]
 
+    def _channel_tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """The channel tiles' position tables (conv_channels.positions), made once."""
+        if getattr(self, "_tables", None) is None:
+            self._tables = chans.positions(self.y4[0], self.y4[1], self.y4[2:], self._tile_geo[1][3],
+                                           self._tile_input_shape()[1])
+        return self._tables
+
+    def _channel_tasks(self, threads: int) -> int:
+        n, _, oh, ow = self.y4
+        return chans.tasks_of(n * oh * ow, workers(self.macs, threads, _SPLIT_MACS))
+
     def _panel_tasks(self, threads: int) -> int:
         n, _, oh, ow = self.y4
         return panels.tasks_of(n * oh * ow, workers(self.macs, threads, _SPLIT_MACS))
@@ -259,7 +274,12 @@ class Conv(Kernel):
         w, b = self.params if self.const else self._emit_params(e, ins)
         kind, a0, a1 = self.act
         (dh, dw), (pt, pl) = self.dil, self.pads[:2]
-        if self.tile_kind == "panel":
+        if self.tile_kind == "channels":
+            t = self._channel_tasks(e.threads)
+            xq = e.work(self._tile_input_shape(), self.dtype, "xq", zeroed=True)
+            e.call(chans.conv_channels, x, xq, w, b, y, self._tile_geo[0], *self._channel_tables(), self._tile_geo[1],
+                   kind, a0, a1, t, work=self.macs if t > 1 else 0)
+        elif self.tile_kind == "panel":
             t = self._panel_tasks(e.threads)
             xq = e.work(self._tile_input_shape(), self.dtype, "xq", zeroed=True)
             pan = e.work(panels.panel_shape(self.k, t), self.dtype, "panel")
@@ -316,7 +336,11 @@ class Conv(Kernel):
         w, b = self.params if self.const else self._params(ins[1], ins[2] if self.has_bias else None)
         kind, a0, a1 = self.act
         (dh, dw), (pt, pl) = self.dil, self.pads[:2]
-        if self.tile_kind == "panel":
+        if self.tile_kind == "channels":
+            t = self._channel_tasks(current_threads())
+            chans.conv_channels(self.macs if t > 1 else 0, x, scratch["xq"], w, b, y, self._tile_geo[0],
+                                *self._channel_tables(), self._tile_geo[1], kind, a0, a1, t)
+        elif self.tile_kind == "panel":
             t = self._panel_tasks(current_threads())
             if t not in scratch:  # the panels for this thread count
                 scratch[t] = np.empty(panels.panel_shape(self.k, t), self.dtype)

@@ -12,6 +12,7 @@ import pytest
 from onnx import helper
 
 import runtime.kernels.base as base
+import runtime.kernels.conv_channels as cc
 import runtime.kernels.conv_panel as cp
 import runtime.kernels.conv_tile as ct
 import runtime.kernels.dense as dense
@@ -37,18 +38,23 @@ def _reference(x, w, b, strides, dil, pads):
     return y
 
 
-def _run(x, w, b, strides, dil, pads, kind, chunks, a0=0.0, a1=0.0, panel=False):
-    """(y, reference): wide rows with ``chunks`` runs of rows per image, or (``panel``) packed
-    panels with ``chunks`` tasks."""
+def _run(x, w, b, strides, dil, pads, kind, chunks, a0=0.0, a1=0.0, path="wide"):
+    """(y, reference) through the tiles of ``path``: "wide" rows with ``chunks`` runs of rows per
+    image, packed "panel"s or "channels" in the vectors, with ``chunks`` tasks."""
     n, c = x.shape[:2]
     m, _, kh, kw = w.shape
     want = _reference(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), strides, dil, pads)
     oh, ow = want.shape[2:]
     offs, geo, plane = ct.geometry(c, (oh, ow), (kh, kw), strides, dil, pads)
     xq = np.zeros((n, plane + ct.NR), np.float32)
-    wp, bp = ct.pack_weights(w.reshape(m, -1), b)
     y = np.full(want.shape, np.nan, np.float32)
-    if panel:
+    if path == "channels":
+        wp, bp = cc.pack_weights(w.reshape(m, -1), b)
+        pos, ystart = cc.positions(n, m, (oh, ow), geo[3], xq.shape[1])
+        cc.conv_channels(0, x, xq, wp, bp, y, offs, pos, ystart, geo, kind, a0, a1, chunks)
+        return y, want
+    wp, bp = ct.pack_weights(w.reshape(m, -1), b)
+    if path == "panel":
         pan = np.full(cp.panel_shape(len(offs), chunks), np.nan, np.float32)
         cp.conv_panel(0, x, xq, pan, wp, bp, y, offs, cp.koffs(len(offs)), geo, kind, a0, a1)
     else:
@@ -69,28 +75,31 @@ CASES = {  # x NCHW, (M, kh, kw), strides, dilations, pads (top, left, bottom, r
 }
 
 
-@pytest.mark.parametrize("panel", [False, True])
+PATHS = ["wide", "panel", "channels"]
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("chunks", [1, 3])
 @pytest.mark.parametrize("case", list(CASES))
-def test_tiles_match_reference(case, chunks, panel):
+def test_tiles_match_reference(case, chunks, path):
     xs, (m, kh, kw), strides, dil, pads = CASES[case]
     rng = np.random.default_rng(len(case))
     x = rng.standard_normal(xs).astype(np.float32)
     w = rng.standard_normal((m, xs[1], kh, kw)).astype(np.float32)
     b = rng.standard_normal(m).astype(np.float32)
-    y, want = _run(x, w, b, strides, dil, pads, 0, chunks, panel=panel)
+    y, want = _run(x, w, b, strides, dil, pads, 0, chunks, path=path)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("panel", [False, True])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("act", [a for a in ACTIVATIONS if a])
-def test_tiles_apply_the_activation(act, panel):
+def test_tiles_apply_the_activation(act, path):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 3, 10, 37)).astype(np.float32)
     w = rng.standard_normal((ct.MR + 2, 3, 3, 3)).astype(np.float32) * 0.3
     b = rng.standard_normal(ct.MR + 2).astype(np.float32)
     kind = ACTIVATIONS[act][0]
-    y, want = _run(x, w, b, (1, 1), (1, 1), (1, 1, 1, 1), kind, 2, -0.5, 0.7, panel=panel)
+    y, want = _run(x, w, b, (1, 1), (1, 1), (1, 1, 1, 1), kind, 2, -0.5, 0.7, path=path)
     f = {1: lambda v: np.maximum(v, 0), 2: lambda v: np.where(v >= 0, v, -0.5 * v), 3: lambda v: np.clip(v, -0.5, 0.7),
          4: lambda v: 1 / (1 + np.exp(-v)), 5: np.tanh, 6: lambda v: np.clip(-0.5 * v + 0.7, 0, 1)}[kind]
     np.testing.assert_allclose(y, f(want), rtol=1e-5, atol=1e-5)
@@ -112,20 +121,25 @@ def test_conv_takes_tiles_where_they_waste_little():
     assert _conv_kernel((8, 32, 32, 32), (64, 32, 3, 3), pads=[1, 1, 1, 1]).tiled
     assert not _conv_kernel((1, 64, 28, 28), (128, 64, 1, 1)).tiled  # BLAS reads the input in place
     assert _conv_kernel((8, 32, 32, 32), (64, 32, 3, 3), pads=[1, 1, 1, 1]).tile_kind == "wide"  # rows of whole tiles
-    # wide rows: a fifth of the plane is wide columns; the packed panel wastes nothing
-    assert _conv_kernel((8, 128, 8, 8), (128, 128, 3, 3), pads=[1, 1, 1, 1]).tile_kind == "panel"
+    # wide rows: a fifth of the plane is wide columns; channel tiles waste nothing and, with
+    # K = 1152, pay little for their scattered stores; a 5x5 conv of one channel packs panels
+    assert _conv_kernel((8, 128, 8, 8), (128, 128, 3, 3), pads=[1, 1, 1, 1]).tile_kind == "channels"
+    assert _conv_kernel((8, 1, 28, 28), (64, 1, 5, 5)).tile_kind == "panel"
+    assert cc.cost(8, 32 * 32, 64, 288) == float("inf")  # scatters a 4 KiB plane apart
     assert ct.waste(112, 112, 115) < 0.05
     assert cp.waste(8 * 8 * 8) == 0.0 and cp.waste(ct.NR + 1) > 0.4
 
 
-def test_panel_rows_of_one_position():
-    """Output planes one column wide (every copy a run of one, spilling into the next run) and
-    positions that do not fill the last tile."""
+@pytest.mark.parametrize("path", ["panel", "channels"])
+def test_rows_of_one_position(path):
+    """Output planes one column wide (every panel copy a run of one, spilling into the next run),
+    positions that do not fill the last tile, channels that do not fill a channel tile."""
     rng = np.random.default_rng(11)
+    m = cc.NC + 3
     x = rng.standard_normal((3, 4, 9, 1)).astype(np.float32)
-    w = rng.standard_normal((ct.MR + 1, 4, 3, 1)).astype(np.float32)
-    b = rng.standard_normal(ct.MR + 1).astype(np.float32)
-    y, want = _run(x, w, b, (1, 1), (1, 1), (1, 0, 1, 0), 1, 2, panel=True)
+    w = rng.standard_normal((m, 4, 3, 1)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    y, want = _run(x, w, b, (1, 1), (1, 1), (1, 0, 1, 0), 1, 2, path=path)
     np.testing.assert_allclose(y, np.maximum(want, 0), rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
