@@ -68,20 +68,20 @@ def _splat(builder, scalar):
     return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_i32, LANES), [0] * LANES))
 
 
-def _accumulate(builder, fma, xb, offs, nk, wb):
-    """The K loop: acc[r][v] += w[k*MR + r] * xq[offs[k] + v*LANES : + LANES]; returns the
-    accumulators (allocas that LLVM keeps in registers)."""
+def _accumulate(builder, fma, xb, offs, nk, wb, mr, nv):
+    """The K loop: acc[r][v] += w[k*mr + r] * xq[offs[k] + v*LANES : + LANES] (r < mr, v < nv);
+    returns the accumulators (allocas that LLVM keeps in registers)."""
     zero = ir.Constant(_VEC, [0.0] * LANES)
-    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(V)] for _ in range(MR)]
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(mr)]
     with cgutils.for_range(builder, nk) as loop:
         k = loop.index
         xk = builder.gep(xb, [builder.load(builder.gep(offs, [k]))])
         xs = [builder.load(builder.bitcast(builder.gep(xk, [ir.Constant(_i64, v * LANES)]), _VEC.as_pointer()),
-                           align=4) for v in range(V)]
-        wk = builder.gep(wb, [builder.mul(k, ir.Constant(_i64, MR))])
-        for r in range(MR):
+                           align=4) for v in range(nv)]
+        wk = builder.gep(wb, [builder.mul(k, ir.Constant(_i64, mr))])
+        for r in range(mr):
             wv = _splat(builder, builder.load(builder.gep(wk, [ir.Constant(_i64, r)])))
-            for v in range(V):
+            for v in range(nv):
                 builder.store(builder.call(fma, [xs[v], wv, builder.load(accs[r][v])]), accs[r][v])
     return accs
 
@@ -91,10 +91,10 @@ def _finish(builder, accs, bias, relu):
     zero = ir.Constant(_VEC, [0.0] * LANES)
     relu_on = builder.icmp_signed("!=", relu, ir.Constant(relu.type, 0))
     out = []
-    for r in range(MR):
+    for r in range(len(accs)):
         b = _splat(builder, builder.load(builder.gep(bias, [ir.Constant(_i64, r)])))
         row = []
-        for v in range(V):
+        for v in range(len(accs[r])):
             val = builder.fadd(builder.load(accs[r][v]), b)
             keep = builder.or_(builder.fcmp_ordered(">", val, zero), builder.not_(_splat_bool(builder, relu_on)))
             row.append(builder.select(keep, val, zero))
@@ -131,7 +131,7 @@ def _store(builder, vals, rows, mvalid, pos, oh0, ow0, geo):
     wq, ow_n, rs, end = geo
     ohv, owv = cgutils.alloca_once_value(builder, oh0), cgutils.alloca_once_value(builder, ow0)
     one = ir.Constant(_i64, 1)
-    for v in range(V):
+    for v in range(len(vals[0])):
         if v:
             builder.store(builder.add(builder.load(owv), ir.Constant(_i64, LANES)), owv)
             _wrap(builder, ohv, owv, wq)
@@ -142,7 +142,7 @@ def _store(builder, vals, rows, mvalid, pos, oh0, ow0, geo):
         with builder.if_else(fits, likely=True) as (whole, lanes):
             with whole:
                 at = builder.add(builder.mul(oh, rs), ow)
-                for r in range(MR):
+                for r in range(len(rows)):
                     with builder.if_then(builder.icmp_signed("<", ir.Constant(_i64, r), mvalid), likely=True):
                         builder.store(vals[r][v], builder.bitcast(builder.gep(rows[r], [at]), _VEC.as_pointer()), align=4)
             with lanes:
@@ -156,41 +156,52 @@ def _store(builder, vals, rows, mvalid, pos, oh0, ow0, geo):
                                       builder.icmp_signed("<", builder.add(p, ir.Constant(_i64, j)), end))
                     with builder.if_then(ok):
                         at = builder.add(builder.mul(ohj, rs), owj)
-                        for r in range(MR):
+                        for r in range(len(rows)):
                             with builder.if_then(builder.icmp_signed("<", ir.Constant(_i64, r), mvalid)):
                                 builder.store(builder.extract_element(vals[r][v], ir.Constant(_i32, j)),
                                               builder.gep(rows[r], [at]))
 
 
-@intrinsic
-def tile(typingctx, xq, xpos, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow_n, rs, end, bias, bm, mvalid, relu):
-    """One MR x NR tile (module docstring): output channels m0 + r (r < mvalid) at positions
-    pos + j (j < NR, pos + j < end), read from xq[xpos + offs[k] + j], stored at (oh, ow) (from
+def _make_tile(mr: int, nv: int):
+    """The tile intrinsic of mr weight rows x nv vectors of positions."""
+
+    def tile(typingctx, xq, xpos, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow_n, rs, end, bias, bm, mvalid,
+             relu):
+        sig = types.void(xq, xpos, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow_n, rs, end, bias, bm, mvalid,
+                         relu)
+
+        def codegen(context, builder, sig, args):
+            aty = sig.args
+            xq_, xpos_, pos_, offs_, w_, bw_, y_, by_, ystride_, oh0_, ow0_, wq_, own_, rs_, end_, bias_, bm_, mvalid_, relu_ = args
+
+            def data(i, v):
+                return context.make_array(aty[i])(context, builder, v).data
+
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]),
+                                                 f"llvm.fmuladd.v{LANES}f32")
+            nk = context.make_array(aty[3])(context, builder, offs_).nitems
+            xb = builder.gep(data(0, xq_), [xpos_])
+            accs = _accumulate(builder, fma, xb, data(3, offs_), nk, builder.gep(data(4, w_), [bw_]), mr, nv)
+            vals = _finish(builder, accs, builder.gep(data(15, bias_), [bm_]), relu_)
+            yb = builder.gep(data(6, y_), [by_])
+            rows = [builder.gep(yb, [builder.mul(ir.Constant(_i64, r), ystride_)]) for r in range(mr)]
+            _store(builder, vals, rows, mvalid_, pos_, oh0_, ow0_, (wq_, own_, rs_, end_))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    tile.__doc__ = f"""One {mr} x {nv * LANES} tile (module docstring): output channels m0 + r (r < mvalid) at
+    positions pos + j (pos + j < end), read from xq[xpos + offs[k] + j], stored at (oh, ow) (from
     oh0, ow0 on; rows of wq positions, the first ow_n of them stored) into
-    y[by + r * ystride + oh * rs + ow]; weights w[bw + k*MR + r], bias bias[bm + r]."""
-    sig = types.void(xq, xpos, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow_n, rs, end, bias, bm, mvalid, relu)
+    y[by + r * ystride + oh * rs + ow]; weights w[bw + k*{mr} + r], bias bias[bm + r]."""
+    return intrinsic(tile)
 
-    def codegen(context, builder, sig, args):
-        aty = sig.args
-        xq_, xpos_, pos_, offs_, w_, bw_, y_, by_, ystride_, oh0_, ow0_, wq_, own_, rs_, end_, bias_, bm_, mvalid_, relu_ = args
 
-        def data(i, v):
-            return context.make_array(aty[i])(context, builder, v).data
-
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]),
-                                             f"llvm.fmuladd.v{LANES}f32")
-        offs_p = data(3, offs_)
-        nk = context.make_array(aty[3])(context, builder, offs_).nitems
-        xb = builder.gep(data(0, xq_), [xpos_])
-        accs = _accumulate(builder, fma, xb, offs_p, nk, builder.gep(data(4, w_), [bw_]))
-        bias_p = builder.gep(data(15, bias_), [bm_])
-        vals = _finish(builder, accs, bias_p, relu_)
-        yb = builder.gep(data(6, y_), [by_])
-        rows = [builder.gep(yb, [builder.mul(ir.Constant(_i64, r), ystride_)]) for r in range(MR)]
-        _store(builder, vals, rows, mvalid_, pos_, oh0_, ow0_, (wq_, own_, rs_, end_))
-        return context.get_dummy_value()
-
-    return sig, codegen
+tile = _make_tile(MR, V)
+# half the rows, twice the positions: the same registers for products of a few rows (dense.py)
+MR_SHORT, V_SHORT = MR // 2, 2 * V
+NR_SHORT = V_SHORT * LANES
+tile_short = _make_tile(MR_SHORT, V_SHORT)
 
 
 def _next_start(pos, oh, ow, wq, ow_n):

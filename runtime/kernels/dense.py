@@ -7,9 +7,9 @@ ia, ib); one BLAS call per product (runtime/blas.py). A product above ``_SPLIT_M
 multiply-adds is cut into bands of rows (or of columns, when it has fewer rows than columns),
 one per thread, inside the compiled code: BLAS itself runs single-threaded during an inference.
 
-A product with constant weights and a few rows or more (``Product.use_tiles``) runs on the
+A product with constant weights and two rows or more (``Product.use_tiles``) runs on the
 register tiles of the float convolution (runtime/kernels/conv_tile.py) instead, as a 1x1 conv
-turned around: the tile's "output channels" are the rows of a (its broadcast weights: a packed
+turned around (up to MR_SHORT rows on its short tiles, half the rows and twice the columns): the tile's "output channels" are the rows of a (its broadcast weights: a packed
 per run, tap-major, with a column of ones), its "positions" the columns of y, its "image" the
 constant b with the bias as one more row, so ``y = [a, 1] @ [b; c]`` in one pass. BLAS handles
 skinny products poorly (8 rows x 1024 x 1024: a third of the tiles' speed); one row stays with
@@ -60,26 +60,33 @@ def _matmul_body(a, b, c, y, ia, ib, has_c, alpha, tasks, by_rows, kind, a0, a1)
 _matmul = Twin(_matmul_body)
 
 
-def _dense_tiles_body(a, ap, b, offs, y, zero, tasks, kind, a0, a1):
+def _dense_tiles_body(a, ap, b, offs, y, zero, tasks, kind, a0, a1, short):
     """y (n, m) = act([a, 1] @ b) with b the (k + 1) x m matrix [w; bias] cut into panels of NR
     columns, each panel (k + 1) x NR contiguous (read in order, as the prefetcher likes: a
     column run of a row-major b would step a page per row), offs[k] = k * NR; ap the packed a
-    (blocks of MR rows, tap-major); ``tasks`` runs of columns."""
+    (blocks of MR rows, tap-major); ``tasks`` runs of columns. ``short``: the tiles of
+    MR_SHORT rows and NR_SHORT columns (conv_tile.tile_short) instead."""
     n, k = a.shape
     m = y.shape[1]
-    nmb, k1 = -(-n // tiles.MR), k + 1
+    mr = tiles.MR_SHORT if short else tiles.MR
+    nr = tiles.NR_SHORT if short else tiles.NR
+    nmb, k1 = -(-n // mr), k + 1
     for mb in range(nmb):
         for kk in range(k1):
-            for r in range(tiles.MR):
-                row = mb * tiles.MR + r
-                ap[(mb * k1 + kk) * tiles.MR + r] = 0.0 if row >= n else (a[row, kk] if kk < k else 1.0)
+            for r in range(mr):
+                row = mb * mr + r
+                ap[(mb * k1 + kk) * mr + r] = 0.0 if row >= n else (a[row, kk] if kk < k else 1.0)
     yf = y.reshape(n * m)
-    per = -(-m // (tasks * tiles.NR)) * tiles.NR
+    per = -(-m // (tasks * nr)) * nr
     for t in prange(tasks):
-        for pos in range(t * per, min(m, (t + 1) * per), tiles.NR):
+        for pos in range(t * per, min(m, (t + 1) * per), nr):
             for mb in range(nmb):
-                tiles.tile(b, pos * k1, pos, offs, ap, mb * k1 * tiles.MR, yf, mb * tiles.MR * m, m, 0, pos, m, m, m, m, zero, 0,
-                           min(tiles.MR, n - mb * tiles.MR), kind == 1)
+                if short:
+                    tiles.tile_short(b, pos * k1, pos, offs, ap, mb * k1 * mr, yf, mb * mr * m, m, 0, pos, m, m, m, m,
+                                     zero, 0, min(mr, n - mb * mr), kind == 1)
+                else:
+                    tiles.tile(b, pos * k1, pos, offs, ap, mb * k1 * mr, yf, mb * mr * m, m, 0, pos, m, m, m, m, zero, 0,
+                               min(mr, n - mb * mr), kind == 1)
         if kind > 1:
             lo, hi = t * per, min(m, (t + 1) * per)
             for r in range(n):
@@ -124,26 +131,27 @@ class Product:
 
     def use_tiles(self, b: np.ndarray | None, c: np.ndarray | None) -> None:
         """Take the register tiles (module docstring) when b is a constant 2-D matrix, c absent or
-        one row repeated, the dtype float32, and there are MR rows, or half as many and k >= 256
-        (below, BLAS was as fast: benchmarks/bench_float_conv.py)."""
+        one row repeated, the dtype float32, and there are at least two rows: the short tiles up
+        to MR_SHORT rows, else the tiles of MR rows (benchmarks/bench_float_conv.py)."""
         n, k, m = self.y3[1], self.a3[2], self.y3[2]
-        if b is None or b.ndim != 2 or self.y3[0] != 1 or self.dtype != np.float32:
-            return
-        if n < tiles.MR and (2 * n < tiles.MR or k < 256):
+        if b is None or b.ndim != 2 or self.y3[0] != 1 or self.dtype != np.float32 or n < 2:
             return
         if c is not None and not np.array_equal(np.broadcast_to(c, self.y3[1:]), np.broadcast_to(c[:1], self.y3[1:])):
             return
-        panels = -(-m // tiles.NR)
-        wb = np.zeros((k + 1, panels * tiles.NR), np.float32)
+        self.tile_short = n <= tiles.MR_SHORT
+        mr, nr = (tiles.MR_SHORT, tiles.NR_SHORT) if self.tile_short else (tiles.MR, tiles.NR)
+        panels = -(-m // nr)
+        wb = np.zeros((k + 1, panels * nr), np.float32)
         wb[:k, :m] = b
         if c is not None:
             wb[k, :m] = np.broadcast_to(c, self.y3[1:])[0]
-        self.tile_b = np.ascontiguousarray(wb.reshape(k + 1, panels, tiles.NR).transpose(1, 0, 2)).reshape(-1)
-        self.tile_offs = np.arange(k + 1, dtype=np.int64) * tiles.NR
-        self.tile_ap = (-(-n // tiles.MR) * tiles.MR * (k + 1),)
+        self.tile_b = np.ascontiguousarray(wb.reshape(k + 1, panels, nr).transpose(1, 0, 2)).reshape(-1)
+        self.tile_offs = np.arange(k + 1, dtype=np.int64) * nr
+        self.tile_ap = (-(-n // mr) * mr * (k + 1),)
+        self.tile_nr, self.tile_zero = nr, np.zeros(mr, np.float32)
 
     def _tile_tasks(self, threads: int) -> int:
-        return min(threads if self.macs >= _SPLIT_MACS else 1, -(-self.y3[2] // tiles.NR))
+        return min(threads if self.macs >= _SPLIT_MACS else 1, -(-self.y3[2] // self.tile_nr))
 
     def make_scratch(self) -> dict | None:
         """The packed rows of a, when the tiles serve."""
@@ -165,7 +173,7 @@ class Product:
                 f"{a}.reshape({e.lit((self.y3[1], self.a3[2]))})")
             y2 = Expr(f"{y}.reshape({e.lit(self.y3[1:])})")
             e.call(_dense_tiles, a2, e.work(self.tile_ap, np.float32, "ap"), self.tile_b, self.tile_offs, y2,
-                   np.zeros(tiles.MR, np.float32), tasks, *act, work=self.macs if tasks > 1 else 0)
+                   self.tile_zero, tasks, *act, self.tile_short, work=self.macs if tasks > 1 else 0)
             return
         tasks, by_rows = self.split(e.threads)
         def r(v, shape):
@@ -179,8 +187,8 @@ class Product:
         if self.tile_b is not None:
             tasks = self._tile_tasks(current_threads())
             _dense_tiles(self.macs if tasks > 1 else 0, np.ascontiguousarray(a, np.float32).reshape(self.y3[1], self.a3[2]),
-                         scratch["ap"], self.tile_b, self.tile_offs, y.reshape(self.y3[1:]), np.zeros(tiles.MR, np.float32),
-                         tasks, *act)
+                         scratch["ap"], self.tile_b, self.tile_offs, y.reshape(self.y3[1:]), self.tile_zero, tasks, *act,
+                         self.tile_short)
             return
         tasks, by_rows = self.split(current_threads())
         y3 = y.reshape(self.y3)

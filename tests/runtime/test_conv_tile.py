@@ -143,7 +143,8 @@ def test_rows_of_one_position(path):
     np.testing.assert_allclose(y, np.maximum(want, 0), rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-DENSE = [(4, 300, 33), (8, 1, 5), (8, 63, 1), (9, 64, 31), (17, 65, 130), (6, 257, 64)]  # rows, k, columns
+# rows, k, columns: the short tiles up to MR_SHORT rows, the full ones above
+DENSE = [(4, 300, 33), (8, 1, 5), (8, 63, 1), (9, 64, 31), (17, 65, 130), (6, 257, 64), (2, 70, 100), (3, 1, 65)]
 
 
 @pytest.mark.parametrize("parallel", [False, True])
@@ -158,4 +159,5 @@ def test_dense_tiles_match_onnxruntime(rows, k, cols, parallel, monkeypatch):
     step = Step(name="g", op="Gemm", attrs={"transB": 1}, in_shapes=[(rows, k), (cols, k), (cols,)],
                 in_dtypes=["float32"] * 3, out_shapes=[(rows, cols)], out_dtypes=["float32"],
                 consts=[None, inits["w"], inits["b"]])
-    assert KERNELS["Gemm"](step).product.tile_b is not None
+    product = KERNELS["Gemm"](step).product
+    assert product.tile_b is not None and product.tile_short == (rows <= ct.MR_SHORT)
