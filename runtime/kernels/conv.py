@@ -10,12 +10,13 @@ discarded), every tap is one contiguous run of memory, whatever the stride.
 
 Three paths:
 
-* register tiles (runtime/kernels/conv_tile.py; float32, one group, planes where the wide
-  columns waste at most ``_TILE_WASTE``): blocks of output channels x consecutive positions
+* register tiles (runtime/kernels/conv_tiles.py; float32, one group, where the best of their
+  three layouts wastes at most ``_TILE_WASTE``): blocks of output channels x positions
   accumulated in vector registers over every tap, bias and Relu added there, stored straight
   into y; no patch matrix. Stems, first layers, 3x3 and strided 1x1 convs take it (measured in
   benchmarks/bench_float_conv.py: 1.0x onnxruntime on the Bi-Real Net stem where im2col + BLAS
-  gave 0.68x). Pointwise stride-1 convs stay with BLAS, which reads their input in place.
+  gave 0.68x; 8x8 planes of a binary-weight network 0.75x -> 0.9x with channels in the
+  vectors). Pointwise stride-1 convs stay with BLAS, which reads their input in place.
 * GEMM (runtime/kernels/conv_gemm.py): bands of output positions, each a patch matrix built
   straight from the input times the weights through BLAS (runtime/blas.py), bias and activation
   added while the band is in cache; bands are spread over the session's threads.
@@ -36,11 +37,9 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.codegen import Expr
-from runtime.kernels import conv_channels as chans
-from runtime.kernels import conv_panel as panels
-from runtime.kernels import conv_tile as tiles
 from runtime.kernels.base import FLOATS, Kernel, Step, Twin, check_dtypes, check_scratch, register
 from runtime.kernels.conv_gemm import WIDE, GemmPlan, bias_act, conv_gemm, phase_split, workers
+from runtime.kernels.conv_tiles import TilePlan
 from runtime.kernels.nn import act_rows, activation_of, lift4, window_geometry
 from runtime.threads import current_threads
 
@@ -164,7 +163,8 @@ class Conv(Kernel):
         consts = list(step.consts) + [None]
         self.has_bias = bias is not None
         self.const = consts[1] is not None and (consts[2] is not None or not self.has_bias)
-        self.tiled = self.tiled and self.const
+        if not self.const:  # the tiles' weights are packed once
+            self.tiles = None
         self.params = self._params(consts[1], consts[2]) if self.const else None
 
     def _plan(self, ws, g: int, act: tuple[int, float, float]) -> None:
@@ -197,38 +197,30 @@ class Conv(Kernel):
         self.direct = g > 1 and cg * self.mg <= 256
         self.tiny = self.direct and self.y4[2] * self.y4[3] <= _TINY_PLANE
         self.geo = (*self.y4[2:], kh, kw, *self.strides, *self.dil, *self.pads[:2])
-        self.tile_kind = self._tile_kind()
-        self.tiled = self.tile_kind is not None
-        self._tile_geo = tiles.geometry(cg, self.y4[2:], (kh, kw), self.strides, self.dil, self.pads) if self.tiled else None
+        self.tiles = self._tile_plan()
         if self.direct and not self.tiny:
             check_scratch(step, self._phase_shape(), self.dtype)
         elif not self.direct:  # the phase-split image does not depend on the thread count
             check_scratch(step, self._gemm_plan(1).xq_shape, self.dtype)
 
-    def _tile_kind(self) -> str | None:
-        """Register tiles for one float32 group, on wide rows (conv_tile.py) or on a packed panel
-        (conv_panel.py), whichever does less work, when that wastes at most _TILE_WASTE; None
-        (GEMM) otherwise and for unpadded 1x1 convs with stride 1, which BLAS reads in place."""
+    def _tile_plan(self) -> TilePlan | None:
+        """Register tiles for one float32 group (runtime/kernels/conv_tiles.py), except unpadded
+        1x1 convs with stride 1, which BLAS reads in place."""
         if self.groups != 1 or self.dtype != np.float32:
             return None
         if self.w4[2:] == (1, 1) and self.strides == (1, 1) and not any(self.pads):
             return None
         wq = self.y4[3] if self.w4[2:] == (1, 1) else self._phase_shape()[5]
-        n, m, oh, ow = self.y4
-        costs = {"wide": 1.0 / (1.0 - tiles.waste(oh, ow, wq)), "panel": panels.cost(n * oh * ow, m),
-                 "channels": chans.cost(n, oh * ow, m, self.k)}
-        kind = min(_TILE_KINDS, key=costs.get)
-        return kind if 1.0 - 1.0 / costs[kind] <= _TILE_WASTE else None
+        return TilePlan.choose(self.x4, self.y4, self.w4, self.strides, self.dil, self.pads, wq, _TILE_KINDS,
+                               _TILE_WASTE, _SPLIT_MACS)
 
     def _params(self, w: np.ndarray, b: np.ndarray | None):
         """Weights (direct: [M, Cg, kh, kw]; GEMM: [M, K]) and the bias [M] (zeros when absent)."""
         m = self.w4[0]
         w = np.asarray(w, dtype=self.dtype).reshape(self.w4)
         b = np.zeros(m, self.dtype) if b is None else np.asarray(b, dtype=self.dtype).reshape(m)
-        if self.tile_kind == "channels":
-            return chans.pack_weights(w.reshape(m, -1), b)
-        if self.tiled:
-            return tiles.pack_weights(w.reshape(m, -1), b)
+        if self.tiles is not None:
+            return self.tiles.pack(w.reshape(m, -1), b)
         return np.ascontiguousarray(w if self.direct else w.reshape(m, -1)), np.ascontiguousarray(b)
 
     def _phase_shape(self) -> tuple[int, ...]:
@@ -242,29 +234,6 @@ class Conv(Kernel):
         """The direct path's output rows computed Wq wide, (N, M, OH * Wq)."""
         return self.y4[0], self.y4[1], self.y4[2] * self._phase_shape()[5]
 
-    def _tile_input_shape(self) -> tuple[int, int]:
-        """The tiles' input planes of each image, flat, with room for a tile read past the last."""
-        return self.x4[0], self._tile_geo[2] + tiles.NR
-
-    def _tile_args(self) -> tuple:
-        """(offs, geo) of conv_tile (``conv_tile.geometry``)."""
-        return self._tile_geo[:2]
-
-    def _channel_tables(self) -> tuple[np.ndarray, np.ndarray]:
-        """The channel tiles' position tables (conv_channels.positions), made once."""
-        if getattr(self, "_tables", None) is None:
-            self._tables = chans.positions(self.y4[0], self.y4[1], self.y4[2:], self._tile_geo[1][3],
-                                           self._tile_input_shape()[1])
-        return self._tables
-
-    def _channel_tasks(self, threads: int) -> int:
-        n, _, oh, ow = self.y4
-        return chans.tasks_of(n * oh * ow, workers(self.macs, threads, _SPLIT_MACS))
-
-    def _panel_tasks(self, threads: int) -> int:
-        n, _, oh, ow = self.y4
-        return panels.tasks_of(n * oh * ow, workers(self.macs, threads, _SPLIT_MACS))
-
     def _gemm_plan(self, threads: int) -> GemmPlan:
         t = workers(self.macs, threads, _SPLIT_MACS)
         return GemmPlan.of(self.x4, self.y4, self.w4, self.strides, self.dil, self.pads, self.groups, t)
@@ -274,22 +243,8 @@ class Conv(Kernel):
         w, b = self.params if self.const else self._emit_params(e, ins)
         kind, a0, a1 = self.act
         (dh, dw), (pt, pl) = self.dil, self.pads[:2]
-        if self.tile_kind == "channels":
-            t = self._channel_tasks(e.threads)
-            xq = e.work(self._tile_input_shape(), self.dtype, "xq", zeroed=True)
-            e.call(chans.conv_channels, x, xq, w, b, y, self._tile_geo[0], *self._channel_tables(), self._tile_geo[1],
-                   kind, a0, a1, t, work=self.macs if t > 1 else 0)
-        elif self.tile_kind == "panel":
-            t = self._panel_tasks(e.threads)
-            xq = e.work(self._tile_input_shape(), self.dtype, "xq", zeroed=True)
-            pan = e.work(panels.panel_shape(self.k, t), self.dtype, "panel")
-            e.call(panels.conv_panel, x, xq, pan, w, b, y, self._tile_geo[0], panels.koffs(self.k), self._tile_geo[1],
-                   kind, a0, a1, work=self.macs if t > 1 else 0)
-        elif self.tiled:
-            t = workers(self.macs, e.threads, _SPLIT_MACS)
-            xq = e.work(self._tile_input_shape(), self.dtype, "xq", zeroed=True)
-            chunks = tiles.chunks_of(self.x4[0], self.y4[2], t)
-            e.call(tiles.conv_tile, x, xq, w, b, y, *self._tile_args(), kind, a0, a1, chunks, work=self.macs if t > 1 else 0)
+        if self.tiles is not None:
+            self.tiles.emit(e, x, y, w, b, self.act)
         elif self.tiny:
             e.call(_conv_tiny, x, w, b, y, *self.strides, dh, dw, pt, pl, kind, a0, a1)
         elif self.direct:
@@ -324,8 +279,8 @@ class Conv(Kernel):
     def make_scratch(self) -> dict:
         """The direct path's phase-split image and wide rows; the GEMM path's patch matrices and
         result blocks are made per thread count, on first use (``run``)."""
-        if self.tiled:
-            return {"xq": np.zeros(self._tile_input_shape(), self.dtype)}
+        if self.tiles is not None:
+            return self.tiles.make_scratch()
         if not self.direct or self.tiny:
             return {}
         return {"xq": np.zeros(self._phase_shape(), self.dtype), "wide": np.empty(self._wide_shape(), self.dtype)}
@@ -336,20 +291,8 @@ class Conv(Kernel):
         w, b = self.params if self.const else self._params(ins[1], ins[2] if self.has_bias else None)
         kind, a0, a1 = self.act
         (dh, dw), (pt, pl) = self.dil, self.pads[:2]
-        if self.tile_kind == "channels":
-            t = self._channel_tasks(current_threads())
-            chans.conv_channels(self.macs if t > 1 else 0, x, scratch["xq"], w, b, y, self._tile_geo[0],
-                                *self._channel_tables(), self._tile_geo[1], kind, a0, a1, t)
-        elif self.tile_kind == "panel":
-            t = self._panel_tasks(current_threads())
-            if t not in scratch:  # the panels for this thread count
-                scratch[t] = np.empty(panels.panel_shape(self.k, t), self.dtype)
-            panels.conv_panel(self.macs if t > 1 else 0, x, scratch["xq"], scratch[t], w, b, y, self._tile_geo[0],
-                              panels.koffs(self.k), self._tile_geo[1], kind, a0, a1)
-        elif self.tiled:
-            t = workers(self.macs, current_threads(), _SPLIT_MACS)
-            tiles.conv_tile(self.macs if t > 1 else 0, x, scratch["xq"], w, b, y, *self._tile_args(), kind, a0, a1,
-                            tiles.chunks_of(self.x4[0], self.y4[2], t))
+        if self.tiles is not None:
+            self.tiles.run(x, y, w, b, self.act, scratch)
         elif self.tiny:
             _conv_tiny(x, w, b, y, self.strides[0], self.strides[1], dh, dw, pt, pl, kind, a0, a1)
         elif self.direct:

@@ -117,14 +117,13 @@ def _conv_kernel(x_shape, w_shape, **attrs):
 
 def test_conv_takes_tiles_where_they_waste_little():
     stem = _conv_kernel((1, 3, 224, 224), (64, 3, 7, 7), strides=[2, 2], pads=[3, 3, 3, 3])
-    assert stem.tiled
-    assert _conv_kernel((8, 32, 32, 32), (64, 32, 3, 3), pads=[1, 1, 1, 1]).tiled
-    assert not _conv_kernel((1, 64, 28, 28), (128, 64, 1, 1)).tiled  # BLAS reads the input in place
-    assert _conv_kernel((8, 32, 32, 32), (64, 32, 3, 3), pads=[1, 1, 1, 1]).tile_kind == "wide"  # rows of whole tiles
+    assert stem.tiles is not None
+    assert _conv_kernel((1, 64, 28, 28), (128, 64, 1, 1)).tiles is None  # BLAS reads the input in place
+    assert _conv_kernel((8, 32, 32, 32), (64, 32, 3, 3), pads=[1, 1, 1, 1]).tiles.kind == "wide"  # rows of whole tiles
     # wide rows: a fifth of the plane is wide columns; channel tiles waste nothing and, with
     # K = 1152, pay little for their scattered stores; a 5x5 conv of one channel packs panels
-    assert _conv_kernel((8, 128, 8, 8), (128, 128, 3, 3), pads=[1, 1, 1, 1]).tile_kind == "channels"
-    assert _conv_kernel((8, 1, 28, 28), (64, 1, 5, 5)).tile_kind == "panel"
+    assert _conv_kernel((8, 128, 8, 8), (128, 128, 3, 3), pads=[1, 1, 1, 1]).tiles.kind == "channels"
+    assert _conv_kernel((8, 1, 28, 28), (64, 1, 5, 5)).tiles.kind == "panel"
     assert cc.cost(8, 32 * 32, 64, 288) == float("inf")  # scatters a 4 KiB plane apart
     assert ct.waste(112, 112, 115) < 0.05
     assert cp.waste(8 * 8 * 8) == 0.0 and cp.waste(ct.NR + 1) > 0.4
