@@ -197,6 +197,7 @@ def _make_tile(mr: int, nv: int):
     return intrinsic(tile)
 
 
+IN_PLACE = 2  # geo's "sampled" when xq is x itself (a pointwise conv, ``TilePlan.pointwise``)
 tile = _make_tile(MR, V)
 # half the rows, twice the positions: the same registers for products of a few rows (dense.py)
 MR_SHORT, V_SHORT = MR // 2, 2 * V
@@ -228,8 +229,9 @@ def _conv_tile_body(x, xq, w, bias, y, offs, geo, kind, a0, a1, chunks):
     M, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     Wq = geo[3]
     nmb, K = -(-M // MR), offs.shape[0]
-    for nc in prange(N * C):
-        split_input(x, xq, nc, geo)
+    if geo[6] != IN_PLACE:
+        for nc in prange(N * C):
+            split_input(x, xq, nc, geo)
     rows = -(-OH // chunks)
     for task in prange(N * chunks):
         n = task // chunks
