@@ -95,9 +95,16 @@ def _sample(x, xq, sh, sw, pt, pl):
             continue
         b0 = min(Wq, max(0, -(-pl // sw)))
         b1 = max(b0, min(Wq, (W - 1 + pl) // sw + 1))
-        src, dst = x[h], xq[a]
-        for b in range(b0, b1):
-            dst[b] = src[b * sw - pl]
+        # 0-based slices and constant strides: loops LLVM vectorizes (conv_gemm.phase_split)
+        src, dst, cnt = x[h, b0 * sw - pl:], xq[a, b0:], b1 - b0
+        if sw == 1:
+            copy_run(dst, 0, src, 0, cnt)
+        elif sw == 2:
+            for t in range(cnt):
+                dst[t] = src[2 * t]
+        else:
+            for t in range(cnt):
+                dst[t] = src[t * sw]
 
 
 @njit(cache=True, nogil=True)

@@ -131,14 +131,16 @@ def _store(builder, vals, rows, mvalid, pos, oh0, ow0, geo):
     wq, ow_n, rs, end = geo
     ohv, owv = cgutils.alloca_once_value(builder, oh0), cgutils.alloca_once_value(builder, ow0)
     one = ir.Constant(_i64, 1)
+    # rows without wide columns, stored back to back: a vector across a row end is one store too
+    flat = builder.and_(builder.icmp_signed("==", wq, ow_n), builder.icmp_signed("==", rs, ow_n))
     for v in range(len(vals[0])):
         if v:
             builder.store(builder.add(builder.load(owv), ir.Constant(_i64, LANES)), owv)
             _wrap(builder, ohv, owv, wq)
         oh, ow = builder.load(ohv), builder.load(owv)
         p = builder.add(pos, ir.Constant(_i64, v * LANES))
-        fits = builder.and_(builder.icmp_signed("<=", builder.add(ow, ir.Constant(_i64, LANES)), ow_n),
-                            builder.icmp_signed("<=", builder.add(p, ir.Constant(_i64, LANES)), end))
+        in_row = builder.or_(builder.icmp_signed("<=", builder.add(ow, ir.Constant(_i64, LANES)), ow_n), flat)
+        fits = builder.and_(in_row, builder.icmp_signed("<=", builder.add(p, ir.Constant(_i64, LANES)), end))
         with builder.if_else(fits, likely=True) as (whole, lanes):
             with whole:
                 at = builder.add(builder.mul(oh, rs), ow)
