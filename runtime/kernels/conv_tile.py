@@ -207,10 +207,11 @@ NR_SHORT = V_SHORT * LANES
 tile_short = _make_tile(MR_SHORT, V_SHORT)
 
 
-def _next_start(pos, oh, ow, wq, ow_n):
-    """The position (row, column) of the next tile after the one at pos: NR on, or the start of
-    the next row when that lands in the wide columns (a tile never starts on nothing to store)."""
-    pos, ow = pos + NR, ow + NR
+def _next_start(pos, oh, ow, wq, ow_n, nr):
+    """The position (row, column) of the next tile of nr positions after the one at pos: nr on,
+    or the start of the next row when that lands in the wide columns (a tile never starts on
+    nothing to store)."""
+    pos, ow = pos + nr, ow + nr
     while ow >= wq:
         ow -= wq
         oh += 1
@@ -222,15 +223,17 @@ def _next_start(pos, oh, ow, wq, ow_n):
 _next_start_jit = njit(cache=True, nogil=True)(_next_start)
 
 
-def _conv_tile_body(x, xq, w, bias, y, offs, geo, kind, a0, a1, chunks):
+def _conv_tile_body(x, xq, w, bias, y, offs, geo, kind, a0, a1, chunks, short):
     """y (N, M, OH, OW) = act(conv(x (N, C, H, W)) + bias) through tiles; xq (N, >= C*sh*sw*Hq*Wq
-    + NR) the phase-split images (their padding zero, never written), w and bias packed by
+    + NR_SHORT) the phase-split images (their padding zero, never written), w and bias packed by
     ``pack_weights``, offs the taps' offsets; each image's output rows are cut into ``chunks``
-    runs of rows, one task each."""
+    runs of rows, one task each. ``short``: the tiles of MR_SHORT channels (``tile_short``), for
+    channel counts that whole blocks of MR would pad much."""
     N, C = x.shape[0], x.shape[1]
     M, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     Wq = geo[3]
-    nmb, K = -(-M // MR), offs.shape[0]
+    mr, nr = (MR_SHORT, NR_SHORT) if short else (MR, NR)
+    nmb, K = -(-M // mr), offs.shape[0]
     if geo[6] != IN_PLACE:
         for nc in prange(N * C):
             split_input(x, xq, nc, geo)
@@ -246,9 +249,13 @@ def _conv_tile_body(x, xq, w, bias, y, offs, geo, kind, a0, a1, chunks):
         pos, oh, ow = r0 * Wq, r0, 0
         while pos < end:
             for mb in range(nmb):
-                tile(xf, pos, pos, offs, w, mb * K * MR, yf, mb * MR * OH * OW, OH * OW, oh, ow, Wq, OW, OW, end, bias,
-                      mb * MR, min(MR, M - mb * MR), kind == 1)
-            pos, oh, ow = _next_start_jit(pos, oh, ow, Wq, OW)
+                if short:
+                    tile_short(xf, pos, pos, offs, w, mb * K * mr, yf, mb * mr * OH * OW, OH * OW, oh, ow, Wq, OW, OW, end,
+                               bias, mb * mr, min(mr, M - mb * mr), kind == 1)
+                else:
+                    tile(xf, pos, pos, offs, w, mb * K * mr, yf, mb * mr * OH * OW, OH * OW, oh, ow, Wq, OW, OW, end, bias,
+                         mb * mr, min(mr, M - mb * mr), kind == 1)
+            pos, oh, ow = _next_start_jit(pos, oh, ow, Wq, OW, nr)
         if kind > 1:
             for m in range(M):
                 seg = yf[(m * OH + r0) * OW:(m * OH + r1) * OW]
@@ -258,16 +265,16 @@ def _conv_tile_body(x, xq, w, bias, y, offs, geo, kind, a0, a1, chunks):
 conv_tile = Twin(_conv_tile_body)
 
 
-def pack_weights(w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """w (M, K) -> blocks of MR output channels, tap-major: packed[(mb*K + k)*MR + r] =
-    w[mb*MR + r, k], zero rows past M; the bias padded with zeros to the same rows."""
+def pack_weights(w: np.ndarray, b: np.ndarray, mr: int = MR) -> tuple[np.ndarray, np.ndarray]:
+    """w (M, K) -> blocks of mr output channels, tap-major: packed[(mb*K + k)*mr + r] =
+    w[mb*mr + r, k], zero rows past M; the bias padded with zeros to the same rows."""
     m, k = w.shape
-    nmb = -(-m // MR)
-    wpad = np.zeros((nmb * MR, k), np.float32)
+    nmb = -(-m // mr)
+    wpad = np.zeros((nmb * mr, k), np.float32)
     wpad[:m] = w
-    bpad = np.zeros(nmb * MR, np.float32)
+    bpad = np.zeros(nmb * mr, np.float32)
     bpad[:m] = b
-    return np.ascontiguousarray(wpad.reshape(nmb, MR, k).transpose(0, 2, 1)).reshape(-1), bpad
+    return np.ascontiguousarray(wpad.reshape(nmb, mr, k).transpose(0, 2, 1)).reshape(-1), bpad
 
 
 def geometry(c: int, out_hw, kernel, strides, dil, pads) -> tuple[np.ndarray, tuple, int]:
@@ -285,16 +292,16 @@ def geometry(c: int, out_hw, kernel, strides, dil, pads) -> tuple[np.ndarray, tu
     return offs, (sh, sw, hq, wq, pads[0], pads[1], False), c * sh * sw * hq * wq
 
 
-def waste(oh: int, ow: int, wq: int, chunks: int = 1) -> float:
-    """Fraction of the computed positions that are thrown away: the wide columns that tiles
-    cover and the end of the last tile of every chunk of rows."""
+def waste(oh: int, ow: int, wq: int, chunks: int = 1, nr: int = NR) -> float:
+    """Fraction of the computed positions that are thrown away: the wide columns that tiles of nr
+    positions cover and the end of the last tile of every chunk of rows."""
     rows = -(-oh // chunks)
     done = 0
     for r0 in range(0, oh, rows):
         pos, r, c = r0 * wq, r0, 0
         while pos < (min(oh, r0 + rows) - 1) * wq + ow:
-            done += NR
-            pos, r, c = _next_start(pos, r, c, wq, ow)
+            done += nr
+            pos, r, c = _next_start(pos, r, c, wq, ow, nr)
     return 1.0 - oh * ow / done
 
 

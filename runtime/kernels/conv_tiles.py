@@ -4,7 +4,8 @@ how each is called from the plan function (``emit``) or step by step (``run``).
 Three layouts of the same arithmetic, y[m, q] = act(bias[m] + sum_k w[m, k] * x[k-th tap of q]):
 
 * ``wide`` (conv_tile.py): consecutive positions in the vectors, read as runs of the wide rows
-  of the phase-split image; wastes the wide columns (none on planes of whole tiles);
+  of the phase-split image; wastes the wide columns (none on planes of whole tiles) and the
+  padding of the last block of MR channels (or of MR_SHORT, on the short tiles);
 * ``panel`` (conv_panel.py): the same tiles over a packed copy of every tap's values, positions
   of the whole batch contiguous; wastes the end of the last tile, pays the copy (about
   ``conv_panel._PACK_MACS`` multiply-adds per value, once per MR * ceil(M / MR) channels);
@@ -40,9 +41,9 @@ class TilePlan:
         self.m, self.k = m, c * kh * kw
         self.macs = self.y4[0] * m * self.y4[2] * self.y4[3] * self.k
         self.split_macs = split_macs
-        self.in_place = False
+        self.in_place = self.short = False
         self.offs, self.geo, plane = tiles.geometry(c, self.y4[2:], (kh, kw), strides, dil, pads)
-        self.input_shape = (self.x4[0], plane + tiles.NR)  # each image's planes, and room to read past
+        self.input_shape = (self.x4[0], plane + tiles.NR_SHORT)  # each image's planes, and room to read past
         self.tables = chans.positions(self.y4[0], m, self.y4[2:], self.geo[3], self.input_shape[1]) \
             if kind == "channels" else None
 
@@ -51,12 +52,15 @@ class TilePlan:
         """The layout of least work among ``kinds`` for output rows computed ``wq`` wide, or None."""
         n, m, oh, ow = y4
         k = w4[1] * w4[2] * w4[3]
-        costs = {"wide": 1.0 / (1.0 - tiles.waste(oh, ow, wq)), "panel": panels.cost(n * oh * ow, m),
-                 "channels": chans.cost(n, oh * ow, m, k)}
+        wide = [-(-m // mr) * mr / m / (1.0 - tiles.waste(oh, ow, wq, nr=nr))
+                for mr, nr in ((tiles.MR, tiles.NR), (tiles.MR_SHORT, tiles.NR_SHORT))]
+        costs = {"wide": min(wide), "panel": panels.cost(n * oh * ow, m), "channels": chans.cost(n, oh * ow, m, k)}
         kind = min(kinds, key=costs.get)
         if 1.0 - 1.0 / costs[kind] > max_waste:
             return None
-        return TilePlan(kind, x4, y4, w4, strides, dil, pads, split_macs)
+        plan = TilePlan(kind, x4, y4, w4, strides, dil, pads, split_macs)
+        plan.short = kind == "wide" and wide[1] < wide[0]
+        return plan
 
     @staticmethod
     def pointwise(x4, y4, w4, split_macs: int) -> TilePlan | None:
@@ -70,7 +74,9 @@ class TilePlan:
 
     def pack(self, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Weights (M, K) and bias (M) in this layout's order."""
-        return (chans if self.kind == "channels" else tiles).pack_weights(w, b)
+        if self.kind == "channels":
+            return chans.pack_weights(w, b)
+        return tiles.pack_weights(w, b, tiles.MR_SHORT if self.short else tiles.MR)
 
     def _threads(self, threads: int) -> int:
         return workers(self.macs, threads, self.split_macs)
@@ -99,7 +105,7 @@ class TilePlan:
             pan = e.work(panels.panel_shape(self.k, tasks), np.float32, "panel")
             e.call(panels.conv_panel, x, xq, pan, w, b, y, self.offs, panels.koffs(self.k), self.geo, *act, work=work)
         else:
-            e.call(tiles.conv_tile, x, xq, w, b, y, self.offs, self.geo, *act, tasks, work=work)
+            e.call(tiles.conv_tile, x, xq, w, b, y, self.offs, self.geo, *act, tasks, self.short, work=work)
 
     def make_scratch(self) -> dict:
         return {} if self.in_place else {"xq": np.zeros(self.input_shape, np.float32)}
@@ -119,5 +125,5 @@ class TilePlan:
             panels.conv_panel(work, x, scratch["xq"], scratch[tasks], w, b, y, self.offs, panels.koffs(self.k), self.geo,
                               *act)
         else:
-            tiles.conv_tile(work, x, scratch["xq"], w, b, y, self.offs, self.geo, *act, tasks)
+            tiles.conv_tile(work, x, scratch["xq"], w, b, y, self.offs, self.geo, *act, tasks, self.short)
 

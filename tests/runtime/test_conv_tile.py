@@ -39,26 +39,28 @@ def _reference(x, w, b, strides, dil, pads):
 
 
 def _run(x, w, b, strides, dil, pads, kind, chunks, a0=0.0, a1=0.0, path="wide"):
-    """(y, reference) through the tiles of ``path``: "wide" rows with ``chunks`` runs of rows per
-    image, packed "panel"s or "channels" in the vectors, with ``chunks`` tasks."""
+    """(y, reference) through the tiles of ``path``: "wide" rows (or on the "short" tiles) with
+    ``chunks`` runs of rows per image, packed "panel"s or "channels" in the vectors, with
+    ``chunks`` tasks."""
     n, c = x.shape[:2]
     m, _, kh, kw = w.shape
     want = _reference(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), strides, dil, pads)
     oh, ow = want.shape[2:]
     offs, geo, plane = ct.geometry(c, (oh, ow), (kh, kw), strides, dil, pads)
-    xq = np.zeros((n, plane + ct.NR), np.float32)
+    xq = np.zeros((n, plane + ct.NR_SHORT), np.float32)
     y = np.full(want.shape, np.nan, np.float32)
     if path == "channels":
         wp, bp = cc.pack_weights(w.reshape(m, -1), b)
         pos, ystart = cc.positions(n, m, (oh, ow), geo[3], xq.shape[1])
         cc.conv_channels(0, x, xq, wp, bp, y, offs, pos, ystart, geo, kind, a0, a1, chunks)
         return y, want
-    wp, bp = ct.pack_weights(w.reshape(m, -1), b)
+    short = path == "short"
+    wp, bp = ct.pack_weights(w.reshape(m, -1), b, ct.MR_SHORT if short else ct.MR)
     if path == "panel":
         pan = np.full(cp.panel_shape(len(offs), chunks), np.nan, np.float32)
         cp.conv_panel(0, x, xq, pan, wp, bp, y, offs, cp.koffs(len(offs)), geo, kind, a0, a1)
     else:
-        ct.conv_tile(0, x, xq, wp, bp, y, offs, geo, kind, a0, a1, chunks)
+        ct.conv_tile(0, x, xq, wp, bp, y, offs, geo, kind, a0, a1, chunks, short)
     return y, want
 
 
@@ -75,7 +77,7 @@ CASES = {  # x NCHW, (M, kh, kw), strides, dilations, pads (top, left, bottom, r
 }
 
 
-PATHS = ["wide", "panel", "channels"]
+PATHS = ["wide", "short", "panel", "channels"]
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -125,6 +127,8 @@ def test_conv_takes_tiles_where_they_waste_little():
     # K = 1152, pay little for their scattered stores; a 5x5 conv of one channel packs panels
     assert _conv_kernel((8, 128, 8, 8), (128, 128, 3, 3), pads=[1, 1, 1, 1]).tiles.kind == "channels"
     assert _conv_kernel((8, 1, 28, 28), (64, 1, 5, 5)).tiles.kind == "panel"
+    xnor_stem = _conv_kernel((1, 3, 224, 224), (12, 3, 11, 11), strides=[4, 4], pads=[3, 3, 4, 4]).tiles
+    assert xnor_stem.short == (12 % ct.MR_SHORT == 0 and 12 % ct.MR != 0)  # 12 channels: no padded block
     assert cc.cost(8, 32 * 32, 64, 288) == float("inf")  # scatters a 4 KiB plane apart
     assert ct.waste(112, 112, 115) < 0.05
     assert cp.waste(8 * 8 * 8) == 0.0 and cp.waste(ct.NR + 1) > 0.4
