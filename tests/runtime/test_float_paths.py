@@ -44,15 +44,13 @@ GEMM_PATHS = {
 }
 # the register tiles for every float32 conv of one group, on wide rows (conv_tile.py: one task
 # per image, and each image's rows cut into runs over the threads), on packed panels
-# (conv_panel.py) and with channels in the vectors (conv_channels.py): one task, and the batch's
-# position tiles over the threads
+# (conv_panel.py: the batch's position tiles over the threads) and with channels in the vectors
+# (conv_channels.py: one task); test_conv_tile.py runs each layout with one task and several
 TILE_PATHS = {
     "tiles": {"_TILE_WASTE": 1e9, "_TILE_KINDS": ("wide",), "PARALLEL_WORK": 1 << 40},
     "tiles_row_runs": {"_TILE_WASTE": 1e9, "_TILE_KINDS": ("wide",), "PARALLEL_WORK": 0, "_SPLIT_MACS": 0},
-    "panel": {"_TILE_WASTE": 1e9, "_TILE_KINDS": ("panel",), "PARALLEL_WORK": 1 << 40},
     "panel_tasks": {"_TILE_WASTE": 1e9, "_TILE_KINDS": ("panel",), "PARALLEL_WORK": 0, "_SPLIT_MACS": 0},
     "channels": {"_TILE_WASTE": 1e9, "_TILE_KINDS": ("channels",), "PARALLEL_WORK": 1 << 40},
-    "channels_tasks": {"_TILE_WASTE": 1e9, "_TILE_KINDS": ("channels",), "PARALLEL_WORK": 0, "_SPLIT_MACS": 0},
 }
 
 # (input NCHW, weight MCkk, attributes): the GEMM path's four ways to build the patch matrix
