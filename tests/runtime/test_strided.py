@@ -38,6 +38,10 @@ CASES = {
     "nchw_to_nhwc_tiled": transpose((1, 64, 40, 40), (0, 2, 3, 1)),
     "nhwc_to_nchw_tiled": transpose((2, 17, 19, 33), (0, 3, 1, 2)),
     "parallel_tiles": transpose((1, 96, 81, 79), (0, 2, 3, 1)),
+    "nhwc_to_nchw_narrow": transpose((2, 13, 11, 3), (0, 3, 1, 2)),
+    "nchw_to_nhwc_narrow": transpose((3, 8, 9, 10), (0, 2, 3, 1), np.int16),
+    "narrow_both_short": transpose((5, 7), (1, 0), np.float64),
+    "narrow_offsets": box((4, 6, 3), (2, 3, 50), 3, [18, 3, 1], 7, [150, 50, 1], (2, 3, 3)),
     "parallel_rows": box((8, 300, 257), (8, 300, 300), 0, c_strides((8, 300, 257)), 40, [90000, 300, 1],
                          (8, 300, 257)),
     "matrix_partial_tiles": transpose((37, 45), (1, 0), np.int64),
@@ -65,6 +69,16 @@ def test_copies_match_reference(threads):
     module.run_plan(*xs, *ys)
     for name, got, (x, y, so, ss, do, ds, shape) in zip(CASES, ys, CASES.values(), strict=True):
         np.testing.assert_array_equal(got, reference(x, so, ss, y, do, ds, shape), err_msg=name)
+
+
+def test_narrow_transposes_are_literal_loops():
+    """An image with 3 or 8 channels changes layout in plan code with constant strides (one
+    statement per channel), no kernel call."""
+    for case, channels in (("nhwc_to_nchw_narrow", 3), ("nchw_to_nhwc_narrow", 8)):
+        e = Emitter(1)
+        x, y, so, ss, do, ds, shape = CASES[case]
+        emit_copy(e, Expr("x"), so, ss, Expr("y"), do, ds, shape)
+        assert not e.functions and sum("] = flat" in line for line in e.lines) == channels, case
 
 
 def test_generated_code_uses_tiles_and_loops():
