@@ -15,9 +15,10 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.codegen import Expr
-from runtime.kernels.base import FLOATS, NUMBERS, Kernel, Step, Twin, check_dtypes, register
+from runtime.kernels.base import FLOATS, NUMBERS, PARALLEL_WORK, Kernel, Step, Twin, check_dtypes, register
 from runtime.kernels.conv import _phase_split, _tap_ranges
 from runtime.kernels.nn import lift4, window_geometry
+from runtime.kernels.pool_emit import emit_pool, fits
 
 _TINY_WORK = 1 << 15  # below this many comparisons or additions a pool runs as plain loops
 
@@ -196,8 +197,9 @@ class Pool(Kernel):
         self.is_max = step.op == "MaxPool"
         self.pad = dt.type(0 if not self.is_max else np.finfo(dt).min if dt.kind == "f" else np.iinfo(dt).min)
         self.div = np.ones((1, 1), dt)
+        self.include_pad = bool(step.attr("count_include_pad", 0))
         if not self.is_max:
-            self.div = self._divisors(bool(step.attr("count_include_pad", 0))).astype(dt)
+            self.div = self._divisors(self.include_pad).astype(dt)
         self.work = math.prod(self.x4) * self.k[0] // self.s[0]
         self.tiled = self.k == self.s and self.d == (1, 1) and not any(self.p) and \
             self.y4[2] * self.k[0] <= self.x4[2] and self.y4[3] * self.k[1] <= self.x4[3]
@@ -232,6 +234,11 @@ class Pool(Kernel):
 
     def emit(self, e, ins, outs):
         (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _) = self.k, self.s, self.d, self.p
+        parallel = self.work >= PARALLEL_WORK and e.threads > 1
+        if not parallel and fits(self.x4, self.y4, self.k, self.s, self.d, self.p):  # serial: literal loops
+            emit_pool(e, ins[0], outs[0], self.x4, self.y4, self.k, self.s, self.d, self.p, self.is_max,
+                      self.include_pad, self.pad.dtype.name, e.lit(self.pad))
+            return
         x, y = Expr(f"{ins[0]}.reshape({e.lit(self.x4)})"), Expr(f"{outs[0]}.reshape({e.lit(self.y4)})")
         if self.tiled:
             e.call(self.fn, x, y, kh, kw, self.is_max, work=self.work)

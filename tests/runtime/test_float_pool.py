@@ -140,3 +140,39 @@ def test_prelu(slope_shape):
 
 def test_prelu_runtime_slope():
     check(helper.make_node("PRelu", ["x", "s"], ["y"]), {"x": randn(2, 5, 3), "s": randn(5, 1, salt=1)})
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pools_as_literal_plan_loops(threads, tmp_path):
+    """Every pool above (MaxPool, AveragePool with and without count_include_pad, an int8 max)
+    in one emitted plan, where they are literal loops (runtime/kernels/pool_emit.py), against
+    onnxruntime; with two threads a pool large enough for the parallel kernel still calls it."""
+    import onnx
+
+    import bnnc
+    from bnnc.builder import make_model
+    from runtime import InferenceSession
+    from tests.helpers import ort_run, save
+    from tests.runtime.test_float_helpers import compare
+
+    nodes, feeds, outputs = [], {}, []
+    for i, (shape, attrs) in enumerate(POOLS.values()):
+        feeds[f"x{i}"] = x = randn(*shape, salt=i)
+        x.reshape(-1)[::7] = -100.0
+        nodes.append(helper.make_node("MaxPool", [f"x{i}"], [f"max{i}"], **attrs))
+        for pad in (0, 1):
+            nodes.append(helper.make_node("AveragePool", [f"x{i}"], [f"avg{i}_{pad}"], count_include_pad=pad, **attrs))
+        outputs += [f"max{i}", f"avg{i}_0", f"avg{i}_1"]
+    feeds["q"] = np.random.default_rng(3).integers(-128, 127, size=(1, 3, 6, 6), dtype=np.int8)
+    feeds["big"] = randn(1, 16, 64, 64)
+    nodes.append(helper.make_node("MaxPool", ["q"], ["qmax"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    nodes.append(helper.make_node("MaxPool", ["big"], ["bigmax"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]))
+    outputs += ["qmax", "bigmax"]
+    inputs = [(k, list(v.shape), helper.np_dtype_to_tensor_dtype(v.dtype)) for k, v in feeds.items()]
+    model = onnx.shape_inference.infer_shapes(make_model(nodes, inputs, [(o, None, 0) for o in outputs], opset=19),
+                                              strict_mode=True)
+    path = bnnc.compile_model(save(model, str(tmp_path)), str(tmp_path / "m.bnn"), passes=[]).path
+    sess = InferenceSession(path, threads=threads, plan="emitted")
+    compare(sess.run(None, feeds), ort_run(model, feeds))
+    calls = [line for line in sess._plan.source.splitlines() if "k_pool_" in line and "(" in line]
+    assert len(calls) == (1 if threads == 2 else 0), calls

@@ -1,0 +1,118 @@
+"""Windowed pooling written into the plan function as literal loops (runtime/codegen.py).
+
+A pool of a model is small and its geometry is static, so instead of calling a kernel that
+reads KH, KW, strides and pads as arguments, the plan gets loops with every one of them a
+constant and the window's taps unrolled: LLVM then vectorizes the loop over output columns with
+constant-stride loads (stride 1 or 2 are the common ones), and a tiny pool costs no call, view or
+table set-up (QuickNet's 2x2 pools on 8x8 to 2x2 images took 3-13 us through the kernels).
+
+Padding without branches: the output rows split into runs of consecutive rows whose window
+covers the same input rows (every row in the interior; each border row on its own), and the
+columns likewise. Every (row run, column run) block is one loop nest whose taps are exactly the
+valid ones, so no padding value is ever read or written:
+
+    y[oh, ow] = max over valid (ki, kj) of x[oh * sh - pt + ki * dh, ow * sw - pl + kj * dw]
+
+for MaxPool, and for AveragePool the sum over the same taps (in the order ki, then kj, as
+onnxruntime sums) divided by the block's count: the number of valid taps, or with
+count_include_pad the taps inside the padded image, per axis and multiplied (``Pool._divisors``).
+A window with no valid tap gives the lowest value of the dtype (max) or 0 (average).
+"""
+
+from __future__ import annotations
+
+MAX_TAPS = 64  # larger windows go to the kernels: the unrolled body would only grow
+MAX_LINES = 512  # unrolled statements per pool, over all its blocks
+
+
+def runs(n_out: int, size: int, k: int, s: int, d: int, pad: int, pad_end: int) -> list[tuple[int, int, tuple, int]]:
+    """(first, end, valid taps, padded count) of every run of consecutive outputs along one axis
+    whose window covers the same taps: the taps inside the input, and how many fall inside
+    the input with its padding."""
+    out: list[tuple[int, int, tuple, int]] = []
+    for o in range(n_out):
+        pos = [o * s - pad + t * d for t in range(k)]
+        taps = tuple(t for t, p in enumerate(pos) if 0 <= p < size)
+        padded = sum(1 for p in pos if -pad <= p < size + pad_end)
+        if out and out[-1][2:] == (taps, padded) and out[-1][1] == o:
+            out[-1] = (out[-1][0], o + 1, taps, padded)
+        else:
+            out.append((o, o + 1, taps, padded))
+    return out
+
+
+def fits(x4, y4, k, s, d, p) -> bool:
+    """Whether the unrolled form stays small enough to write out."""
+    if k[0] * k[1] > MAX_TAPS:
+        return False
+    rows = runs(y4[2], x4[2], k[0], s[0], d[0], p[0], p[2])
+    cols = runs(y4[3], x4[3], k[1], s[1], d[1], p[1], p[3])
+    return sum(max(1, len(r[2]) * len(c[2])) for r in rows for c in cols) <= MAX_LINES
+
+
+def emit_pool(e, x: str, y: str, x4, y4, k, s, d, p, is_max: bool, include_pad: bool, dtype: str,
+              lowest: str) -> None:
+    """Write the pool of ``x`` (N, C, H, W) into ``y`` (N, C, OH, OW) as literal loops;
+    ``dtype`` names the element type, ``lowest`` is the source of its lowest value."""
+    _, _, H, W = x4
+    _, _, OH, OW = y4
+    rows = runs(OH, H, k[0], s[0], d[0], p[0], p[2])
+    cols = runs(OW, W, k[1], s[1], d[1], p[1], p[3])
+    xf, yf = e.fresh("xf"), e.fresh("yf")
+    e.line(f"{xf} = {x}.reshape(-1)")
+    e.line(f"{yf} = {y}.reshape(-1)")
+    vm = None
+    (nc,) = e.loops((x4[0] * x4[1],))
+    for r0, r1, rtaps, rcount in rows:
+        oh = e.fresh("oh")
+        e.line(f"for {oh} in range({r0}, {r1}):")
+        e.indent += 1
+        xr, yr = e.fresh("xr"), e.fresh("yr")
+        e.line(f"{xr} = {nc} * {H * W} + {oh} * {s[0] * W} - {p[0] * W + p[1]}")
+        e.line(f"{yr} = {nc} * {OH * OW} + {oh} * {OW}")
+        separable = is_max and len(rtaps) > 1 and k[1] > 1
+        if separable:  # the max over the window's rows first, in one contiguous pass
+            if vm is None:
+                vm = e.work((W,), dtype, "rowmax")
+            (w,) = e.loops((W,))
+            row = [f"{xf}[{xr} + {ki * d[0] * W + p[1]} + {w}]" for ki in rtaps]
+            e.line(f"{vm}[{w}] = " + _max_of(row))
+            e.end(1)
+        for c0, c1, ctaps, ccount in cols:
+            ow = _range(e, c0, c1)
+            if separable:
+                taps = [f"{vm}[{ow} * {s[1]} + {kj * d[1] - p[1]}]" for kj in ctaps]
+            else:
+                taps = [f"{xf}[{xr} + {ow} * {s[1]} + {ki * d[0] * W + kj * d[1]}]" for ki in rtaps for kj in ctaps]
+            target = f"{yf}[{yr} + {ow}]"
+            if not taps:
+                e.line(f"{target} = {lowest}" if is_max else f"{target} = {dtype}(0)")
+            elif is_max:
+                e.line(f"{target} = " + _max_of(taps))
+            else:
+                count = rcount * ccount if include_pad else len(rtaps) * len(ctaps)
+                v = e.fresh("v")
+                e.line(f"{v} = {taps[0]}")
+                for t in taps[1:]:
+                    e.line(f"{v} += {t}")
+                e.line(f"{target} = {v} / {dtype}({count})")
+            e.end(1)
+        e.end(1)
+    e.end(1)
+
+
+def _max_of(terms: list[str]) -> str:
+    """np.maximum over the terms as a balanced tree (short dependency chains); np.maximum
+    propagates NaN as onnxruntime's MaxPool does, and LLVM vectorizes it."""
+    if len(terms) == 1:
+        return terms[0]
+    half = len(terms) // 2
+    return f"np.maximum({_max_of(terms[:half])}, {_max_of(terms[half:])})"
+
+
+def _range(e, lo: int, hi: int) -> str:
+    """Open ``for ow in range(lo, hi):`` (close it with ``e.end(1)``); returns the index name."""
+    i = e.fresh("ow")
+    e.line(f"for {i} in range({lo}, {hi}):")
+    e.indent += 1
+    return i
