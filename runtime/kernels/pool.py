@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.codegen import Expr
-from runtime.kernels.base import FLOATS, NUMBERS, PARALLEL_WORK, Kernel, Step, Twin, check_dtypes, register
+from runtime.kernels.base import FLOATS, NUMBERS, Kernel, Step, Twin, check_dtypes, register
 from runtime.kernels.conv import _phase_split, _tap_ranges
 from runtime.kernels.nn import lift4, window_geometry
 from runtime.kernels.pool_emit import emit_pool, fits
@@ -234,8 +234,9 @@ class Pool(Kernel):
 
     def emit(self, e, ins, outs):
         (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _) = self.k, self.s, self.d, self.p
-        parallel = self.work >= PARALLEL_WORK and e.threads > 1
-        if not parallel and fits(self.x4, self.y4, self.k, self.s, self.d, self.p):  # serial: literal loops
+        # literal loops, serial: on a 64x112x112 MaxPool they beat the kernel 3.5x, and the
+        # kernel on two threads 2x (benchmarks/bench_float_ops.py)
+        if fits(self.x4, self.y4, self.k, self.s, self.d, self.p):
             emit_pool(e, ins[0], outs[0], self.x4, self.y4, self.k, self.s, self.d, self.p, self.is_max,
                       self.include_pad, self.pad.dtype.name, e.lit(self.pad))
             return
