@@ -220,6 +220,7 @@ class Plan:
     steps: list[tuple[list[str], list[str]]] = field(default_factory=list)  # per step: its lines, its outputs
     functions: dict[str, Any] = field(default_factory=dict)
     model: str = ""
+    named: dict[str, np.ndarray] = field(default_factory=dict)  # every constant the steps read, by name
 
 
 DECORATOR = '@njit(cache=True, nogil=True, error_model="numpy")'
