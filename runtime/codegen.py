@@ -5,8 +5,9 @@ to its compiled Numba functions with every shape, stride, channel and word count
 and plain loops for the small elementwise work. The session joins the steps into one function,
 
     @njit(cache=True, nogil=True, error_model="numpy")
-    def run_plan(x0, c0, c1, ..., w0, w1, ...):   # inputs, constants, workspace arrays
-        ...                                       # one block per plan step
+    def run_plan(x0, c_pack_float32, ..., b0, ..., w0, ...):  # inputs, constants, workspace arrays
+        c0 = c_pack_float32[0:64].reshape(...)                # the constants, cut from their packs
+        ...                                                   # one block per plan step
 
 writes it to a file of its own (named by the hash of its text) in the kernel cache and compiles
 it with Numba for the host CPU. No Python runs between layers. The artifact stays data-only: the

@@ -1,8 +1,9 @@
 """The plan function of a session: every step's emitted code joined into one Numba function.
 
 Values become variables of the generated function: graph inputs and workspace buffers are its
-parameters (``x<i>``, ``b<slot>``), constants of the artifact are constant arguments, and a
-view step (Reshape, Flatten...) binds a new name to a view of its input. The buffer slots are
+parameters (``x<i>``, ``b<slot>``), constants travel packed, one array per dtype, and are cut
+back into their names by the function's first lines (``pack_constants``), and a view step
+(Reshape, Flatten...) binds a new name to a view of its input. The buffer slots are
 the session's plan (runtime/session.py): a slot whose value died is reused by a later value.
 The function returns the graph outputs (arrays in the workspace, or views of them); the session
 copies them out.
