@@ -48,7 +48,7 @@ from runtime.kernels.binary_common import (
     window_attrs,
 )
 from runtime.kernels.binary_conv_narrow import NarrowPlan
-from runtime.kernels.binary_conv_panel import panel_conv, panel_plan, panel_weights
+from runtime.kernels.binary_conv_panel import PANEL_PIXELS, panel_conv, panel_plan, panel_weights
 from runtime.kernels.binary_conv_tiled import tiled_conv, tiled_weights
 from runtime.threads import current_threads
 
@@ -290,9 +290,12 @@ class BinaryConv(Kernel):
         # +-1 weights: one group takes the panel path (binary_conv_panel.py), groups the tiled one
         # (binary_conv_tiled.py); both count through an activation mask with zeros at run time
         ones = not self.masked & 2 and self.narrow is None
-        self.tiled = tiled_weights(self.w) if ones and g > 1 else None
+        # an output of a vector's pixels or fewer (the 2x2 and 1x1 convs of small nets) leaves the
+        # tile's lanes empty and pays the panel's set-up for nothing: the tiled path's channel loop
+        panel = ones and g == 1 and oh * ow >= PANEL_PIXELS
+        self.tiled = tiled_weights(self.w) if ones and not panel else None
         self.panel = None
-        if ones and g == 1:
+        if panel:
             hx0, wx0 = (h + pt + pb, w_ + pl + pr) if pad_value else (h, w_)
             self.panel = panel_weights(self.w, (kh, kw, sh, sw, dh, dw, 0 if pad_value else pt, 0 if pad_value else pl, oh, ow, cg),
                                        hx0, wx0)

@@ -29,9 +29,10 @@ from numba import njit, prange
 
 from runtime.kernels.base import Twin
 from runtime.kernels.binary_common import BITS, NO_BITS, or_sign_planes, rule_flag, rule_of
-from runtime.kernels.binary_tile import MR, tile_row, tile_weights
+from runtime.kernels.binary_tile import LANES, MR, tile_row, tile_weights
 
 BAND_BYTES = 256 * 1024  # a band's panel and counts stay in the L2 cache
+PANEL_PIXELS = 2 * LANES  # smaller outputs take the tiled path (binary_conv.py)
 
 
 @njit(cache=True)
