@@ -193,7 +193,8 @@ def panel_plan(w: np.ndarray, oh: int, ow: int, rows: int, threads: int) -> tupl
     nbands = -(-oh // band)
     if threads <= 1:
         return nbands, cout, 1
-    nbands = min(oh, max(nbands, -(-4 * threads // rows)))
+    most = max(1, oh * ow // PANEL_PIXELS)  # bands of two vectors of pixels at least: the tile's lanes full
+    nbands = min(oh, max(nbands, min(-(-4 * threads // rows), most)))
     cb = cout
     while (rows * nbands * -(-cout // cb)) % threads and cb > 64:
         cb = max(64, -(-(cb // 2) // 64) * 64)
