@@ -21,19 +21,8 @@ import time
 import numpy as np
 
 from runtime import InferenceSession
+from runtime.session import _Laps
 from runtime.threads import limit_threads
-
-
-class _CpuLaps:
-    """The step-by-step run's ``after`` callback: each step's CPU time in this thread."""
-
-    def __init__(self, times: list[list[float]]):
-        self.times, self.last = times, time.thread_time()
-
-    def __call__(self, i: int, _outs) -> None:
-        now = time.thread_time()
-        self.times[i].append(now - self.last)
-        self.last = now
 
 
 def measure(artifact: str, repeat: int) -> tuple[list[tuple[str, str, float]], float, float]:
@@ -53,7 +42,7 @@ def measure(artifact: str, repeat: int) -> tuple[list[tuple[str, str, float]], f
     times: list[list[float]] = [[] for _ in s._steps]
     with limit_threads(1), s._workspace() as ws:
         for _ in range(repeat):
-            s._step_by_step(ws, arrays, _CpuLaps(times))
+            s._step_by_step(ws, arrays, _Laps(times, time.thread_time))
     steps = [(st["name"], st["op"], min(t)) for st, t in zip(s._steps, times)]
     return steps, float(np.median(whole)), min(whole)
 

@@ -377,13 +377,15 @@ class InferenceSession:
 
 
 class _Laps:
-    """``after`` callback of a step-by-step run: appends each step's time to ``times[i]``."""
+    """``after`` callback of a step-by-step run: appends each step's time (by ``clock``) to
+    ``times[i]``."""
 
-    def __init__(self, times: list[list[float]]):
-        self.times, self.last = times, time.perf_counter()
+    def __init__(self, times: list[list[float]], clock=time.perf_counter):
+        self.times, self.clock = times, clock
+        self.last = clock()
 
     def __call__(self, i: int, _outs) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         self.times[i].append(now - self.last)
         self.last = now
 

@@ -18,7 +18,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from runtime.kernels.conv_gemm import phase_split
+from runtime.kernels.conv_gemm import copy_strided, phase_split
 
 _i64 = ir.IntType(64)
 _V8 = ir.VectorType(ir.FloatType(), 8)
@@ -99,12 +99,8 @@ def _sample(x, xq, sh, sw, pt, pl):
         src, dst, cnt = x[h, b0 * sw - pl:], xq[a, b0:], b1 - b0
         if sw == 1:
             copy_run(dst, 0, src, 0, cnt)
-        elif sw == 2:
-            for t in range(cnt):
-                dst[t] = src[2 * t]
         else:
-            for t in range(cnt):
-                dst[t] = src[t * sw]
+            copy_strided(dst, src, cnt, sw)
 
 
 @njit(cache=True, nogil=True)
