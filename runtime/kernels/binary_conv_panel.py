@@ -183,22 +183,27 @@ def panel_conv(x, xm, masked, tail, wt, bpix, brow, bfix, geom, nbands, cb, task
 
 def panel_plan(w: np.ndarray, oh: int, ow: int, rows: int, threads: int) -> tuple[int, int, int]:
     """(bands per image, channels per task, tasks) for weights [1, taps, WG, Cout] and an output
-    of ``rows`` images x oh x ow: bands whose panel and counts fit BAND_BYTES; with several
-    threads, at least four bands per thread where the rows allow, and channel runs of whole
-    64-channel words until the chunks (images x bands x channel runs) split evenly over the
-    threads, one chunk per task (a static split of unequal counts leaves a thread idle at the
-    end)."""
+    of ``rows`` images x oh x ow: bands whose panel and counts fit BAND_BYTES. With several
+    threads the chunks (images x bands x channel runs) must split evenly over them, one chunk
+    per task (a static split of unequal counts leaves a thread idle at the end): first by
+    channel runs of whole 64-channel words, which keep the bands, and so the tile's rows, long;
+    then by more bands, none shorter than two vectors of pixels (the tile's lanes full)."""
     _, taps, wg, cout = w.shape
     band = max(1, min(oh, BAND_BYTES // ((taps * wg + cout) * ow * 8)))
     nbands = -(-oh // band)
     if threads <= 1:
         return nbands, cout, 1
-    most = max(1, oh * ow // PANEL_PIXELS)  # bands of two vectors of pixels at least: the tile's lanes full
-    nbands = min(oh, max(nbands, min(-(-4 * threads // rows), most)))
+    most = max(nbands, min(oh, oh * ow // PANEL_PIXELS))
     cb = cout
-    while (rows * nbands * -(-cout // cb)) % threads and cb > 64:
+
+    def chunks() -> int:
+        return rows * nbands * -(-cout // cb)
+
+    while (chunks() < threads or chunks() % threads) and cb > 64:
         cb = max(64, -(-(cb // 2) // 64) * 64)
-    return nbands, cb, rows * nbands * -(-cout // cb)
+    while (chunks() < threads or chunks() % threads) and nbands < most:
+        nbands += 1
+    return nbands, cb, chunks()
 
 
 def panel_weights(w: np.ndarray, geom: tuple, hx: int, wx: int) -> tuple[np.ndarray, ...]:
