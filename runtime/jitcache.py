@@ -4,16 +4,21 @@ Numba's on-disk cache (``cache=True``) checks only the source file of the functi
 a kernel that inlines a helper from another module keeps the old helper's machine code after
 that module changes, and would compute with it. So unless the user chose a cache directory
 (``NUMBA_CACHE_DIR``), the kernels are cached under a directory named by a hash of every source
-file of the runtime: any change to any of them starts a fresh cache.
+file of the runtime: any change to any of them starts a fresh cache. Each load marks its folder
+as used; folders of other versions that no runtime has used for STALE_DAYS are removed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
+import time
 
 import numba
+
+STALE_DAYS = 30  # a kernel folder no runtime has loaded for this long is removed
 
 
 def source_digest(root: str) -> str:
@@ -68,4 +73,30 @@ def use_versioned_cache() -> None:
     for path, private in ((os.path.join(base, "bnnc", name), None), (os.path.join(shared, name), shared)):
         if writable_dir(path, private):
             numba.config.CACHE_DIR = path
+            prune_stale(path)
             return
+
+
+def prune_stale(path: str, max_age_days: float = STALE_DAYS) -> list[str]:
+    """Mark ``path`` (a ``kernels-<digest>`` folder) as used now and remove its siblings that no
+    runtime has used for ``max_age_days``: every upgrade of the runtime starts a new folder (tens of
+    MB per model), and nothing else would ever delete the old ones. A runtime of another version
+    still in use touches its own folder each time it loads, so it keeps it. Returns the removed
+    folders; a folder that cannot be removed is left as it is."""
+    try:
+        os.utime(path)
+        parent = os.path.dirname(path)
+        siblings = [os.path.join(parent, d) for d in os.listdir(parent) if d.startswith("kernels-")]
+    except OSError:
+        return []
+    cutoff = time.time() - max_age_days * 86400
+    removed = []
+    for d in siblings:
+        try:
+            stale = d != path and os.path.getmtime(d) < cutoff
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -170,3 +171,25 @@ def test_report_counts_the_runtimes_functions_only():
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("bnnc: " + MESSAGE) and len(lines) == 3
     assert lines[1].startswith("  [1] binary_dense._dense (") and lines[2].startswith("  [2] sign._sign (")
+
+
+def test_a_new_process_removes_kernel_folders_unused_for_a_month(tmp_path):
+    cache = tmp_path / "bnnc"
+    cache.mkdir()
+    month_ago = time.time() - 31 * 86400
+    for name, age in (("kernels-old", month_ago), ("kernels-recent", time.time() - 86400), ("kept-other", month_ago)):
+        (cache / name).mkdir()
+        (cache / name / "entry.nbi").write_text("x")
+        os.utime(cache / name, (age, age))
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
+    env.pop("NUMBA_CACHE_DIR", None)
+    code = "import runtime, numba; print(numba.config.CACHE_DIR)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    mine = r.stdout.strip()
+    assert os.path.dirname(mine) == str(cache)
+    left = sorted(os.listdir(cache))
+    assert left == sorted(["kernels-recent", "kept-other", os.path.basename(mine)])
+    os.utime(mine, (month_ago, month_ago))  # a month later, a load marks its own folder used again
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and os.path.getmtime(mine) > month_ago + 86400
