@@ -86,7 +86,8 @@ def pack_constants(e: Emitter) -> tuple[list[tuple[str, np.ndarray]], list[str],
         for (n, a), off in zip(members, offsets):
             pack[off:off + a.size] = a.reshape(-1)
             named[n] = pack[off:off + a.size].reshape(a.shape)
-            views.append(f"    {n} = {name}[{off}:{off + a.size}].reshape({e.lit(tuple(a.shape))})")
+            cut = f"{name}[{off}:{off + a.size}]"  # a 1-D slice is C-contiguous already: no reshape to compile
+            views.append(f"    {n} = {cut}" if a.ndim == 1 else f"    {n} = {cut}.reshape({e.lit(tuple(a.shape))})")
         args.append((name, pack))
     return args, views, named
 
