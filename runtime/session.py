@@ -89,6 +89,7 @@ class InferenceSession:
                                   [i["name"] for i in self._inputs], [o["name"] for o in self._outputs],
                                   self._nthreads, os.path.basename(self._path))
         self._steps_program: Steps | None = None
+        self._plan_warm = False  # the plan function has run once in this session
         self._lock = threading.Lock()
         self._idle: list[_Workspace] = [self._new_workspace()]
 
@@ -133,7 +134,7 @@ class InferenceSession:
         ws = self._take_workspace()
         try:
             with limit_threads(self._nthreads):
-                outs = call(self._plan, xs, ws.slots, ws.plan_scratch)
+                outs = self._call_plan(xs, ws)
             if wanted is self._out_names:
                 return [a.copy() for a in outs]
             return [outs[self._out_names.index(n)].copy() for n in wanted]
@@ -144,8 +145,20 @@ class InferenceSession:
         """One inference: the plan function when there is one, else the steps one by one."""
         if self._plan is None:
             return self._execute(ws, feeds)
-        outs = call(self._plan, [feeds[i["name"]] for i in self._inputs], ws.slots, ws.plan_scratch)
+        outs = self._call_plan([feeds[i["name"]] for i in self._inputs], ws)
         return {o["name"]: a for o, a in zip(self._outputs, outs)}
+
+    def _call_plan(self, xs: list[np.ndarray], ws: _Workspace) -> Any:
+        """The plan function on the inputs; its first call (which compiles it on a cold cache)
+        lets a helper process compile kernels beside it (runtime/prefetch.py)."""
+        if self._plan_warm:
+            return call(self._plan, xs, ws.slots, ws.plan_scratch)
+        from runtime import prefetch  # not at import: ``python -m runtime.prefetch`` imports this module first
+
+        with prefetch.alongside(self._plan.function, self._path, self._nthreads):
+            outs = call(self._plan, xs, ws.slots, ws.plan_scratch)
+        self._plan_warm = True
+        return outs
 
     def run_with_values(self, feeds: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
         """Run once on feeds of exactly the compiled shapes and return copies of the named

@@ -193,3 +193,22 @@ def test_a_new_process_removes_kernel_folders_unused_for_a_month(tmp_path):
     os.utime(mine, (month_ago, month_ago))  # a month later, a load marks its own folder used again
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and os.path.getmtime(mine) > month_ago + 86400
+
+
+def test_the_helper_process_compiles_every_kernel_of_the_plan(folder, tmp_path):
+    """``python -m runtime.prefetch`` (which a first run starts beside its plan's compile) types
+    the plan's steps from the last one back: afterwards a new process compiles only its plan
+    function, every kernel comes from the cache, and the result is onnxruntime's."""
+    dep, x, expected = folder
+    artifact = os.path.join(dep, "model.bnn")
+    helper = python(["-m", "runtime.prefetch", artifact, "1"], REPO, tmp_path / "c")
+    assert helper.returncode == 0 and "  [1] " in helper.stderr and "Warning" not in helper.stderr, helper.stderr
+    code = ("import sys, numpy as np; from runtime import InferenceSession; "
+            "s = InferenceSession(sys.argv[1], threads=1); np.save(sys.argv[3], s.run(None, {'x': np.load(sys.argv[2])})[0])")
+    env_off = ("env", "BNNC_PREFETCH=0")
+    run = python(["-c", code, artifact, x, str(tmp_path / "y.npy")], REPO, tmp_path / "c", prefix=env_off)
+    assert run.returncode == 0, run.stderr
+    compiled = [line for line in run.stderr.splitlines() if line.startswith("  [")]
+    assert ".run_plan (" in compiled[-1], run.stderr  # and before it only the input check, which runs before the plan
+    assert all(" validate." in line for line in compiled[:-1]), run.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-5)
