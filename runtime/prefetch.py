@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +32,8 @@ import numba
 import numpy as np
 from numba.core import event
 
+MIN_MEMORY = 2 << 30  # below this much RAM (a small board), one compiler at a time
+_PYTHON = re.compile(r"^(python|pypy)[\d.]*(\.exe)?$", re.IGNORECASE)
 _started: set[int] = set()  # plan functions a helper was started for, in this process
 _stopping: list[subprocess.Popen] = []  # helpers asked to stop, waited for at exit
 _lock = threading.Lock()
@@ -93,10 +96,20 @@ def _spawn(path: str, threads: int) -> subprocess.Popen | None:
         return None
 
 
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
 def wanted(dispatcher) -> bool:
-    """True when a helper may be worth starting for ``dispatcher``'s first compile."""
+    """True when a helper may be worth starting for ``dispatcher``'s first compile: a second
+    core, the memory for a second compiler (a few hundred MB), and an interpreter we can start
+    (``sys.executable`` is a Python, not the program that embeds one)."""
     return (os.environ.get("BNNC_PREFETCH", "1") != "0" and (os.cpu_count() or 1) > 1
-            and bool(sys.executable) and not dispatcher.signatures and id(dispatcher) not in _started)
+            and _memory_bytes() >= MIN_MEMORY and _PYTHON.match(os.path.basename(sys.executable or ""))
+            is not None and not dispatcher.signatures and id(dispatcher) not in _started)
 
 
 @contextmanager
