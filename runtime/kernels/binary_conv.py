@@ -287,18 +287,19 @@ class BinaryConv(Kernel):
         if self.masked & 2:
             self.wm = np.ascontiguousarray(masks.transpose(0, 1, 3, 2))
             self.wcnt = np.ascontiguousarray((vals != 0).sum(axis=3, dtype=np.int64))  # [G, taps, og]
-        # +-1 weights: one group takes the panel path (binary_conv_panel.py), groups the tiled one
-        # (binary_conv_tiled.py); both count through an activation mask with zeros at run time
+        # one group takes the panel path (binary_conv_panel.py; ternary weights with their mask),
+        # +-1 weights with groups the tiled one (binary_conv_tiled.py); both count through an
+        # activation mask with zeros at run time
         ones = not self.masked & 2 and self.narrow is None
         # an output of a vector's pixels or fewer (the 2x2 and 1x1 convs of small nets) leaves the
         # tile's lanes empty and pays the panel's set-up for nothing: the tiled path's channel loop
-        panel = ones and g == 1 and oh * ow >= PANEL_PIXELS
+        panel = self.narrow is None and g == 1 and oh * ow >= PANEL_PIXELS
         self.tiled = tiled_weights(self.w) if ones and not panel else None
         self.panel = None
         if panel:
             hx0, wx0 = (h + pt + pb, w_ + pl + pr) if pad_value else (h, w_)
             self.panel = panel_weights(self.w, (kh, kw, sh, sw, dh, dw, 0 if pad_value else pt, 0 if pad_value else pl, oh, ow, cg),
-                                       hx0, wx0)
+                                       hx0, wx0, self.wm if self.masked & 2 else None)
 
         # pre-padding (pad +-1) and group re-packing share one scratch copy of the input
         self.pad = pad_value != 0
@@ -364,7 +365,7 @@ class BinaryConv(Kernel):
             xmg = Expr(f"{ins[1]}.reshape({e.lit((1,) + tuple(self.step.in_shapes[1]))})")
         if self.panel is not None:
             nbands, cb, tasks = panel_plan(self.w, self.geom[8], self.geom[9], self.rows // self.geom[8], e.threads)
-            e.call(panel_conv, Expr(f"{xg}[0]"), Expr(f"{xmg}[0]"), Expr(f"({masked} != 0)") if self.has_xm else False,
+            e.call(panel_conv, Expr(f"{xg}[0]"), Expr(f"{xmg}[0]"), Expr(f"(({masked} & 1) != 0)") if self.has_xm else False,
                    self.tail, *self.panel, self.geom, nbands, cb, tasks, st.mode, st.out_mask, st.scale, st.bias, st.table, y,
                    yb, ym, r, st.residual, st.bits_zero, work=self.work)
             return
@@ -403,7 +404,7 @@ class BinaryConv(Kernel):
             xmg = xg  # unused
         if self.panel is not None:
             nbands, cb, tasks = panel_plan(self.w, self.geom[8], self.geom[9], self.rows // self.geom[8], current_threads())
-            panel_conv(self.work, xg[0], xmg[0], masked != 0, self.tail, *self.panel, self.geom, nbands, cb, tasks, st.mode,
+            panel_conv(self.work, xg[0], xmg[0], (masked & 1) != 0, self.tail, *self.panel, self.geom, nbands, cb, tasks, st.mode,
                        st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero)
             return
         if self.tiled is not None:

@@ -81,9 +81,9 @@ def _gather(x, xm, masked, tail, oh0, oh1, geom, panel) -> None:
 
 
 @njit(cache=True)
-def _emit(acc, k0, mult, bpix, bfix, b0, b1, c0, c1, n, p0, np_, mode, out_mask, scale, bias, table, y3, yb3, ym3, r3, has_r, bz,
+def _emit(acc, k0c, mult, bpix, bfix, b0, b1, c0, c1, n, p0, np_, mode, out_mask, scale, bias, table, y3, yb3, ym3, r3, has_r, bz,
           pk):
-    """s = k0 - mult * acc for channels c0 .. c1 - 1 (rows of acc from 0) at the band's pixels p0 ..
+    """s = k0c[c] - mult * acc for channels c0 .. c1 - 1 (rows of acc from 0) at the band's pixels p0 ..
     p0 + np_ - 1 of image n, plus bfix[c, i] at the border pixels bpix[i] (b0 <= i < b1), through
     the output stage (binary_common):
     y3 [N, C, OH*OW], yb3/ym3 [N, OH*OW, words], r3 the residual as y3. The bits of a word's 64
@@ -94,6 +94,7 @@ def _emit(acc, k0, mult, bpix, bfix, b0, b1, c0, c1, n, p0, np_, mode, out_mask,
         c = c0 + i
         a = acc[i]
         fix = bfix[c, b0:b1]
+        k0 = k0c[c]
         sh = np.uint64(c & 63)
         one = np.uint64(1) << sh
         if (c & 63) == 0 or i == 0:
@@ -137,13 +138,13 @@ def _emit(acc, k0, mult, bpix, bfix, b0, b1, c0, c1, n, p0, np_, mode, out_mask,
 
 
 @Twin
-def panel_conv(x, xm, masked, tail, wt, bpix, brow, bfix, geom, nbands, cb, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
+def panel_conv(x, xm, masked, tail, wt, bpix, brow, bfix, k0c, wmasked, geom, nbands, cb, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
     """x uint64 [N, Hx, Wx, WG] (one group) and, when ``masked``, its nonzero masks xm (tail: the
     valid bits of a pixel's words); wt the tile's weights of w [taps * WG, Cout] twice over;
     bpix, brow, bfix the border corrections (``border_table``); geom as binary_conv's; ``nbands`` bands of
     output rows per image (band b: rows b * OH // nbands up to the next one's), ``cb`` output channels per task (a multiple of 64 unless it is all of them);
     the N x bands x channel runs are split into ``tasks`` runs; outputs as binary_conv's."""
-    kh_, kw_, oh_, ow_, cg = geom[0], geom[1], geom[8], geom[9], geom[10]
+    kh_, kw_, oh_, ow_ = geom[0], geom[1], geom[8], geom[9]
     wg = x.shape[3]
     n_ = x.shape[0]
     cout = bfix.shape[0]
@@ -151,7 +152,6 @@ def panel_conv(x, xm, masked, tail, wt, bpix, brow, bfix, geom, nbands, cb, task
     band = -(-oh_ // nbands)  # the most rows of a band
     nch = -(-cout // cb)
     chunks = n_ * nbands * nch
-    k0 = kh_ * kw_ * cg
     y3 = y.reshape((y.shape[0], y.shape[1], y.shape[2] * y.shape[3]))
     r3 = res.reshape((res.shape[0], res.shape[1], res.shape[2] * res.shape[3]))
     yb3 = yb.reshape((yb.shape[0], yb.shape[1] * yb.shape[2], yb.shape[3]))
@@ -176,8 +176,9 @@ def panel_conv(x, xm, masked, tail, wt, bpix, brow, bfix, geom, nbands, cb, task
             if img_band != last:  # the panel of this band (a task's chunks of one band share it)
                 _gather(x[n], xm[n] if masked else x[n], masked, tail, oh0, oh1, geom, panel)
                 last = img_band
-            tile_row(panel.reshape(-1), 0, offs, 0, halves * kk, wt, (c0 // MR) * 2 * kk * MR, -(-(c1 - c0) // MR), acc, np_)
-            _emit(acc, k0, 3 - halves, bpix, bfix, brow[oh0], brow[oh1], c0, c1, n, oh0 * ow_, np_, mode, out_mask, scale, bias, table, y3,
+            tile_row(panel.reshape(-1), 0, offs, 0, halves * kk, wt, (c0 // MR) * 2 * kk * MR * (2 if wmasked else 1), -(-(c1 - c0) // MR), acc, np_,
+                     wmasked)
+            _emit(acc, k0c, 3 - halves, bpix, bfix, brow[oh0], brow[oh1], c0, c1, n, oh0 * ow_, np_, mode, out_mask, scale, bias, table, y3,
                   yb3, ym3, r3, has_r, bz, pk)
 
 
@@ -206,24 +207,33 @@ def panel_plan(w: np.ndarray, oh: int, ow: int, rows: int, threads: int) -> tupl
     return nbands, cb, chunks()
 
 
-def panel_weights(w: np.ndarray, geom: tuple, hx: int, wx: int) -> tuple[np.ndarray, ...]:
-    """From the general path's weights ``[1, taps, WG, Cout]`` and binary_conv's geometry (input
-    hx x wx): the tile's weights (the K words twice: a masked panel's halves), and the border
-    corrections: ``bpix`` the output pixels (oh *
-    OW + ow, ascending) with a tap outside the input, ``brow[oh]`` the first of them in row oh
-    or later (OH + 1 entries), ``bfix[c, i]`` the correction of pixel bpix[i]'s s in channel c:
-    -(outside taps) * Cin + 2 * the outside taps' weight popcounts."""
+def panel_weights(w: np.ndarray, geom: tuple, hx: int, wx: int, wm: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """From the general path's weights ``[1, taps, WG, Cout]`` (and, ternary, their nonzero mask
+    ``wm``) and binary_conv's geometry (input hx x wx): the tile's weights (the K words twice: a
+    masked panel's halves; with their masks when ``wm``), and the border corrections: ``bpix``
+    the output pixels (oh * OW + ow, ascending) with a tap outside the input, ``brow[oh]`` the
+    first of them in row oh or later (OH + 1 entries), ``bfix[c, i]`` the correction of pixel
+    bpix[i]'s s in channel c: sum over its outside taps t of 2 * wpc[t, c] - wcnt[t, c], then
+    ``k0c[c]`` = sum_t wcnt[t, c], the s of an interior pixel whose count is 0 (wpc: the -1
+    weights of a tap, wcnt: its nonzero weights, Cin for +-1 weights)."""
     _, taps, wg, cout = w.shape
     kh, kw, sh, sw, dh, dw, pt, pl, oh_, ow_, cg = geom
+    neg = w[0] if wm is None else w[0] & wm[0]
     wpc = np.zeros((taps, cout), np.int64)
+    wcnt = np.full((taps, cout), cg, np.int64)
+    if wm is not None:
+        wcnt[:] = 0
     for b in range(64):
-        wpc += ((w[0] >> np.uint64(b)) & np.uint64(1)).sum(axis=1, dtype=np.int64)
+        wpc += ((neg >> np.uint64(b)) & np.uint64(1)).sum(axis=1, dtype=np.int64)
+        if wm is not None:
+            wcnt += ((wm[0] >> np.uint64(b)) & np.uint64(1)).sum(axis=1, dtype=np.int64)
     ih = np.arange(oh_)[:, None] * sh - pt + np.arange(kh)[None, :] * dh  # [OH, kh]
     iw = np.arange(ow_)[:, None] * sw - pl + np.arange(kw)[None, :] * dw  # [OW, kw]
     out = ~(((ih >= 0) & (ih < hx))[:, None, :, None] & ((iw >= 0) & (iw < wx))[None, :, None, :])  # [OH, OW, kh, kw]
     out = out.reshape(oh_ * ow_, taps)
     bpix = np.flatnonzero(out.any(axis=1)).astype(np.int64)
     brow = np.searchsorted(bpix, np.arange(oh_ + 1) * ow_).astype(np.int64)
-    bfix = np.ascontiguousarray((2 * out[bpix].astype(np.int64) @ wpc - out[bpix].sum(axis=1, keepdims=True) * cg).T)
+    bfix = np.ascontiguousarray((out[bpix].astype(np.int64) @ (2 * wpc - wcnt)).T)
     w2 = np.concatenate([w.reshape(1, taps * wg, cout)] * 2, axis=1)  # both halves of a masked panel
-    return tile_weights(np.ascontiguousarray(w2)), bpix, brow, bfix
+    m2 = None if wm is None else np.concatenate([wm.reshape(1, taps * wg, cout)] * 2, axis=1)
+    return tile_weights(np.ascontiguousarray(w2), m2), bpix, brow, bfix, wcnt.sum(axis=0), wm is not None

@@ -55,11 +55,9 @@ def _splat(builder, scalar):
     return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_i32, LANES), [0] * LANES))
 
 
-@intrinsic
-def xnor_tile(typingctx, x, xb, offs, k0, k1, w, wb, acc, ab, astride):
-    """acc[ab + r * astride + j] = sum_{k0 <= k < k1} popcount(x[xb + offs[k] + j] ^ w[wb + k * MR + r])
-    for r < MR, j < LANES (x, w: uint64 arrays, offs and acc int64, all C-contiguous)."""
-    sig = types.void(x, xb, offs, k0, k1, w, wb, acc, ab, astride)
+def _tile_codegen(masked: bool):
+    """The body of ``xnor_tile`` (``masked``: ``xnor_tile_masked``)."""
+    step = 2 * MR if masked else MR  # weight words per k: MR signs, then (masked) MR masks
 
     def codegen(context, builder, sig, args):
         x_, xb_, offs_, k0_, k1_, w_, wb_, acc_, ab_, as_ = args
@@ -76,50 +74,77 @@ def xnor_tile(typingctx, x, xb, offs, k0, k1, w, wb, acc, ab, astride):
         with cgutils.for_range_slice(builder, k0_, k1_, ir.Constant(_i64, 1), inc=True) as (k, _):
             at = builder.gep(xp, [builder.load(builder.gep(op, [k]))])
             xv = builder.load(builder.bitcast(at, _VEC.as_pointer()), align=8)
-            wk = builder.gep(wp, [builder.mul(k, ir.Constant(_i64, MR))])
+            wk = builder.gep(wp, [builder.mul(k, ir.Constant(_i64, step))])
             for r in range(MR):
-                wv = _splat(builder, builder.load(builder.gep(wk, [ir.Constant(_i64, r)])))
-                builder.store(builder.add(builder.load(accs[r]), builder.call(ctpop, [builder.xor(xv, wv)])), accs[r])
+                v = builder.xor(xv, _splat(builder, builder.load(builder.gep(wk, [ir.Constant(_i64, r)]))))
+                if masked:
+                    v = builder.and_(v, _splat(builder, builder.load(builder.gep(wk, [ir.Constant(_i64, MR + r)]))))
+                builder.store(builder.add(builder.load(accs[r]), builder.call(ctpop, [v])), accs[r])
         ap = builder.gep(data(7, acc_), [ab_])
         for r in range(MR):
             dst = builder.gep(ap, [builder.mul(ir.Constant(_i64, r), as_)])
             builder.store(builder.load(accs[r]), builder.bitcast(dst, _VEC.as_pointer()), align=8)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+@intrinsic
+def xnor_tile(typingctx, x, xb, offs, k0, k1, w, wb, acc, ab, astride):
+    """acc[ab + r * astride + j] = sum_{k0 <= k < k1} popcount(x[xb + offs[k] + j] ^ w[wb + k * MR + r])
+    for r < MR, j < LANES (x, w: uint64 arrays, offs and acc int64, all C-contiguous)."""
+    return types.void(x, xb, offs, k0, k1, w, wb, acc, ab, astride), _tile_codegen(False)
+
+
+@intrinsic
+def xnor_tile_masked(typingctx, x, xb, offs, k0, k1, w, wb, acc, ab, astride):
+    """As ``xnor_tile`` with a weight mask after each k's MR weight words: acc[ab + r * astride + j]
+    = sum_k popcount((x[xb + offs[k] + j] ^ w[wb + 2 * k * MR + r]) & w[wb + (2 * k + 1) * MR + r])."""
+    return types.void(x, xb, offs, k0, k1, w, wb, acc, ab, astride), _tile_codegen(True)
 
 
 @njit(cache=True)
-def tile_row(x, xb, offs, k0, k1, w, wb, nblk, acc, ow) -> None:
+def tile_row(x, xb, offs, k0, k1, w, wb, nblk, acc, ow, masked=False) -> None:
     """acc[c, p] (acc: int64 [>= nblk * MR, >= ow]) = sum_{k0 <= k < k1} popcount(x[xb +
     offs[k] + p] ^ w_k,c) for every channel c of ``nblk`` blocks (weights from w[wb] on, as
-    ``tile_weights`` packs them) and pixel p < ow; x flat. Rows shorter than a vector are
-    counted word by word."""
+    ``tile_weights`` packs them) and pixel p < ow; x flat. With ``masked`` the weights carry a
+    mask (``tile_weights(w, wm)``) and the count is popcount((x ^ w_k,c) & m_k,c). Rows shorter
+    than a vector are counted word by word."""
     kk = offs.shape[0]
     a = acc.shape[1]
+    step = 2 * MR if masked else MR
     if ow < LANES:
         for c in range(nblk * MR):
-            wc = wb + (c // MR) * kk * MR + c % MR
+            wc = wb + (c // MR) * kk * step + c % MR
             for p in range(ow):
                 s = 0
                 for k in range(k0, k1):
-                    s += popcount(x[xb + offs[k] + p] ^ w[wc + k * MR])
+                    v = x[xb + offs[k] + p] ^ w[wc + k * step]
+                    if masked:
+                        v &= w[wc + k * step + MR]
+                    s += popcount(v)
                 acc[c, p] = s
         return
     for cb in range(nblk):
-        wcb = wb + cb * kk * MR
+        wcb = wb + cb * kk * step
         p = 0
         while p < ow:
             q = min(p, ow - LANES)
-            xnor_tile(x, xb + q, offs, k0, k1, w, wcb, acc, cb * MR * a + q, a)
+            if masked:
+                xnor_tile_masked(x, xb + q, offs, k0, k1, w, wcb, acc, cb * MR * a + q, a)
+            else:
+                xnor_tile(x, xb + q, offs, k0, k1, w, wcb, acc, cb * MR * a + q, a)
             p += LANES
 
 
-def tile_weights(w: np.ndarray) -> np.ndarray:
+def tile_weights(w: np.ndarray, wm: np.ndarray | None = None) -> np.ndarray:
     """uint64 [G, K, C] weight words (word k of channel c) -> the tile's flat layout, channel
-    blocks of MR (zero words pad the last): [G, ceil(C / MR), K, MR]."""
+    blocks of MR (zero words pad the last): [G, ceil(C / MR), K, MR]; with a mask ``wm`` (same
+    shape) each k's MR mask words follow its MR weight words: [G, ceil(C / MR), K, 2, MR]."""
     g, k, c = w.shape
     nblk = -(-c // MR)
-    pad = np.zeros((g, k, nblk * MR), np.uint64)
-    pad[:, :, :c] = w
-    return np.ascontiguousarray(pad.reshape(g, k, nblk, MR).transpose(0, 2, 1, 3)).reshape(-1)
+    parts = (w,) if wm is None else (w, wm)
+    pad = np.zeros((g, k, len(parts), nblk * MR), np.uint64)
+    for i, part in enumerate(parts):
+        pad[:, :, i, :c] = part
+    return np.ascontiguousarray(pad.reshape(g, k, len(parts), nblk, MR).transpose(0, 3, 1, 2, 4)).reshape(-1)

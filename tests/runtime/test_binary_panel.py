@@ -76,7 +76,7 @@ def test_panel_border_table_counts_outside_taps():
     rng = np.random.default_rng(3)
     cin, cout, h = 64, 8, 4
     w = rng.integers(0, 2**63, size=(1, 9, 1, cout), dtype=np.int64).view(np.uint64)
-    _, bpix, brow, bfix = panel_weights(w, (3, 3, 1, 1, 1, 1, 1, 1, h, h, cin), h, h)
+    _, bpix, brow, bfix, k0c, _ = panel_weights(w, (3, 3, 1, 1, 1, 1, 1, 1, h, h, cin), h, h)
     assert list(bpix) == [p for p in range(h * h) if p // h in (0, h - 1) or p % h in (0, h - 1)]
     assert list(brow) == [0, 4, 6, 8, 12]
     wpc = np.array([[popcount(v) for v in w[0, t, 0]] for t in range(9)])
