@@ -1,9 +1,10 @@
 """bnnc.BinaryConv: XNOR-popcount convolution of packed activations with packed weights.
 
 Four kernels: the narrow one for few input channels (binary_conv_narrow.py), the panel one for
-the other one-group +-1-weight layers (binary_conv_panel.py; both count with the register tile
-of binary_tile.py), the tiled one for grouped +-1-weight layers (binary_conv_tiled.py), and the
-general one below, which ternary weights (a weight mask) take. All compute the same integer s:
+the other one-group layers, ternary weights included (binary_conv_panel.py; both count with the
+register tile of binary_tile.py), the tiled one for grouped +-1-weight layers
+(binary_conv_tiled.py), and the general one below, which grouped ternary layers and ternary
+outputs of fewer than two vectors of pixels take. All compute the same integer s:
 
 For an output pixel and channel, s = sum over taps t and input words of the packed dot product
 (runtime/bitpack.py): without masks ``s = n_valid_taps * Cin_g - 2 * sum popcount(x ^ w)``,

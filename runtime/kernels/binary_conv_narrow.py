@@ -22,7 +22,7 @@ padding, and with few output channels the inner loop is too short to vectorise w
 - Exact zeros (``Sign(0) = 0``): the activation's nonzero mask is merged the same way (pixels
   outside the image get mask 0 under zero padding), and ``s = popcount(m) - 2 popcount((x ^ w) &
   m)``; the count is the same for every output channel, so it is taken once per row. Ternary
-  weights (a weight mask) take the general kernel.
+  weights (a weight mask) take the panel path or the general kernel (binary_conv.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """BinaryConv's panel path: a band of output rows as a bit panel, counted by the register tile.
 
-For a layer with +-1 weights and one group, a task takes a band of output rows of one image
+For a layer with one group (+-1 or ternary weights), a task takes a band of output rows of one image
 and a run of output channels (whole 64-channel words). The band's P = rows x OW pixels are
 gathered into ``panel[K, P]``: K = taps x WG input words per pixel, the pixels of a word
 contiguous, a word of zeros for a tap outside the image. The register tile (binary_tile.py)
@@ -11,7 +11,7 @@ Zero padding stays exact: a tap t outside the image reads zero words, adding ``w
 (the popcount of its weight words) to the count, while it should add nothing, so for the
 border pixels ``s = taps * Cin - 2 * acc + fix`` with
 ``fix[c, p] = -(outside taps of p) * Cin + 2 * sum_{t outside} wpc[t, c]``, a table made once
-per session (``panel_weights``); the output stage writes every pixel with fix 0, then the
+per session (``panel_weights``; ternary weights below); the output stage writes every pixel with fix 0, then the
 border pixels again.
 
 Activations with exact zeros (``Sign(0) = 0``; their nonzero mask m has zeros at run time) are
@@ -20,6 +20,15 @@ as -1 (bits ``(b | ~m)``, the unused tail bits kept 0), so that ``x = (a + b) / 
 ``s = s_a / 2 + s_b / 2 = K - popcount(a ^ w) - popcount(b ^ w)``: the panel holds both (2K
 words, the weights twice), the same tile counts them, and ``s = taps * Cin - acc + fix`` with the
 same border table (an outside tap reads zero words in both halves).
+
+Ternary weights (a weight mask wm, {-1, 0, +1}) count through it with the masked tile,
+``acc = sum_k popcount((panel[k] ^ w[k]) & wm[k])``: a zero weight adds nothing, so per half
+``s = M_c - 2 * acc`` with M_c the channel's nonzero weights, and with halves
+``s = M_c - acc``. For +-1 weights M_c = taps * Cin, so one formula serves both:
+``s = k0c[c] - mult * acc + fix`` (mult 2, or 1 with halves), ``k0c[c] = sum_t wcnt[t, c]``
+(wcnt: a tap's nonzero weights, Cin for +-1) and the border table ``fix[c, p] = sum over the
+outside taps t of p of (2 * wpc[t, c] - wcnt[t, c])``, wpc the popcount of the tap's -1 weights
+(an outside tap reads zero words: it adds wpc[t, c] to acc, where it should add nothing to s).
 """
 
 from __future__ import annotations
@@ -140,8 +149,9 @@ def _emit(acc, k0c, mult, bpix, bfix, b0, b1, c0, c1, n, p0, np_, mode, out_mask
 @Twin
 def panel_conv(x, xm, masked, tail, wt, bpix, brow, bfix, k0c, wmasked, geom, nbands, cb, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
     """x uint64 [N, Hx, Wx, WG] (one group) and, when ``masked``, its nonzero masks xm (tail: the
-    valid bits of a pixel's words); wt the tile's weights of w [taps * WG, Cout] twice over;
-    bpix, brow, bfix the border corrections (``border_table``); geom as binary_conv's; ``nbands`` bands of
+    valid bits of a pixel's words); wt the tile's weights of w [taps * WG, Cout] twice over
+    (with their masks when ``wmasked``: ternary weights); bpix, brow, bfix, k0c the border
+    corrections and the channels' s at count 0 (``panel_weights``); geom as binary_conv's; ``nbands`` bands of
     output rows per image (band b: rows b * OH // nbands up to the next one's), ``cb`` output channels per task (a multiple of 64 unless it is all of them);
     the N x bands x channel runs are split into ``tasks`` runs; outputs as binary_conv's."""
     kh_, kw_, oh_, ow_ = geom[0], geom[1], geom[8], geom[9]

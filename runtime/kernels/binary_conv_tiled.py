@@ -1,7 +1,7 @@
 """BinaryConv's tiled path: one output row gathered into bit rows, then a plain XOR-popcount GEMM.
 
-For the grouped layers with +-1 weights (one group takes the panel path, ternary weights the
-general kernel, binary_conv.py), an output row of
+For the grouped layers with +-1 weights (one group takes the panel path, grouped ternary weights
+the general kernel, binary_conv.py), an output row of
 OW pixels is first gathered into ``cols[OW, K]``: the K = taps x WG input words each pixel's
 taps read, in tap order, a word of zeros for a tap outside the image. The popcounts are then
 ``pc[p, c] = sum_k popcount(cols[p, k] ^ w[k, c])`` with the weights laid out ``[K, Cout_g]``:

@@ -17,6 +17,10 @@ LANES is the host's vector width in 64-bit words (8 on AVX-512, 4 on AVX2, 2 oth
 channels leaves registers for the loaded pixels on every one of them. ``tile_row`` covers a row
 of ``ow`` pixels: the last vector starts at ``ow - LANES`` and recomputes the few pixels
 it shares with the one before, so nothing is read or written past the row.
+
+Ternary weights (``xnor_tile_masked``) carry their nonzero mask: each k's MR weight words are
+followed by MR mask words, and the count is ``popcount((x ^ w) & m)`` (on AVX-512 the XOR and
+AND are one ``vpternlogq``; about 0.8x the plain tile's rate here).
 """
 
 from __future__ import annotations
