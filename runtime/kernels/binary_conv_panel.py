@@ -8,27 +8,30 @@ then counts ``acc[c, p] = sum_k popcount(panel[k, p] ^ w[k, c])`` and the output
 channel by channel along the band's pixels, which are contiguous in the NCHW float output.
 
 Zero padding stays exact: a tap t outside the image reads zero words, adding ``wpc[t, c]``
-(the popcount of its weight words) to the count, while it should add nothing, so for the
-border pixels ``s = taps * Cin - 2 * acc + fix`` with
-``fix[c, p] = -(outside taps of p) * Cin + 2 * sum_{t outside} wpc[t, c]``, a table made once
-per session (``panel_weights``; ternary weights below); the output stage writes every pixel with fix 0, then the
-border pixels again.
+(the popcount of its weight words) to the count, while it should add nothing, so
+``s = taps * Cin - 2 * acc + fix`` with
+``fix[c, p] = -(outside taps of p) * Cin + 2 * sum_{t outside} wpc[t, c]``. Which taps are
+outside depends on the pixel's column and on its row's class (the kernel rows outside the input:
+3 classes for a 3x3 pad-1 layer), so the table made once per session (``panel_weights``) is
+``base[c, r, ow] = taps * Cin + fix``, and the output stage takes every pixel in one pass,
+``s = base[c, rcls[oh], ow] - 2 * acc`` (a separate pass over the border pixels cost more
+than the rest of the output stage).
 
 Activations with exact zeros (``Sign(0) = 0``; their nonzero mask m has zeros at run time) are
 split into two +-1 activations: ``a`` with the zeros as +1 (bits ``b & m``) and ``b`` with them
 as -1 (bits ``(b | ~m)``, the unused tail bits kept 0), so that ``x = (a + b) / 2`` and
 ``s = s_a / 2 + s_b / 2 = K - popcount(a ^ w) - popcount(b ^ w)``: the panel holds both (2K
-words, the weights twice), the same tile counts them, and ``s = taps * Cin - acc + fix`` with the
-same border table (an outside tap reads zero words in both halves).
+words, the weights twice), the same tile counts them, and ``s = base - acc`` with the same
+table (an outside tap reads zero words in both halves).
 
 Ternary weights (a weight mask wm, {-1, 0, +1}) count through it with the masked tile,
 ``acc = sum_k popcount((panel[k] ^ w[k]) & wm[k])``: a zero weight adds nothing, so per half
 ``s = M_c - 2 * acc`` with M_c the channel's nonzero weights, and with halves
 ``s = M_c - acc``. For +-1 weights M_c = taps * Cin, so one formula serves both:
-``s = k0c[c] - mult * acc + fix`` (mult 2, or 1 with halves), ``k0c[c] = sum_t wcnt[t, c]``
-(wcnt: a tap's nonzero weights, Cin for +-1) and the border table ``fix[c, p] = sum over the
-outside taps t of p of (2 * wpc[t, c] - wcnt[t, c])``, wpc the popcount of the tap's -1 weights
-(an outside tap reads zero words: it adds wpc[t, c] to acc, where it should add nothing to s).
+``s = base[c, r, ow] - mult * acc`` (mult 2, or 1 with halves), ``base = sum_t wcnt[t, c] +
+sum over the outside taps t of (2 * wpc[t, c] - wcnt[t, c])`` with wcnt a tap's nonzero
+weights (Cin for +-1) and wpc the popcount of its -1 weights (an outside tap reads zero words:
+it adds wpc[t, c] to acc, where it should add nothing to s).
 """
 
 from __future__ import annotations
@@ -89,52 +92,67 @@ def _gather(x, xm, masked, tail, oh0, oh1, geom, panel) -> None:
                             dst[lo + i] = src[s0 + i * sw]
 
 
+@njit(cache=True, inline="always")
+def _span_float(b, a, yr, rr, has_r, mult, sc, bi) -> None:
+    """yr = float32(b - mult * a) * sc + bi (+ rr) along one run of pixels."""
+    if has_r:
+        for p in range(a.shape[0]):
+            yr[p] = np.float32(np.int32(b[p] - mult * a[p])) * sc + bi + rr[p]
+    else:
+        for p in range(a.shape[0]):
+            yr[p] = np.float32(np.int32(b[p] - mult * a[p])) * sc + bi
+
+
+@njit(cache=True, inline="always")
+def _span_bits(b, a, pp, mult, rule, sh) -> None:
+    """OR the rule's flag of s = b - mult * a at bit sh of pp along one run of pixels."""
+    lo, hi, f_below, f_mid, f_above = rule
+    for p in range(a.shape[0]):
+        f = rule_flag(b[p] - mult * a[p], lo, hi, f_below, f_mid, f_above)
+        pp[p] |= np.uint64(f & 1) << sh
+
+
 @njit(cache=True)
-def _emit(acc, k0c, mult, bpix, bfix, b0, b1, c0, c1, n, p0, np_, mode, out_mask, scale, bias, table, y3, yb3, ym3, r3, has_r, bz,
+def _emit(acc, base, rcls, inner, mult, c0, c1, n, oh0, oh1, ow_, mode, out_mask, scale, bias, table, y3, yb3, ym3, r3, has_r, bz,
           pk):
-    """s = k0c[c] - mult * acc for channels c0 .. c1 - 1 (rows of acc from 0) at the band's pixels p0 ..
-    p0 + np_ - 1 of image n, plus bfix[c, i] at the border pixels bpix[i] (b0 <= i < b1), through
-    the output stage (binary_common):
-    y3 [N, C, OH*OW], yb3/ym3 [N, OH*OW, words], r3 the residual as y3. The bits of a word's 64
-    channels gather in the contiguous rows of ``pk`` [2, >= np_] and are stored once per word
-    (the task owns the whole word)."""
+    """s = b - mult * acc for channels c0 .. c1 - 1 (rows of acc from 0) at the band's pixels
+    (rows oh0 .. oh1 - 1, contiguous in acc's rows) of image n, b the channel's row
+    base[c, rcls[oh]], or for runs of interior rows (rcls -1) its tiled interior row ``inner``
+    (long runs vectorise; a row at a time, rows of 7 to 56 pixels mostly do not), through the
+    output stage (binary_common): y3 [N, C, OH*OW], yb3/ym3 [N, OH*OW, words], r3 the residual as
+    y3. The bits of a word's 64 channels gather in the contiguous rows of ``pk`` [2, >= pixels]
+    and are stored once per word (the task owns the whole word)."""
     bits = mode == BITS or bz != NO_BITS
+    np_ = (oh1 - oh0) * ow_
+    p0 = oh0 * ow_
+    run = inner.shape[1] // ow_  # the most interior rows ``inner`` covers
     for i in range(c1 - c0):
         c = c0 + i
         a = acc[i]
-        fix = bfix[c, b0:b1]
-        k0 = k0c[c]
         sh = np.uint64(c & 63)
-        one = np.uint64(1) << sh
         if (c & 63) == 0 or i == 0:
             pk[:, :np_] = 0
-        if mode != BITS:
-            yr = y3[n, c, p0:p0 + np_]
-            rr = r3[n, c, p0:p0 + np_] if has_r else r3[0, 0, :np_]
-            sc = scale[c]
-            bi = bias[c]
-            if has_r:
-                for p in range(np_):
-                    yr[p] = np.float32(np.int32(k0 - mult * a[p])) * sc + bi + rr[p]
-            else:
-                for p in range(np_):
-                    yr[p] = np.float32(np.int32(k0 - mult * a[p])) * sc + bi
-            for j in range(b1 - b0):  # the border pixels: their s has a correction
-                p = bpix[b0 + j] - p0
-                v = np.float32(np.int32(k0 + fix[j] - mult * a[p])) * sc + bi
-                yr[p] = v + rr[p] if has_r else v
-            if bz != NO_BITS:
-                or_sign_planes(yr, np_, bz, sh, pk)
-        else:
-            for plane in range(2 if out_mask else 1):
-                lo, hi, f_below, f_mid, f_above = rule_of(table, c, plane)
-                for p in range(np_):
-                    f = rule_flag(k0 - mult * a[p], lo, hi, f_below, f_mid, f_above)
-                    pk[plane, p] |= np.uint64(f & 1) << sh
-                for j in range(b1 - b0):
-                    p = bpix[b0 + j] - p0
-                    f = rule_flag(k0 + fix[j] - mult * a[p], lo, hi, f_below, f_mid, f_above)
-                    pk[plane, p] = (pk[plane, p] & ~one) | (np.uint64(f & 1) << sh)
+        yr = y3[n, c, p0:p0 + np_] if mode != BITS else y3[0, 0, :np_]
+        rr = r3[n, c, p0:p0 + np_] if has_r else r3[0, 0, :np_]
+        for plane in range(1 if mode != BITS else (2 if out_mask else 1)):
+            rule = rule_of(table, c, plane)
+            r0 = oh0
+            while r0 < oh1:
+                r1 = r0 + 1
+                if rcls[r0] < 0:
+                    while r1 < oh1 and r1 - r0 < run and rcls[r1] < 0:
+                        r1 += 1
+                    b = inner[c, :(r1 - r0) * ow_]
+                else:
+                    b = base[c, rcls[r0]]
+                q0, q1 = (r0 - oh0) * ow_, (r1 - oh0) * ow_
+                if mode != BITS:
+                    _span_float(b, a[q0:q1], yr[q0:q1], rr[q0:q1], has_r, mult, scale[c], bias[c])
+                else:
+                    _span_bits(b, a[q0:q1], pk[plane, q0:q1], mult, rule, sh)
+                r0 = r1
+        if mode != BITS and bz != NO_BITS:
+            or_sign_planes(yr, np_, bz, sh, pk)
         if bits and ((c & 63) == 63 or c == c1 - 1):
             q = c >> 6
             ybr = yb3[n, p0:p0 + np_]
@@ -147,17 +165,18 @@ def _emit(acc, k0c, mult, bpix, bfix, b0, b1, c0, c1, n, p0, np_, mode, out_mask
 
 
 @Twin
-def panel_conv(x, xm, masked, tail, wt, bpix, brow, bfix, k0c, wmasked, geom, nbands, cb, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
+def panel_conv(x, xm, masked, tail, wt, base, rcls, inner, wmasked, geom, nbands, cb, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
     """x uint64 [N, Hx, Wx, WG] (one group) and, when ``masked``, its nonzero masks xm (tail: the
     valid bits of a pixel's words); wt the tile's weights of w [taps * WG, Cout] twice over
-    (with their masks when ``wmasked``: ternary weights); bpix, brow, bfix, k0c the border
-    corrections and the channels' s at count 0 (``panel_weights``); geom as binary_conv's; ``nbands`` bands of
+    (with their masks when ``wmasked``: ternary weights); base, rcls, inner the s of count 0
+    per channel, row class and column, the row classes and the tiled interior rows
+    (``panel_weights``); geom as binary_conv's; ``nbands`` bands of
     output rows per image (band b: rows b * OH // nbands up to the next one's), ``cb`` output channels per task (a multiple of 64 unless it is all of them);
     the N x bands x channel runs are split into ``tasks`` runs; outputs as binary_conv's."""
     kh_, kw_, oh_, ow_ = geom[0], geom[1], geom[8], geom[9]
     wg = x.shape[3]
     n_ = x.shape[0]
-    cout = bfix.shape[0]
+    cout = base.shape[0]
     kk = kh_ * kw_ * wg
     band = -(-oh_ // nbands)  # the most rows of a band
     nch = -(-cout // cb)
@@ -188,8 +207,15 @@ def panel_conv(x, xm, masked, tail, wt, bpix, brow, bfix, k0c, wmasked, geom, nb
                 last = img_band
             tile_row(panel.reshape(-1), 0, offs, 0, halves * kk, wt, (c0 // MR) * 2 * kk * MR * (2 if wmasked else 1), -(-(c1 - c0) // MR), acc, np_,
                      wmasked)
-            _emit(acc, k0c, 3 - halves, bpix, bfix, brow[oh0], brow[oh1], c0, c1, n, oh0 * ow_, np_, mode, out_mask, scale, bias, table, y3,
-                  yb3, ym3, r3, has_r, bz, pk)
+            _emit(acc, base, rcls, inner, 3 - halves, c0, c1, n, oh0, oh1, ow_, mode, out_mask, scale, bias, table, y3, yb3, ym3, r3, has_r, bz,
+                  pk)
+
+
+def band_rows(wshape: tuple, oh: int, ow: int) -> int:
+    """Output rows of a band whose panel and counts fit BAND_BYTES, for weights [1, taps, WG, Cout]
+    (with one thread; more threads cut more, shorter bands)."""
+    _, taps, wg, cout = wshape
+    return max(1, min(oh, BAND_BYTES // ((taps * wg + cout) * ow * 8)))
 
 
 def panel_plan(w: np.ndarray, oh: int, ow: int, rows: int, threads: int) -> tuple[int, int, int]:
@@ -200,8 +226,7 @@ def panel_plan(w: np.ndarray, oh: int, ow: int, rows: int, threads: int) -> tupl
     channel runs of whole 64-channel words, which keep the bands, and so the tile's rows, long;
     then by more bands, none shorter than two vectors of pixels (the tile's lanes full)."""
     _, taps, wg, cout = w.shape
-    band = max(1, min(oh, BAND_BYTES // ((taps * wg + cout) * ow * 8)))
-    nbands = -(-oh // band)
+    nbands = -(-oh // band_rows(w.shape, oh, ow))
     if threads <= 1:
         return nbands, cout, 1
     most = max(nbands, min(oh, oh * ow // PANEL_PIXELS))
@@ -220,12 +245,11 @@ def panel_plan(w: np.ndarray, oh: int, ow: int, rows: int, threads: int) -> tupl
 def panel_weights(w: np.ndarray, geom: tuple, hx: int, wx: int, wm: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """From the general path's weights ``[1, taps, WG, Cout]`` (and, ternary, their nonzero mask
     ``wm``) and binary_conv's geometry (input hx x wx): the tile's weights (the K words twice: a
-    masked panel's halves; with their masks when ``wm``), and the border corrections: ``bpix``
-    the output pixels (oh * OW + ow, ascending) with a tap outside the input, ``brow[oh]`` the
-    first of them in row oh or later (OH + 1 entries), ``bfix[c, i]`` the correction of pixel
-    bpix[i]'s s in channel c: sum over its outside taps t of 2 * wpc[t, c] - wcnt[t, c], then
-    ``k0c[c]`` = sum_t wcnt[t, c], the s of an interior pixel whose count is 0 (wpc: the -1
-    weights of a tap, wcnt: its nonzero weights, Cin for +-1 weights)."""
+    masked panel's halves; with their masks when ``wm``); the table ``base[c, r, ow]`` of the s
+    of count 0, ``base = k0c[c] + fix`` (module docstring), and ``rcls[oh]`` the row class r of
+    output row oh (rows whose taps leave the input at the same kernel rows share one), -1 for
+    the interior rows, whose row of base is ``inner[c]`` tiled over a band's rows; and whether
+    the weights carry masks."""
     _, taps, wg, cout = w.shape
     kh, kw, sh, sw, dh, dw, pt, pl, oh_, ow_, cg = geom
     neg = w[0] if wm is None else w[0] & wm[0]
@@ -239,11 +263,17 @@ def panel_weights(w: np.ndarray, geom: tuple, hx: int, wx: int, wm: np.ndarray |
             wcnt += ((wm[0] >> np.uint64(b)) & np.uint64(1)).sum(axis=1, dtype=np.int64)
     ih = np.arange(oh_)[:, None] * sh - pt + np.arange(kh)[None, :] * dh  # [OH, kh]
     iw = np.arange(ow_)[:, None] * sw - pl + np.arange(kw)[None, :] * dw  # [OW, kw]
-    out = ~(((ih >= 0) & (ih < hx))[:, None, :, None] & ((iw >= 0) & (iw < wx))[None, :, None, :])  # [OH, OW, kh, kw]
-    out = out.reshape(oh_ * ow_, taps)
-    bpix = np.flatnonzero(out.any(axis=1)).astype(np.int64)
-    brow = np.searchsorted(bpix, np.arange(oh_ + 1) * ow_).astype(np.int64)
-    bfix = np.ascontiguousarray((out[bpix].astype(np.int64) @ (2 * wpc - wcnt)).T)
+    rows_in = (ih >= 0) & (ih < hx)
+    _, first, rcls = np.unique(rows_in, axis=0, return_index=True, return_inverse=True)
+    out = ~(rows_in[first][:, None, :, None] & ((iw >= 0) & (iw < wx))[None, :, None, :])  # [R, OW, kh, kw]
+    fix = out.reshape(len(first), ow_, taps).astype(np.int64) @ (2 * wpc - wcnt)  # [R, OW, Cout]
+    base = np.ascontiguousarray((fix + wcnt.sum(axis=0)).transpose(2, 0, 1)).astype(np.int32)
+    rcls = rcls.reshape(-1).astype(np.int64)
+    interior = rows_in.all(axis=1)
+    inner = np.zeros((cout, ow_), np.int32)
+    if interior.any():
+        inner = np.ascontiguousarray(np.tile(base[:, rcls[interior][0]], (1, band_rows(w.shape, oh_, ow_))))
+        rcls[interior] = -1
     w2 = np.concatenate([w.reshape(1, taps * wg, cout)] * 2, axis=1)  # both halves of a masked panel
     m2 = None if wm is None else np.concatenate([wm.reshape(1, taps * wg, cout)] * 2, axis=1)
-    return tile_weights(np.ascontiguousarray(w2), m2), bpix, brow, bfix, wcnt.sum(axis=0), wm is not None
+    return tile_weights(np.ascontiguousarray(w2), m2), base, rcls, inner, wm is not None

@@ -71,16 +71,25 @@ def test_tile_counts_every_channel_and_pixel(k, p, c, masked):
 
 
 def test_panel_border_table_counts_outside_taps():
-    """bfix: for a 3x3 pad-1 layer, a corner pixel has 5 taps outside, an edge pixel 3, and the
-    table gives -outside * Cin + 2 * the popcount of those taps' weights."""
+    """base: for a 3x3 pad-1 layer, three row classes (top, middle, bottom); a corner pixel has 5
+    taps outside, an edge pixel 3, and the table gives taps * Cin - outside * Cin + 2 * the
+    popcount of those taps' weights; ternary weights count only their nonzero weights."""
     from runtime.kernels.binary_conv_panel import panel_weights
 
     rng = np.random.default_rng(3)
     cin, cout, h = 64, 8, 4
     w = rng.integers(0, 2**63, size=(1, 9, 1, cout), dtype=np.int64).view(np.uint64)
-    _, bpix, brow, bfix, k0c, _ = panel_weights(w, (3, 3, 1, 1, 1, 1, 1, 1, h, h, cin), h, h)
-    assert list(bpix) == [p for p in range(h * h) if p // h in (0, h - 1) or p % h in (0, h - 1)]
-    assert list(brow) == [0, 4, 6, 8, 12]
-    wpc = np.array([[popcount(v) for v in w[0, t, 0]] for t in range(9)])
-    corner = [0, 1, 2, 3, 6]  # taps outside for pixel (0, 0)
-    np.testing.assert_array_equal(bfix[:, 0], 2 * wpc[corner].sum(axis=0) - 5 * cin)
+    m = rng.integers(0, 2**63, size=(1, 9, 1, cout), dtype=np.int64).view(np.uint64)
+    for wm in (None, m):
+        _, base, rcls, inner, wmasked = panel_weights(w, (3, 3, 1, 1, 1, 1, 1, 1, h, h, cin), h, h, wm)
+        assert wmasked == (wm is not None)
+        assert base.shape == (cout, 3, h) and list(rcls[1:-1]) == [-1, -1] and len({rcls[0], rcls[-1]}) == 2 and rcls.min() == -1
+        assert inner.shape[1] % h == 0 and (inner == np.tile(inner[:, :h], (1, inner.shape[1] // h))).all()
+        keep = np.full((9, cout), ~np.uint64(0)) if wm is None else wm[0, :, 0]
+        wpc = np.array([[popcount(w[0, t, 0, c] & keep[t, c]) for c in range(cout)] for t in range(9)])
+        wcnt = np.full((9, cout), cin) if wm is None else np.array([[popcount(v) for v in wm[0, t, 0]] for t in range(9)])
+        # the taps outside for pixels (0, 0), (0, 1) and (1, 0): row of base, row of inner
+        for row, ow, outside in ((base[:, rcls[0]], 0, [0, 1, 2, 3, 6]), (base[:, rcls[0]], 1, [0, 1, 2]), (inner, 0, [0, 3, 6])):
+            inside = [t for t in range(9) if t not in outside]
+            np.testing.assert_array_equal(row[:, ow], wcnt[inside].sum(axis=0) + 2 * wpc[outside].sum(axis=0))
+        np.testing.assert_array_equal(inner[:, 1], wcnt.sum(axis=0))

@@ -36,7 +36,7 @@ def panel_calls(monkeypatch):
     real = binary_conv.panel_conv
 
     def counted(work, *args):
-        calls.append(args[9])  # wmasked: the tile counted through the weight mask
+        calls.append(args[8])  # wmasked: the tile counted through the weight mask
         return real(work, *args)
 
     monkeypatch.setattr(binary_conv, "panel_conv", counted)
