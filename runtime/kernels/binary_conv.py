@@ -299,8 +299,11 @@ class BinaryConv(Kernel):
         self.panel = None
         if panel:
             hx0, wx0 = (h + pt + pb, w_ + pl + pr) if pad_value else (h, w_)
+            # the taps' bits concatenated: fewer words per pixel when Cin is not a multiple of 64
+            dense = pack_last(vals[0].transpose(1, 0, 2).reshape(og, kh * kw * cg))
+            dense = tuple(np.ascontiguousarray(d.T[None]) for d in dense)
             self.panel = panel_weights(self.w, (kh, kw, sh, sw, dh, dw, 0 if pad_value else pt, 0 if pad_value else pl, oh, ow, cg),
-                                       hx0, wx0, self.wm if self.masked & 2 else None)
+                                       hx0, wx0, self.wm if self.masked & 2 else None, dense if self.masked & 2 else dense[:1] + (None,))
 
         # pre-padding (pad +-1) and group re-packing share one scratch copy of the input
         self.pad = pad_value != 0

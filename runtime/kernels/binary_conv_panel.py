@@ -92,6 +92,51 @@ def _gather(x, xm, masked, tail, oh0, oh1, geom, panel) -> None:
                             dst[lo + i] = src[s0 + i * sw]
 
 
+@njit(cache=True)
+def _gather_dense(x, xm, masked, tail, cg, kk, oh0, oh1, geom, panel) -> None:
+    """As ``_gather`` with the taps' bits concatenated (``kk = nwords(taps * cg)`` words per pixel,
+    tap t's cg channels at bit t * cg): input word j of tap t goes to bit (t * cg + j * 64) % 64 of
+    panel row (t * cg + j * 64) // 64 and, shifted down, of the next row; a tap outside the image
+    leaves its bits 0. Words are cut to ``tail`` first, so no bit spills into the next tap."""
+    kh_, kw_, sh, sw, dh, dw, pt, pl, ow_ = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7], geom[9]
+    hx, wx, wg = x.shape
+    np_ = (oh1 - oh0) * ow_
+    panel[:, :np_] = 0
+    for ki in range(kh_):
+        for kj in range(kw_):
+            d = kj * dw - pl  # output column ow reads input column ow * sw + d
+            lo = 0 if d >= 0 else min(ow_, (sw - 1 - d) // sw)
+            hi = max(lo, min(ow_, (wx - 1 - d) // sw + 1))
+            for j in range(wg):
+                pos = (ki * kw_ + kj) * cg + j * 64
+                k = pos >> 6
+                off = np.uint64(pos & 63)
+                spill = (pos & 63) != 0 and k + 1 < kk
+                back = np.uint64(64 - (pos & 63))
+                tj = tail[j]
+                for oh in range(oh0, oh1):
+                    ih = oh * sh - pt + ki * dh
+                    if ih < 0 or ih >= hx:
+                        continue
+                    q0 = (oh - oh0) * ow_ + lo
+                    q1 = (oh - oh0) * ow_ + hi
+                    s0 = lo * sw + d
+                    src = x[ih, :, j]
+                    msk = xm[ih, :, j]
+                    for half in range(2 if masked else 1):
+                        r0 = panel[half * kk + k, q0:q1]
+                        r1 = panel[half * kk + k + 1 if spill else half * kk + k, q0:q1]
+                        for i in range(q1 - q0):
+                            v = src[s0 + i * sw]
+                            if masked:
+                                m = msk[s0 + i * sw]
+                                v = v & m if half == 0 else v | ~m
+                            v &= tj
+                            r0[i] |= v << off
+                            if spill:
+                                r1[i] |= v >> back
+
+
 @njit(cache=True, inline="always")
 def _span_float(b, a, yr, rr, has_r, mult, sc, bi) -> None:
     """yr = float32(b - mult * a) * sc + bi (+ rr) along one run of pixels."""
@@ -165,19 +210,19 @@ def _emit(acc, base, rcls, inner, mult, c0, c1, n, oh0, oh1, ow_, mode, out_mask
 
 
 @Twin
-def panel_conv(x, xm, masked, tail, wt, base, rcls, inner, wmasked, geom, nbands, cb, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
+def panel_conv(x, xm, masked, tail, wt, base, rcls, inner, wmasked, kk, geom, nbands, cb, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
     """x uint64 [N, Hx, Wx, WG] (one group) and, when ``masked``, its nonzero masks xm (tail: the
     valid bits of a pixel's words); wt the tile's weights of w [taps * WG, Cout] twice over
     (with their masks when ``wmasked``: ternary weights); base, rcls, inner the s of count 0
-    per channel, row class and column, the row classes and the tiled interior rows
-    (``panel_weights``); geom as binary_conv's; ``nbands`` bands of
+    per channel, row class and column, the row classes and the tiled interior rows, kk the
+    words of a pixel's taps (``panel_weights``); geom as binary_conv's; ``nbands`` bands of
     output rows per image (band b: rows b * OH // nbands up to the next one's), ``cb`` output channels per task (a multiple of 64 unless it is all of them);
     the N x bands x channel runs are split into ``tasks`` runs; outputs as binary_conv's."""
     kh_, kw_, oh_, ow_ = geom[0], geom[1], geom[8], geom[9]
     wg = x.shape[3]
     n_ = x.shape[0]
     cout = base.shape[0]
-    kk = kh_ * kw_ * wg
+    dense = kk != kh_ * kw_ * wg  # the taps' bits concatenated (``_gather_dense``)
     band = -(-oh_ // nbands)  # the most rows of a band
     nch = -(-cout // cb)
     chunks = n_ * nbands * nch
@@ -202,7 +247,9 @@ def panel_conv(x, xm, masked, tail, wt, base, rcls, inner, wmasked, geom, nbands
             c0 = (chunk % nch) * cb
             c1 = min(cout, c0 + cb)
             np_ = (oh1 - oh0) * ow_
-            if img_band != last:  # the panel of this band (a task's chunks of one band share it)
+            if img_band != last and dense:  # the panel of this band (a task's chunks of one band share it)
+                _gather_dense(x[n], xm[n] if masked else x[n], masked, tail, geom[10], kk, oh0, oh1, geom, panel)
+            elif img_band != last:
                 _gather(x[n], xm[n] if masked else x[n], masked, tail, oh0, oh1, geom, panel)
                 last = img_band
             tile_row(panel.reshape(-1), 0, offs, 0, halves * kk, wt, (c0 // MR) * 2 * kk * MR * (2 if wmasked else 1), -(-(c1 - c0) // MR), acc, np_,
@@ -242,14 +289,17 @@ def panel_plan(w: np.ndarray, oh: int, ow: int, rows: int, threads: int) -> tupl
     return nbands, cb, chunks()
 
 
-def panel_weights(w: np.ndarray, geom: tuple, hx: int, wx: int, wm: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+def panel_weights(w: np.ndarray, geom: tuple, hx: int, wx: int, wm: np.ndarray | None = None,
+                  dense: tuple | None = None) -> tuple:
     """From the general path's weights ``[1, taps, WG, Cout]`` (and, ternary, their nonzero mask
     ``wm``) and binary_conv's geometry (input hx x wx): the tile's weights (the K words twice: a
     masked panel's halves; with their masks when ``wm``); the table ``base[c, r, ow]`` of the s
     of count 0, ``base = k0c[c] + fix`` (module docstring), and ``rcls[oh]`` the row class r of
     output row oh (rows whose taps leave the input at the same kernel rows share one), -1 for
-    the interior rows, whose row of base is ``inner[c]`` tiled over a band's rows; and whether
-    the weights carry masks."""
+    the interior rows, whose row of base is ``inner[c]`` tiled over a band's rows; whether the
+    weights carry masks; the words of a pixel's taps in the panel. ``dense``: the weights (and
+    mask) with the taps' bits concatenated, ``[1, nwords(taps * Cin), Cout]``, for the tile when
+    that takes fewer words (``_gather_dense``); the counts per tap come from ``w`` either way."""
     _, taps, wg, cout = w.shape
     kh, kw, sh, sw, dh, dw, pt, pl, oh_, ow_, cg = geom
     neg = w[0] if wm is None else w[0] & wm[0]
@@ -274,6 +324,9 @@ def panel_weights(w: np.ndarray, geom: tuple, hx: int, wx: int, wm: np.ndarray |
     if interior.any():
         inner = np.ascontiguousarray(np.tile(base[:, rcls[interior][0]], (1, band_rows(w.shape, oh_, ow_))))
         rcls[interior] = -1
-    w2 = np.concatenate([w.reshape(1, taps * wg, cout)] * 2, axis=1)  # both halves of a masked panel
-    m2 = None if wm is None else np.concatenate([wm.reshape(1, taps * wg, cout)] * 2, axis=1)
-    return tile_weights(np.ascontiguousarray(w2), m2), base, rcls, inner, wm is not None
+    wk, mk = (w.reshape(1, taps * wg, cout), None if wm is None else wm.reshape(1, taps * wg, cout))
+    if dense is not None and dense[0].shape[1] < taps * wg:
+        wk, mk = dense
+    w2 = np.concatenate([wk] * 2, axis=1)  # both halves of a masked panel
+    m2 = None if mk is None else np.concatenate([mk] * 2, axis=1)
+    return tile_weights(np.ascontiguousarray(w2), m2), base, rcls, inner, wm is not None, wk.shape[1]

@@ -81,7 +81,7 @@ def test_panel_border_table_counts_outside_taps():
     w = rng.integers(0, 2**63, size=(1, 9, 1, cout), dtype=np.int64).view(np.uint64)
     m = rng.integers(0, 2**63, size=(1, 9, 1, cout), dtype=np.int64).view(np.uint64)
     for wm in (None, m):
-        _, base, rcls, inner, wmasked = panel_weights(w, (3, 3, 1, 1, 1, 1, 1, 1, h, h, cin), h, h, wm)
+        _, base, rcls, inner, wmasked, _ = panel_weights(w, (3, 3, 1, 1, 1, 1, 1, 1, h, h, cin), h, h, wm)
         assert wmasked == (wm is not None)
         assert base.shape == (cout, 3, h) and list(rcls[1:-1]) == [-1, -1] and len({rcls[0], rcls[-1]}) == 2 and rcls.min() == -1
         assert inner.shape[1] % h == 0 and (inner == np.tile(inner[:, :h], (1, inner.shape[1] // h))).all()
