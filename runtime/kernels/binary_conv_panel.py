@@ -180,7 +180,7 @@ def _emit(acc, base, rcls, inner, mult, c0, c1, n, oh0, oh1, ow_, mode, out_mask
         yr = y3[n, c, p0:p0 + np_] if mode != BITS else y3[0, 0, :np_]
         rr = r3[n, c, p0:p0 + np_] if has_r else r3[0, 0, :np_]
         for plane in range(1 if mode != BITS else (2 if out_mask else 1)):
-            rule = rule_of(table, c, plane)
+            rule = rule_of(table, c if mode == BITS else 0, plane)  # the float stage's table is a [8, 1] stand-in
             r0 = oh0
             while r0 < oh1:
                 r1 = r0 + 1
