@@ -2,8 +2,9 @@
 
 For a layer with one group (+-1 or ternary weights), a task takes a band of output rows of one image
 and a run of output channels (whole 64-channel words). The band's P = rows x OW pixels are
-gathered into ``panel[K, P]``: K = taps x WG input words per pixel, the pixels of a word
-contiguous, a word of zeros for a tap outside the image. The register tile (binary_tile.py)
+gathered into ``panel[K, P]`` (binary_panel_gather.py): K = taps x WG input words per pixel,
+or nwords(taps * Cin) with the taps' bits concatenated when Cin is not a multiple of 64, the
+pixels of a word contiguous, zero bits for a tap outside the image. The register tile (binary_tile.py)
 then counts ``acc[c, p] = sum_k popcount(panel[k, p] ^ w[k, c])`` and the output stage runs
 channel by channel along the band's pixels, which are contiguous in the NCHW float output.
 
@@ -41,100 +42,11 @@ from numba import njit, prange
 
 from runtime.kernels.base import Twin
 from runtime.kernels.binary_common import BITS, NO_BITS, or_sign_planes, rule_flag, rule_of
+from runtime.kernels.binary_panel_gather import gather, gather_dense
 from runtime.kernels.binary_tile import LANES, MR, tile_row, tile_weights
 
 BAND_BYTES = 256 * 1024  # a band's panel and counts stay in the L2 cache
 PANEL_PIXELS = 2 * LANES  # smaller outputs take the tiled path (binary_conv.py)
-
-
-@njit(cache=True)
-def _gather(x, xm, masked, tail, oh0, oh1, geom, panel) -> None:
-    """panel[(t * WG + j), p] = word j of the pixel tap t of band pixel p reads (rows oh0 ..
-    oh1 - 1), 0 outside the image; when ``masked``, that word with its zeros as +1 (``x & m``)
-    and, K rows further, as -1 (``(x | ~m) & tail``)."""
-    kh_, kw_, sh, sw, dh, dw, pt, pl, ow_ = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7], geom[9]
-    hx, wx, wg = x.shape
-    kk = kh_ * kw_ * wg
-    for ki in range(kh_):
-        for kj in range(kw_):
-            d = kj * dw - pl  # output column ow reads input column ow * sw + d
-            lo = 0 if d >= 0 else min(ow_, (sw - 1 - d) // sw)
-            hi = max(lo, min(ow_, (wx - 1 - d) // sw + 1))
-            for j in range(wg):
-                k = (ki * kw_ + kj) * wg + j
-                row = panel[k]
-                row2 = panel[k + kk] if masked else panel[k]
-                tj = tail[j]
-                for oh in range(oh0, oh1):
-                    ih = oh * sh - pt + ki * dh
-                    dst = row[(oh - oh0) * ow_:(oh - oh0 + 1) * ow_]
-                    dst2 = row2[(oh - oh0) * ow_:(oh - oh0 + 1) * ow_]
-                    if ih < 0 or ih >= hx:
-                        dst[:] = 0
-                        dst2[:] = 0
-                        continue
-                    for ow in range(lo):
-                        dst[ow] = 0
-                        dst2[ow] = 0
-                    for ow in range(hi, ow_):
-                        dst[ow] = 0
-                        dst2[ow] = 0
-                    s0 = lo * sw + d
-                    src = x[ih, :, j]
-                    if masked:
-                        msk = xm[ih, :, j]
-                        for i in range(hi - lo):
-                            v, m = src[s0 + i * sw], msk[s0 + i * sw]
-                            dst[lo + i] = v & m
-                            dst2[lo + i] = (v | ~m) & tj
-                    else:
-                        for i in range(hi - lo):
-                            dst[lo + i] = src[s0 + i * sw]
-
-
-@njit(cache=True)
-def _gather_dense(x, xm, masked, tail, cg, kk, oh0, oh1, geom, panel) -> None:
-    """As ``_gather`` with the taps' bits concatenated (``kk = nwords(taps * cg)`` words per pixel,
-    tap t's cg channels at bit t * cg): input word j of tap t goes to bit (t * cg + j * 64) % 64 of
-    panel row (t * cg + j * 64) // 64 and, shifted down, of the next row; a tap outside the image
-    leaves its bits 0. Words are cut to ``tail`` first, so no bit spills into the next tap."""
-    kh_, kw_, sh, sw, dh, dw, pt, pl, ow_ = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7], geom[9]
-    hx, wx, wg = x.shape
-    np_ = (oh1 - oh0) * ow_
-    panel[:, :np_] = 0
-    for ki in range(kh_):
-        for kj in range(kw_):
-            d = kj * dw - pl  # output column ow reads input column ow * sw + d
-            lo = 0 if d >= 0 else min(ow_, (sw - 1 - d) // sw)
-            hi = max(lo, min(ow_, (wx - 1 - d) // sw + 1))
-            for j in range(wg):
-                pos = (ki * kw_ + kj) * cg + j * 64
-                k = pos >> 6
-                off = np.uint64(pos & 63)
-                spill = (pos & 63) != 0 and k + 1 < kk
-                back = np.uint64(64 - (pos & 63))
-                tj = tail[j]
-                for oh in range(oh0, oh1):
-                    ih = oh * sh - pt + ki * dh
-                    if ih < 0 or ih >= hx:
-                        continue
-                    q0 = (oh - oh0) * ow_ + lo
-                    q1 = (oh - oh0) * ow_ + hi
-                    s0 = lo * sw + d
-                    src = x[ih, :, j]
-                    msk = xm[ih, :, j]
-                    for half in range(2 if masked else 1):
-                        r0 = panel[half * kk + k, q0:q1]
-                        r1 = panel[half * kk + k + 1 if spill else half * kk + k, q0:q1]
-                        for i in range(q1 - q0):
-                            v = src[s0 + i * sw]
-                            if masked:
-                                m = msk[s0 + i * sw]
-                                v = v & m if half == 0 else v | ~m
-                            v &= tj
-                            r0[i] |= v << off
-                            if spill:
-                                r1[i] |= v >> back
 
 
 @njit(cache=True, inline="always")
@@ -222,7 +134,7 @@ def panel_conv(x, xm, masked, tail, wt, base, rcls, inner, wmasked, kk, geom, nb
     wg = x.shape[3]
     n_ = x.shape[0]
     cout = base.shape[0]
-    dense = kk != kh_ * kw_ * wg  # the taps' bits concatenated (``_gather_dense``)
+    dense = kk != kh_ * kw_ * wg  # the taps' bits concatenated (``gather_dense``)
     band = -(-oh_ // nbands)  # the most rows of a band
     nch = -(-cout // cb)
     chunks = n_ * nbands * nch
@@ -248,9 +160,9 @@ def panel_conv(x, xm, masked, tail, wt, base, rcls, inner, wmasked, kk, geom, nb
             c1 = min(cout, c0 + cb)
             np_ = (oh1 - oh0) * ow_
             if img_band != last and dense:  # the panel of this band (a task's chunks of one band share it)
-                _gather_dense(x[n], xm[n] if masked else x[n], masked, tail, geom[10], kk, oh0, oh1, geom, panel)
+                gather_dense(x[n], xm[n] if masked else x[n], masked, tail, geom[10], kk, oh0, oh1, geom, panel)
             elif img_band != last:
-                _gather(x[n], xm[n] if masked else x[n], masked, tail, oh0, oh1, geom, panel)
+                gather(x[n], xm[n] if masked else x[n], masked, tail, oh0, oh1, geom, panel)
                 last = img_band
             tile_row(panel.reshape(-1), 0, offs, 0, halves * kk, wt, (c0 // MR) * 2 * kk * MR * (2 if wmasked else 1), -(-(c1 - c0) // MR), acc, np_,
                      wmasked)
@@ -299,7 +211,7 @@ def panel_weights(w: np.ndarray, geom: tuple, hx: int, wx: int, wm: np.ndarray |
     the interior rows, whose row of base is ``inner[c]`` tiled over a band's rows; whether the
     weights carry masks; the words of a pixel's taps in the panel. ``dense``: the weights (and
     mask) with the taps' bits concatenated, ``[1, nwords(taps * Cin), Cout]``, for the tile when
-    that takes fewer words (``_gather_dense``); the counts per tap come from ``w`` either way."""
+    that takes fewer words (``gather_dense``); the counts per tap come from ``w`` either way."""
     _, taps, wg, cout = w.shape
     kh, kw, sh, sw, dh, dw, pt, pl, oh_, ow_, cg = geom
     neg = w[0] if wm is None else w[0] & wm[0]
