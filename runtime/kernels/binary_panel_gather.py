@@ -30,6 +30,8 @@ def gather(x, xm, masked, tail, oh0, oh1, geom, panel) -> None:
     kh_, kw_, sh, sw, dh, dw, pt, pl, ow_ = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5], geom[6], geom[7], geom[9]
     hx, wx, wg = x.shape
     kk = kh_ * kw_ * wg
+    contiguous = wg == 1 and sw == 1
+    xr = x.reshape((hx, wx * wg))  # x[ih, :, 0] as a contiguous row when wg == 1
     for ki in range(kh_):
         for kj in range(kw_):
             d = kj * dw - pl  # output column ow reads input column ow * sw + d
@@ -62,6 +64,8 @@ def gather(x, xm, masked, tail, oh0, oh1, geom, panel) -> None:
                             v, m = src[s0 + i * sw], msk[s0 + i * sw]
                             dst[lo + i] = v & m
                             dst2[lo + i] = (v | ~m) & tj
+                    elif contiguous:  # one word per pixel, stride 1: a plain copy, which vectorises
+                        dst[lo:hi] = xr[ih, s0:s0 + hi - lo]
                     else:
                         for i in range(hi - lo):
                             dst[lo + i] = src[s0 + i * sw]
