@@ -72,8 +72,11 @@ CASES = [
     conv("dw 3x3 s2 128 56x56", (1, 128, 56, 56), 128, 3, 2, g=128),
     node("maxpool 3x3 s2 64x112x112", "MaxPool", (1, 64, 112, 112), kernel_shape=[3, 3], strides=[2, 2],
          pads=[1, 1, 1, 1]),
+    node("maxpool 2x2 s2 64x32x32", "MaxPool", (1, 64, 32, 32), kernel_shape=[2, 2], strides=[2, 2]),
+    node("maxpool 3x3 s2 12x56x56", "MaxPool", (1, 12, 56, 56), kernel_shape=[3, 3], strides=[2, 2]),
     node("avgpool 2x2 s2 64x56x56", "AveragePool", (1, 64, 56, 56), kernel_shape=[2, 2], strides=[2, 2]),
     node("globalavg 512x7x7", "GlobalAveragePool", (1, 512, 7, 7)),
+    node("globalavg 128x8x8", "GlobalAveragePool", (1, 128, 8, 8)),
     node("gemm 512->1000", "Gemm", (1, 512), {"fc": np.random.default_rng(4).standard_normal((1000, 512))
                                               .astype(np.float32)}, transB=1),
     node("batchnorm 64x56x56", "BatchNormalization", (1, 64, 56, 56), bn_inits(64)),

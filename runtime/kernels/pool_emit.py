@@ -70,8 +70,11 @@ def emit_pool(e, x: str, y: str, x4, y4, k, s, d, p, is_max: bool, include_pad: 
         xr, yr = e.fresh("xr"), e.fresh("yr")
         e.line(f"{xr} = {nc} * {H * W} + {oh} * {s[0] * W} - {p[0] * W + p[1]}")
         e.line(f"{yr} = {nc} * {OH * OW} + {oh} * {OW}")
-        separable = is_max and len(rtaps) > 1 and k[1] > 1
-        if separable:  # the max over the window's rows first, in one contiguous pass
+        # the max over the window's rows first, in one contiguous pass, where that saves strided
+        # loads: 3x3 windows (64x112x112, stride 2: 183 us against 295 us tap by tap), not 2x2
+        # ones (64x32x32: 24 us against 8 us; benchmarks/bench_float_ops.py)
+        separable = is_max and len(rtaps) * k[1] > len(rtaps) + k[1]
+        if separable:
             if vm is None:
                 vm = e.work((W,), dtype, "rowmax")
             (w,) = e.loops((W,))
