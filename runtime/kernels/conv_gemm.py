@@ -39,6 +39,7 @@ from numba import njit, prange
 
 from runtime.blas import gemm
 from runtime.kernels.base import Twin
+from runtime.kernels.conv_split import BLOCK, split2, split3, split4
 from runtime.kernels.nn import act_inplace
 
 _BAND_BYTES = 1 << 18  # target size of one band's patch matrix (stays in L2 while BLAS packs it)
@@ -95,16 +96,39 @@ def copy_strided(dst, src, cnt, sw):
 def phase_split(x, xq, pt, pl):
     """xq[c, pr, pc, a, b] = x[c, a*sh + pr - pt, b*sw + pc - pl] wherever that is inside x, for
     one image x (C, H, W) and xq (C, sh, sw, Hq, Wq). Only those positions are written: the rest
-    (the padding) keeps the value the buffer was allocated with. Constant-stride loops for strides
-    1, 2 and 4 let LLVM vectorize the gathers."""
+    (the padding) keeps the value the buffer was allocated with. Rows of 4-byte values with
+    column strides 2, 3 and 4 are split by vector shuffles (runtime/kernels/conv_split.py), the
+    columns at their ends one by one; else constant-stride loops for strides 1, 2 and 4 let LLVM
+    vectorize the gathers."""
     C, H, W = x.shape
     sh, sw, Hq, Wq = xq.shape[1], xq.shape[2], xq.shape[3], xq.shape[4]
+    b_s = -(-pl // sw)  # the first phase column whose values all come from x
+    w_s = b_s * sw - pl
+    b_e = min((W + pl) // sw - BLOCK, Wq - BLOCK)  # the last block, overlapping the others
+    blocks = -(-(b_e - b_s) // BLOCK)  # before the last one
+    shuffled = 2 <= sw <= 4 and b_e >= b_s and w_s >= 0 and x.itemsize == 4 and x.strides[2] == 4 and xq.strides[4] == 4
     for c in range(C):
         for h in range(H):
             a = (h + pt) // sh
             if a >= Hq:
                 break
+            pr = h + pt - a * sh
             xr = x[c, h]
+            if shuffled:
+                dst = xq[c, pr, 0, a]
+                _split_row(dst, b_s, xq.strides[2] // 4, xr, w_s, blocks, sw)
+                _split_row(dst, b_e, xq.strides[2] // 4, xr, b_e * sw - pl, 1, sw)
+                for pc in range(sw):  # the columns before and after the blocks, no division
+                    w = (b_s - 1) * sw + pc - pl
+                    if 0 <= w < W:
+                        xq[c, pr, pc, a, b_s - 1] = xr[w]
+                    b = b_e + BLOCK
+                    w = b * sw + pc - pl
+                    while w < W and b < Wq:
+                        xq[c, pr, pc, a, b] = xr[w]
+                        b += 1
+                        w += sw
+                continue
             for pc in range(sw):
                 w0 = (pc - pl) % sw
                 b0 = (w0 + pl) // sw
@@ -113,6 +137,15 @@ def phase_split(x, xq, pt, pl):
                 src = xr[w0:]
                 copy_strided(dst, src, cnt, sw)
 
+
+@njit(cache=True, nogil=True, inline="always")
+def _split_row(dst, d0, pstride, src, s0, n, sw):
+    if sw == 2:
+        split2(dst, d0, pstride, src, s0, n)
+    elif sw == 3:
+        split3(dst, d0, pstride, src, s0, n)
+    else:
+        split4(dst, d0, pstride, src, s0, n)
 
 
 @njit(cache=True, nogil=True)
