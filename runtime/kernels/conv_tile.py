@@ -60,6 +60,8 @@ LANES, MR, V = TILE
 NR = V * LANES  # positions per tile
 _i1, _i32, _i64, _f32 = ir.IntType(1), ir.IntType(32), ir.IntType(64), ir.FloatType()
 _VEC = ir.VectorType(_f32, LANES)
+_IVEC = ir.VectorType(_i64, LANES)
+_MASK = ir.VectorType(_i1, LANES)
 
 
 def _splat(builder, scalar):
@@ -124,13 +126,14 @@ def _wrap(builder, ohv, owv, wq):
     builder.position_at_end(end)
 
 
-def _store(builder, vals, rows, mvalid, pos, oh0, ow0, geo):
+def _store(builder, vals, yb, ystride, mvalid, pos, oh0, ow0, geo):
     """Store vector v of row r at output position pos + v*LANES (oh0, ow0 its row and column)
-    into y row ``rows[r]`` at oh * rs + ow, for r < mvalid; positions past ``end`` or in the wide
-    columns are skipped."""
+    into y at yb + r * ystride + oh * rs + ow, for r < mvalid; positions past ``end`` or in the
+    wide columns are skipped. A vector that is not one store is stored one row piece at a time,
+    each a masked vector store (``_store_pieces``; stored lane by lane, unrolled, the MR x V x
+    LANES conditional stores of the two tile variants took most of their compile time)."""
     wq, ow_n, rs, end = geo
     ohv, owv = cgutils.alloca_once_value(builder, oh0), cgutils.alloca_once_value(builder, ow0)
-    one = ir.Constant(_i64, 1)
     # rows without wide columns, stored back to back: a vector across a row end is one store too
     flat = builder.and_(builder.icmp_signed("==", wq, ow_n), builder.icmp_signed("==", rs, ow_n))
     for v in range(len(vals[0])):
@@ -144,24 +147,55 @@ def _store(builder, vals, rows, mvalid, pos, oh0, ow0, geo):
         with builder.if_else(fits, likely=True) as (whole, lanes):
             with whole:
                 at = builder.add(builder.mul(oh, rs), ow)
-                for r in range(len(rows)):
-                    with builder.if_then(builder.icmp_signed("<", ir.Constant(_i64, r), mvalid), likely=True):
-                        builder.store(vals[r][v], builder.bitcast(builder.gep(rows[r], [at]), _VEC.as_pointer()), align=4)
+                _store_rows(builder, [vals[r][v] for r in range(len(vals))], yb, ystride, mvalid, at, None)
             with lanes:
-                ohj, owj = oh, ow
-                for j in range(LANES):
-                    if j:
-                        owj = builder.add(owj, one)
-                        wrap = builder.icmp_signed(">=", owj, wq)
-                        owj, ohj = builder.select(wrap, builder.sub(owj, wq), owj), builder.select(wrap, builder.add(ohj, one), ohj)
-                    ok = builder.and_(builder.icmp_signed("<", owj, ow_n),
-                                      builder.icmp_signed("<", builder.add(p, ir.Constant(_i64, j)), end))
-                    with builder.if_then(ok):
-                        at = builder.add(builder.mul(ohj, rs), owj)
-                        for r in range(len(rows)):
-                            with builder.if_then(builder.icmp_signed("<", ir.Constant(_i64, r), mvalid)):
-                                builder.store(builder.extract_element(vals[r][v], ir.Constant(_i32, j)),
-                                              builder.gep(rows[r], [at]))
+                _store_pieces(builder, [vals[r][v] for r in range(len(vals))], yb, ystride, mvalid, p, oh, ow, geo)
+
+
+def _store_rows(builder, vecs, yb, ystride, mvalid, at, mask):
+    """vecs[r] at yb + r * ystride + at for r < mvalid: whole, or its lanes where ``mask``."""
+    store = None
+    if mask is not None:
+        store = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [_VEC, _VEC.as_pointer(), _i32, _MASK]),
+            f"llvm.masked.store.v{LANES}f32.p0v{LANES}f32")
+    for r, vec in enumerate(vecs):
+        with builder.if_then(builder.icmp_signed("<", ir.Constant(_i64, r), mvalid), likely=True):
+            row = builder.gep(yb, [builder.add(builder.mul(ir.Constant(_i64, r), ystride), at)])
+            ptr = builder.bitcast(row, _VEC.as_pointer())
+            if mask is None:
+                builder.store(vec, ptr, align=4)
+            else:
+                builder.call(store, [vec, ptr, ir.Constant(_i32, 4), mask])
+
+
+def _store_pieces(builder, vecs, yb, ystride, mvalid, p, oh, ow, geo):
+    """The lanes of vecs (positions p + j, the first at row oh, column ow) one row at a time: the
+    piece of lanes j0 <= j < j0 + wq - c0 lies in row o from column c0 on, so lane j goes to
+    o * rs + c0 - j0 + j, stored where its column is below ow_n and p + j < end."""
+    wq, ow_n, rs, end = geo
+    j0v = cgutils.alloca_once_value(builder, ir.Constant(_i64, 0))
+    ov, cv = cgutils.alloca_once_value(builder, oh), cgutils.alloca_once_value(builder, ow)
+    lane = ir.Constant(_IVEC, list(range(LANES)))
+    with cgutils.for_range(builder, ir.Constant(_i64, LANES)):  # at most LANES pieces
+        j0 = builder.load(j0v)
+        with builder.if_then(builder.icmp_signed("<", j0, ir.Constant(_i64, LANES))):
+            o, c0 = builder.load(ov), builder.load(cv)
+            shift = builder.sub(c0, j0)  # lane j's column is j + shift
+            col = builder.add(lane, _isplat(builder, shift))
+            mask = builder.and_(builder.and_(builder.icmp_signed(">=", lane, _isplat(builder, j0)),
+                                             builder.icmp_signed("<", col, _isplat(builder, ow_n))),
+                                builder.icmp_signed("<", builder.add(lane, _isplat(builder, p)), _isplat(builder, end)))
+            _store_rows(builder, vecs, yb, ystride, mvalid, builder.add(builder.mul(o, rs), shift), mask)
+            builder.store(builder.add(j0, builder.sub(wq, c0)), j0v)
+            builder.store(ir.Constant(_i64, 0), cv)
+            builder.store(builder.add(o, ir.Constant(_i64, 1)), ov)
+
+
+def _isplat(builder, scalar):
+    undef = ir.Constant(_IVEC, ir.Undefined)
+    one = builder.insert_element(undef, scalar, ir.Constant(_i32, 0))
+    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_i32, LANES), [0] * LANES))
 
 
 def _make_tile(mr: int, nv: int):
@@ -186,8 +220,7 @@ def _make_tile(mr: int, nv: int):
             accs = _accumulate(builder, fma, xb, data(3, offs_), nk, builder.gep(data(4, w_), [bw_]), mr, nv)
             vals = _finish(builder, accs, builder.gep(data(15, bias_), [bm_]), relu_)
             yb = builder.gep(data(6, y_), [by_])
-            rows = [builder.gep(yb, [builder.mul(ir.Constant(_i64, r), ystride_)]) for r in range(mr)]
-            _store(builder, vals, rows, mvalid_, pos_, oh0_, ow0_, (wq_, own_, rs_, end_))
+            _store(builder, vals, yb, ystride_, mvalid_, pos_, oh0_, ow0_, (wq_, own_, rs_, end_))
             return context.get_dummy_value()
 
         return sig, codegen
