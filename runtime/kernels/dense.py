@@ -47,9 +47,10 @@ def _matmul_body(a, b, c, y, ia, ib, has_c, alpha, tasks, by_rows, kind, a0, a1)
             af, bf, yf = a[ia[z]].reshape(n * k), b[ib[z]].reshape(k * m), y[z].reshape(n * m)
             cf = c[z if has_c else 0].reshape(c.shape[1] * c.shape[2])
             r0, r1, j0, j1 = (lo, hi, 0, m) if by_rows else (0, n, lo, hi)
-            if has_c:
+            if has_c:  # a loop, not a slice assignment: numpy's broadcast machinery compiles slowly
                 for r in range(r0, r1):
-                    yf[r * m + j0:r * m + j1] = cf[r * m + j0:r * m + j1]
+                    for j in range(r * m + j0, r * m + j1):
+                        yf[j] = cf[j]
             gemm(r1 - r0, j1 - j0, k, alpha, af[r0 * k:], k, bf[j0:], m, 1.0 if has_c else 0.0, yf[r0 * m + j0:], m)
             if kind != 0:
                 for r in range(r0, r1):
