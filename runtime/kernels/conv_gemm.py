@@ -39,7 +39,7 @@ from numba import njit, prange
 
 from runtime.blas import gemm
 from runtime.kernels.base import Twin
-from runtime.kernels.conv_split import BLOCK, split2, split3, split4
+from runtime.kernels.conv_split import BLOCK, split2, split4
 from runtime.kernels.nn import act_inplace
 
 _BAND_BYTES = 1 << 18  # target size of one band's patch matrix (stays in L2 while BLAS packs it)
@@ -97,7 +97,7 @@ def phase_split(x, xq, pt, pl):
     """xq[c, pr, pc, a, b] = x[c, a*sh + pr - pt, b*sw + pc - pl] wherever that is inside x, for
     one image x (C, H, W) and xq (C, sh, sw, Hq, Wq). Only those positions are written: the rest
     (the padding) keeps the value the buffer was allocated with. Rows of 4-byte values with
-    column strides 2, 3 and 4 are split by vector shuffles (runtime/kernels/conv_split.py), the
+    column strides 2 and 4 are split by vector shuffles (runtime/kernels/conv_split.py), the
     columns at their ends one by one; else constant-stride loops for strides 1, 2 and 4 let LLVM
     vectorize the gathers."""
     C, H, W = x.shape
@@ -106,7 +106,7 @@ def phase_split(x, xq, pt, pl):
     w_s = b_s * sw - pl
     b_e = min((W + pl) // sw - BLOCK, Wq - BLOCK)  # the last block, overlapping the others
     blocks = -(-(b_e - b_s) // BLOCK)  # before the last one
-    shuffled = 2 <= sw <= 4 and b_e >= b_s and w_s >= 0 and x.itemsize == 4 and x.strides[2] == 4 and xq.strides[4] == 4
+    shuffled = (sw == 2 or sw == 4) and b_e >= b_s and w_s >= 0 and x.itemsize == 4 and x.strides[2] == 4 and xq.strides[4] == 4
     for c in range(C):
         for h in range(H):
             a = (h + pt) // sh
@@ -142,8 +142,6 @@ def phase_split(x, xq, pt, pl):
 def _split_row(dst, d0, pstride, src, s0, n, sw):
     if sw == 2:
         split2(dst, d0, pstride, src, s0, n)
-    elif sw == 3:
-        split3(dst, d0, pstride, src, s0, n)
     else:
         split4(dst, d0, pstride, src, s0, n)
 

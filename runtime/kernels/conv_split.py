@@ -9,8 +9,8 @@ on NEON), one 8-float store per phase:
     v = src[8*sw*i : 8*sw*(i+1)]        dst[p * pstride + 8*i + j] = v[sw * j + p]   (j < 8)
 
 For the XNOR-Net stem (3 x 224 x 224 in 16 phases of stride 4) the split took 80 us of a 340 us
-convolution through the per-phase loops. ``split_phases`` is made for strides 2, 3 and 4; other
-strides keep the loops.
+convolution through the per-phase loops. Made for strides 2 and 4 (the
+common ones; each is compiled into every caller); other strides keep the loops.
 """
 
 from __future__ import annotations
@@ -56,5 +56,4 @@ def _make_split(sw: int):
 
 
 split2 = _make_split(2)
-split3 = _make_split(3)
 split4 = _make_split(4)
