@@ -24,11 +24,13 @@ from numba import njit, prange
 from runtime.blas import gemm
 from runtime.codegen import Expr
 from runtime.kernels import conv_tile as tiles
-from runtime.kernels.base import FLOATS, Kernel, Step, Twin, broadcast, check_dtypes, register
+from runtime.kernels.base import FLOATS, PARALLEL_WORK, Kernel, Step, Twin, broadcast, check_dtypes, register
 from runtime.kernels.nn import act_rows, activation_of
 from runtime.threads import current_threads
 
 _SPLIT_MACS = 1 << 22  # a product with more multiply-adds than this is split over threads
+_SPLIT_BYTES = 1 << 20  # and one whose b has this many bytes (few rows: reading b is the work)
+_MIN_BAND = 64  # columns per band at least, when a product is split by columns
 
 
 def _matmul_body(a, b, c, y, ia, ib, has_c, alpha, tasks, by_rows, kind, a0, a1):
@@ -159,11 +161,20 @@ class Product:
         return None if self.tile_b is None else {"ap": np.zeros(self.tile_ap, np.float32)}
 
     def split(self, threads: int) -> tuple[int, bool]:
-        """(tasks, by_rows): bands per product, of rows when there are at least as many as columns."""
+        """(tasks, by_rows): bands per product, of rows when there are at least as many as columns.
+        A product of few rows is bound by reading b, not by its multiply-adds: it is split over
+        the threads (by columns) once b is ``_SPLIT_BYTES``, whatever its multiply-adds (Bi-Real
+        Net's 512 -> 1000 classifier, 2 MB of weights)."""
         n, m = self.y3[1], self.y3[2]
-        tasks = threads if self.macs >= _SPLIT_MACS and threads > 1 else 1
+        b_bytes = self.b3[0] * self.b3[1] * self.b3[2] * self.dtype.itemsize
+        tasks = threads if (self.macs >= _SPLIT_MACS or b_bytes >= _SPLIT_BYTES) and threads > 1 else 1
         by_rows = n >= m
-        return min(tasks, n if by_rows else m), by_rows
+        tasks = min(tasks, n if by_rows else -(-m // _MIN_BAND))
+        return max(tasks, 1), by_rows
+
+    def work(self, tasks: int) -> int:
+        """The ``work`` a call reports: enough for the parallel twin when it is split."""
+        return max(self.macs, PARALLEL_WORK) if tasks > 1 else 0
 
     def emit(self, e, a, b, c, y, alpha: float, act) -> None:
         """y = act(alpha * a @ b + c) in generated code; a, b, c, y are source names or arrays (c
@@ -182,7 +193,7 @@ class Product:
                 f"{v}.reshape({e.lit(shape)})")
 
         e.call(_matmul, r(a, self.a3), r(b, self.b3), r(y if c is None else c, self.y3), r(y, self.y3), self.ia,
-               self.ib, c is not None, float(alpha), tasks, by_rows, *act, work=self.macs if tasks > 1 else 0)
+               self.ib, c is not None, float(alpha), tasks, by_rows, *act, work=self.work(tasks))
 
     def run(self, a, b, c, y, alpha: float, act, scratch: dict) -> None:
         if self.tile_b is not None:
@@ -194,7 +205,7 @@ class Product:
         tasks, by_rows = self.split(current_threads())
         y3 = y.reshape(self.y3)
         c3 = y3 if c is None else np.ascontiguousarray(c, self.dtype).reshape(self.y3)
-        _matmul(self.macs if tasks > 1 else 0, np.ascontiguousarray(a, self.dtype).reshape(self.a3),
+        _matmul(self.work(tasks), np.ascontiguousarray(a, self.dtype).reshape(self.a3),
                 np.ascontiguousarray(b, self.dtype).reshape(self.b3), c3, y3, self.ia, self.ib, c is not None,
                 float(alpha), tasks, by_rows, *act)
 
