@@ -23,6 +23,15 @@ from numba import njit
 
 
 @njit(cache=True)
+def tap_columns(kj, dw, pl, sw, ow_, wx):
+    """(d, lo, hi) for kernel column kj: output column ow reads input column ow * sw + d, which
+    is inside the image (0 .. wx - 1) exactly for lo <= ow < hi."""
+    d = kj * dw - pl
+    lo = 0 if d >= 0 else min(ow_, (sw - 1 - d) // sw)
+    return d, lo, max(lo, min(ow_, (wx - 1 - d) // sw + 1))
+
+
+@njit(cache=True)
 def gather(x, xm, masked, tail, oh0, oh1, geom, panel) -> None:
     """panel[(t * WG + j), p] = word j of the pixel tap t of band pixel p reads (rows oh0 ..
     oh1 - 1), 0 outside the image; when ``masked``, that word with its zeros as +1 (``x & m``)
@@ -34,9 +43,7 @@ def gather(x, xm, masked, tail, oh0, oh1, geom, panel) -> None:
     xr = x.reshape((hx, wx * wg))  # x[ih, :, 0] as a contiguous row when wg == 1
     for ki in range(kh_):
         for kj in range(kw_):
-            d = kj * dw - pl  # output column ow reads input column ow * sw + d
-            lo = 0 if d >= 0 else min(ow_, (sw - 1 - d) // sw)
-            hi = max(lo, min(ow_, (wx - 1 - d) // sw + 1))
+            d, lo, hi = tap_columns(kj, dw, pl, sw, ow_, wx)
             for j in range(wg):
                 k = (ki * kw_ + kj) * wg + j
                 row = panel[k]
@@ -83,9 +90,7 @@ def gather_dense(x, xm, masked, tail, cg, kk, oh0, oh1, geom, panel) -> None:
     panel[:, :np_] = 0
     for ki in range(kh_):
         for kj in range(kw_):
-            d = kj * dw - pl  # output column ow reads input column ow * sw + d
-            lo = 0 if d >= 0 else min(ow_, (sw - 1 - d) // sw)
-            hi = max(lo, min(ow_, (wx - 1 - d) // sw + 1))
+            d, lo, hi = tap_columns(kj, dw, pl, sw, ow_, wx)
             for j in range(wg):
                 pos = (ki * kw_ + kj) * cg + j * 64
                 k = pos >> 6
