@@ -22,6 +22,12 @@ F32_1 = np.zeros(1, np.float32)
 I32_1x5 = np.zeros((1, 5), np.int32)
 I64_8x1 = np.zeros((8, 1), np.int64)
 
+# word XOR-popcounts per unit of the work PARALLEL_WORK counts (an element, a float multiply-add):
+# the register tile counts ~16 G words a second per core, a float kernel moves ~1 G elements, so
+# a conv of fewer than 1 M word operations (under ~60 us) runs serially, as the hand-off to the
+# second thread costs about what it would save (CNV's 30x30 convs: 2 threads slower than 1)
+WORDS_PER_WORK = 16
+
 
 def dummy(ndim: int, dtype) -> np.ndarray:
     """A one-element array standing in for an absent optional operand (keeps one compiled

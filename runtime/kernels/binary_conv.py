@@ -35,6 +35,7 @@ from runtime.bitpack import nwords, popcount, tail_mask
 from runtime.codegen import Expr
 from runtime.kernels.base import Kernel, Step, Twin, check_scratch, register
 from runtime.kernels.binary_common import (
+    WORDS_PER_WORK,
     OutputStage,
     _all_set,
     all_set,
@@ -319,7 +320,7 @@ class BinaryConv(Kernel):
         cpt, cpl = (0, 0) if self.pad else (pt, pl)
         self.geom = (kh, kw, sh, sw, dh, dw, cpt, cpl, oh, ow, cg)
         self.g, self.og, self.rows = g, og, n * oh
-        self.work = n * oh * ow * cout * kh * kw * nwords(cg)  # word operations
+        self.work = n * oh * ow * cout * kh * kw * nwords(cg) // WORDS_PER_WORK
 
     def _block(self, threads: int) -> int:
         """Output channels per task: whole groups, or enough 64-channel blocks to feed threads."""
