@@ -135,7 +135,7 @@ def compile_backwards(path: str, threads: int) -> int:
     from numba.core import compiler, typed_passes
     from numba.core.registry import cpu_target
 
-    from runtime.program import Steps
+    from runtime.program import Steps, named_values
     from runtime.session import InferenceSession
 
     session = InferenceSession(path, threads=threads)
@@ -145,8 +145,7 @@ def compile_backwards(path: str, threads: int) -> int:
     steps = Steps(plan)
     ws = session._idle[0]
     feeds = [np.zeros(shape, dtype) for _, shape, dtype in session._in_specs]
-    known = {n: numba.typeof(a) for n, a in zip(plan.params, [*feeds, *plan.consts, *ws.slots, *ws.plan_scratch])}
-    known.update((n, numba.typeof(a)) for n, a in plan.named.items())
+    known = {n: numba.typeof(a) for n, a in named_values(plan, feeds, ws.slots, ws.plan_scratch).items()}
     cpu_target.typing_context.refresh()
     cpu_target.target_context.refresh()
     waiting = list(reversed(steps.calls))

@@ -102,6 +102,13 @@ def scratch_arrays(plan: Plan) -> list[np.ndarray]:
     return [np.zeros(shape, dtype) if zeroed else np.empty(shape, dtype) for _, shape, dtype, zeroed in plan.scratch]
 
 
+def named_values(plan: Plan, feeds: list[np.ndarray], slots: list[np.ndarray], scratch: list[np.ndarray]) -> dict:
+    """Every array a step of the plan may read, by its name in the emitted code."""
+    values = dict(zip(plan.params, [*feeds, *plan.consts, *slots, *scratch]))
+    values.update(plan.named)
+    return values
+
+
 def call(plan: Plan, feeds: list[np.ndarray], slots: list[np.ndarray], scratch: list[np.ndarray]) -> Any:
     return plan.function(*feeds, *plan.consts, *slots, *scratch)
 
@@ -126,8 +133,7 @@ class Steps:
 
     def run(self, plan: Plan, feeds: list[np.ndarray], slots: list[np.ndarray], scratch: list[np.ndarray], after=None):
         """Run every step; ``after(i, outputs)`` sees step i's output arrays (None for absent ones)."""
-        values = dict(zip(plan.params, [*feeds, *plan.consts, *slots, *scratch]))
-        values.update(plan.named)
+        values = named_values(plan, feeds, slots, scratch)
         for i, (fn, params, outs) in enumerate(self.calls):
             res = iter(fn(*[values[p] for p in params]))
             arrays = [next(res) if o else None for o in outs]
