@@ -27,6 +27,17 @@ I64_8x1 = np.zeros((8, 1), np.int64)
 # a conv of fewer than 1 M word operations (under ~60 us) runs serially, as the hand-off to the
 # second thread costs about what it would save (CNV's 30x30 convs: 2 threads slower than 1)
 WORDS_PER_WORK = 16
+# units of work per output value for a conv's output stage (threshold, scale, bits), measured at
+# one thread: ~0.5 ns a value on the panel path (CNV's 28x28x64 bit output: 57 us, 32 us of it
+# counting), ~1.4 ns on the narrow path (bitorch ResNet-E's 16-channel 128x128 convs: 0.42 ms,
+# 0.05 ms of it counting); counted in halves. Without it those convs, few words but many
+# outputs, looked small and stayed on one thread.
+OUTPUT_HALVES = {"panel": 1, "narrow": 3}
+
+
+def conv_work(word_ops: int, outputs: int, path: str = "panel") -> int:
+    """A binary conv's work in PARALLEL_WORK's units: its word XOR-popcounts and its output stage."""
+    return word_ops // WORDS_PER_WORK + outputs * OUTPUT_HALVES[path] // 2
 
 
 def dummy(ndim: int, dtype) -> np.ndarray:

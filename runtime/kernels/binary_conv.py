@@ -35,12 +35,12 @@ from runtime.bitpack import nwords, popcount, tail_mask
 from runtime.codegen import Expr
 from runtime.kernels.base import Kernel, Step, Twin, check_scratch, register
 from runtime.kernels.binary_common import (
-    WORDS_PER_WORK,
     OutputStage,
     _all_set,
     all_set,
     check_outputs,
     clear_row_words,
+    conv_work,
     emit_row,
     has_input,
     pack_last,
@@ -320,7 +320,7 @@ class BinaryConv(Kernel):
         cpt, cpl = (0, 0) if self.pad else (pt, pl)
         self.geom = (kh, kw, sh, sw, dh, dw, cpt, cpl, oh, ow, cg)
         self.g, self.og, self.rows = g, og, n * oh
-        self.work = n * oh * ow * cout * kh * kw * nwords(cg) // WORDS_PER_WORK
+        self.work = conv_work(n * oh * ow * cout * kh * kw * nwords(cg), n * oh * ow * cout)
 
     def _block(self, threads: int) -> int:
         """Output channels per task: whole groups, or enough 64-channel blocks to feed threads."""

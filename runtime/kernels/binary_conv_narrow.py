@@ -33,7 +33,7 @@ from numba import njit, prange
 from runtime.bitpack import nwords, pack_bits, popcount
 from runtime.codegen import Expr
 from runtime.kernels.base import Twin
-from runtime.kernels.binary_common import BITS, NO_BITS, WORDS_PER_WORK, or_sign_planes, rule_flag, rule_of
+from runtime.kernels.binary_common import BITS, NO_BITS, conv_work, or_sign_planes, rule_flag, rule_of
 from runtime.kernels.binary_tile import MR, tile_row, tile_weights
 from runtime.threads import current_threads
 
@@ -265,7 +265,7 @@ class NarrowPlan:
         self.merged_shape = (g, n, hx, nwords(kw * cg), ow)
         self.merge = (cg, kw, sw, dw, pl, self.ptop)
         self.geom = (kh, sh, dh, 0 if pad_value else pt, oh, kw * cg)
-        self.work = n * oh * ow * cout * kh * self.merged_shape[3] // WORDS_PER_WORK  # word operations, as binary_conv's
+        self.work = conv_work(n * oh * ow * cout * kh * self.merged_shape[3], n * oh * ow * cout, "narrow")
 
     def make_scratch(self) -> dict:
         """Merged rows of one workspace; their nonzero masks ("mm") are made on the first run
