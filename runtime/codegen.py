@@ -101,10 +101,10 @@ class Emitter:
     def fn(self, f: Any, work: int | None = None) -> Expr:
         """The name of a compiled function in the generated module; a ``Twin`` becomes its
         parallel version when ``work`` is large enough and the session has several threads."""
-        from runtime.kernels.base import PARALLEL_WORK, Twin  # here: the kernels import this module
+        from runtime.kernels.base import Twin, task_threads  # here: the kernels import this module
 
         if isinstance(f, Twin):
-            f = f.parallel if work is not None and work >= PARALLEL_WORK and self.threads > 1 else f.serial
+            f = f.parallel if work is not None and task_threads(work, self.threads) > 1 else f.serial
         if id(f) not in self._fn_ids:
             mod = getattr(f, "__module__", "").rsplit(".", 1)[-1]
             name = f"k_{mod}_{getattr(f, '__name__', 'fn').lstrip('_')}"

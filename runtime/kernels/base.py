@@ -59,6 +59,13 @@ def twin(body):
     return njit(parallel=True, cache=True)(body), njit(cache=True, nogil=True)(clone)
 
 
+def task_threads(work: int, threads: int) -> int:
+    """The threads a ``Twin`` call of this much work runs on: 1 when it takes the serial version,
+    which must then also be split for one thread (one band, one task: a 2-thread split run
+    serially only adds set-up, 6 us a run on the digits net)."""
+    return threads if work >= PARALLEL_WORK and threads > 1 else 1
+
+
 class Twin:
     """A kernel body written with ``prange``, compiled both ways (``twin``); a call names its
     amount of work first, and runs in parallel only when there is enough of it and more than one
@@ -69,7 +76,7 @@ class Twin:
         self.__doc__ = body.__doc__
 
     def __call__(self, work: int, *args):
-        if work >= PARALLEL_WORK and current_threads() > 1:
+        if task_threads(work, current_threads()) > 1:
             return self.parallel(*args)
         return self.serial(*args)
 

@@ -33,7 +33,7 @@ from numba import njit, prange
 
 from runtime.bitpack import nwords, popcount, tail_mask
 from runtime.codegen import Expr
-from runtime.kernels.base import Kernel, Step, Twin, check_scratch, register
+from runtime.kernels.base import Kernel, Step, Twin, check_scratch, register, task_threads
 from runtime.kernels.binary_common import (
     OutputStage,
     _all_set,
@@ -368,18 +368,19 @@ class BinaryConv(Kernel):
             e.indent -= 1
         elif self.has_xm:
             xmg = Expr(f"{ins[1]}.reshape({e.lit((1,) + tuple(self.step.in_shapes[1]))})")
+        threads = task_threads(self.work, e.threads)
         if self.panel is not None:
-            nbands, cb, tasks = panel_plan(self.w, self.geom[8], self.geom[9], self.rows // self.geom[8], e.threads)
+            nbands, cb, tasks = panel_plan(self.w, self.geom[8], self.geom[9], self.rows // self.geom[8], threads)
             e.call(panel_conv, Expr(f"{xg}[0]"), Expr(f"{xmg}[0]"), Expr(f"(({masked} & 1) != 0)") if self.has_xm else False,
                    self.tail, *self.panel, self.geom, nbands, cb, tasks, st.mode, st.out_mask, st.scale, st.bias, st.table, y,
                    yb, ym, r, st.residual, st.bits_zero, work=self.work)
             return
         if self.tiled is not None:  # no weight mask: the activation's, if it has zeros, goes in
             e.call(tiled_conv, xg, xmg, Expr(f"({masked} != 0)") if self.has_xm else False, *self.tiled, self.geom,
-                   self._block(e.threads), 4 * e.threads, st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual,
+                   self._block(threads), 4 * threads, st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual,
                    st.bits_zero, work=self.work)
             return
-        e.call(_binary_conv, xg, xmg, self.w, self.wm, self.wcnt, self.geom, masked, self._block(e.threads), st.mode,
+        e.call(_binary_conv, xg, xmg, self.w, self.wm, self.wcnt, self.geom, masked, self._block(threads), st.mode,
                st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero, work=self.work)
 
     def run(self, ins, outs, scratch):
@@ -407,15 +408,15 @@ class BinaryConv(Kernel):
                 xmg = xm.reshape((1,) + xm.shape)
         else:
             xmg = xg  # unused
+        threads = task_threads(self.work, current_threads())
         if self.panel is not None:
-            nbands, cb, tasks = panel_plan(self.w, self.geom[8], self.geom[9], self.rows // self.geom[8], current_threads())
+            nbands, cb, tasks = panel_plan(self.w, self.geom[8], self.geom[9], self.rows // self.geom[8], threads)
             panel_conv(self.work, xg[0], xmg[0], (masked & 1) != 0, self.tail, *self.panel, self.geom, nbands, cb, tasks, st.mode,
                        st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero)
             return
         if self.tiled is not None:
-            tiled_conv(self.work, xg, xmg, masked != 0, *self.tiled, self.geom, self._block(current_threads()),
-                       4 * current_threads(), st.mode,
+            tiled_conv(self.work, xg, xmg, masked != 0, *self.tiled, self.geom, self._block(threads), 4 * threads, st.mode,
                        st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero)
             return
-        _binary_conv(self.work, xg, xmg, self.w, self.wm, self.wcnt, self.geom, masked, self._block(current_threads()),
+        _binary_conv(self.work, xg, xmg, self.w, self.wm, self.wcnt, self.geom, masked, self._block(threads),
                      st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym, r, st.residual, st.bits_zero)

@@ -32,7 +32,7 @@ from numba import njit, prange
 
 from runtime.bitpack import nwords, pack_bits, popcount
 from runtime.codegen import Expr
-from runtime.kernels.base import Twin
+from runtime.kernels.base import Twin, task_threads
 from runtime.kernels.binary_common import BITS, NO_BITS, conv_work, or_sign_planes, rule_flag, rule_of
 from runtime.kernels.binary_tile import MR, tile_row, tile_weights
 from runtime.threads import current_threads
@@ -286,7 +286,7 @@ class NarrowPlan:
             e.indent += 1
             e.call(merge_rows, xmask, cg, kw, sw, dw, pl, ptop, self.mask_fill, mm, work=size * kw)
             e.indent -= 1
-        tasks = min(self.merged_shape[1] * self.geom[4], 4 * e.threads)
+        tasks = min(self.merged_shape[1] * self.geom[4], 4 * task_threads(self.work, e.threads))
         flag = Expr(f"({masked} != 0)") if xmask is not None else False
         e.call(narrow_conv, xm, mm, flag, self.w, self.wt, self.offs, self.d, self.dcols, self.geom, tasks, stage.mode, stage.out_mask, stage.scale,
                stage.bias, stage.table, y, yb, ym, r, stage.residual, stage.bits_zero, work=self.work)
@@ -302,6 +302,6 @@ class NarrowPlan:
                 scratch["mm"] = np.empty_like(xm)
             mm = scratch["mm"]
             merge_rows(mm.size * kw, xmask, cg, kw, sw, dw, pl, ptop, self.mask_fill, mm)
-        tasks = min(xm.shape[1] * self.geom[4], 4 * current_threads())
+        tasks = min(xm.shape[1] * self.geom[4], 4 * task_threads(self.work, current_threads()))
         narrow_conv(self.work, xm, mm, xmask is not None, self.w, self.wt, self.offs, self.d, self.dcols, self.geom, tasks, stage.mode,
                     stage.out_mask, stage.scale, stage.bias, stage.table, y, yb, ym, r, stage.residual, stage.bits_zero)

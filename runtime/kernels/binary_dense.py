@@ -19,7 +19,7 @@ from numba import prange
 
 from runtime.bitpack import nwords, popcount
 from runtime.codegen import Expr
-from runtime.kernels.base import Kernel, Step, Twin, register
+from runtime.kernels.base import Kernel, Step, Twin, register, task_threads
 from runtime.kernels.binary_common import (
     BITS,
     FLOAT,
@@ -139,6 +139,7 @@ class BinaryDense(Kernel):
             self.wm = np.ascontiguousarray(masks.reshape(cout, kw))
             self.wcnt = (vals != 0).reshape(cout, -1).sum(axis=1, dtype=np.int64)
         self.k, self.n, self.kw, self.cout = k, n, kw, cout
+        self.work = n * self.w.size  # word operations
 
     def _block(self, threads: int) -> int:
         """Output channels per task: about four tasks per thread, whole words for the bits output."""
@@ -151,15 +152,15 @@ class BinaryDense(Kernel):
         xm = Expr(f"{ins[1]}.reshape(({self.n}, {self.kw}))") if self.has_xm else x
         st = self.stage
         y, yb, ym = st.buffers(outs, 2)
-        e.call(_binary_dense, x, xm, self.w, self.wm, self.wcnt, self.k, self.masked, self._block(e.threads), st.mode,
+        e.call(_binary_dense, x, xm, self.w, self.wm, self.wcnt, self.k, self.masked, self._block(task_threads(self.work, e.threads)), st.mode,
                st.out_mask, st.scale, st.bias, st.table, y, yb, ym, st.residual_expr(ins, 2), st.residual,
-               st.bits_zero, work=self.n * self.w.size)
+               st.bits_zero, work=self.work)
 
     def run(self, ins, outs, scratch):
         x = np.ascontiguousarray(ins[0]).reshape(self.n, self.kw)
         xm = np.ascontiguousarray(ins[1]).reshape(self.n, self.kw) if self.has_xm else x
         st = self.stage
         y, yb, ym = st.buffers(outs, 2)
-        _binary_dense(self.n * self.w.size, x, xm, self.w, self.wm, self.wcnt, self.k, self.masked,
-                      self._block(current_threads()), st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym,
+        _binary_dense(self.work, x, xm, self.w, self.wm, self.wcnt, self.k, self.masked,
+                      self._block(task_threads(self.work, current_threads())), st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym,
                       st.residual_of(ins, 2), st.residual, st.bits_zero)
