@@ -52,10 +52,10 @@ def generate(steps: list[dict], kernels: list, step_slots: list, n_slots: int, c
     args, views, named = pack_constants(e)
     params = [f"x{i}" for i in range(len(inputs))] + [n for n, _ in args]
     params += [f"b{j}" for j in range(n_slots)] + [n for n, *_ in e.scratch]
-    source = module_source([function_source("run_plan", params, views + e.lines, returns)], model)
+    source = module_source(e.helpers + [function_source("run_plan", params, views + e.lines, returns)], model)
     module, path = load_module(source, e.functions)
     return Plan(source, path, module.run_plan, tuple(a for _, a in args), e.scratch, params, segments,
-                e.functions, model, named)
+                e.functions, model, named, e.helpers)
 
 
 def pack_constants(e: Emitter) -> tuple[list[tuple[str, np.ndarray]], list[str], dict[str, np.ndarray]]:
@@ -128,7 +128,7 @@ class Steps:
             ret = "(" + "".join(f"{o}, " for o in outs if o) + ")"
             sources.append(function_source(f"step_{i}", params, lines, ret))
             specs.append((params, outs))
-        module, _ = load_module(module_source(sources, plan.model), plan.functions)
+        module, _ = load_module(module_source(plan.helpers + sources, plan.model), plan.functions)
         self.calls = [(getattr(module, f"step_{i}"), p, o) for i, (p, o) in enumerate(specs)]
 
     def run(self, plan: Plan, feeds: list[np.ndarray], slots: list[np.ndarray], scratch: list[np.ndarray], after=None):

@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.codegen import Expr
-from runtime.kernels.base import FLOATS, NUMBERS, Kernel, Step, Twin, check_dtypes, register
+from runtime.kernels.base import FLOATS, NUMBERS, Kernel, Step, Twin, check_dtypes, register, task_threads
 from runtime.kernels.conv import _phase_split, _tap_ranges
 from runtime.kernels.nn import lift4, window_geometry
 from runtime.kernels.pool_emit import emit_pool, fits
@@ -248,11 +248,11 @@ class Pool(Kernel):
 
     def emit(self, e, ins, outs):
         (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _) = self.k, self.s, self.d, self.p
-        # literal loops, serial: on a 64x112x112 MaxPool they beat the kernel 3.5x, and the
-        # kernel on two threads 2x (benchmarks/bench_float_ops.py)
+        # literal loops: on a 64x112x112 MaxPool they beat the kernel 3.5x, and the kernel on two
+        # threads 2x (benchmarks/bench_float_ops.py); split over the threads when large enough
         if fits(self.x4, self.y4, self.k, self.s, self.d, self.p):
             emit_pool(e, ins[0], outs[0], self.x4, self.y4, self.k, self.s, self.d, self.p, self.is_max,
-                      self.include_pad, self.pad.dtype.name, e.lit(self.pad))
+                      self.include_pad, self.pad.dtype.name, e.lit(self.pad), task_threads(self.work, e.threads))
             return
         x, y = Expr(f"{ins[0]}.reshape({e.lit(self.x4)})"), Expr(f"{outs[0]}.reshape({e.lit(self.y4)})")
         if self.tiled:

@@ -51,9 +51,10 @@ def fits(x4, y4, k, s, d, p) -> bool:
 
 
 def emit_pool(e, x: str, y: str, x4, y4, k, s, d, p, is_max: bool, include_pad: bool, dtype: str,
-              lowest: str) -> None:
+              lowest: str, tasks: int = 1) -> None:
     """Write the pool of ``x`` (N, C, H, W) into ``y`` (N, C, OH, OW) as literal loops;
-    ``dtype`` names the element type, ``lowest`` is the source of its lowest value."""
+    ``dtype`` names the element type, ``lowest`` is the source of its lowest value; with
+    ``tasks`` > 1 the loop over images and channels is split over the threads."""
     _, _, H, W = x4
     _, _, OH, OW = y4
     rows = runs(OH, H, k[0], s[0], d[0], p[0], p[2])
@@ -61,29 +62,33 @@ def emit_pool(e, x: str, y: str, x4, y4, k, s, d, p, is_max: bool, include_pad: 
     xf, yf = e.fresh("xf"), e.fresh("yf")
     e.line(f"{xf} = {x}.reshape(-1)")
     e.line(f"{yf} = {y}.reshape(-1)")
-    vm = None
-    (nc,) = e.loops((x4[0] * x4[1],))
-    for r0, r1, rtaps, rcount in rows:
+    # the max over the window's rows first, in one contiguous pass, where that saves strided
+    # loads: 3x3 windows (64x112x112, stride 2: 183 us against 295 us tap by tap), not 2x2
+    # ones (64x32x32: 24 us against 8 us; benchmarks/bench_float_ops.py)
+    separable = [is_max and len(rtaps) * k[1] > len(rtaps) + k[1] for _, _, rtaps, _ in rows]
+    vm = e.work((W,), dtype, "rowmax") if any(separable) and tasks == 1 else None
+    if tasks > 1:
+        nc = e.begin_parallel([xf, yf], x4[0] * x4[1], tasks, "pool")
+        if any(separable):  # its own row of maxima (a workspace array is shared by the tasks)
+            vm = e.fresh("rowmax")
+            e.line(f"{vm} = np.empty({W}, {dtype})")
+    else:
+        (nc,) = e.loops((x4[0] * x4[1],))
+    for (r0, r1, rtaps, rcount), sep in zip(rows, separable):
         oh = e.fresh("oh")
         e.line(f"for {oh} in range({r0}, {r1}):")
         e.indent += 1
         xr, yr = e.fresh("xr"), e.fresh("yr")
         e.line(f"{xr} = {nc} * {H * W} + {oh} * {s[0] * W} - {p[0] * W + p[1]}")
         e.line(f"{yr} = {nc} * {OH * OW} + {oh} * {OW}")
-        # the max over the window's rows first, in one contiguous pass, where that saves strided
-        # loads: 3x3 windows (64x112x112, stride 2: 183 us against 295 us tap by tap), not 2x2
-        # ones (64x32x32: 24 us against 8 us; benchmarks/bench_float_ops.py)
-        separable = is_max and len(rtaps) * k[1] > len(rtaps) + k[1]
-        if separable:
-            if vm is None:
-                vm = e.work((W,), dtype, "rowmax")
+        if sep:
             (w,) = e.loops((W,))
             row = [f"{xf}[{xr} + {ki * d[0] * W + p[1]} + {w}]" for ki in rtaps]
             e.line(f"{vm}[{w}] = " + _max_of(row))
             e.end(1)
         for c0, c1, ctaps, ccount in cols:
             ow = _range(e, c0, c1)
-            if separable:
+            if sep:
                 taps = [f"{vm}[{ow} * {s[1]} + {kj * d[1] - p[1]}]" for kj in ctaps]
             else:
                 taps = [f"{xf}[{xr} + {ow} * {s[1]} + {ki * d[0] * W + kj * d[1]}]" for ki in rtaps for kj in ctaps]
@@ -101,7 +106,10 @@ def emit_pool(e, x: str, y: str, x4, y4, k, s, d, p, is_max: bool, include_pad: 
                 e.line(f"{target} = {v} / {dtype}({count})")
             e.end(1)
         e.end(1)
-    e.end(1)
+    if tasks > 1:
+        e.end_parallel()
+    else:
+        e.end(1)
 
 
 def _max_of(terms: list[str]) -> str:

@@ -146,8 +146,8 @@ def test_prelu_runtime_slope():
 def test_pools_as_literal_plan_loops(threads, tmp_path):
     """Every pool above (MaxPool, AveragePool with and without count_include_pad, an int8 max)
     in one emitted plan, where they are literal loops (runtime/kernels/pool_emit.py), against
-    onnxruntime, on one thread and two (where a pool large enough for the parallel kernel stays
-    literal too)."""
+    onnxruntime, on one thread and two (where the large pools' loops are split over the threads
+    in a parallel function of the plan module, each task with its own row of maxima)."""
     import onnx
 
     import bnnc
@@ -168,7 +168,8 @@ def test_pools_as_literal_plan_loops(threads, tmp_path):
     feeds["big"] = randn(1, 16, 64, 64)
     nodes.append(helper.make_node("MaxPool", ["q"], ["qmax"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
     nodes.append(helper.make_node("MaxPool", ["big"], ["bigmax"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]))
-    outputs += ["qmax", "bigmax"]
+    nodes.append(helper.make_node("AveragePool", ["big"], ["bigavg"], kernel_shape=[2, 2], strides=[2, 2]))
+    outputs += ["qmax", "bigmax", "bigavg"]
     inputs = [(k, list(v.shape), helper.np_dtype_to_tensor_dtype(v.dtype)) for k, v in feeds.items()]
     model = onnx.shape_inference.infer_shapes(make_model(nodes, inputs, [(o, None, 0) for o in outputs], opset=19),
                                               strict_mode=True)
@@ -177,3 +178,4 @@ def test_pools_as_literal_plan_loops(threads, tmp_path):
     compare(sess.run(None, feeds), ort_run(model, feeds))
     calls = [line for line in sess._plan.source.splitlines() if "k_pool_" in line and "(" in line]
     assert not calls, calls
+    assert sess._plan.source.count("prange(") == (2 if threads > 1 else 0)  # the two big pools
