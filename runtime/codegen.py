@@ -180,11 +180,34 @@ class Emitter:
         self.indent += 2
         return i
 
+    def begin_prange(self, args: list[str], shape: tuple[int, ...]) -> list[str]:
+        """Open loops over ``shape`` in a parallel function of the plan module (called with
+        ``args``, as ``begin_parallel``), the first axis longer than 1 a ``prange``, the unit
+        axes before it not looped (index 0); close with ``end_parallel``. For bodies that index
+        by the loop variables alone (an elementwise op), which vectorize there as in the plan."""
+        name = self.fresh("p_loop_")
+        self._outer.append((self.lines, self.indent, name, list(dict.fromkeys(args)), None, None))
+        self.lines, self.indent = [], 1
+        idx: list[str] = []
+        for d in shape:
+            if d == 1 and all(i == "0" for i in idx):
+                idx.append("0")
+                continue
+            i = self.fresh("i")
+            self.line(f"for {i} in {'range' if any(i != '0' for i in idx) else 'prange'}({int(d)}):")
+            self.indent += 1
+            idx.append(i)
+        return idx
+
     def end_parallel(self) -> None:
-        """Close ``begin_parallel``: the task's function and the parallel function join the
-        module, the call the plan."""
+        """Close ``begin_parallel`` or ``begin_prange``: the functions join the module, their
+        call the plan."""
         body = self.lines
         self.lines, self.indent, name, args, t, tasks = self._outer.pop()
+        if t is None:
+            self.helpers.append(function_source(name, args, body, decorator=PARALLEL_DECORATOR))
+            self.line(f"{name}({', '.join(args)})")
+            return
         self.helpers.append(function_source(f"{name}task", args + [t], body))
         call = f"{name}task({', '.join(args + [t])})"
         self.helpers.append(function_source(name, args, [f"    for {t} in prange({tasks}):", f"        {call}"],
@@ -217,13 +240,25 @@ class Emitter:
             for f, (a, _) in zip(flat, operands):
                 if f is not None:
                     self.line(f"{f} = {a}.reshape(-1)")
-            (i,) = self.loops((n,))
+            split = self._split(n)
+            if split:
+                (i,) = self.begin_prange([of] + [f for f in flat if f] + [a for f, (a, _) in zip(flat, operands)
+                                                                          if f is None and isinstance(a, str)], (n,))
+            else:
+                (i,) = self.loops((n,))
             self.line(f"{of}[{i}] = " + expr(*[f"{f}[{i}]" if f else a if isinstance(a, str) else self.lit(a)
                                                for f, (a, _) in zip(flat, operands)]))
-            self.end(1)
+            if split:
+                self.end_parallel()
+            else:
+                self.end(1)
             return
-        idx = self.loops(shape)
         rank = len(shape)
+        split = self._split(math.prod(shape))
+        if split:
+            idx = self.begin_prange([out] + [a for a, _ in operands if isinstance(a, str)], shape)
+        else:
+            idx = self.loops(shape)
 
         def at(a: Any, s: tuple[int, ...]) -> str:
             if not s:
@@ -234,7 +269,16 @@ class Emitter:
 
         target = f"{out}[{', '.join(idx)}]" if idx else f"{out}[()]"
         self.line(f"{target} = " + expr(*[at(a, tuple(s)) for a, s in operands]))
-        self.end(rank)
+        if split:
+            self.end_parallel()
+        else:
+            self.end(rank)
+
+    def _split(self, elements: int) -> bool:
+        """Whether an elementwise loop of this many elements is split over the threads."""
+        from runtime.kernels.base import task_threads  # here: the kernels import this module
+
+        return task_threads(elements, self.threads) > 1
 
     def comment(self, text: str) -> None:
         self.line("# " + text.replace("\n", " "))

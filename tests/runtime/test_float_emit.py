@@ -114,3 +114,31 @@ def test_sign_emitted_matches_run():
     for zero, scale in ((0, 1.0), (1, 0.5), (-1, 2.0)):
         y = _emitted("bnnc.Sign", {"zero": zero, "scale": scale}, [x], x.shape, "float32")
         assert y[0, 3] == zero * scale and y[1, 1] == scale and y[1, 2] == -scale and np.isnan(y[0, 0])
+
+
+def test_large_elementwise_loops_split_over_threads():
+    """Elementwise loops of PARALLEL_WORK elements or more go to parallel functions of the plan
+    module at two threads (a flat loop, a broadcast one, an operand read twice, a scalar
+    constant), with the same results as one thread and onnxruntime; small ones stay inline."""
+    from runtime.kernels.base import PARALLEL_WORK
+
+    n, c, h, w = 4, 16, 32, 32
+    assert n * c * h * w >= PARALLEL_WORK
+    feeds = {"x": randn(n, c, h, w), "k": randn(n, 1, h, w, salt=1), "s": randn(1, 2, 3, salt=2)}
+    nodes = [helper.make_node("Abs", ["x"], ["a"]), helper.make_node("Mul", ["a", "k"], ["m"]),
+             helper.make_node("Mul", ["m", "m"], ["mm"]), helper.make_node("Add", ["mm", "half"], ["y"]),
+             helper.make_node("Neg", ["s"], ["small"])]
+    inputs = [(k, list(v.shape), helper.np_dtype_to_tensor_dtype(v.dtype)) for k, v in feeds.items()]
+    model = make_model(nodes, inputs, [("y", None, 0), ("small", None, 0)], {"half": np.array(0.5, np.float32)}, opset=17)
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    expected = ort_run(model, feeds)
+    with tempfile.TemporaryDirectory() as d:
+        path = bnnc.compile_model(save(model, d), os.path.join(d, "m.bnn"), passes=[]).path
+        results = {}
+        for threads in (1, 2):
+            sess = InferenceSession(path, threads=threads, plan="emitted")
+            results[threads] = sess.run(None, feeds)
+            assert sess._plan.source.count("prange(") == (4 if threads == 2 else 0)
+    compare(results[2], expected, rel=1e-6)
+    for a, b in zip(results[1], results[2]):
+        np.testing.assert_array_equal(a, b)
