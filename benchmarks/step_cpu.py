@@ -42,7 +42,8 @@ def measure(artifact: str, repeat: int) -> tuple[list[tuple[str, str, float]], f
     times: list[list[float]] = [[] for _ in s._steps]
     with limit_threads(1), s._workspace() as ws:
         for _ in range(repeat):
-            s._step_by_step(ws, arrays, _Laps(times, time.thread_time))
+            laps = _Laps(times, time.thread_time)
+            s._step_by_step(ws, arrays, laps, laps.start)
     steps = [(st["name"], st["op"], min(t)) for st, t in zip(s._steps, times)]
     return steps, float(np.median(whole)), min(whole)
 

@@ -131,11 +131,16 @@ class Steps:
         module, _ = load_module(module_source(plan.helpers + sources, plan.model), plan.functions)
         self.calls = [(getattr(module, f"step_{i}"), p, o) for i, (p, o) in enumerate(specs)]
 
-    def run(self, plan: Plan, feeds: list[np.ndarray], slots: list[np.ndarray], scratch: list[np.ndarray], after=None):
-        """Run every step; ``after(i, outputs)`` sees step i's output arrays (None for absent ones)."""
+    def run(self, plan: Plan, feeds: list[np.ndarray], slots: list[np.ndarray], scratch: list[np.ndarray], after=None,
+            before=None):
+        """Run every step; ``before(i)`` is called just before step i (its arguments gathered),
+        ``after(i, outputs)`` just after, with its output arrays (None for absent ones)."""
         values = named_values(plan, feeds, slots, scratch)
         for i, (fn, params, outs) in enumerate(self.calls):
-            res = iter(fn(*[values[p] for p in params]))
+            args = [values[p] for p in params]
+            if before is not None:
+                before(i)
+            res = iter(fn(*args))
             arrays = [next(res) if o else None for o in outs]
             for o, a in zip(outs, arrays):
                 if o:

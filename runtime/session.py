@@ -30,7 +30,7 @@ from runtime.errors import BnncError
 from runtime.kernels import KERNELS
 from runtime.kernels.base import Step
 from runtime.program import Steps, call, emittable, generate, scratch_arrays
-from runtime.threads import limit_threads, max_threads
+from runtime.threads import limit_threads, max_threads, wake_pool
 from runtime.validate import binarizes, check_finite
 
 
@@ -354,16 +354,17 @@ class InferenceSession:
                 if self._plan is None:
                     self._execute(ws, arrays, timings=times)
                     continue
-                self._step_by_step(ws, arrays, _Laps(times))
+                laps = _Laps(times)
+                self._step_by_step(ws, arrays, laps, laps.start)
         return [(s["name"], s["op"], float(np.median(t))) for s, t in zip(self._steps, times)]
 
-    def _step_by_step(self, ws: _Workspace, feeds: dict[str, np.ndarray], after) -> None:
+    def _step_by_step(self, ws: _Workspace, feeds: dict[str, np.ndarray], after, before=None) -> None:
         """The plan's emitted code one step at a time (``program.Steps``), made on first use."""
         with self._lock:
             if self._steps_program is None:
                 self._steps_program = Steps(self._plan)
         self._steps_program.run(self._plan, [feeds[i["name"]] for i in self._inputs], ws.slots, ws.plan_scratch,
-                                after)
+                                after, before)
 
     def _execute(self, ws: _Workspace, feeds: dict[str, np.ndarray], observe=None, timings=None) -> dict[str, np.ndarray]:
         env: dict[str, np.ndarray] = dict(self._consts)
@@ -390,12 +391,21 @@ class InferenceSession:
 
 
 class _Laps:
-    """``after`` callback of a step-by-step run: appends each step's time (by ``clock``) to
-    ``times[i]``."""
+    """Step-by-step timing: ``start(i)`` just before step i, the callback just after it
+    appends its time (by ``clock``) to ``times[i]``. Only the step's own call is timed, not
+    the gathering of its arguments. With several threads ``start`` first wakes the thread pool:
+    between two steps called from Python its workers may have gone to sleep (they spin only
+    about 0.1 ms), and waking them costs 30-80 us on a VM, which inside the plan function a
+    parallel kernel following a parallel kernel does not pay (it made every parallel step of
+    Bi-Real Net 18 look hardly faster at 2 threads than at 1)."""
 
     def __init__(self, times: list[list[float]], clock=time.perf_counter):
         self.times, self.clock = times, clock
         self.last = clock()
+
+    def start(self, i: int) -> None:
+        wake_pool()
+        self.last = self.clock()
 
     def __call__(self, i: int, _outs) -> None:
         now = self.clock()

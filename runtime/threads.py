@@ -33,6 +33,8 @@ import os
 import threading
 
 import numba
+import numpy as np
+from numba import njit, prange
 
 # (set, get) symbol pairs: numpy's wheels bundle scipy-openblas (ILP64 symbols, suffix 64_);
 # distribution builds link a plain OpenBLAS
@@ -147,3 +149,16 @@ class limit_threads:  # noqa: N801  (used like a function: ``with limit_threads(
                 for setter, before in _blas_saved:
                     setter(before)
                 _blas_saved.clear()
+
+
+@njit(parallel=True, cache=True)
+def _touch(a):
+    for i in prange(a.shape[0]):
+        a[i] += 1
+
+
+def wake_pool() -> None:
+    """Have the thread pool's workers running (a parallel no-op) when this thread uses several."""
+    n = current_threads()
+    if n > 1:
+        _touch(np.zeros(n, np.int64))

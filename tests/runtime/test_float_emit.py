@@ -142,3 +142,24 @@ def test_large_elementwise_loops_split_over_threads():
     compare(results[2], expected, rel=1e-6)
     for a, b in zip(results[1], results[2]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_step_by_step_calls_before_and_after_each_step():
+    """The step-by-step run (``profile``'s) calls ``before(i)`` then ``after(i, outputs)`` around
+    every step, in order, and ``profile`` at two threads gives every step a time."""
+    from runtime.program import Steps
+
+    feeds = {"x": randn(2, 16, 64, 64)}
+    nodes = [helper.make_node("Abs", ["x"], ["a"]), helper.make_node("MaxPool", ["a"], ["y"], kernel_shape=[2, 2], strides=[2, 2])]
+    model = make_model(nodes, [("x", [2, 16, 64, 64], 1)], [("y", None, 0)], {}, opset=17)
+    with tempfile.TemporaryDirectory() as d:
+        sess = InferenceSession(bnnc.compile_model(save(model, d), os.path.join(d, "m.bnn"), passes=[]).path, threads=2,
+                                plan="emitted")
+        events: list = []
+        steps = Steps(sess._plan)
+        times = sess.profile(feeds, repeat=3)
+        assert [op for _, op, _ in times] == ["Abs", "MaxPool"] and all(t > 0 for *_, t in times)
+        with sess._workspace() as ws:
+            steps.run(sess._plan, [feeds["x"]], ws.slots, ws.plan_scratch, lambda i, outs: events.append(("after", i)),
+                      lambda i: events.append(("before", i)))
+    assert events == [("before", 0), ("after", 0), ("before", 1), ("after", 1)]
