@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.kernels.base import Kernel, Step, check_dtypes, register
+from runtime.kernels.base import Kernel, Step, check_dtypes, check_scratch, register
 from runtime.kernels.binary_common import check_input, check_outputs, const_input, weight_values, window_attrs
+from runtime.kernels.binary_weight_table import TablePlan
 from runtime.kernels.conv import Conv
 from runtime.kernels.dense import Product
 from runtime.kernels.nn import activation_of
@@ -31,8 +32,9 @@ def _scale_bias_of(step: Step, cout: int) -> tuple[np.ndarray, np.ndarray]:
 
 @register("bnnc.BinaryWeightConv")
 class BinaryWeightConv(Conv):
-    """The float convolution (runtime/kernels/conv.py) with weights ``values * scale[c]``,
-    unpacked once, and ``bias`` as its bias."""
+    """Sign tables (runtime/kernels/binary_weight_table.py) where their estimated work is less
+    than the float convolution's, else the float convolution (runtime/kernels/conv.py) with
+    weights ``values * scale[c]``, unpacked once, and ``bias`` as its bias."""
 
     n_inputs = (5, 5)  # X, W, W_mask, scale, bias
 
@@ -49,9 +51,26 @@ class BinaryWeightConv(Conv):
         check_dtypes(step, [0], ("float32",))  # the output too
         self._plan((cout, cin // g, kh, kw), g, activation_of(step))
         scale, bias = _scale_bias_of(step, cout)
-        w = weight_values(step, 1, self.w4).astype(np.float32) * scale.reshape(-1, 1, 1, 1)
+        values = weight_values(step, 1, self.w4)
         self.const = self.has_bias = True
-        self.params = self._params(w, bias)
+        self.table = TablePlan.choose(self, values, scale, bias)
+        if self.table is not None:
+            check_scratch(step, self.table.xq_shape, np.float32)
+            return
+        self.params = self._params(values.astype(np.float32) * scale.reshape(-1, 1, 1, 1), bias)
+
+    def emit(self, e, ins, outs):
+        if self.table is None:
+            return super().emit(e, ins, outs)
+        self.table.emit(e, ins[0], outs[0], self.act)
+
+    def make_scratch(self):
+        return super().make_scratch() if self.table is None else self.table.make_scratch()
+
+    def run(self, ins, outs, scratch):
+        if self.table is None:
+            return super().run(ins, outs, scratch)
+        self.table.run(ins[0], outs[0], self.act, scratch)
 
 
 @register("bnnc.BinaryWeightDense")
