@@ -39,7 +39,7 @@ from runtime.kernels import conv_tile as tiles
 from runtime.kernels.base import Twin
 from runtime.kernels.conv_gemm import workers
 from runtime.kernels.conv_planes import copy_rows, split_input
-from runtime.kernels.conv_tile import LANES, _next_start_jit
+from runtime.kernels.conv_tile import LANES, _isplat, _next_start_jit, _splat, _splat_bool
 from runtime.kernels.nn import act_inplace
 from runtime.threads import current_threads
 
@@ -49,11 +49,13 @@ MR, V = {16: (8, 2), 8: (4, 3)}.get(LANES, (8, 3))  # output channels x position
 P = V * LANES  # positions per block
 RS = P + 8  # floats between panel rows: a block plus the spill of an 8-float copy (conv_panel.py)
 QC = max(1, (16 << 10) // (E * P * 4))  # groups per chunk: its tables fill 16 KB of L1
-TABLE_COST = 1.5  # vector operations of the table path per cycle-ish float vector multiply-add
-PACK_COST = 2.0  # vector operations per 8 floats packed
+# the cost of a vector add from a table, of a table entry, of 8 floats packed, of an output vector
+# stored, in float vector multiply-adds (``_ops``)
+ACC_COST, BUILD_COST, PACK_COST, STORE_COST = 1.45, 1.55, 2.65, 30.0
 SPLIT_WORK = 1 << 22  # below this much float-equivalent work a conv runs in one thread (conv.py)
 _i32, _i64, _f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
 _VEC = ir.VectorType(_f32, LANES)
+_MASK = ir.VectorType(ir.IntType(1), LANES)
 
 
 def _vptr(builder, base, at):
@@ -129,16 +131,39 @@ def accumulate(typingctx, tab, idx, ipos, nq, acc, apos, first):
     return sig, codegen
 
 
-@njit(cache=True, nogil=True)
-def _epilogue(a, row, cnt, s, b, relu):
-    """row[t] = a[t] * s + b (Relu when ``relu``) for t < cnt."""
-    if relu:
-        for t in range(cnt):
-            v = a[t] * s + b
-            row[t] = v if v > 0 else 0
-    else:
-        for t in range(cnt):
-            row[t] = a[t] * s + b
+@intrinsic
+def _epilogue(typingctx, acc, apos, row, rpos, cnt, s, b, relu):
+    """row[rpos + t] = acc[apos + t] * s + b (Relu when ``relu``: 0 for NaN too, as the other
+    kernels) for t < cnt, in vectors of LANES, the last one a masked store (Numba's own loop
+    leaves runs shorter than its unrolled vector loop to a scalar remainder). Reads up to
+    LANES - 1 floats past acc's run."""
+    sig = types.void(acc, apos, row, rpos, cnt, s, b, relu)
+
+    def codegen(context, builder, sig, args):
+        acc_, apos_, row_, rpos_, cnt_, s_, b_, relu_ = args
+        ab = builder.gep(context.make_array(sig.args[0])(context, builder, acc_).data, [apos_])
+        rb = builder.gep(context.make_array(sig.args[2])(context, builder, row_).data, [rpos_])
+        sv, bv = _splat(builder, s_), _splat(builder, b_)
+        zero = ir.Constant(_VEC, [0.0] * LANES)
+        no_relu = _splat_bool(builder, builder.icmp_signed("==", relu_, ir.Constant(relu_.type, 0)))
+        lane = ir.Constant(ir.VectorType(_i64, LANES), list(range(LANES)))
+        mask_store = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [_VEC, _VEC.as_pointer(), _i32, _MASK]),
+            f"llvm.masked.store.v{LANES}f32.p0v{LANES}f32")
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]),
+                                             f"llvm.fmuladd.v{LANES}f32")
+        n = builder.sdiv(builder.add(cnt_, _c(LANES - 1)), _c(LANES))
+        with cgutils.for_range(builder, n) as loop:
+            at = builder.mul(loop.index, _c(LANES))
+            val = builder.call(fma, [builder.load(_vptr(builder, ab, at), align=4), sv, bv])
+            keep = builder.or_(builder.fcmp_ordered(">", val, zero), no_relu)
+            val = builder.select(keep, val, zero)
+            left = builder.sub(cnt_, at)
+            mask = builder.icmp_signed("<", lane, _isplat(builder, left))
+            builder.call(mask_store, [val, _vptr(builder, rb, at), ir.Constant(_i32, 4), mask])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True, nogil=True)
@@ -154,7 +179,7 @@ def _store_wide(acc, y, pos, stop, Wq, scale, bias, relu):
         cnt = min(seg, OW - ow)
         for m in range(M):
             if cnt > 0:
-                _epilogue(acc[m * P + i - pos:], y[m, oh, ow:], cnt, scale[m], bias[m], relu)
+                _epilogue(acc, m * P + i - pos, y[m, oh], ow, cnt, scale[m], bias[m], relu)
         i += seg
         oh += 1
         ow = 0
@@ -171,7 +196,7 @@ def _store_packed(acc, yf, q0, stop, scale, bias, relu):
         p = q - n * PP
         cnt = min(PP - p, stop - q)
         for m in range(M):
-            _epilogue(acc[m * P + q - q0:], yf[n, m, p:], cnt, scale[m], bias[m], relu)
+            _epilogue(acc, m * P + q - q0, yf[n, m], p, cnt, scale[m], bias[m], relu)
         q += cnt
 
 
@@ -224,7 +249,7 @@ def _conv_table_body(x, xq, offs, idx, scale, bias, y, geo, kind, a0, a1, tasks,
         for t in prange(tasks):
             pan = np.empty(offs.shape[0] * RS, np.float32)
             tab = np.empty(QC * E * P, np.float32)
-            acc = np.empty(nmb * MR * P, np.float32)
+            acc = np.empty(nmb * MR * P + LANES, np.float32)
             koffs = np.arange(offs.shape[0]) * RS
             q_lo, q_hi = min(Q, t * per), min(Q, (t + 1) * per)
             for q0 in range(q_lo, q_hi, P):
@@ -244,7 +269,7 @@ def _conv_table_body(x, xq, offs, idx, scale, bias, y, geo, kind, a0, a1, tasks,
         if r1 <= r0:
             continue
         tab = np.empty(QC * E * P, np.float32)
-        acc = np.empty(nmb * MR * P, np.float32)
+        acc = np.empty(nmb * MR * P + LANES, np.float32)
         end = (r1 - 1) * Wq + OW
         pos, oh, ow = r0 * Wq, r0, 0
         while pos < end:
@@ -293,12 +318,12 @@ class TablePlan:
         self.offs = pad_taps(offs, plane)
         self.idx = table_offsets(signs.reshape(m, -1))
         self.scale, self.bias = np.ascontiguousarray(scale, np.float32), np.ascontiguousarray(bias, np.float32)
-        self.work = int(_ops(self.y4, m, c * kh * kw, self.geo[3], packed) * LANES)  # float-equivalent
+        self.work = int(_ops(self.y4, m, c * kh * kw, self.geo[3], packed) * LANES)  # in multiply-adds
 
     @staticmethod
     def choose(conv, values: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> TablePlan | None:
-        """The table plan of least estimated work (``_ops``), when it is less than the float
-        convolution's (one vector multiply-add per LANES multiply-adds), else None: other groups,
+        """The table plan of least estimated cost (``_ops``), when it is less than the float
+        convolution's (a vector multiply-add per LANES multiply-adds), else None: other groups,
         ternary weights and other dtypes stay float."""
         if conv.groups != 1 or conv.dtype != np.float32 or not np.all(values):
             return None
@@ -306,7 +331,7 @@ class TablePlan:
         wq = tiles.geometry(1, conv.y4[2:], (kh, kw), conv.strides, conv.dil, conv.pads)[1][3]
         costs = {packed: _ops(conv.y4, m, c * kh * kw, wq, packed) for packed in (False, True)}
         packed = min(costs, key=costs.get)
-        if costs[packed] * TABLE_COST >= conv.macs / LANES:
+        if costs[packed] >= conv.macs / LANES:
             return None
         return TablePlan(conv, values, scale, bias, packed)
 
@@ -336,13 +361,15 @@ class TablePlan:
 
 
 def _ops(y4, m: int, k: int, wq: int, packed: bool) -> float:
-    """Estimated vector operations of the table path: per block of P positions and group, MR * V
-    loads and adds per tile of output channels and 2^G * V table stores; packed blocks copy the
-    K taps' P values (PACK_COST per 8 floats), wide blocks cover the wide columns too."""
+    """Estimated cost of the table path in float vector multiply-adds (the float convolution's
+    unit, LANES multiply-adds each): per block of P positions and group, MR * V loads and adds
+    per tile of output channels and 2^G * V table stores; per block, its K taps' P values packed
+    (packed blocks; wide blocks cover the wide columns instead) and M * V output vectors stored.
+    The weights are fitted to benchmarks/bench_binary_weight.py (AVX-512, Zen 4)."""
     n, _, oh, ow = y4
     nq, mp = -(-k // G), -(-m // MR) * MR
     if packed:
-        blocks, extra = -(-n * oh * ow // P), k * P / 8 * PACK_COST
+        blocks, pack = -(-n * oh * ow // P), k * P / 8
     else:
-        blocks, extra = n * -(-((oh - 1) * wq + ow) // P), 0.0
-    return blocks * (nq * (mp + E) * V + extra)
+        blocks, pack = n * -(-((oh - 1) * wq + ow) // P), 0.0
+    return blocks * (nq * V * (ACC_COST * mp + BUILD_COST * E) + PACK_COST * pack + STORE_COST * m * V)
