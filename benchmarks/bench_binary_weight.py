@@ -7,7 +7,7 @@ strides, 1x1), the kernel is built from a plan step three ways: the float convol
 (runtime/kernels/binary_weight_table.py). Each is timed as the minimum CPU time of the calling
 thread over ``--reps`` runs at one thread (steady on a shared machine), and we print the times,
 float / table, and the estimate binary_weight.py decides by: the float conv's ``macs / LANES``
-over the tables' ``_ops`` (fitted to these figures; each time here includes the Python call of a
+over the tables' ``binary_weight._ops`` (fitted to these figures; each time here includes the Python call of a
 step, a few microseconds, which the plan function does not pay).
 
     python benchmarks/bench_binary_weight.py [--reps 200] [--only SUBSTRING]
@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from runtime.bitpack import pack_dense
+from runtime.kernels import binary_weight as bw
 from runtime.kernels import binary_weight_table as table
 from runtime.kernels.base import KERNELS, Step
 from runtime.threads import limit_threads
@@ -56,13 +57,13 @@ def build(case, mode: str):
                 dict(kernel_shape=[k, k], strides=[s, s], pads=[p] * 4, group=1, cin=c, cout=m, activation="Relu"),
                 [x.shape, bits.shape, None, scale.shape, bias.shape], ["float32", "uint64", None, "float32", "float32"],
                 [(n, m, o, o)], ["float32"], [None, bits, None, scale, bias])
-    choose = table.TablePlan.choose
-    table.TablePlan.choose = staticmethod(
-        lambda conv, v, sc, b: None if mode == "float" else table.TablePlan(conv, v, sc, b, mode == "packed"))
+    choose = bw.TablePlan.choose
+    bw.TablePlan.choose = staticmethod(
+        lambda conv, v, sc, b: None if mode == "float" else bw.TablePlan(conv, v, sc, b, mode == "packed"))
     try:
         kernel = KERNELS["bnnc.BinaryWeightConv"](step)
     finally:
-        table.TablePlan.choose = choose
+        bw.TablePlan.choose = choose
     return kernel, x, np.empty((n, m, o, o), np.float32)
 
 
@@ -96,8 +97,8 @@ def main() -> None:
         real = KERNELS["bnnc.BinaryWeightConv"](build(case, "float")[0].step)
         n, c, h, w, m, k, s, p = case
         fl = real.macs / table.LANES
-        wq = table.tiles.geometry(1, real.y4[2:], (k, k), (s, s), (1, 1), (p,) * 4)[1][3]
-        est = fl / (min(table._ops(real.y4, m, c * k * k, wq, pk) for pk in (False, True)))
+        wq = bw.tiles.geometry(1, real.y4[2:], (k, k), (s, s), (1, 1), (p,) * 4)[1][3]
+        est = fl / (min(bw._ops(real.y4, m, c * k * k, wq, pk) for pk in (False, True)))
         chosen = "float" if real.table is None else ("packed" if real.table.packed else "wide")
         best = min(times["wide"], times["packed"])
         print(f"{name:26} {times['float']:9.1f} {times['wide']:9.1f} {times['packed']:9.1f} {times['float'] / best:7.2f}x"

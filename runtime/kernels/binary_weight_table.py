@@ -12,14 +12,23 @@ The taps are cut into groups of G. For a block of P consecutive positions and on
                                                                           runtime/bitpack.py)
 
 hold every signed sum the group can contribute, and output channel m adds the one its weights
-select: ``acc[m] += T[q, code[m, q]]``, one vector load and add for G multiply-adds. The tables
-are built in registers, half by one subtraction each (Gray order: T[c] = T[c - 2^j] - 2 x_j, j
-the lowest bit of c) and half by negation (T[~c] = -T[c]), and cost 2^G vector stores per group,
-shared by all output channels. The taps past K (K rounded up to a multiple of G) read a zero
-run at the end of xq. A tile (``accumulate``) holds MR output channels x V vectors of positions
-in registers over a chunk of QC groups, whose tables (QC * 2^G * P floats) stay in L1; between
-chunks it keeps them in a small buffer. Then ``y = act(acc * scale + bias)`` is written into the
-block's output rows (Relu there, other activations over the rows afterwards).
+select: ``acc[m] += T[q, code[m, q]]``, one vector load and add for G multiply-adds. Since
+T[q, ~code] = -T[q, code], only the H = 2^(G-1) entries with the top bit clear are stored, and
+a channel whose code has it set adds -1 times the complement's entry (a multiply-add by +-1,
+exact). The entries are built in registers, one subtraction each (Gray order: T[c] = T[c - 2^j]
+- 2 x_j, j the lowest bit of c), H vector stores per group shared by all output channels. The
+taps past K (K rounded up to a multiple of G) read a zero run at the end of xq. A tile
+(``accumulate``) holds MR output channels x V vectors of positions in registers over a chunk of
+QC groups, whose tables (QC * H * P floats) stay in L1; between chunks it keeps them in a small
+buffer. Then ``y = act(acc * scale + bias)`` is written into the block's output rows (Relu
+there, other activations over the rows afterwards). Blocks are runs of each image's wide rows,
+or, where the wide columns would waste more than a copy costs (small planes), blocks of the
+batch's positions packed into a panel, every tap's P values a row (``_pack``, as conv_panel.py).
+
+G = 5 and P = 32 (MR = 8 channels x 2 vectors of 16) measured best on AVX-512 (Zen 4) among G =
+3..6 with full or half tables, MR x V in 8x2, 12x2, 16x1, 24x1, 6x4, and chunks of 4..32 groups:
+models/bwn.onnx's three convs 0.173 / 0.099 / 0.048 ms of CPU against 0.360 / 0.195 / 0.102 by
+the float convolution (benchmarks/step_cpu.py, one thread).
 
 Against the float path (runtime/kernels/conv.py, FMA-bound) this reads about 1/G of the vectors
 and does 1/G of the arithmetic plus the tables; binary_weight.py decides where it pays. Results
@@ -34,25 +43,18 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from runtime.codegen import Expr
-from runtime.kernels import conv_tile as tiles
 from runtime.kernels.base import Twin
-from runtime.kernels.conv_gemm import workers
 from runtime.kernels.conv_planes import copy_rows, split_input
 from runtime.kernels.conv_tile import LANES, _isplat, _next_start_jit, _splat, _splat_bool
 from runtime.kernels.nn import act_inplace
-from runtime.threads import current_threads
 
-G = 4  # taps per group: tables of 2^G vectors
+G = 5  # taps per group: tables of 2^(G-1) vectors
 E = 1 << G
+H = E // 2  # entries stored: the other half are their negatives
 MR, V = {16: (8, 2), 8: (4, 3)}.get(LANES, (8, 3))  # output channels x position vectors per tile
 P = V * LANES  # positions per block
 RS = P + 8  # floats between panel rows: a block plus the spill of an 8-float copy (conv_panel.py)
-QC = max(1, (16 << 10) // (E * P * 4))  # groups per chunk: its tables fill 16 KB of L1
-# the cost of a vector add from a table, of a table entry, of 8 floats packed, of an output vector
-# stored, in float vector multiply-adds (``_ops``)
-ACC_COST, BUILD_COST, PACK_COST, STORE_COST = 1.45, 1.55, 2.65, 30.0
-SPLIT_WORK = 1 << 22  # below this much float-equivalent work a conv runs in one thread (conv.py)
+QC = max(1, (16 << 10) // (H * P * 4))  # groups per chunk: its tables fill 16 KB of L1
 _i32, _i64, _f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
 _VEC = ir.VectorType(_f32, LANES)
 _MASK = ir.VectorType(ir.IntType(1), LANES)
@@ -81,7 +83,7 @@ def build_tables(typingctx, xq, xpos, offs, k0, nq, tab):
             q = loop.index
             taps = [builder.gep(xb, [builder.load(builder.gep(ob, [builder.add(builder.mul(q, _c(G)), _c(j))]))])
                     for j in range(G)]
-            tq = builder.gep(tb, [builder.mul(q, _c(E * P))])
+            tq = builder.gep(tb, [builder.mul(q, _c(H * P))])
             for v in range(V):
                 xs = [builder.load(_vptr(builder, t, _c(v * LANES)), align=4) for t in taps]
                 twice = [builder.fadd(a, a) for a in xs]
@@ -91,9 +93,7 @@ def build_tables(typingctx, xq, xpos, offs, k0, nq, tab):
                 for code in range(1, E // 2):  # the top bit clear; the rest by negation
                     low = (code & -code).bit_length() - 1
                     t[code] = builder.fsub(t[code ^ (1 << low)], twice[low])
-                for code in range(E // 2):
-                    t[E - 1 - code] = builder.fneg(t[code])
-                for code in range(E):
+                for code in range(H):
                     builder.store(t[code], _vptr(builder, tq, _c(code * P + v * LANES)), align=4)
         return context.get_dummy_value()
 
@@ -108,6 +108,8 @@ def accumulate(typingctx, tab, idx, ipos, nq, acc, apos, first):
 
     def codegen(context, builder, sig, args):
         tab_, idx_, ipos_, nq_, acc_, apos_, first_ = args
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]),
+                                             f"llvm.fmuladd.v{LANES}f32")
         tb = context.make_array(sig.args[0])(context, builder, tab_).data
         ib = builder.gep(context.make_array(sig.args[1])(context, builder, idx_).data, [ipos_])
         ab = builder.gep(context.make_array(sig.args[4])(context, builder, acc_).data, [apos_])
@@ -117,12 +119,13 @@ def accumulate(typingctx, tab, idx, ipos, nq, acc, apos, first):
         accs = [[cgutils.alloca_once_value(builder, builder.select(fresh, zero, builder.load(p, align=4)))
                  for p in row] for row in ptrs]
         with cgutils.for_range(builder, nq_) as loop:
-            qb = builder.gep(ib, [builder.mul(loop.index, _c(MR))])
+            qb = builder.gep(ib, [builder.mul(loop.index, _c(2 * MR))])
             for r in range(MR):
-                tp = builder.gep(tb, [builder.sext(builder.load(builder.gep(qb, [_c(r)])), _i64)])
+                tp = builder.gep(tb, [builder.sext(builder.load(builder.gep(qb, [_c(2 * r)])), _i64)])
+                sign = _splat(builder, builder.bitcast(builder.load(builder.gep(qb, [_c(2 * r + 1)])), _f32))
                 for v in range(V):
                     val = builder.load(_vptr(builder, tp, _c(v * LANES)), align=4)
-                    builder.store(builder.fadd(builder.load(accs[r][v]), val), accs[r][v])
+                    builder.store(builder.call(fma, [val, sign, builder.load(accs[r][v])]), accs[r][v])
         for r in range(MR):
             for v in range(V):
                 builder.store(builder.load(accs[r][v]), ptrs[r][v], align=4)
@@ -224,7 +227,7 @@ def _block(src, xpos, koffs, idx, tab, acc, nq, nmb):
         nqc = min(QC, nq - q0)
         build_tables(src, xpos, koffs, q0 * G, nqc, tab)
         for mb in range(nmb):
-            accumulate(tab, idx, (mb * nq + q0) * MR, nqc, acc, mb * MR * P, q0 == 0)
+            accumulate(tab, idx, (mb * nq + q0) * 2 * MR, nqc, acc, mb * MR * P, q0 == 0)
 
 
 def _conv_table_body(x, xq, offs, idx, scale, bias, y, geo, kind, a0, a1, tasks, packed):
@@ -238,7 +241,7 @@ def _conv_table_body(x, xq, offs, idx, scale, bias, y, geo, kind, a0, a1, tasks,
     M, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     Wq, PP = geo[3], OH * OW
     nq = offs.shape[0] // G
-    nmb = idx.shape[0] // (nq * MR)
+    nmb = idx.shape[0] // (nq * 2 * MR)
     for nc in prange(N * C):
         split_input(x, xq, nc, geo)
     yf = y.reshape(N, M, PP)
@@ -248,7 +251,7 @@ def _conv_table_body(x, xq, offs, idx, scale, bias, y, geo, kind, a0, a1, tasks,
         per = -(-blocks // tasks) * P  # positions per task
         for t in prange(tasks):
             pan = np.empty(offs.shape[0] * RS, np.float32)
-            tab = np.empty(QC * E * P, np.float32)
+            tab = np.empty(QC * H * P, np.float32)
             acc = np.empty(nmb * MR * P + LANES, np.float32)
             koffs = np.arange(offs.shape[0]) * RS
             q_lo, q_hi = min(Q, t * per), min(Q, (t + 1) * per)
@@ -268,7 +271,7 @@ def _conv_table_body(x, xq, offs, idx, scale, bias, y, geo, kind, a0, a1, tasks,
         r1 = min(OH, r0 + rows)
         if r1 <= r0:
             continue
-        tab = np.empty(QC * E * P, np.float32)
+        tab = np.empty(QC * H * P, np.float32)
         acc = np.empty(nmb * MR * P + LANES, np.float32)
         end = (r1 - 1) * Wq + OW
         pos, oh, ow = r0 * Wq, r0, 0
@@ -293,83 +296,18 @@ def pad_taps(offs: np.ndarray, zero_at: int) -> np.ndarray:
 
 
 def table_offsets(signs: np.ndarray) -> np.ndarray:
-    """signs (M, K) in {-1, +1} -> int32 idx[(mb * nq + q) * MR + r] = ((q % QC) * E + code) * P,
-    code the bits (1 for -1) of output channel mb * MR + r over group q's taps; channels past M
-    and taps past K count as +1."""
+    """signs (M, K) in {-1, +1} -> int32 idx[2 * ((mb * nq + q) * MR + r) + (0, 1)] = (where the
+    entry starts, ((q % QC) * H + c) * P; the bits of the float +-1 it is added with), c the code
+    (bits 1 for -1) of output channel mb * MR + r over group q's taps, or its complement times -1
+    where the code is H or more; channels past M and taps past K count as +1."""
     m, k = signs.shape
     nq, nmb = -(-k // G), -(-m // MR)
     neg = np.zeros((nmb * MR, nq * G), np.int64)
     neg[:m, :k] = signs < 0
     codes = (neg.reshape(nmb * MR, nq, G) << np.arange(G)).sum(axis=2)  # (Mp, nq)
-    off = ((np.arange(nq) % QC) * E)[None, :] + codes
-    return np.ascontiguousarray((off * P).reshape(nmb, MR, nq).transpose(0, 2, 1)).reshape(-1).astype(np.int32)
+    flip = codes >= H
+    off = (((np.arange(nq) % QC) * H)[None, :] + np.where(flip, E - 1 - codes, codes)) * P
+    sign = np.where(flip, np.float32(-1), np.float32(1)).astype(np.float32).view(np.int32)
+    pairs = np.stack([off.astype(np.int32), sign], axis=-1)  # (Mp, nq, 2)
+    return np.ascontiguousarray(pairs.reshape(nmb, MR, nq, 2).transpose(0, 2, 1, 3)).reshape(-1)
 
-
-class TablePlan:
-    """One binary-weight convolution (one group, weights all +-1) by sign tables: its geometry,
-    constants and the choice of wide rows or packed blocks."""
-
-    def __init__(self, conv, signs: np.ndarray, scale: np.ndarray, bias: np.ndarray, packed: bool):
-        self.x4, self.y4, self.macs, self.packed = conv.x4, conv.y4, conv.macs, packed
-        m, c, kh, kw = conv.w4
-        offs, self.geo, plane = tiles.geometry(c, self.y4[2:], (kh, kw), conv.strides, conv.dil, conv.pads)
-        wide = self.geo[2] * self.geo[3]
-        self.xq_shape = (self.x4[0], plane + wide + 2 * P)  # the zero run: padding taps, block overrun
-        self.offs = pad_taps(offs, plane)
-        self.idx = table_offsets(signs.reshape(m, -1))
-        self.scale, self.bias = np.ascontiguousarray(scale, np.float32), np.ascontiguousarray(bias, np.float32)
-        self.work = int(_ops(self.y4, m, c * kh * kw, self.geo[3], packed) * LANES)  # in multiply-adds
-
-    @staticmethod
-    def choose(conv, values: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> TablePlan | None:
-        """The table plan of least estimated cost (``_ops``), when it is less than the float
-        convolution's (a vector multiply-add per LANES multiply-adds), else None: other groups,
-        ternary weights and other dtypes stay float."""
-        if conv.groups != 1 or conv.dtype != np.float32 or not np.all(values):
-            return None
-        m, c, kh, kw = conv.w4
-        wq = tiles.geometry(1, conv.y4[2:], (kh, kw), conv.strides, conv.dil, conv.pads)[1][3]
-        costs = {packed: _ops(conv.y4, m, c * kh * kw, wq, packed) for packed in (False, True)}
-        packed = min(costs, key=costs.get)
-        if costs[packed] >= conv.macs / LANES:
-            return None
-        return TablePlan(conv, values, scale, bias, packed)
-
-    def _tasks(self, threads: int) -> int:
-        t = workers(self.work, threads, SPLIT_WORK)
-        n, _, oh, ow = self.y4
-        if self.packed:
-            return max(1, min(t, -(-n * oh * ow // P)))
-        return tiles.chunks_of(n, oh, t)
-
-    def emit(self, e, x: str, y: str, act) -> None:
-        tasks = self._tasks(e.threads)
-        xq = e.work(self.xq_shape, np.float32, "xq", zeroed=True)
-        x, y = Expr(f"{x}.reshape({e.lit(self.x4)})"), Expr(f"{y}.reshape({e.lit(self.y4)})")
-        work = self.work if workers(self.work, e.threads, SPLIT_WORK) > 1 else 0
-        e.call(conv_table, x, xq, self.offs, self.idx, self.scale, self.bias, y, self.geo, *act, tasks, self.packed,
-               work=work)
-
-    def make_scratch(self) -> dict:
-        return {"xq": np.zeros(self.xq_shape, np.float32)}
-
-    def run(self, x: np.ndarray, y: np.ndarray, act, scratch: dict) -> None:
-        threads = current_threads()
-        work = self.work if workers(self.work, threads, SPLIT_WORK) > 1 else 0
-        conv_table(work, x.reshape(self.x4), scratch["xq"], self.offs, self.idx, self.scale, self.bias,
-                   y.reshape(self.y4), self.geo, *act, self._tasks(threads), self.packed)
-
-
-def _ops(y4, m: int, k: int, wq: int, packed: bool) -> float:
-    """Estimated cost of the table path in float vector multiply-adds (the float convolution's
-    unit, LANES multiply-adds each): per block of P positions and group, MR * V loads and adds
-    per tile of output channels and 2^G * V table stores; per block, its K taps' P values packed
-    (packed blocks; wide blocks cover the wide columns instead) and M * V output vectors stored.
-    The weights are fitted to benchmarks/bench_binary_weight.py (AVX-512, Zen 4)."""
-    n, _, oh, ow = y4
-    nq, mp = -(-k // G), -(-m // MR) * MR
-    if packed:
-        blocks, pack = -(-n * oh * ow // P), k * P / 8
-    else:
-        blocks, pack = n * -(-((oh - 1) * wq + ow) // P), 0.0
-    return blocks * (nq * V * (ACC_COST * mp + BUILD_COST * E) + PACK_COST * pack + STORE_COST * m * V)

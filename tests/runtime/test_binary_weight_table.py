@@ -15,7 +15,7 @@ import bnnc
 from bnnc import ops
 from runtime import InferenceSession
 from runtime.bitpack import pack_dense
-from runtime.kernels import binary_weight_table as table
+from runtime.kernels import binary_weight as bw
 from runtime.kernels.base import KERNELS, Step
 from runtime.threads import limit_threads
 from tests.helpers import assert_close, ort_run
@@ -39,8 +39,8 @@ CASES = {
 @pytest.fixture(params=["wide", "packed"])
 def forced(request, monkeypatch):
     """The table path in the given layout, whatever the cost estimate says."""
-    monkeypatch.setattr(table.TablePlan, "choose", staticmethod(
-        lambda conv, v, sc, b: table.TablePlan(conv, v, sc, b, request.param == "packed")))
+    monkeypatch.setattr(bw.TablePlan, "choose", staticmethod(
+        lambda conv, v, sc, b: bw.TablePlan(conv, v, sc, b, request.param == "packed")))
     return request.param
 
 
@@ -77,13 +77,14 @@ def test_table_conv_activation(act, params, forced):
 def test_table_conv_two_threads(case, forced, monkeypatch):
     """The parallel kernel: tasks of row runs (wide) or of blocks (packed), the phase split in
     parallel too; the split threshold lowered so that these small layers take it."""
-    monkeypatch.setattr(table, "SPLIT_WORK", 0)
+    monkeypatch.setattr(bw, "SPLIT_WORK", 0)
     monkeypatch.setattr("runtime.kernels.base.PARALLEL_WORK", 0)
     x, wv, scale, bias, attrs, geo = _layer(case, 11)
     attrs.update(activation="Tanh")
     with limit_threads(2):
         (y,) = run_step("bnnc.BinaryWeightConv", attrs, [x, pack_dense(wv)[0], None, scale, bias], {1, 3, 4})
-    assert_close(y, ops.binary_weight_conv(x, wv, scale, bias, **geo, activation="Tanh"), rel=1e-5)
+    expect = ops.binary_weight_conv(x, wv, scale, bias, **geo, activation="Tanh")
+    assert_close(y, expect, rel=_tolerance(ops.binary_weight_conv(x, wv, scale, bias, **geo)))
 
 
 def _kernel(case: str, ternary: bool = False):
@@ -113,7 +114,7 @@ def test_binary_weight_network_on_tables(threads, batch, tmp_path, monkeypatch):
     """A binary-weight network (+-alpha weights, BatchNorm and Relu after each conv) compiled by the
     default pipeline, its convs on the tables (checked), in the plan function and step by step,
     against onnxruntime."""
-    monkeypatch.setattr(table, "SPLIT_WORK", 1 << 16)  # small layers, still split over the threads
+    monkeypatch.setattr(bw, "SPLIT_WORK", 1 << 16)  # small layers, still split over the threads
     rng = np.random.default_rng(batch)
     x = rng.standard_normal((batch, 16, 14, 14)).astype(np.float32)
     nodes, inits, prev = [], {}, "x"
