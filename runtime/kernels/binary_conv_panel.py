@@ -47,6 +47,7 @@ from runtime.kernels.binary_tile import LANES, MR, tile_row, tile_weights
 
 BAND_BYTES = 256 * 1024  # a band's panel and counts stay in the L2 cache
 PANEL_PIXELS = 2 * LANES  # smaller outputs take the tiled path (binary_conv.py)
+WHOLE_TABLE_BYTES = 256 * 1024  # up to this size the border table has a row per output row
 
 
 @njit(cache=True, inline="always")
@@ -74,7 +75,8 @@ def _emit(acc, base, rcls, inner, mult, c0, c1, n, oh0, oh1, ow_, mode, out_mask
           pk):
     """s = b - mult * acc for channels c0 .. c1 - 1 (rows of acc from 0) at the band's pixels
     (rows oh0 .. oh1 - 1, contiguous in acc's rows) of image n, b the channel's row
-    base[c, rcls[oh]], or for runs of interior rows (rcls -1) its tiled interior row ``inner``
+    base[c, rcls[oh]], or for runs of interior rows (rcls -1) its tiled interior row ``inner``,
+    or for rows whose table rows follow one another (a whole-image table) those rows at once
     (long runs vectorise; a row at a time, rows of 7 to 56 pixels mostly do not), through the
     output stage (binary_common): y3 [N, C, OH*OW], yb3/ym3 [N, OH*OW, words], r3 the residual as
     y3. The bits of a word's 64 channels gather in the contiguous rows of ``pk`` [2, >= pixels]
@@ -83,6 +85,7 @@ def _emit(acc, base, rcls, inner, mult, c0, c1, n, oh0, oh1, ow_, mode, out_mask
     np_ = (oh1 - oh0) * ow_
     p0 = oh0 * ow_
     run = inner.shape[1] // ow_  # the most interior rows ``inner`` covers
+    flat = base.reshape((base.shape[0], base.shape[1] * base.shape[2]))
     for i in range(c1 - c0):
         c = c0 + i
         a = acc[i]
@@ -100,8 +103,10 @@ def _emit(acc, base, rcls, inner, mult, c0, c1, n, oh0, oh1, ow_, mode, out_mask
                     while r1 < oh1 and r1 - r0 < run and rcls[r1] < 0:
                         r1 += 1
                     b = inner[c, :(r1 - r0) * ow_]
-                else:
-                    b = base[c, rcls[r0]]
+                else:  # rows whose table rows follow one another (every row with a whole-image table)
+                    while r1 < oh1 and rcls[r1] == rcls[r0] + (r1 - r0):
+                        r1 += 1
+                    b = flat[c, rcls[r0] * ow_:(rcls[r0] + r1 - r0) * ow_]
                 q0, q1 = (r0 - oh0) * ow_, (r1 - oh0) * ow_
                 if mode != BITS:
                     _span_float(b, a[q0:q1], yr[q0:q1], rr[q0:q1], has_r, mult, scale[c], bias[c])
@@ -208,7 +213,8 @@ def panel_weights(w: np.ndarray, geom: tuple, hx: int, wx: int, wm: np.ndarray |
     masked panel's halves; with their masks when ``wm``); the table ``base[c, r, ow]`` of the s
     of count 0, ``base = k0c[c] + fix`` (module docstring), and ``rcls[oh]`` the row class r of
     output row oh (rows whose taps leave the input at the same kernel rows share one), -1 for
-    the interior rows, whose row of base is ``inner[c]`` tiled over a band's rows; whether the
+    the interior rows, whose row of base is ``inner[c]`` tiled over a band's rows (a small table
+    has a row per output row instead, ``_border_table``); whether the
     weights carry masks; the words of a pixel's taps in the panel. ``dense``: the weights (and
     mask) with the taps' bits concatenated, ``[1, nwords(taps * Cin), Cout]``, for the tile when
     that takes fewer words (``gather_dense``); the counts per tap come from ``w`` either way."""
@@ -223,6 +229,23 @@ def panel_weights(w: np.ndarray, geom: tuple, hx: int, wx: int, wm: np.ndarray |
         wpc += ((neg >> np.uint64(b)) & np.uint64(1)).sum(axis=1, dtype=np.int64)
         if wm is not None:
             wcnt += ((wm[0] >> np.uint64(b)) & np.uint64(1)).sum(axis=1, dtype=np.int64)
+    base, rcls, inner = _border_table(wpc, wcnt, geom, hx, wx, band_rows(w.shape, oh_, ow_))
+    wk, mk = (w.reshape(1, taps * wg, cout), None if wm is None else wm.reshape(1, taps * wg, cout))
+    if dense is not None and dense[0].shape[1] < taps * wg:
+        wk, mk = dense
+    w2 = np.concatenate([wk] * 2, axis=1)  # both halves of a masked panel
+    m2 = None if mk is None else np.concatenate([mk] * 2, axis=1)
+    return tile_weights(np.ascontiguousarray(w2), m2), base, rcls, inner, wm is not None, wk.shape[1]
+
+
+def _border_table(wpc: np.ndarray, wcnt: np.ndarray, geom: tuple, hx: int, wx: int, rows: int) -> tuple:
+    """(base, rcls, inner) of ``panel_weights`` from the per-tap popcounts of the -1 weights
+    ``wpc`` and the nonzero weights ``wcnt`` [taps, Cout], for bands of up to ``rows`` rows.
+    A table of up to WHOLE_TABLE_BYTES gets a row per output row (rcls[oh] = oh, no interior
+    rows): the output stage then runs each channel's band in one pass, which the few pixels
+    per row of a small image need (a pass per row costs more than its pixels there)."""
+    kh, kw, sh, sw, dh, dw, pt, pl, oh_, ow_, _ = geom
+    taps, cout = wpc.shape
     ih = np.arange(oh_)[:, None] * sh - pt + np.arange(kh)[None, :] * dh  # [OH, kh]
     iw = np.arange(ow_)[:, None] * sw - pl + np.arange(kw)[None, :] * dw  # [OW, kw]
     rows_in = (ih >= 0) & (ih < hx)
@@ -233,12 +256,9 @@ def panel_weights(w: np.ndarray, geom: tuple, hx: int, wx: int, wm: np.ndarray |
     rcls = rcls.reshape(-1).astype(np.int64)
     interior = rows_in.all(axis=1)
     inner = np.zeros((cout, ow_), np.int32)
+    if base.nbytes * oh_ // len(first) <= WHOLE_TABLE_BYTES:
+        return np.ascontiguousarray(base[:, rcls]), np.arange(oh_, dtype=np.int64), inner
     if interior.any():
-        inner = np.ascontiguousarray(np.tile(base[:, rcls[interior][0]], (1, band_rows(w.shape, oh_, ow_))))
+        inner = np.ascontiguousarray(np.tile(base[:, rcls[interior][0]], (1, rows)))
         rcls[interior] = -1
-    wk, mk = (w.reshape(1, taps * wg, cout), None if wm is None else wm.reshape(1, taps * wg, cout))
-    if dense is not None and dense[0].shape[1] < taps * wg:
-        wk, mk = dense
-    w2 = np.concatenate([wk] * 2, axis=1)  # both halves of a masked panel
-    m2 = None if mk is None else np.concatenate([mk] * 2, axis=1)
-    return tile_weights(np.ascontiguousarray(w2), m2), base, rcls, inner, wm is not None, wk.shape[1]
+    return base, rcls, inner

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.kernels import binary_conv
+from runtime.kernels import binary_conv, binary_conv_panel
 from runtime.kernels.binary_tile import LANES, MR, tile_row, tile_weights
 from tests.runtime import test_binary_conv as conv_tests
 
@@ -24,10 +24,13 @@ EXTRA = {
 }
 
 
-@pytest.fixture(params=[(1, 64, 3), (2, 64, 5), (3, 128, 1), (None, None, 4)], ids=lambda p: f"band{p[0]}_cb{p[1]}_tasks{p[2]}")
+@pytest.fixture(params=[(1, 64, 3, "rows"), (2, 64, 5, "whole"), (3, 128, 1, "whole"), (None, None, 4, "rows")],
+                ids=lambda p: f"band{p[0]}_cb{p[1]}_tasks{p[2]}_{p[3]}_table")
 def cuts(request, monkeypatch):
-    """Force the panel path's bands per image, channel runs and tasks (None: its own choice)."""
-    band, cb, tasks = request.param
+    """Force the panel path's bands per image, channel runs and tasks (None: its own choice), and
+    its border table: a row per output row (``whole``) or per row class."""
+    band, cb, tasks, table = request.param
+    monkeypatch.setattr(binary_conv_panel, "WHOLE_TABLE_BYTES", 1 << 30 if table == "whole" else 0)
     plan = binary_conv.panel_plan
 
     def forced(w, oh, ow, rows, threads):
@@ -70,18 +73,26 @@ def test_tile_counts_every_channel_and_pixel(k, p, c, masked):
     np.testing.assert_array_equal(acc, expect)
 
 
-def test_panel_border_table_counts_outside_taps():
+def test_panel_border_table_counts_outside_taps(monkeypatch):
     """base: for a 3x3 pad-1 layer, three row classes (top, middle, bottom); a corner pixel has 5
     taps outside, an edge pixel 3, and the table gives taps * Cin - outside * Cin + 2 * the
-    popcount of those taps' weights; ternary weights count only their nonzero weights."""
+    popcount of those taps' weights; ternary weights count only their nonzero weights. A table
+    small enough has a row per output row instead, the same values."""
     from runtime.kernels.binary_conv_panel import panel_weights
 
     rng = np.random.default_rng(3)
     cin, cout, h = 64, 8, 4
     w = rng.integers(0, 2**63, size=(1, 9, 1, cout), dtype=np.int64).view(np.uint64)
     m = rng.integers(0, 2**63, size=(1, 9, 1, cout), dtype=np.int64).view(np.uint64)
+    geom = (3, 3, 1, 1, 1, 1, 1, 1, h, h, cin)
     for wm in (None, m):
-        _, base, rcls, inner, wmasked, _ = panel_weights(w, (3, 3, 1, 1, 1, 1, 1, 1, h, h, cin), h, h, wm)
+        monkeypatch.setattr(binary_conv_panel, "WHOLE_TABLE_BYTES", cout * h * h * 4)
+        _, whole, rows, _, _, _ = panel_weights(w, geom, h, h, wm)
+        monkeypatch.setattr(binary_conv_panel, "WHOLE_TABLE_BYTES", cout * h * h * 4 - 1)
+        _, base, rcls, inner, wmasked, _ = panel_weights(w, geom, h, h, wm)
+        assert whole.shape == (cout, h, h) and list(rows) == list(range(h))
+        np.testing.assert_array_equal(whole[:, [0, h - 1]], base[:, rcls[[0, h - 1]]])
+        np.testing.assert_array_equal(whole[:, 1:-1], np.broadcast_to(inner[:, None, :h], (cout, h - 2, h)))
         assert wmasked == (wm is not None)
         assert base.shape == (cout, 3, h) and list(rcls[1:-1]) == [-1, -1] and len({rcls[0], rcls[-1]}) == 2 and rcls.min() == -1
         assert inner.shape[1] % h == 0 and (inner == np.tile(inner[:, :h], (1, inner.shape[1] // h))).all()
