@@ -43,10 +43,11 @@ from numba import njit, prange
 from runtime.kernels.base import Twin
 from runtime.kernels.binary_common import BITS, NO_BITS, or_sign_planes, rule_flag, rule_of
 from runtime.kernels.binary_panel_gather import gather, gather_dense
-from runtime.kernels.binary_tile import LANES, MR, tile_row, tile_weights
+from runtime.kernels.binary_tile import LANES, MR, prefetch_write, tile_row, tile_weights
 
 BAND_BYTES = 256 * 1024  # a band's panel and counts stay in the L2 cache
 PANEL_PIXELS = 2 * LANES  # smaller outputs take the tiled path (binary_conv.py)
+AHEAD = 2  # the output stage prefetches the float output rows of the channel this far ahead
 WHOLE_TABLE_BYTES = 256 * 1024  # up to this size the border table has a row per output row
 
 
@@ -68,6 +69,16 @@ def _span_bits(b, a, pp, mult, rule, sh) -> None:
     for p in range(a.shape[0]):
         f = rule_flag(b[p] - mult * a[p], lo, hi, f_below, f_mid, f_above)
         pp[p] |= np.uint64(f & 1) << sh
+
+
+@njit(cache=True, inline="always")
+def _prefetch_rows(y3, r3, has_r, n, c, p0, np_) -> None:
+    """Prefetch channel c's output (and residual) lines at pixels p0 .. p0 + np_ - 1 of image n."""
+    at = (n * y3.shape[1] + c) * y3.shape[2] + p0
+    for q in range(0, np_ + 15, 16):
+        prefetch_write(y3, at + min(q, np_ - 1))
+        if has_r:
+            prefetch_write(r3, at + min(q, np_ - 1))
 
 
 @njit(cache=True)
@@ -92,6 +103,8 @@ def _emit(acc, base, rcls, inner, mult, c0, c1, n, oh0, oh1, ow_, mode, out_mask
         sh = np.uint64(c & 63)
         if (c & 63) == 0 or i == 0:
             pk[:, :np_] = 0
+        if mode != BITS and i + AHEAD < c1 - c0:
+            _prefetch_rows(y3, r3, has_r, n, c + AHEAD, p0, np_)
         yr = y3[n, c, p0:p0 + np_] if mode != BITS else y3[0, 0, :np_]
         rr = r3[n, c, p0:p0 + np_] if has_r else r3[0, 0, :np_]
         for plane in range(1 if mode != BITS else (2 if out_mask else 1)):

@@ -152,3 +152,19 @@ def tile_weights(w: np.ndarray, wm: np.ndarray | None = None) -> np.ndarray:
     for i, part in enumerate(parts):
         pad[:, :, i, :c] = part
     return np.ascontiguousarray(pad.reshape(g, k, len(parts), nblk, MR).transpose(0, 3, 1, 2, 4)).reshape(-1)
+
+
+@intrinsic
+def prefetch_write(typingctx, a, i):
+    """Prefetch the cache line of a[i] (a C-contiguous array) for writing: ``llvm.prefetch``
+    with rw = 1, locality 3. A hint only: it changes no value."""
+
+    def codegen(context, builder, sig, args):
+        arr = context.make_array(sig.args[0])(context, builder, args[0])
+        at = builder.bitcast(builder.gep(arr.data, [args[1]]), ir.IntType(8).as_pointer())
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [at.type, _i32, _i32, _i32]),
+                                            "llvm.prefetch.p0i8")
+        builder.call(fn, [at, ir.Constant(_i32, 1), ir.Constant(_i32, 3), ir.Constant(_i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(a, i), codegen
