@@ -104,3 +104,64 @@ def test_panel_border_table_counts_outside_taps(monkeypatch):
             inside = [t for t in range(9) if t not in outside]
             np.testing.assert_array_equal(row[:, ow], wcnt[inside].sum(axis=0) + 2 * wpc[outside].sum(axis=0))
         np.testing.assert_array_equal(inner[:, 1], wcnt.sum(axis=0))
+
+
+def _bireal_block(rng, cin: int, cout: int, hw: int, stride: int):
+    """x -> Sign -> 3x3 Conv (+-1 weights, pad 1, ``stride``) -> BatchNorm -> + shortcut, then
+    Sign -> 3x3 Conv -> BatchNorm -> + that sum: two Bi-Real Net blocks (the shortcut of a
+    strided block an average pool and, when the channels change, a 1x1 float conv)."""
+    from onnx import helper
+
+    def bn(name, c):
+        return {f"{name}_s": rng.uniform(0.5, 2, c).astype(np.float32), f"{name}_b": rng.standard_normal(c).astype(np.float32),
+                f"{name}_m": rng.standard_normal(c).astype(np.float32), f"{name}_v": rng.uniform(0.5, 2, c).astype(np.float32)}
+
+    inits = {"w1": np.sign(rng.standard_normal((cout, cin, 3, 3))).astype(np.float32),
+             "w2": np.sign(rng.standard_normal((cout, cout, 3, 3))).astype(np.float32), **bn("n1", cout), **bn("n2", cout)}
+    nodes = [helper.make_node("Sign", ["x"], ["a1"]),
+             helper.make_node("Conv", ["a1", "w1"], ["c1"], pads=[1, 1, 1, 1], strides=[stride, stride]),
+             helper.make_node("BatchNormalization", ["c1", "n1_s", "n1_b", "n1_m", "n1_v"], ["b1"])]
+    short = "x"
+    if stride > 1:
+        odd = hw % stride  # an odd image: the pool's last window padded, as the conv's
+        nodes.append(helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[stride, stride], strides=[stride, stride],
+                                      pads=[0, 0, odd, odd]))
+        short = "p"
+    if cin != cout:
+        inits["ws"] = rng.standard_normal((cout, cin, 1, 1)).astype(np.float32)
+        nodes.append(helper.make_node("Conv", [short, "ws"], ["s"]))
+        short = "s"
+    nodes += [helper.make_node("Add", ["b1", short], ["r1"]), helper.make_node("Sign", ["r1"], ["a2"]),
+              helper.make_node("Conv", ["a2", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+              helper.make_node("BatchNormalization", ["c2", "n2_s", "n2_b", "n2_m", "n2_v"], ["b2"]),
+              helper.make_node("Add", ["b2", "r1"], ["y"])]
+    return nodes, inits
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("table", ["whole", "rows"])
+@pytest.mark.parametrize("cin, cout, hw, stride", [(64, 64, 13, 1), (70, 128, 15, 2), (128, 130, 9, 2)])
+def test_bireal_blocks_match_onnxruntime(cin, cout, hw, stride, table, threads, tmp_path, monkeypatch):
+    """Two Bi-Real blocks compiled by the default pipeline (their binary convs on the panel
+    path, the residual sum and its sign fused into the first conv's output stage) and run on 1-3
+    threads with either border table: onnxruntime's result on the float graph. Odd sizes, a
+    stride of 2 and channel counts that are not multiples of 64 included."""
+    import onnx
+
+    import bnnc
+    from runtime import InferenceSession
+    from tests.helpers import ort_run
+    from tests.runtime.test_float_helpers import build, compare
+
+    rng = np.random.default_rng(cin + hw + stride)
+    nodes, inits = _bireal_block(rng, cin, cout, hw, stride)
+    x = rng.standard_normal((1, cin, hw, hw)).astype(np.float32)
+    model = build(nodes, {"x": x}, inits)
+    onnx.save(model, tmp_path / "m.onnx")
+    art = bnnc.compile_model(str(tmp_path / "m.onnx"), str(tmp_path / "m.bnn")).path
+    monkeypatch.setattr(binary_conv_panel, "WHOLE_TABLE_BYTES", 1 << 30 if table == "whole" else 0)
+    sess = InferenceSession(art, threads=threads, plan="steps")
+    panels = [k for k in sess._kernels if getattr(k, "panel", None) is not None]
+    assert len(panels) == 2
+    assert all((k.panel[2] == np.arange(k.geom[8])).all() == (table == "whole") for k in panels)
+    compare(sess.run(None, {"x": x}), ort_run(model, {"x": x}), rel=1e-5)
