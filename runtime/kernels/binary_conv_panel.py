@@ -16,7 +16,11 @@ outside depends on the pixel's column and on its row's class (the kernel rows ou
 3 classes for a 3x3 pad-1 layer), so the table made once per session (``panel_weights``) is
 ``base[c, r, ow] = taps * Cin + fix``, and the output stage takes every pixel in one pass,
 ``s = base[c, rcls[oh], ow] - 2 * acc`` (a separate pass over the border pixels cost more
-than the rest of the output stage).
+than the rest of the output stage). A small image's table (up to WHOLE_TABLE_BYTES: Bi-Real
+Net's 7x7 and 14x14 layers) has a row per output row instead, so that the output stage takes
+a channel's band in one pass rather than a pass per row of 7 or 14 pixels. The output stage
+prefetches the float output rows of the channel AHEAD further on: a layer whose output buffer
+is not in the cache otherwise waits on every channel's lines.
 
 Activations with exact zeros (``Sign(0) = 0``; their nonzero mask m has zeros at run time) are
 split into two +-1 activations: ``a`` with the zeros as +1 (bits ``b & m``) and ``b`` with them
