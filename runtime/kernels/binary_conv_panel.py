@@ -17,7 +17,7 @@ outside depends on the pixel's column and on its row's class (the kernel rows ou
 ``base[c, r, ow] = taps * Cin + fix``, and the output stage takes every pixel in one pass,
 ``s = base[c, rcls[oh], ow] - 2 * acc`` (a separate pass over the border pixels cost more
 than the rest of the output stage). A small image's table (up to WHOLE_TABLE_BYTES: Bi-Real
-Net's 7x7 and 14x14 layers) has a row per output row instead, so that the output stage takes
+Net's 7x7 layers) has a row per output row instead, so that the output stage takes
 a channel's band in one pass rather than a pass per row of 7 or 14 pixels. The output stage
 prefetches the float output rows of the channel AHEAD further on: a layer whose output buffer
 is not in the cache otherwise waits on every channel's lines.
@@ -52,7 +52,8 @@ from runtime.kernels.binary_tile import LANES, MR, prefetch_write, tile_row, til
 BAND_BYTES = 256 * 1024  # a band's panel and counts stay in the L2 cache
 PANEL_PIXELS = 2 * LANES  # smaller outputs take the tiled path (binary_conv.py)
 AHEAD = 2  # the output stage prefetches the float output rows of the channel this far ahead
-WHOLE_TABLE_BYTES = 256 * 1024  # up to this size the border table has a row per output row
+WHOLE_TABLE_BYTES = 128 * 1024  # up to this size the border table has a row per output row
+# (a bigger one, read cold from memory on every run, costs more than the passes it saves)
 
 
 @njit(cache=True, inline="always")
