@@ -44,7 +44,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from runtime.kernels.base import Twin
-from runtime.kernels.conv_planes import copy_rows, split_input
+from runtime.kernels.conv_planes import pack_runs, split_input
 from runtime.kernels.conv_tile import LANES, _isplat, _next_start_jit, _splat, _splat_bool
 from runtime.kernels.nn import act_inplace
 
@@ -206,17 +206,8 @@ def _store_packed(acc, yf, q0, stop, scale, bias, relu):
 @njit(cache=True, nogil=True)
 def _pack(xq, pan, offs, q0, PP, OW, Wq, Q):
     """pan[k * RS + j] = xq[n, offs[k] + oh * Wq + ow] for the batch's positions q0 + j = n * PP
-    + oh * OW + ow < Q, j < P, one run of output columns at a time (conv_panel.py)."""
-    j = 0
-    while j < P and q0 + j < Q:
-        q = q0 + j
-        n = q // PP
-        p = q - n * PP
-        oh = p // OW
-        ow = p - oh * OW
-        run = min(OW - ow, P - j)
-        copy_rows(pan, j, RS, xq[n], oh * Wq + ow, offs, run)
-        j += run
+    + oh * OW + ow < Q, j < P (conv_planes.pack_runs)."""
+    pack_runs(xq, pan, offs, q0, PP, OW, Wq, Q, P, RS)
 
 
 @njit(cache=True, nogil=True)

@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.kernels.base import Twin
-from runtime.kernels.conv_planes import copy_rows, split_input
+from runtime.kernels.conv_planes import pack_runs, split_input
 from runtime.kernels.conv_tile import MR, NR, tile
 from runtime.kernels.nn import act_inplace
 
@@ -35,16 +35,7 @@ _PACK_MACS = 5.0  # multiply-adds that one packed value costs (benchmarks/bench_
 @njit(cache=True, nogil=True)
 def _pack(xq, pan, offs, q0, P, OW, Wq, Q):
     """The panel of the tile at position q0 (module docstring), run by run."""
-    j = 0
-    while j < NR and q0 + j < Q:
-        q = q0 + j
-        n = q // P
-        p = q - n * P
-        oh = p // OW
-        ow = p - oh * OW
-        run = min(OW - ow, NR - j)
-        copy_rows(pan, j, RS, xq[n], oh * Wq + ow, offs, run)
-        j += run
+    pack_runs(xq, pan, offs, q0, P, OW, Wq, Q, NR, RS)
 
 
 def _conv_panel_body(x, xq, panel, w, bias, y, offs, koffs, geo, kind, a0, a1):

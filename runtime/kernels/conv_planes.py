@@ -62,6 +62,24 @@ def copy_rows(typingctx, dst, d0, dstride, src, s0, offs, n):
     return sig, codegen
 
 
+@njit(cache=True, nogil=True, inline="always")
+def pack_runs(xq, pan, offs, q0, plane, OW, Wq, Q, width, rs):
+    """pan[k * rs + j] = xq[n, offs[k] + oh * Wq + ow] for the batch's positions q0 + j = n * plane
+    + oh * OW + ow < Q, j < width: a panel of ``width`` positions (rows ``rs`` floats apart), one
+    run of output columns at a time (``copy_rows``). Inlined, so ``width`` and ``rs`` stay the
+    caller's constants."""
+    j = 0
+    while j < width and q0 + j < Q:
+        q = q0 + j
+        n = q // plane
+        p = q - n * plane
+        oh = p // OW
+        ow = p - oh * OW
+        run = min(OW - ow, width - j)
+        copy_rows(pan, j, rs, xq[n], oh * Wq + ow, offs, run)
+        j += run
+
+
 @intrinsic
 def copy_run(typingctx, dst, d0, src, s0, n):
     """dst[d0 + i] = src[s0 + i] for i < n exactly: vectors of 8, then single floats."""
