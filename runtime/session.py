@@ -26,6 +26,7 @@ import numba
 import numpy as np
 
 from runtime.artifact import read_artifact
+from runtime.blas import calls_gemm
 from runtime.errors import BnncError
 from runtime.kernels import KERNELS
 from runtime.kernels.base import Step
@@ -88,6 +89,7 @@ class InferenceSession:
             self._plan = generate(plan, self._kernels, self._step_slots, len(self._slots), self._consts,
                                   [i["name"] for i in self._inputs], [o["name"] for o in self._outputs],
                                   self._nthreads, os.path.basename(self._path))
+        self._plan_blas = self._plan is not None and any(calls_gemm(f) for f in self._plan.functions.values())
         self._steps_program: Steps | None = None
         self._plan_warm = False  # the plan function has run once in this session
         self._lock = threading.Lock()
@@ -133,7 +135,7 @@ class InferenceSession:
         plan function, the outputs copied out of the workspace before another run may take it."""
         ws = self._take_workspace()
         try:
-            with limit_threads(self._nthreads):
+            with limit_threads(self._nthreads, self._plan_blas):
                 outs = self._call_plan(xs, ws)
             if wanted is self._out_names:
                 return [a.copy() for a in outs]

@@ -116,13 +116,15 @@ def current_threads() -> int:
 
 
 class limit_threads:  # noqa: N801  (used like a function: ``with limit_threads(2): ...``)
-    """Within the block: ``threads`` Numba threads in this thread, one BLAS thread."""
+    """Within the block: ``threads`` Numba threads in this thread, and one BLAS thread unless
+    ``blas`` is False (code that never calls BLAS: runtime/blas.py, ``calls_gemm``)."""
 
-    __slots__ = ("threads", "outer")
+    __slots__ = ("threads", "outer", "blas")
 
-    def __init__(self, threads: int):
+    def __init__(self, threads: int, blas: bool = True):
         self.threads = threads
         self.outer: int | None = None
+        self.blas = blas
 
     def __enter__(self) -> None:
         global _blas_users
@@ -131,6 +133,8 @@ class limit_threads:  # noqa: N801  (used like a function: ``with limit_threads(
             _current.numba = self.threads
         self.outer = getattr(_current, "threads", None)
         _current.threads = self.threads
+        if not self.blas:
+            return
         with _blas_lock:
             _blas_users += 1
             if _blas_users == 1:
@@ -143,6 +147,8 @@ class limit_threads:  # noqa: N801  (used like a function: ``with limit_threads(
     def __exit__(self, *exc) -> None:
         global _blas_users
         _current.threads = self.outer
+        if not self.blas:
+            return
         with _blas_lock:
             _blas_users -= 1
             if _blas_users == 0:

@@ -20,9 +20,14 @@ import runtime.kernels.dense as dense
 import runtime.kernels.nn as nn
 import runtime.kernels.pool as pool
 import runtime.threads as threads
+from bnnc.ir import name_nodes
+from bnnc.ir_convert import from_proto
+from bnnc.lower import lower
+from runtime.artifact import write_artifact
 from runtime.errors import BnncError
-from runtime.session import _check_threads
-from tests.runtime.test_float_helpers import check, randn
+from runtime.session import InferenceSession, _check_threads
+from tests.helpers import ort_run
+from tests.runtime.test_float_helpers import build, check, compare, randn
 
 # name -> module constants (of conv.py or conv_gemm.py) that force the path; the GEMM_PATHS
 # matter to the cases that take the GEMM path only
@@ -180,3 +185,23 @@ def test_bad_thread_counts_are_refused(bad):
 
 def test_thread_count_is_capped_at_the_pool_size():
     assert _check_threads(10_000) == threads.max_threads()
+
+
+@pytest.mark.parametrize("op, calls_blas", [("MatMul", True), ("Add", False)])
+def test_a_plan_limits_blas_threads_only_when_it_calls_blas(op, calls_blas, monkeypatch, tmp_path):
+    """The emitted plan of a product of two inputs calls BLAS (runtime/blas.py): its inference
+    sets BLAS to one thread and restores it; a plan that never calls BLAS leaves it alone."""
+    feeds = {"a": randn(48, 40), "b": randn(40, 48, salt=1) if op == "MatMul" else randn(48, 40, salt=1)}
+    model = build([helper.make_node(op, ["a", "b"], ["y"])], feeds)
+    path = str(tmp_path / "m.bnn")
+    graph = from_proto(model)
+    name_nodes(graph.graph)
+    write_artifact(path, *lower(graph, producer="test"))
+    sess = InferenceSession(path, threads=1, plan="emitted")
+    calls = []
+    counts = [2]
+    monkeypatch.setattr(threads, "blas_libraries", lambda: [(lambda n: (calls.append(n), counts.append(n)),
+                                                           lambda: counts[-1])])
+    (y,) = sess.run(None, feeds)
+    compare([y], ort_run(model, feeds))
+    assert calls == ([1, 2] if calls_blas else []), calls
