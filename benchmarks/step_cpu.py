@@ -38,7 +38,7 @@ def measure(artifact: str, repeat: int) -> tuple[list[tuple[str, str, float]], f
         c0 = time.thread_time()
         s.run(None, feeds)
         whole.append(time.thread_time() - c0)
-    arrays, _ = s._check_feeds(feeds)
+    arrays, _ = s._feeds.check(feeds)
     times: list[list[float]] = [[] for _ in s._steps]
     with limit_threads(1), s._workspace() as ws:
         for _ in range(repeat):

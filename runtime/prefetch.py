@@ -144,7 +144,7 @@ def compile_backwards(path: str, threads: int) -> int:
         return 0
     steps = Steps(plan)
     ws = session._idle[0]
-    feeds = [np.zeros(shape, dtype) for _, shape, dtype in session._in_specs]
+    feeds = [np.zeros(shape, dtype) for _, shape, dtype in session._feeds.specs]
     known = {n: numba.typeof(a) for n, a in named_values(plan, feeds, ws.slots, ws.plan_scratch).items()}
     cpu_target.typing_context.refresh()
     cpu_target.target_context.refresh()

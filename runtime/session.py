@@ -3,9 +3,9 @@
 The API mirrors onnxruntime's: ``InferenceSession(path, threads=None)``, ``run(output_names,
 feeds)``, ``get_inputs()``, ``get_outputs()``.
 
-Buffers are planned once per session: every value that is not a constant, a graph input or a
-view gets a buffer slot, and a slot whose value is dead (its last reader has run) is handed to
-the next value of the same dtype and size. Graph outputs keep their own slots and are copied out.
+Buffers are planned once per session (runtime/buffers.py): a value's buffer is reused by a
+later value of the same shape and dtype once its last reader has run; graph outputs keep their
+own and are copied out.
 
 ``run`` is thread-safe, as onnxruntime's is. Kernels are read-only after loading; everything an
 inference writes (the planned buffers, each kernel's scratch) belongs to a workspace, which one
@@ -27,12 +27,14 @@ import numpy as np
 
 from runtime.artifact import read_artifact
 from runtime.blas import calls_gemm
+from runtime.buffers import plan_buffers
 from runtime.errors import BnncError
+from runtime.feeds import Feeds
 from runtime.kernels import KERNELS
 from runtime.kernels.base import Step
 from runtime.program import Steps, call, emittable, generate, scratch_arrays
 from runtime.threads import limit_threads, max_threads, wake_pool
-from runtime.validate import binarizes, check_finite
+from runtime.validate import binarizes
 
 
 @dataclass(frozen=True)
@@ -78,11 +80,12 @@ class InferenceSession:
         except (KeyError, TypeError, ValueError):
             raise BnncError(f"'{self._path}' has a corrupted manifest (missing plan or values)") from None
         self._dynamic_batch = bool(m.get("dynamic_batch", False))
-        self._in_specs = [(i["name"], tuple(i["shape"]), np.dtype(i["dtype"])) for i in self._inputs]
+        self._feeds = Feeds(self._inputs, self._dynamic_batch, self._finite_only)
         self._out_names = [o["name"] for o in self._outputs]
         self._kernels = [self._build(s) for s in plan]
         self._steps = plan
-        self._plan_buffers()
+        self._slots, self._step_slots = plan_buffers(plan, [k.view for k in self._kernels], self._values,
+                                                     self._out_names)
         self._nthreads = self._threads or numba.get_num_threads()
         self._plan = None
         if mode == "emitted" and emittable(self._kernels):
@@ -110,10 +113,10 @@ class InferenceSession:
             for n in wanted:
                 if n not in names:
                     raise BnncError(f"unknown output '{n}' (the model's outputs: {', '.join(names)})")
-        xs = self._exact_feeds(feeds) if self._plan is not None else None
+        xs = self._feeds.exact(feeds) if self._plan is not None else None
         if xs is not None:
             return self._run_plan(xs, wanted)
-        arrays, batch = self._check_feeds(feeds)
+        arrays, batch = self._feeds.check(feeds)
         ws = self._take_workspace()
         try:
             with limit_threads(self._nthreads):
@@ -167,7 +170,7 @@ class InferenceSession:
         values, intermediate ones included (``bnnc verify`` compares them with onnxruntime).
         The kernels run one by one from Python (no compile per model); buffers are reused
         between values, so each is copied right after it is computed."""
-        arrays, batch = self._check_feeds(feeds)
+        arrays, batch = self._feeds.check(feeds)
         if batch is not None:
             raise BnncError("run_with_values needs inputs of exactly the compiled shapes")
         wanted = set(names)
@@ -222,52 +225,6 @@ class InferenceSession:
             return str(self._consts[name].dtype)
         return self._values[name][1]
 
-    def _plan_buffers(self) -> None:
-        """Assign a buffer slot to every computed value, reusing dead ones (see module
-        docstring); the arrays themselves belong to workspaces (``_new_workspace``)."""
-        root: dict[str, str] = {}  # view value -> the value that owns its memory
-        last_use: dict[str, int] = {}
-        for i, s in enumerate(self._steps):
-            for n in s["inputs"]:
-                if n:
-                    last_use[root.get(n, n)] = i
-            if self._kernels[i].view:
-                src = next((n for n in s["inputs"] if n), "")
-                for o in s["outputs"]:
-                    root[o] = root.get(src, src)
-        for o in self._outputs:
-            last_use[root.get(o["name"], o["name"])] = len(self._steps)
-        dies_at: dict[int, list[str]] = {}
-        for i, s in enumerate(self._steps):
-            if not self._kernels[i].view:
-                for o in s["outputs"]:
-                    if o:
-                        dies_at.setdefault(last_use.get(o, i), []).append(o)
-        free: dict[tuple, list[int]] = {}
-        owned: dict[str, int] = {}
-        self._slots: list[tuple[tuple[int, ...], str]] = []  # slot -> (shape, dtype)
-        self._step_slots: list[list[int | None] | None] = []  # per step, its outputs' slots
-        for i, s in enumerate(self._steps):
-            if self._kernels[i].view:
-                self._step_slots.append(None)
-            else:
-                slots: list[int | None] = []
-                for o in s["outputs"]:
-                    if not o:
-                        slots.append(None)
-                        continue
-                    key = self._values[o]
-                    pool = free.get(key)
-                    if pool:
-                        owned[o] = pool.pop()
-                    else:
-                        owned[o] = len(self._slots)
-                        self._slots.append(key)
-                    slots.append(owned[o])
-                self._step_slots.append(slots)
-            for o in dies_at.get(i, ()):
-                free.setdefault(self._slots[owned[o]], []).append(owned[o])
-
     def _new_workspace(self) -> _Workspace:
         arrays = [np.empty(shape, dtype=dtype) for shape, dtype in self._slots]
         bufs = [None if slots is None else [None if j is None else arrays[j] for j in slots]
@@ -291,63 +248,9 @@ class InferenceSession:
         finally:
             self._idle.append(ws)
 
-    def _exact_feeds(self, feeds: Any) -> list[np.ndarray] | None:
-        """The input arrays in plan order when ``feeds`` holds exactly the model's inputs, each a
-        C-contiguous ndarray of the compiled shape and dtype (finite where the plan binarizes):
-        what nearly every call passes, checked in a few attribute reads. None for anything
-        else, which ``_check_feeds`` then checks in full (and explains)."""
-        if type(feeds) is not dict or len(feeds) != len(self._in_specs):
-            return None
-        xs = []
-        for name, shape, dtype in self._in_specs:
-            x = feeds.get(name)
-            if type(x) is not np.ndarray or x.shape != shape or x.dtype != dtype or np.ascontiguousarray(x) is not x:
-                return None
-            if self._finite_only:
-                check_finite(name, x)
-            xs.append(x)
-        return xs
-
-    def _check_feeds(self, feeds: dict[str, Any]):
-        if not isinstance(feeds, dict):
-            raise BnncError("feeds must be a dict mapping input names to arrays")
-        names = [i["name"] for i in self._inputs]
-        for k in feeds:
-            if k not in names:
-                raise BnncError(f"unknown input '{k}' (the model's inputs: {', '.join(names)})")
-        arrays = {}
-        batch = None
-        for d in self._inputs:
-            n, shape, dtype = d["name"], tuple(d["shape"]), d["dtype"]
-            if n not in feeds:
-                raise BnncError(f"missing input '{n}'")
-            x = feeds[n]
-            if not isinstance(x, np.ndarray):
-                raise BnncError(f"input '{n}' must be a numpy array, got {type(x).__name__}")
-            if x.dtype != np.dtype(dtype):
-                raise BnncError(f"input '{n}' has dtype {x.dtype}; the model expects {dtype}")
-            if self._finite_only:
-                check_finite(n, x)
-            if x.shape != shape:
-                dyn_ok = (
-                    self._dynamic_batch and x.ndim == len(shape) and x.shape[1:] == shape[1:]
-                    and x.shape[0] > 0 and x.shape[0] % shape[0] == 0
-                )
-                if not dyn_ok:
-                    want = ("N",) + shape[1:] if self._dynamic_batch else shape
-                    raise BnncError(
-                        f"input '{n}' has shape {list(x.shape)}; the model expects "
-                        f"{list(want)}".replace("'", "")
-                    )
-                batch = x.shape[0]
-            arrays[n] = np.ascontiguousarray(x)
-        if batch is not None and any(a.shape[0] != batch for a in arrays.values()):
-            raise BnncError("all inputs must have the same batch size")
-        return arrays, batch
-
     def profile(self, feeds: dict[str, Any], repeat: int = 10) -> list[tuple[str, str, float]]:
         """Median seconds of every plan step over ``repeat`` runs: (node name, op, seconds)."""
-        arrays, batch = self._check_feeds(feeds)
+        arrays, batch = self._feeds.check(feeds)
         if batch is not None:
             raise BnncError("profile needs inputs of exactly the compiled shapes")
         times: list[list[float]] = [[] for _ in self._steps]
