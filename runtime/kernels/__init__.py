@@ -11,6 +11,7 @@ from runtime.kernels import (  # noqa: F401  (registration)
     pool,
     reduce,
     sign,
+    standalone,
     tensor,
 )
 from runtime.kernels.base import KERNELS, Kernel, Step, register
