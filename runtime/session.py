@@ -5,7 +5,8 @@ feeds)``, ``get_inputs()``, ``get_outputs()``.
 
 Buffers are planned once per session (runtime/buffers.py): a value's buffer is reused by a
 later value of the same shape and dtype once its last reader has run; graph outputs keep their
-own and are copied out.
+own and are copied out; a kernel's output may take the buffer of an input that dies at its step
+(``Kernel.overwritable_input``).
 
 ``run`` is thread-safe, as onnxruntime's is. Kernels are read-only after loading; everything an
 inference writes (the planned buffers, each kernel's scratch) belongs to a workspace, which one
@@ -85,7 +86,7 @@ class InferenceSession:
         self._kernels = [self._build(s) for s in plan]
         self._steps = plan
         self._slots, self._step_slots = plan_buffers(plan, [k.view for k in self._kernels], self._values,
-                                                     self._out_names)
+                                                     self._out_names, [k.overwritable_input() for k in self._kernels])
         self._nthreads = self._threads or numba.get_num_threads()
         self._plan = None
         if mode == "emitted" and emittable(self._kernels):

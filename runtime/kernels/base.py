@@ -125,6 +125,13 @@ class Kernel:
         """This kernel's scratch for one workspace (None: it needs none)."""
         return None
 
+    def overwritable_input(self) -> int | None:
+        """The index of an input whose buffer the first output may be written over (the kernel
+        reads each element of it before writing the same element of that output, and reads no
+        other element after), or None. The session gives the output that buffer when the input
+        dies at this step and has the output's shape and dtype."""
+        return None
+
     def run(self, ins: list[np.ndarray | None], outs: list[np.ndarray] | None, scratch: Any):
         raise NotImplementedError
 

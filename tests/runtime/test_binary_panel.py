@@ -87,15 +87,18 @@ def test_panel_border_table_counts_outside_taps(monkeypatch):
     geom = (3, 3, 1, 1, 1, 1, 1, 1, h, h, cin)
     for wm in (None, m):
         monkeypatch.setattr(binary_conv_panel, "WHOLE_TABLE_BYTES", cout * h * h * 4)
-        _, whole, rows, _, _, _ = panel_weights(w, geom, h, h, wm)
+        _, whole, rows, irun, _, _ = panel_weights(w, geom, h, h, wm)
+        assert irun == 0 and whole.shape == (cout, h * h) and list(rows) == list(range(h))
+        whole = whole.reshape(cout, h, h)
         monkeypatch.setattr(binary_conv_panel, "WHOLE_TABLE_BYTES", cout * h * h * 4 - 1)
-        _, base, rcls, inner, wmasked, _ = panel_weights(w, geom, h, h, wm)
-        assert whole.shape == (cout, h, h) and list(rows) == list(range(h))
+        _, tb, rcls, irun, wmasked, _ = panel_weights(w, geom, h, h, wm)
+        assert wmasked == (wm is not None)
+        assert list(rcls[1:-1]) == [-1, -1] and len({rcls[0], rcls[-1]}) == 2 and rcls.min() == -1 and irun >= 1
+        assert tb.shape == (cout, (3 + irun) * h)
+        base, inner = tb[:, :3 * h].reshape(cout, 3, h), tb[:, 3 * h:]
         np.testing.assert_array_equal(whole[:, [0, h - 1]], base[:, rcls[[0, h - 1]]])
         np.testing.assert_array_equal(whole[:, 1:-1], np.broadcast_to(inner[:, None, :h], (cout, h - 2, h)))
-        assert wmasked == (wm is not None)
-        assert base.shape == (cout, 3, h) and list(rcls[1:-1]) == [-1, -1] and len({rcls[0], rcls[-1]}) == 2 and rcls.min() == -1
-        assert inner.shape[1] % h == 0 and (inner == np.tile(inner[:, :h], (1, inner.shape[1] // h))).all()
+        assert (inner == np.tile(inner[:, :h], (1, irun))).all()
         keep = np.full((9, cout), ~np.uint64(0)) if wm is None else wm[0, :, 0]
         wpc = np.array([[popcount(w[0, t, 0, c] & keep[t, c]) for c in range(cout)] for t in range(9)])
         wcnt = np.full((9, cout), cin) if wm is None else np.array([[popcount(v) for v in wm[0, t, 0]] for t in range(9)])

@@ -1,0 +1,144 @@
+"""The output stage of BinaryConv's panel path (binary_conv_panel.py): a band's counts to outputs.
+
+The tile leaves ``acc[c, q]``, the count of channel c at band pixel q. The band's pixels fall
+into runs whose border-table entries are contiguous (``band_runs``): a border row, a run of
+interior rows (the table's tiled interior row), or, with a whole-image table, the whole band.
+Channel by channel and run by run (long runs vectorise; rows of 7 to 56 pixels taken one at a
+time mostly do not), ``emit_band`` computes
+
+    s = tb[c, b0 + j] - mult * acc[c, q0 + j]
+
+and writes ``float32(s) * scale[c] + bias[c] (+ R)`` and, when the float output also has a
+binarized twin, its sign and nonzero bits in a second pass over the channel's floats (taking
+them in the first pass, from the value still in a register, measured 10-30% slower on Bi-Real
+Net's shapes: that loop's float and 64-bit lanes do not vectorise as well); or (bits) the
+rule's flags. The bits of a word's 64 channels gather in the word rows
+``pk`` and are stored once the word is complete (the task owns whole words). Bit convention:
+runtime/bitpack.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from runtime.kernels.binary_common import BITS, NO_BITS, or_sign_planes, rule_flag, rule_of
+from runtime.kernels.binary_tile import prefetch_write
+
+AHEAD = 2  # the output stage prefetches the float output rows of the channel this far ahead
+
+
+@njit(cache=True)
+def band_runs(rcls, oh0, oh1, ow_, irun, ioff, runs) -> int:
+    """Split the band of output rows oh0 .. oh1 - 1 into runs of rows whose border-table entries
+    follow one another: runs[i] = (q0, q1, b0), band pixels q0 .. q1 - 1 at table columns b0 ..
+    b0 + q1 - q0 - 1. Interior rows (rcls -1) take up to ``irun`` rows of the tiled interior row
+    at column ``ioff``; other rows, those whose class rows follow one another. Returns the count
+    of runs."""
+    n = 0
+    r0 = oh0
+    while r0 < oh1:
+        r1 = r0 + 1
+        if rcls[r0] < 0:
+            while r1 < oh1 and r1 - r0 < irun and rcls[r1] < 0:
+                r1 += 1
+            b0 = ioff
+        else:
+            while r1 < oh1 and rcls[r1] == rcls[r0] + (r1 - r0):
+                r1 += 1
+            b0 = rcls[r0] * ow_
+        runs[n, 0] = (r0 - oh0) * ow_
+        runs[n, 1] = (r1 - oh0) * ow_
+        runs[n, 2] = b0
+        n += 1
+        r0 = r1
+    return n
+
+
+@njit(cache=True, inline="always")
+def _span_float(b, a, yr, rr, has_r, mult, sc, bi) -> None:
+    """yr = float32(b - mult * a) * sc + bi (+ rr) along one run of pixels."""
+    if has_r:
+        for p in range(a.shape[0]):
+            yr[p] = np.float32(np.int32(b[p] - mult * a[p])) * sc + bi + rr[p]
+    else:
+        for p in range(a.shape[0]):
+            yr[p] = np.float32(np.int32(b[p] - mult * a[p])) * sc + bi
+
+
+@njit(cache=True, inline="always")
+def _span_float_onto(b, a, yr, mult, sc, bi) -> None:
+    """yr = float32(b - mult * a) * sc + bi + yr: ``_span_float`` with the residual in the output's
+    own buffer (the session's plan gave the output R's buffer). One array, so the loop needs no
+    test of two arrays overlapping, which would send it to its scalar version."""
+    for p in range(a.shape[0]):
+        yr[p] = np.float32(np.int32(b[p] - mult * a[p])) * sc + bi + yr[p]
+
+
+@njit(cache=True, inline="always")
+def _span_bits(b, a, pp, mult, rule, sh) -> None:
+    """OR the rule's flag of s = b - mult * a at bit sh of pp along one run of pixels."""
+    lo, hi, f_below, f_mid, f_above = rule
+    for p in range(a.shape[0]):
+        f = rule_flag(b[p] - mult * a[p], lo, hi, f_below, f_mid, f_above)
+        pp[p] |= np.uint64(f & 1) << sh
+
+
+@njit(cache=True, inline="always")
+def _prefetch_rows(y3, r3, has_r, n, c, p0, np_) -> None:
+    """Prefetch channel c's output (and residual) lines at pixels p0 .. p0 + np_ - 1 of image n."""
+    at = (n * y3.shape[1] + c) * y3.shape[2] + p0
+    for q in range(0, np_ + 15, 16):
+        prefetch_write(y3, at + min(q, np_ - 1))
+        if has_r:
+            prefetch_write(r3, at + min(q, np_ - 1))
+
+
+@njit(cache=True)
+def store_words(pk, yb3, ym3, out_mask, n, p0, np_, q) -> None:
+    """Word q of the band's np_ pixels (image pixels p0 ..) of image n from pk's word rows."""
+    ybr = yb3[n, p0:p0 + np_]
+    for p in range(np_):
+        ybr[p, q] = pk[0, p]
+    if out_mask:
+        ymr = ym3[n, p0:p0 + np_]
+        for p in range(np_):
+            ymr[p, q] = pk[1, p]
+
+
+@njit(cache=True)
+def emit_band(acc, tb, runs, nr, mult, c0, c1, n, p0, np_, mode, out_mask, scale, bias, table, y3, yb3, ym3, r3, has_r, bz,
+              pk) -> None:
+    """Channels c0 .. c1 - 1 (rows of acc from 0) at the band's np_ pixels (image pixels p0 ..,
+    contiguous in acc's rows) of image n, its ``nr`` runs in ``runs`` (``band_runs``), through the
+    output stage (module docstring; binary_common): y3 [N, C, OH*OW], yb3/ym3 [N, OH*OW, words],
+    r3 the residual as y3; pk [2, >= np_] uint64 scratch. The float output rows of the channel
+    AHEAD further on are prefetched: an output buffer not in the cache otherwise waits on every
+    channel's lines."""
+    bits = mode == BITS or bz != NO_BITS
+    onto = has_r and y3.ctypes.data == r3.ctypes.data  # R's buffer is the output's
+    for i in range(c1 - c0):
+        c = c0 + i
+        a = acc[i]
+        sh = np.uint64(c & 63)
+        if (c & 63) == 0 or i == 0:
+            pk[:, :np_] = 0
+        if mode != BITS and i + AHEAD < c1 - c0:
+            _prefetch_rows(y3, r3, has_r and not onto, n, c + AHEAD, p0, np_)
+        yr = y3[n, c, p0:p0 + np_] if mode != BITS else y3[0, 0, :np_]
+        rr = r3[n, c, p0:p0 + np_] if has_r else r3[0, 0, :np_]
+        for plane in range(1 if mode != BITS else (2 if out_mask else 1)):
+            rule = rule_of(table, c if mode == BITS else 0, plane)  # the float stage's table is a [8, 1] stand-in
+            for k in range(nr):
+                q0, q1, b0 = runs[k, 0], runs[k, 1], runs[k, 2]
+                b = tb[c, b0:b0 + q1 - q0]
+                if mode == BITS:
+                    _span_bits(b, a[q0:q1], pk[plane, q0:q1], mult, rule, sh)
+                elif onto:
+                    _span_float_onto(b, a[q0:q1], yr[q0:q1], mult, scale[c], bias[c])
+                else:
+                    _span_float(b, a[q0:q1], yr[q0:q1], rr[q0:q1], has_r, mult, scale[c], bias[c])
+        if mode != BITS and bz != NO_BITS:  # a second pass: faster than the bits taken in the first (emitab)
+            or_sign_planes(yr, np_, bz, sh, pk)
+        if bits and ((c & 63) == 63 or c == c1 - 1):
+            store_words(pk, yb3, ym3, out_mask, n, p0, np_, c >> 6)
