@@ -168,3 +168,37 @@ def test_bireal_blocks_match_onnxruntime(cin, cout, hw, stride, table, threads, 
     assert len(panels) == 2
     assert all((k.panel[2] == np.arange(k.geom[8])).all() == (table == "whole") for k in panels)
     compare(sess.run(None, {"x": x}), ort_run(model, {"x": x}), rel=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("read_again", [False, True])
+@pytest.mark.parametrize("cin, cout, hw, stride", [(64, 64, 11, 1), (70, 130, 17, 2)])
+def test_output_takes_the_dying_residual_buffer(cin, cout, hw, stride, read_again, threads, tmp_path):
+    """A panel-path conv whose residual R dies at it writes its output over R's buffer (the
+    session's plan; the output stage then reads R from the output itself): the second conv of two
+    Bi-Real blocks, and the first when its shortcut is a computed value (a strided block's 1x1
+    conv). With R read again after the conv (``read_again``: one more Add), the buffers stay
+    apart. Either way onnxruntime's result, on 1 and 2 threads."""
+    import onnx
+    from onnx import helper
+
+    import bnnc
+    from runtime import InferenceSession
+    from tests.helpers import ort_run
+    from tests.runtime.test_float_helpers import build, compare
+
+    rng = np.random.default_rng(cin + hw + stride + read_again)
+    nodes, inits = _bireal_block(rng, cin, cout, hw, stride)
+    if read_again:
+        nodes.append(helper.make_node("Add", ["y", "r1"], ["z"]))
+    x = rng.standard_normal((1, cin, hw, hw)).astype(np.float32)
+    model = build(nodes, {"x": x}, inits)
+    onnx.save(model, tmp_path / "m.onnx")
+    art = bnnc.compile_model(str(tmp_path / "m.onnx"), str(tmp_path / "m.bnn")).path
+    sess = InferenceSession(art, threads=threads, plan="steps")
+    slot = {o: j for s, slots in zip(sess._steps, sess._step_slots) if slots for o, j in zip(s["outputs"], slots) if o}
+    convs = [(s, k) for s, k in zip(sess._steps, sess._kernels) if getattr(k, "panel", None) is not None]
+    assert len(convs) == 2 and all(k.overwritable_input() == k.stage.res_index for _, k in convs)
+    shared = [slot[s["outputs"][0]] == slot.get(s["inputs"][k.stage.res_index]) for s, k in convs]
+    assert shared == [stride > 1, not read_again]
+    compare(sess.run(None, {"x": x}), ort_run(model, {"x": x}), rel=1e-5)
