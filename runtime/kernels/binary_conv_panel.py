@@ -92,7 +92,7 @@ def _panel_task(x, xm, masked, tail, wt, tb, rcls, irun, wmasked, kk, geom, nban
     panel = np.empty((halves * kk, band * ow_), np.uint64)
     pk = np.empty((2, band * ow_), np.uint64)
     runs = np.empty((band, 3), np.int64)
-    acc = np.empty((-(-cb // MR) * MR, band * ow_), np.int64)
+    acc = np.empty((-(-cb // MR) * MR, band * ow_), np.int32)  # counts < 2^31: half the bytes of int64 through the cache
     last = -1
     for chunk in range(chunk0, chunk1):
         img_band = chunk // nch

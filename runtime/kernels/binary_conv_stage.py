@@ -22,10 +22,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from runtime.kernels.binary_common import BITS, NO_BITS, or_sign_planes, rule_flag, rule_of
+from runtime.kernels.binary_common import BITS, NO_BITS, or_sign_planes, rule_flag, rule_of, sign_flags
 from runtime.kernels.binary_tile import prefetch_write
 
 AHEAD = 2  # the output stage prefetches the float output rows of the channel this far ahead
+BLOCK = 8  # channels whose sign bits a float output with a binarized twin takes in one pass (_or_sign_block)
 
 
 @njit(cache=True)
@@ -85,6 +86,34 @@ def _span_bits(b, a, pp, mult, rule, sh) -> None:
 
 
 @njit(cache=True, inline="always")
+def _flags32(v, bz, r):
+    """The sign and nonzero flags of the float v (its value at 0 ``bz``) at bit r of two uint32."""
+    f, m = sign_flags(v, bz)
+    return np.uint32(f & 1) << np.uint32(r), np.uint32(m & 1) << np.uint32(r)
+
+
+@njit(cache=True, inline="always")
+def _or_sign_block(y0, y1, y2, y3, y4, y5, y6, y7, np_, bz, sh, pk) -> None:
+    """OR the sign (plane 0) and nonzero (plane 1) bits of BLOCK = 8 channel rows of floats
+    y0 .. y7 (their value at 0 ``bz``) at bits sh .. sh + 7 of the word rows pk[0] and pk[1]: a
+    pixel's bits of the block gather in 32-bit lanes (as wide as the floats) and go into its
+    words in one 64-bit OR each, where a pass per channel takes one per channel. Eight rows of
+    their own (not a 2-D view, whose strides LLVM cannot vectorise over)."""
+    p0, p1 = pk[0], pk[1]
+    for p in range(np_):
+        n0, z0 = _flags32(y0[p], bz, 0)
+        n1, z1 = _flags32(y1[p], bz, 1)
+        n2, z2 = _flags32(y2[p], bz, 2)
+        n3, z3 = _flags32(y3[p], bz, 3)
+        n4, z4 = _flags32(y4[p], bz, 4)
+        n5, z5 = _flags32(y5[p], bz, 5)
+        n6, z6 = _flags32(y6[p], bz, 6)
+        n7, z7 = _flags32(y7[p], bz, 7)
+        p0[p] |= np.uint64(n0 | n1 | n2 | n3 | n4 | n5 | n6 | n7) << sh
+        p1[p] |= np.uint64(z0 | z1 | z2 | z3 | z4 | z5 | z6 | z7) << sh
+
+
+@njit(cache=True, inline="always")
 def _prefetch_rows(y3, r3, has_r, n, c, p0, np_) -> None:
     """Prefetch channel c's output (and residual) lines at pixels p0 .. p0 + np_ - 1 of image n."""
     at = (n * y3.shape[1] + c) * y3.shape[2] + p0
@@ -138,7 +167,12 @@ def emit_band(acc, tb, runs, nr, mult, c0, c1, n, p0, np_, mode, out_mask, scale
                     _span_float_onto(b, a[q0:q1], yr[q0:q1], mult, scale[c], bias[c])
                 else:
                     _span_float(b, a[q0:q1], yr[q0:q1], rr[q0:q1], has_r, mult, scale[c], bias[c])
-        if mode != BITS and bz != NO_BITS:  # a second pass: faster than the bits taken in the first (emitab)
-            or_sign_planes(yr, np_, bz, sh, pk)
+        if mode != BITS and bz != NO_BITS:
+            if i >= (c1 - c0) // BLOCK * BLOCK:  # a channel after the last whole block
+                or_sign_planes(yr, np_, bz, sh, pk)
+            elif (i + 1) % BLOCK == 0:  # blocks from c0, a multiple of 64: none straddles a word
+                y8 = y3[n, c + 1 - BLOCK:c + 1]
+                _or_sign_block(y8[0, p0:p0 + np_], y8[1, p0:p0 + np_], y8[2, p0:p0 + np_], y8[3, p0:p0 + np_], y8[4, p0:p0 + np_],
+                               y8[5, p0:p0 + np_], y8[6, p0:p0 + np_], y8[7, p0:p0 + np_], np_, bz, np.uint64((c + 1 - BLOCK) & 63), pk)
         if bits and ((c & 63) == 63 or c == c1 - 1):
             store_words(pk, yb3, ym3, out_mask, n, p0, np_, c >> 6)

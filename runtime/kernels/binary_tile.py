@@ -51,6 +51,7 @@ LANES = _host_lanes()
 MR = 8
 _i32, _i64 = ir.IntType(32), ir.IntType(64)
 _VEC = ir.VectorType(_i64, LANES)
+_VEC32 = ir.VectorType(_i32, LANES)
 
 
 def _splat(builder, scalar):
@@ -85,9 +86,13 @@ def _tile_codegen(masked: bool):
                     v = builder.and_(v, _splat(builder, builder.load(builder.gep(wk, [ir.Constant(_i64, MR + r)]))))
                 builder.store(builder.add(builder.load(accs[r]), builder.call(ctpop, [v])), accs[r])
         ap = builder.gep(data(7, acc_), [ab_])
+        width = sig.args[7].dtype.bitwidth  # int32 counts: half the stores and the output stage's loads
         for r in range(MR):
             dst = builder.gep(ap, [builder.mul(ir.Constant(_i64, r), as_)])
-            builder.store(builder.load(accs[r]), builder.bitcast(dst, _VEC.as_pointer()), align=8)
+            v = builder.load(accs[r])
+            if width == 32:
+                v = builder.trunc(v, _VEC32)
+            builder.store(v, builder.bitcast(dst, v.type.as_pointer()), align=width // 8)
         return context.get_dummy_value()
 
     return codegen
@@ -96,7 +101,7 @@ def _tile_codegen(masked: bool):
 @intrinsic
 def xnor_tile(typingctx, x, xb, offs, k0, k1, w, wb, acc, ab, astride):
     """acc[ab + r * astride + j] = sum_{k0 <= k < k1} popcount(x[xb + offs[k] + j] ^ w[wb + k * MR + r])
-    for r < MR, j < LANES (x, w: uint64 arrays, offs and acc int64, all C-contiguous)."""
+    for r < MR, j < LANES (x, w: uint64 arrays, offs int64, acc int64 or int32, all C-contiguous)."""
     return types.void(x, xb, offs, k0, k1, w, wb, acc, ab, astride), _tile_codegen(False)
 
 
@@ -109,7 +114,7 @@ def xnor_tile_masked(typingctx, x, xb, offs, k0, k1, w, wb, acc, ab, astride):
 
 @njit(cache=True)
 def tile_row(x, xb, offs, k0, k1, w, wb, nblk, acc, ow, masked=False) -> None:
-    """acc[c, p] (acc: int64 [>= nblk * MR, >= ow]) = sum_{k0 <= k < k1} popcount(x[xb +
+    """acc[c, p] (acc: int64 or int32 [>= nblk * MR, >= ow]) = sum_{k0 <= k < k1} popcount(x[xb +
     offs[k] + p] ^ w_k,c) for every channel c of ``nblk`` blocks (weights from w[wb] on, as
     ``tile_weights`` packs them) and pixel p < ow; x flat. With ``masked`` the weights carry a
     mask (``tile_weights(w, wm)``) and the count is popcount((x ^ w_k,c) & m_k,c). Rows shorter

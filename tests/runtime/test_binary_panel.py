@@ -52,19 +52,23 @@ def test_panel_cuts_match_the_reference(case, cuts):
         conv_tests.test_bits_output(case, pad_value, "general")
 
 
+@pytest.mark.parametrize("dtype", [np.int64, np.int32])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("k, p, c", [(1, LANES, MR), (9, 3 * LANES + 3, 2 * MR), (5, LANES - 1, MR), (20, 49, 3 * MR)])
-def test_tile_counts_every_channel_and_pixel(k, p, c, masked):
+def test_tile_counts_every_channel_and_pixel(k, p, c, masked, dtype):
     """tile_row against popcounts taken one by one, with offsets that skip words and a k range
-    that leaves words out at both ends; ``masked``: through a weight mask (ternary weights)."""
+    that leaves words out at both ends; ``masked``: through a weight mask (ternary weights); the
+    counts stored as int64 or int32 (the panel path's), the words around them untouched."""
     rng = np.random.default_rng(k * 100 + p)
     stride = p + 5
     x = rng.integers(0, 2**63, size=(k + 2) * stride, dtype=np.int64).view(np.uint64) * np.uint64(2) + np.uint64(1)
     w = rng.integers(0, 2**63, size=(1, k + 2, c), dtype=np.int64).view(np.uint64)
     m = rng.integers(0, 2**63, size=(1, k + 2, c), dtype=np.int64).view(np.uint64) if masked else None
     offs = np.arange(k + 2, dtype=np.int64) * stride + 2
-    acc = np.full((c, p), -1, np.int64)
+    acc = np.full((c, p + 3), -1, dtype)
     tile_row(x, 1, offs, 1, k + 1, tile_weights(w, m), 0, c // MR, acc, p, masked)
+    assert (acc[:, p:] == -1).all()
+    acc = acc[:, :p]
     expect = np.zeros((c, p), np.int64)
     for kk in range(1, k + 1):
         for ch in range(c):
