@@ -152,8 +152,8 @@ def emit_band(acc, tb, runs, nr, mult, c0, c1, n, p0, np_, mode, out_mask, scale
         sh = np.uint64(c & 63)
         if (c & 63) == 0 or i == 0:
             pk[:, :np_] = 0
-        if mode != BITS and i + AHEAD < c1 - c0:
-            _prefetch_rows(y3, r3, has_r and not onto, n, c + AHEAD, p0, np_)
+        if mode != BITS and not onto and i + AHEAD < c1 - c0:  # R's buffer was just written: in the cache
+            _prefetch_rows(y3, r3, has_r, n, c + AHEAD, p0, np_)
         yr = y3[n, c, p0:p0 + np_] if mode != BITS else y3[0, 0, :np_]
         rr = r3[n, c, p0:p0 + np_] if has_r else r3[0, 0, :np_]
         for plane in range(1 if mode != BITS else (2 if out_mask else 1)):

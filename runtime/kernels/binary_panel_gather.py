@@ -73,9 +73,10 @@ def gather(x, xm, masked, tail, oh0, oh1, geom, panel) -> None:
                             dst2[lo + i] = (v | ~m) & tj
                     elif contiguous:  # one word per pixel, stride 1: a plain copy, which vectorises
                         dst[lo:hi] = xr[ih, s0:s0 + hi - lo]
-                    else:
+                    else:  # from the row as one contiguous array: no strided view to index per word
+                        xrow = xr[ih]
                         for i in range(hi - lo):
-                            dst[lo + i] = src[s0 + i * sw]
+                            dst[lo + i] = xrow[(s0 + i * sw) * wg + j]
 
 
 @njit(cache=True)
