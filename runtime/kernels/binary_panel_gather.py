@@ -71,12 +71,16 @@ def gather(x, xm, masked, tail, oh0, oh1, geom, panel) -> None:
                             v, m = src[s0 + i * sw], msk[s0 + i * sw]
                             dst[lo + i] = v & m
                             dst2[lo + i] = (v | ~m) & tj
-                    elif contiguous:  # one word per pixel, stride 1: a plain copy, which vectorises
-                        dst[lo:hi] = xr[ih, s0:s0 + hi - lo]
-                    else:  # from the row as one contiguous array: no strided view to index per word
-                        xrow = xr[ih]
+                    elif contiguous:  # one word per pixel, stride 1: a plain copy, which vectorises (a loop:
+                        xrow = xr[ih, s0:s0 + hi - lo]  # a slice assignment goes through Numba's generic copy)
+                        drow = dst[lo:hi]
                         for i in range(hi - lo):
-                            dst[lo + i] = xrow[(s0 + i * sw) * wg + j]
+                            drow[i] = xrow[i]
+                    else:  # the row as one contiguous array from the first word read: indices from 0, no
+                        xrow = xr[ih, s0 * wg + j:]  # strided view to index per word
+                        drow = dst[lo:hi]
+                        for i in range(hi - lo):
+                            drow[i] = xrow[i * (sw * wg)]
 
 
 @njit(cache=True)
