@@ -61,10 +61,11 @@ def panel_conv(x, xm, masked, tail, wt, tb, rcls, irun, wmasked, kk, geom, nband
     (with their masks when ``wmasked``: ternary weights); tb, rcls, irun the border table (the s
     of count 0 per channel and table column), the row classes and the interior rows the table's
     tiled interior row covers, kk the words of a pixel's taps (``panel_weights``); geom as
-    binary_conv's; ``nbands`` bands of output rows per
-    image (band b: rows b * OH // nbands up to the next one's), ``cb`` output channels per task (a
-    multiple of 64 unless it is all of them); the N x bands x channel runs are split into
-    ``tasks`` runs; outputs as binary_conv's."""
+    binary_conv's; ``nbands`` bands of output rows per image (band b: rows b * OH // nbands up to
+    the next one's), ``cb`` output channels per task (a multiple of 64 unless it is all of them);
+    the N x bands x channel runs are split into ``tasks`` runs, each in a function of its own
+    (``_panel_task``); outputs as binary_conv's; R (``res``) may be the float output's own
+    buffer (``BinaryConv.overwritable_input``)."""
     n_ = x.shape[0]
     band = -(-geom[8] // nbands)  # the most rows of a band
     chunks = n_ * nbands * -(-tb.shape[0] // cb)
