@@ -70,3 +70,36 @@ def test_outputs_and_optional_outputs():
     assert step_slots[0][1] is None
     assert len({step_slots[0][0], step_slots[1][0], step_slots[2][0]}) == 3  # a lives to the end
     alive_at_once_share_nothing(steps, [False] * 3, ["a", "c"], step_slots)
+
+
+def test_an_output_takes_the_slot_of_an_input_dying_at_its_step():
+    """``overwrites``: step 2's output may take its input 1's slot. It does when that input dies
+    there (and the slot then serves only the output until the output dies); not when the input is
+    read later, directly or through a view, has another shape, or is a graph input."""
+    base = [step(["x"], ["a"]), step(["x"], ["r"]), step(["a", "r"], ["b"]), step(["b"], ["c"]), step(["x"], ["d"]),
+            step(["c", "d"], ["y"])]
+    values = {"a": F, "r": F, "b": F, "c": F, "d": F, "y": F}
+    over = [None, None, 1, None, None, None]
+    slots, step_slots = plan_buffers(base, [False] * 6, values, ["y"], over)
+    assert step_slots[2][0] == step_slots[1][0]  # b written over r
+    assert step_slots[3][0] == step_slots[0][0]  # a died at step 2: c takes its slot, not r's (b's)
+    assert step_slots[4][0] == step_slots[2][0]  # b died at step 3 (and r's slot with it, once): d takes it
+    alive_at_once_share_nothing(base, [False] * 6, ["y"], step_slots)
+    _, plain = plan_buffers(base, [False] * 6, values, ["y"])
+    assert plain[2][0] != plain[1][0]  # without overwrites: a slot of its own
+
+    later = base[:5] + [step(["c", "d", "r"], ["y"])]  # r read again at the end
+    _, step_slots = plan_buffers(later, [False] * 6, values, ["y"], over)
+    assert step_slots[2][0] != step_slots[1][0]
+    alive_at_once_share_nothing(later, [False] * 6, ["y"], step_slots)
+
+    viewed = [step(["x"], ["a"]), step(["x"], ["r"]), step(["r"], ["v"]), step(["a", "r"], ["b"]), step(["b", "v"], ["y"])]
+    views = [False, False, True, False, False]
+    _, step_slots = plan_buffers(viewed, views, {"a": F, "r": F, "b": F, "y": F}, ["y"], [None, None, None, 1, None])
+    assert step_slots[3][0] != step_slots[1][0]  # r's view v is read after step 3
+    alive_at_once_share_nothing(viewed, views, ["y"], step_slots)
+
+    _, step_slots = plan_buffers(base, [False] * 6, dict(values, r=G), ["y"], over)
+    assert step_slots[2][0] != step_slots[1][0]  # r of another shape
+    _, step_slots = plan_buffers([step(["x", "x"], ["b"]), step(["b"], ["y"])], [False] * 2, {"b": F, "y": F}, ["y"], [1, None])
+    assert step_slots[0] == [0]  # a graph input has no slot to take
