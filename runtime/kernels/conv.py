@@ -40,6 +40,7 @@ from numba import njit, prange
 from runtime.codegen import Expr
 from runtime.kernels.base import FLOATS, Kernel, Step, Twin, check_dtypes, check_scratch, register
 from runtime.kernels.conv_gemm import WIDE, GemmPlan, bias_act, conv_gemm, phase_split, workers
+from runtime.kernels.conv_pointwise import PointwisePlan
 from runtime.kernels.conv_tiles import TilePlan
 from runtime.kernels.nn import act_rows, activation_of, lift4, window_geometry
 from runtime.threads import current_threads
@@ -252,15 +253,15 @@ class Conv(Kernel):
         """A tiny depthwise conv with constant weights, transposed once (``_conv_tiny_depthwise``)."""
         return self.tiny and self.cg == 1 and self.const
 
-    def _tile_plan(self) -> TilePlan | None:
+    def _tile_plan(self) -> TilePlan | PointwisePlan | None:
         """Register tiles for one float32 group (runtime/kernels/conv_tiles.py); an unpadded 1x1
-        conv with stride 1 takes them reading x in place when its planes are whole tiles (16x16
-        planes, 128 -> 128 channels, batch 8: 1.2x onnxruntime where BLAS gave 0.8x), else BLAS,
-        which reads its input in place too."""
+        conv with stride 1 takes the pointwise tiles reading x in place (conv_pointwise.py; 16x16
+        planes, 128 -> 128 channels, batch 8: 1.2x onnxruntime where BLAS gave 0.8x) when its planes
+        hold a whole vector, else BLAS, which reads its input in place too."""
         if self.groups != 1 or self.dtype != np.float32:
             return None
         if self.w4[2:] == (1, 1) and self.strides == (1, 1) and not any(self.pads):
-            return TilePlan.pointwise(self.x4, self.y4, self.w4, _SPLIT_MACS)
+            return PointwisePlan.of(self.x4, self.y4, _SPLIT_MACS)
         wq = self.y4[3] if self.w4[2:] == (1, 1) else self._phase_shape()[5]
         return TilePlan.choose(self.x4, self.y4, self.w4, self.strides, self.dil, self.pads, wq, _TILE_KINDS,
                                _TILE_WASTE, _SPLIT_MACS)

@@ -232,12 +232,13 @@ def _make_tile(mr: int, nv: int):
     return intrinsic(tile)
 
 
-IN_PLACE = 2  # geo's "sampled" when xq is x itself (a pointwise conv, ``TilePlan.pointwise``)
 tile = _make_tile(MR, V)
 # half the rows, twice the positions: the same registers for products of a few rows (dense.py)
 MR_SHORT, V_SHORT = MR // 2, 2 * V
 NR_SHORT = V_SHORT * LANES
 tile_short = _make_tile(MR_SHORT, V_SHORT)
+# one row over the short tiles' columns: a matrix-vector product reads its matrix once (dense.py)
+tile_row = _make_tile(1, V_SHORT)
 
 
 def _next_start(pos, oh, ow, wq, ow_n, nr):
@@ -267,9 +268,8 @@ def _conv_tile_body(x, xq, w, bias, y, offs, geo, kind, a0, a1, chunks, short):
     Wq = geo[3]
     mr, nr = (MR_SHORT, NR_SHORT) if short else (MR, NR)
     nmb, K = -(-M // mr), offs.shape[0]
-    if geo[6] != IN_PLACE:
-        for nc in prange(N * C):
-            split_input(x, xq, nc, geo)
+    for nc in prange(N * C):
+        split_input(x, xq, nc, geo)
     rows = -(-OH // chunks)
     for task in prange(N * chunks):
         n = task // chunks

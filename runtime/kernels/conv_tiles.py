@@ -15,9 +15,8 @@ Three layouts of the same arithmetic, y[m, q] = act(bias[m] + sum_k w[m, k] * x[
 ``choose`` estimates each one's work relative to a plain GEMM and takes the least, when it
 throws away at most ``max_waste`` of what it computes (else the GEMM path serves).
 
-A pointwise conv with stride 1 and no padding reads x itself (``pointwise``): with output planes
-of whole tiles, each image's channels are its planes, each plane one row of OH * OW positions,
-and no tile reads past the last one.
+A pointwise conv with stride 1 and no padding reads x itself instead, on the tiles of
+runtime/kernels/conv_pointwise.py.
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ class TilePlan:
         self.m, self.k = m, c * kh * kw
         self.macs = self.y4[0] * m * self.y4[2] * self.y4[3] * self.k
         self.split_macs = split_macs
-        self.in_place = self.short = False
+        self.short = False
         self.offs, self.geo, plane = tiles.geometry(c, self.y4[2:], (kh, kw), strides, dil, pads)
         self.input_shape = (self.x4[0], plane + tiles.NR_SHORT)  # each image's planes, and room to read past
         self.tables = chans.positions(self.y4[0], m, self.y4[2:], self.geo[3], self.input_shape[1]) \
@@ -60,16 +59,6 @@ class TilePlan:
             return None
         plan = TilePlan(kind, x4, y4, w4, strides, dil, pads, split_macs)
         plan.short = kind == "wide" and wide[1] < wide[0]
-        return plan
-
-    @staticmethod
-    def pointwise(x4, y4, w4, split_macs: int) -> TilePlan | None:
-        """Wide tiles reading x in place (module docstring), when the planes are whole tiles."""
-        n, c, h, w = x4
-        if (h * w) % tiles.NR:
-            return None
-        plan = TilePlan("wide", (n, c, 1, h * w), (n, y4[1], 1, h * w), w4, (1, 1), (1, 1), (0, 0, 0, 0), split_macs)
-        plan.in_place, plan.geo = True, plan.geo[:6] + (tiles.IN_PLACE,)
         return plan
 
     def pack(self, w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,10 +83,7 @@ class TilePlan:
         t = self._threads(e.threads)
         work = self.macs if t > 1 else 0
         tasks = self._tasks(e.threads)
-        if self.in_place:
-            xq = Expr(f"{x}.reshape({e.lit((self.x4[0], self.k * self.x4[3]))})")
-        else:
-            xq = e.work(self.input_shape, np.float32, "xq", zeroed=True)
+        xq = e.work(self.input_shape, np.float32, "xq", zeroed=True)
         x, y = Expr(f"{x}.reshape({e.lit(self.x4)})"), Expr(f"{y}.reshape({e.lit(self.y4)})")
         if self.kind == "channels":
             e.call(chans.conv_channels, x, xq, w, b, y, self.offs, *self.tables, self.geo, *act, tasks, work=work)
@@ -108,12 +94,10 @@ class TilePlan:
             e.call(tiles.conv_tile, x, xq, w, b, y, self.offs, self.geo, *act, tasks, self.short, work=work)
 
     def make_scratch(self) -> dict:
-        return {} if self.in_place else {"xq": np.zeros(self.input_shape, np.float32)}
+        return {"xq": np.zeros(self.input_shape, np.float32)}
 
     def run(self, x: np.ndarray, y: np.ndarray, w, b, act, scratch: dict) -> None:
         x, y = x.reshape(self.x4), y.reshape(self.y4)
-        if self.in_place:
-            scratch = {"xq": x.reshape(self.x4[0], -1)}
         t = self._threads(current_threads())
         work = self.macs if t > 1 else 0
         tasks = self._tasks(current_threads())

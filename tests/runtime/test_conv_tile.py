@@ -17,6 +17,7 @@ import runtime.kernels.conv_panel as cp
 import runtime.kernels.conv_tile as ct
 import runtime.kernels.dense as dense
 from runtime.kernels import KERNELS, Step
+from runtime.kernels.conv_pointwise import PointwisePlan
 from runtime.kernels.nn import ACTIVATIONS
 from tests.runtime.test_float_helpers import check, randn
 
@@ -120,8 +121,8 @@ def _conv_kernel(x_shape, w_shape, **attrs):
 def test_conv_takes_tiles_where_they_waste_little():
     stem = _conv_kernel((1, 3, 224, 224), (64, 3, 7, 7), strides=[2, 2], pads=[3, 3, 3, 3])
     assert stem.tiles is not None
-    assert _conv_kernel((1, 64, 28, 28), (128, 64, 1, 1)).tiles is None  # BLAS reads the input in place
-    assert _conv_kernel((4, 16, 8, 12), (32, 16, 1, 1)).tiles.in_place  # so do tiles, on planes of whole tiles
+    assert isinstance(_conv_kernel((1, 64, 28, 28), (128, 64, 1, 1)).tiles, PointwisePlan)  # reads x in place
+    assert _conv_kernel((1, 64, 3, 4), (128, 64, 1, 1)).tiles is None  # less than a vector: BLAS, in place too
     assert _conv_kernel((8, 32, 32, 32), (64, 32, 3, 3), pads=[1, 1, 1, 1]).tiles.kind == "wide"  # rows of whole tiles
     # wide rows: a fifth of the plane is wide columns; channel tiles waste nothing and, with
     # K = 1152, pay little for their scattered stores; a 5x5 conv of one channel packs panels
