@@ -9,11 +9,13 @@ one per thread, inside the compiled code: BLAS itself runs single-threaded durin
 
 A product with constant weights and two rows or more (``Product.use_tiles``) runs on the
 register tiles of the float convolution (runtime/kernels/conv_tile.py) instead, as a 1x1 conv
-turned around (up to MR_SHORT rows on its short tiles, half the rows and twice the columns): the tile's "output channels" are the rows of a (its broadcast weights: a packed
-per run, tap-major, with a column of ones), its "positions" the columns of y, its "image" the
-constant b with the bias as one more row, so ``y = [a, 1] @ [b; c]`` in one pass. BLAS handles
-skinny products poorly (8 rows x 1024 x 1024: a third of the tiles' speed); one row stays with
-BLAS, whose GEMV reads b once where a tile block would compute MR rows.
+turned around (up to MR_SHORT rows on its short tiles, half the rows and twice the columns; one
+row on ``tile_row``, the same columns): the tile's "output channels" are the rows of a (its
+broadcast weights: a packed per run, tap-major, with a column of ones), its "positions" the
+columns of y, its "image" the constant b with the bias as one more row, cut into panels of the
+tile's columns, each contiguous, so ``y = [a, 1] @ [b; c]`` in one pass that reads b once, in
+order. BLAS handles skinny products poorly (8 rows x 1024 x 1024: a third of the tiles' speed;
+one row, Bi-Real Net's 512 -> 1000 classifier: 0.8x onnxruntime, the row tile 1.1x).
 """
 
 from __future__ import annotations
@@ -63,16 +65,20 @@ def _matmul_body(a, b, c, y, ia, ib, has_c, alpha, tasks, by_rows, kind, a0, a1)
 _matmul = Twin(_matmul_body)
 
 
-def _dense_tiles_body(a, ap, b, offs, y, zero, tasks, kind, a0, a1, short):
+_TILE, _SHORT, _ROW = 0, 1, 2  # the tiles of MR rows, of MR_SHORT rows, of one row
+
+
+def _dense_tiles_body(a, ap, b, offs, y, zero, tasks, kind, a0, a1, shape):
     """y (n, m) = act([a, 1] @ b) with b the (k + 1) x m matrix [w; bias] cut into panels of NR
     columns, each panel (k + 1) x NR contiguous (read in order, as the prefetcher likes: a
     column run of a row-major b would step a page per row), offs[k] = k * NR; ap the packed a
-    (blocks of MR rows, tap-major); ``tasks`` runs of columns. ``short``: the tiles of
-    MR_SHORT rows and NR_SHORT columns (conv_tile.tile_short) instead."""
+    (blocks of MR rows, tap-major); ``tasks`` runs of columns. ``shape``: _TILE, or _SHORT (the
+    tiles of MR_SHORT rows and NR_SHORT columns, conv_tile.tile_short), or _ROW (one row and
+    NR_SHORT columns, conv_tile.tile_row)."""
     n, k = a.shape
     m = y.shape[1]
-    mr = tiles.MR_SHORT if short else tiles.MR
-    nr = tiles.NR_SHORT if short else tiles.NR
+    mr = tiles.MR if shape == _TILE else (tiles.MR_SHORT if shape == _SHORT else 1)
+    nr = tiles.NR if shape == _TILE else tiles.NR_SHORT
     nmb, k1 = -(-n // mr), k + 1
     for mb in range(nmb):
         for kk in range(k1):
@@ -84,7 +90,10 @@ def _dense_tiles_body(a, ap, b, offs, y, zero, tasks, kind, a0, a1, short):
     for t in prange(tasks):
         for pos in range(t * per, min(m, (t + 1) * per), nr):
             for mb in range(nmb):
-                if short:
+                if shape == _ROW:
+                    tiles.tile_row(b, pos * k1, pos, offs, ap, mb * k1, yf, mb * m, m, 0, pos, m, m, m, m, zero, 0, 1,
+                                   kind == 1)
+                elif shape == _SHORT:
                     tiles.tile_short(b, pos * k1, pos, offs, ap, mb * k1 * mr, yf, mb * mr * m, m, 0, pos, m, m, m, m,
                                      zero, 0, min(mr, n - mb * mr), kind == 1)
                 else:
@@ -134,15 +143,16 @@ class Product:
 
     def use_tiles(self, b: np.ndarray | None, c: np.ndarray | None) -> None:
         """Take the register tiles (module docstring) when b is a constant 2-D matrix, c absent or
-        one row repeated, the dtype float32, and there are at least two rows: the short tiles up
-        to MR_SHORT rows, else the tiles of MR rows (benchmarks/bench_float_conv.py)."""
+        one row repeated and the dtype float32: the row tile for one row, the short tiles up to
+        MR_SHORT rows, else the tiles of MR rows (benchmarks/bench_float_conv.py)."""
         n, k, m = self.y3[1], self.a3[2], self.y3[2]
-        if b is None or b.ndim != 2 or self.y3[0] != 1 or self.dtype != np.float32 or n < 2:
+        if b is None or b.ndim != 2 or self.y3[0] != 1 or self.dtype != np.float32:
             return
         if c is not None and not np.array_equal(np.broadcast_to(c, self.y3[1:]), np.broadcast_to(c[:1], self.y3[1:])):
             return
-        self.tile_short = n <= tiles.MR_SHORT
-        mr, nr = (tiles.MR_SHORT, tiles.NR_SHORT) if self.tile_short else (tiles.MR, tiles.NR)
+        self.tile_shape = _ROW if n == 1 else (_SHORT if n <= tiles.MR_SHORT else _TILE)
+        mr = (tiles.MR, tiles.MR_SHORT, 1)[self.tile_shape]
+        nr = tiles.NR if self.tile_shape == _TILE else tiles.NR_SHORT
         panels = -(-m // nr)
         wb = np.zeros((k + 1, panels * nr), np.float32)
         wb[:k, :m] = b
@@ -154,7 +164,9 @@ class Product:
         self.tile_nr, self.tile_zero = nr, np.zeros(mr, np.float32)
 
     def _tile_tasks(self, threads: int) -> int:
-        return min(threads if self.macs >= _SPLIT_MACS else 1, -(-self.y3[2] // self.tile_nr))
+        """Runs of columns: one per thread when the product is large or b is (``split``)."""
+        big = self.macs >= _SPLIT_MACS or self.tile_b.size * 4 >= _SPLIT_BYTES
+        return min(threads if big else 1, -(-self.y3[2] // self.tile_nr))
 
     def make_scratch(self) -> dict | None:
         """The packed rows of a, when the tiles serve."""
@@ -185,7 +197,7 @@ class Product:
                 f"{a}.reshape({e.lit((self.y3[1], self.a3[2]))})")
             y2 = Expr(f"{y}.reshape({e.lit(self.y3[1:])})")
             e.call(_dense_tiles, a2, e.work(self.tile_ap, np.float32, "ap"), self.tile_b, self.tile_offs, y2,
-                   self.tile_zero, tasks, *act, self.tile_short, work=self.macs if tasks > 1 else 0)
+                   self.tile_zero, tasks, *act, self.tile_shape, work=self.work(tasks))
             return
         tasks, by_rows = self.split(e.threads)
         def r(v, shape):
@@ -198,9 +210,9 @@ class Product:
     def run(self, a, b, c, y, alpha: float, act, scratch: dict) -> None:
         if self.tile_b is not None:
             tasks = self._tile_tasks(current_threads())
-            _dense_tiles(self.macs if tasks > 1 else 0, np.ascontiguousarray(a, np.float32).reshape(self.y3[1], self.a3[2]),
+            _dense_tiles(self.work(tasks), np.ascontiguousarray(a, np.float32).reshape(self.y3[1], self.a3[2]),
                          scratch["ap"], self.tile_b, self.tile_offs, y.reshape(self.y3[1:]), self.tile_zero, tasks, *act,
-                         self.tile_short)
+                         self.tile_shape)
             return
         tasks, by_rows = self.split(current_threads())
         y3 = y.reshape(self.y3)

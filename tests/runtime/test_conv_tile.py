@@ -148,8 +148,9 @@ def test_rows_of_one_position(path):
     np.testing.assert_allclose(y, np.maximum(want, 0), rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-# rows, k, columns: the short tiles up to MR_SHORT rows, the full ones above
-DENSE = [(4, 300, 33), (8, 1, 5), (8, 63, 1), (9, 64, 31), (17, 65, 130), (6, 257, 64), (2, 70, 100), (3, 1, 65)]
+# rows, k, columns: the row tile for one row, the short tiles up to MR_SHORT rows, the full ones above
+DENSE = [(4, 300, 33), (8, 1, 5), (8, 63, 1), (9, 64, 31), (17, 65, 130), (6, 257, 64), (2, 70, 100), (3, 1, 65),
+         (1, 300, 33), (1, 1, 5), (1, 65, 130), (1, 64, 1)]
 
 
 @pytest.mark.parametrize("parallel", [False, True])
@@ -165,4 +166,4 @@ def test_dense_tiles_match_onnxruntime(rows, k, cols, parallel, monkeypatch):
                 in_dtypes=["float32"] * 3, out_shapes=[(rows, cols)], out_dtypes=["float32"],
                 consts=[None, inits["w"], inits["b"]])
     product = KERNELS["Gemm"](step).product
-    assert product.tile_b is not None and product.tile_short == (rows <= ct.MR_SHORT)
+    assert product.tile_b is not None and product.tile_shape == (2 if rows == 1 else 1 if rows <= ct.MR_SHORT else 0)

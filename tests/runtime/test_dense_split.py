@@ -19,6 +19,8 @@ def test_split_by_columns_when_weights_are_large():
     assert 512 * 1000 * 4 >= _SPLIT_BYTES
     assert big.split(2) == (2, False)
     assert big.split(1) == (1, False)
+    big.use_tiles(np.zeros((512, 1000), np.float32), None)  # the one-row tile splits its columns alike
+    assert big._tile_tasks(2) == 2 and big._tile_tasks(1) == 1
     assert big.work(2) > 0 and big.work(1) == 0
     small = Product((1, 64), (64, 100), (1, 100), np.float32)
     assert small.split(2) == (1, False)

@@ -68,7 +68,8 @@ CONVS = {
     "s3_dilated": ((1, 4, 16, 14), (5, 4, 3, 3), dict(strides=[3, 3], dilations=[2, 1], pads=[2, 1, 0, 2])),
     "pointwise": ((2, 7, 6, 5), (9, 7, 1, 1), {}),
     "pointwise_s2": ((1, 7, 9, 8), (9, 7, 1, 1), dict(strides=[2, 2])),
-    "pointwise_whole_tiles": ((3, 5, 8, 12), (11, 5, 1, 1), {}),  # 96 positions: whole tiles, read in place
+    "pointwise_whole_tiles": ((3, 5, 8, 12), (11, 5, 1, 1), {}),  # 96 positions: whole vectors, read in place
+    "pointwise_small_plane": ((2, 7, 3, 4), (9, 7, 1, 1), {}),  # 12 positions: less than a vector, BLAS
     "same_3x3_batch3": ((3, 4, 5, 6), (6, 4, 3, 3), dict(pads=[1, 1, 1, 1])),
     "same_dilated_lopsided": ((2, 3, 9, 8), (5, 3, 3, 3), dict(dilations=[2, 2], pads=[1, 0, 3, 4])),
     "same_kernel_wider_than_image": ((1, 2, 4, 2), (3, 2, 3, 5), dict(pads=[1, 2, 1, 2])),
