@@ -1,6 +1,6 @@
 """The pointwise float conv (runtime/kernels/conv_pointwise.py): 1x1, stride 1, no padding, read in
-place; tiles of one vector of positions, the last P % LANES positions as products with the
-channels in the vectors (one row or MR_SHORT rows at a time), channel runs over the threads.
+place; tiles of one vector of positions, the last P % LANES positions on tail tiles with the
+channels in the vectors (TR positions at a time), channel runs over the threads.
 
 Against numpy (the kernel alone, every activation, 1 and 2 threads, one task or a run of channels
 per thread) and onnxruntime (whole models: Conv, and Conv + Relu fused by the default pipeline,
@@ -15,22 +15,22 @@ from onnx import TensorProto, helper, numpy_helper
 import runtime.kernels.base as base
 import runtime.kernels.conv as conv
 import runtime.kernels.conv_pointwise as cpw
-from runtime.kernels.conv_tile import LANES, MR_SHORT
+from runtime.kernels.conv_pointwise import TR
+from runtime.kernels.conv_tile import LANES
 from runtime.threads import limit_threads
 from tests.helpers import bnnc_run, ort_run
 from tests.runtime.test_float_helpers import randn
 
-# (N, C, H, W, M): planes of whole vectors (no tail), tails of 1, 2, MR_SHORT - 1, MR_SHORT and
-# MR_SHORT + 1 positions and LANES - 1 of them, channels that fill no tile or panel, odd planes,
-# batches of 2 and 3
+# (N, C, H, W, M): planes of whole vectors (no tail), tails of 1, 2, TR - 1, TR and TR + 1
+# positions and LANES - 1 of them, channel counts that fill no block, odd planes, batches 2 and 3
 SHAPES = [
     (1, 5, 4, LANES // 4, 19),
     (2, 7, 1, LANES + 1, 33),
     (3, 3, 2, LANES + 1, 40),
-    (1, 17, 7, 7, cpw.SLAB + 3),
-    (2, 9, 1, LANES + MR_SHORT - 1, 2),
-    (1, 4, 1, LANES + MR_SHORT, cpw.PMR + 1),
-    (3, 6, 1, LANES + MR_SHORT + 1, 2 * cpw.SLAB + 1),
+    (1, 17, 7, 7, 4 * cpw.PMR + 3),
+    (2, 9, 1, LANES + TR - 1, 2),
+    (1, 4, 1, LANES + TR, cpw.PMR + 1),
+    (3, 6, 1, LANES + TR + 1, 8 * cpw.PMR + 1),
     (1, 1, 1, 2 * LANES - 1, 1),
     (2, 64, 5, 5, 70),
 ]
@@ -60,7 +60,6 @@ def test_plan_splits_channel_runs_over_threads():
     assert plan._split(1)[0] == 1 and plan._split(2)[0] == 2  # batch 1: each thread a run of channels
     assert cpw.PointwisePlan.of((4, 8, 16, 16), (4, 8, 16, 16), 1 << 22)._split(2)[0] == 1  # small: serial
     assert cpw.PointwisePlan.of((1, 8, 3, 5), (1, 8, 3, 5), 0) is None  # less than a vector: BLAS
-    assert cpw.SLAB % cpw.PMR == 0 and cpw.SLAB % cpw.NR_SHORT == 0
 
 
 @pytest.mark.parametrize("threads", [1, 2])
