@@ -5,9 +5,8 @@ Over the P = H * W positions of image n:
     y[n, m, p] = act(bias[m] + sum_c w[m, c] * x[n, c, p])
 
 one block of PMR output channels at a time, its weights packed tap-major and contiguous
-(conv_tile.pack_weights), so that they stream from memory once, in order, as a whole model finds
-them (cold: blocks laid out so read 7-11% faster than groups of four blocks interleaved), and stay
-in L1 for every position:
+(conv_tile.pack_weights): a whole model finds them out of cache, and read once, in order, they
+stream 7-11% faster than groups of four blocks interleaved; then they stay in L1 for every position:
 
 * the first P - P % LANES positions, one vector of LANES positions at a time: ``tile_col``
   (conv_tile's tile of PMR rows x one vector) reads tap c as the run x[n, c, p:p+LANES] of the
@@ -80,10 +79,10 @@ def _tail(w, bias, koffs, xt, zero, tmp, yf, mb, mvalid, P, K, relu):
         tile_tail(w, mb * K * PMR, 0, koffs, xt, q * K * TR, tmp, 0, PMR, 0, 0, PMR, PMR, PMR, PMR, zero, 0, TR, False)
         for j in range(TR if q < nq else 1):
             for c in range(mvalid):
-                if q < nq:
-                    v = tmp[j * PMR + c]
-                else:  # one position's TR partial sums
-                    v = tmp[c] + tmp[PMR + c] + tmp[2 * PMR + c] + tmp[3 * PMR + c]
+                v = tmp[j * PMR + c]
+                if q >= nq:  # one position's TR partial sums
+                    for i in range(1, TR):
+                        v += tmp[i * PMR + c]
                 v += bias[mb * PMR + c]
                 if relu and not v > 0.0:  # as the tiles' Relu: 0 for NaN too
                     v = 0.0
