@@ -18,6 +18,14 @@ channels leaves registers for the loaded pixels on every one of them. ``tile_row
 of ``ow`` pixels: the last vector starts at ``ow - LANES`` and recomputes the few pixels
 it shares with the one before, so nothing is read or written past the row.
 
+Where the CPU has no 64-bit vector popcount (AVX2, NEON, AVX-512 without VPOPCNTDQ), LLVM
+counts bytes (``pshufb`` nibble tables, ``cnt``) and then widens every word's eight byte counts
+to 64 bits (``vpsadbw``, three ``uaddlp``) before the add. There the tile keeps byte counts
+instead (``COUNT_BYTES``): per register a vector of byte counters, each word's ``ctpop`` over
+bytes added in; a byte holds 8 bits x 31 words, so every run of up to ``BYTE_RUN`` = 31 words is
+widened once into the 64-bit counts (one ``vpsadbw`` on AVX2, shifts and masks elsewhere).
+benchmarks/bench_binary_tile.py compares the two on the host.
+
 Ternary weights (``xnor_tile_masked``) carry their nonzero mask: each k's MR weight words are
 followed by MR mask words, and the count is ``popcount((x ^ w) & m)`` (on AVX-512 the XOR and
 AND are one ``vpternlogq``; about 0.8x the plain tile's rate here).
@@ -35,23 +43,23 @@ from numba.extending import intrinsic
 from runtime.bitpack import popcount
 
 
-def _host_lanes() -> int:
+def _host_features() -> dict:
     try:
-        features = ll.get_host_cpu_features()
+        return dict(ll.get_host_cpu_features())
     except Exception:  # an unknown host: LLVM splits what it must
-        features = {}
-    if features.get("avx512f"):
-        return 8
-    if features.get("avx2"):
-        return 4
-    return 2
+        return {}
 
 
-LANES = _host_lanes()
+_FEATURES = _host_features()
+LANES = 8 if _FEATURES.get("avx512f") else 4 if _FEATURES.get("avx2") else 2
+COUNT_BYTES = not _FEATURES.get("avx512vpopcntdq")  # no 64-bit vector popcount: byte counters
+PSADBW = LANES == 4 and bool(_FEATURES.get("avx2"))  # widen byte counts with vpsadbw
+BYTE_RUN = 31  # words a byte counter takes: 31 x 8 bits < 256
 MR = 8
-_i32, _i64 = ir.IntType(32), ir.IntType(64)
+_i8, _i32, _i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
 _VEC = ir.VectorType(_i64, LANES)
 _VEC32 = ir.VectorType(_i32, LANES)
+_BYTES = ir.VectorType(_i8, 8 * LANES)
 
 
 def _splat(builder, scalar):
@@ -60,9 +68,24 @@ def _splat(builder, scalar):
     return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_i32, LANES), [0] * LANES))
 
 
-def _tile_codegen(masked: bool):
-    """The body of ``xnor_tile`` (``masked``: ``xnor_tile_masked``)."""
+def _widen(builder, counts, psadbw: bool):
+    """The byte counters ``counts`` (a _BYTES vector) summed per 64-bit lane: a _VEC (``psadbw``:
+    with AVX2's ``vpsadbw``)."""
+    if psadbw:
+        psad = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_BYTES, _BYTES]), "llvm.x86.avx2.psad.bw")
+        return builder.call(psad, [counts, ir.Constant(_BYTES, [0] * (8 * LANES))])
+    v = builder.bitcast(counts, _VEC)
+    for shift, mask in ((8, 0x00FF00FF00FF00FF), (16, 0x0000FFFF0000FFFF), (32, 0xFFFFFFFF)):
+        m = ir.Constant(_VEC, [mask] * LANES)
+        v = builder.add(builder.and_(v, m), builder.and_(builder.lshr(v, ir.Constant(_VEC, [shift] * LANES)), m))
+    return v
+
+
+def _tile_codegen(masked: bool, count_bytes: bool, psadbw: bool):
+    """The body of ``xnor_tile`` (``masked``: ``xnor_tile_masked``); ``count_bytes``: byte
+    counters widened every BYTE_RUN words (module docstring), with ``vpsadbw`` if ``psadbw``."""
     step = 2 * MR if masked else MR  # weight words per k: MR signs, then (masked) MR masks
+    cvec = _BYTES if count_bytes else _VEC
 
     def codegen(context, builder, sig, args):
         x_, xb_, offs_, k0_, k1_, w_, wb_, acc_, ab_, as_ = args
@@ -70,21 +93,39 @@ def _tile_codegen(masked: bool):
         def data(i, v):
             return context.make_array(sig.args[i])(context, builder, v).data
 
-        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC]), f"llvm.ctpop.v{LANES}i64")
+        lanes = cvec.count
+        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(cvec, [cvec]), f"llvm.ctpop.v{lanes}i{cvec.element.width}")
         xp = builder.gep(data(0, x_), [xb_])
         op = data(2, offs_)
         wp = builder.gep(data(5, w_), [wb_])
         zero = ir.Constant(_VEC, [0] * LANES)
         accs = [cgutils.alloca_once_value(builder, zero) for _ in range(MR)]
-        with cgutils.for_range_slice(builder, k0_, k1_, ir.Constant(_i64, 1), inc=True) as (k, _):
-            at = builder.gep(xp, [builder.load(builder.gep(op, [k]))])
-            xv = builder.load(builder.bitcast(at, _VEC.as_pointer()), align=8)
-            wk = builder.gep(wp, [builder.mul(k, ir.Constant(_i64, step))])
-            for r in range(MR):
-                v = builder.xor(xv, _splat(builder, builder.load(builder.gep(wk, [ir.Constant(_i64, r)]))))
-                if masked:
-                    v = builder.and_(v, _splat(builder, builder.load(builder.gep(wk, [ir.Constant(_i64, MR + r)]))))
-                builder.store(builder.add(builder.load(accs[r]), builder.call(ctpop, [v])), accs[r])
+        counts = [cgutils.alloca_once_value(builder, ir.Constant(cvec, [0] * lanes)) for _ in range(MR)] if count_bytes else accs
+
+        def words(k0, k1):  # counts[r] += popcount of words k0 .. k1 - 1
+            with cgutils.for_range_slice(builder, k0, k1, ir.Constant(_i64, 1), inc=True) as (k, _):
+                at = builder.gep(xp, [builder.load(builder.gep(op, [k]))])
+                xv = builder.load(builder.bitcast(at, _VEC.as_pointer()), align=8)
+                wk = builder.gep(wp, [builder.mul(k, ir.Constant(_i64, step))])
+                for r in range(MR):
+                    v = builder.xor(xv, _splat(builder, builder.load(builder.gep(wk, [ir.Constant(_i64, r)]))))
+                    if masked:
+                        v = builder.and_(v, _splat(builder, builder.load(builder.gep(wk, [ir.Constant(_i64, MR + r)]))))
+                    builder.store(builder.add(builder.load(counts[r]), builder.call(ctpop, [builder.bitcast(v, cvec)])), counts[r])
+
+        if count_bytes:  # runs of up to BYTE_RUN words, each widened into accs
+            run = ir.Constant(_i64, BYTE_RUN)
+            nruns = builder.sdiv(builder.add(builder.sub(k1_, k0_), ir.Constant(_i64, BYTE_RUN - 1)), run)
+            with cgutils.for_range(builder, nruns) as loop:
+                r0 = builder.add(k0_, builder.mul(loop.index, run))
+                r1 = builder.add(r0, run)
+                for r in range(MR):
+                    builder.store(ir.Constant(cvec, [0] * lanes), counts[r])
+                words(r0, builder.select(builder.icmp_signed("<", r1, k1_), r1, k1_))
+                for r in range(MR):
+                    builder.store(builder.add(builder.load(accs[r]), _widen(builder, builder.load(counts[r]), psadbw)), accs[r])
+        else:
+            words(k0_, k1_)
         ap = builder.gep(data(7, acc_), [ab_])
         width = sig.args[7].dtype.bitwidth  # int32 counts: half the stores and the output stage's loads
         for r in range(MR):
@@ -98,18 +139,23 @@ def _tile_codegen(masked: bool):
     return codegen
 
 
-@intrinsic
-def xnor_tile(typingctx, x, xb, offs, k0, k1, w, wb, acc, ab, astride):
-    """acc[ab + r * astride + j] = sum_{k0 <= k < k1} popcount(x[xb + offs[k] + j] ^ w[wb + k * MR + r])
-    for r < MR, j < LANES (x, w: uint64 arrays, offs int64, acc int64 or int32, all C-contiguous)."""
-    return types.void(x, xb, offs, k0, k1, w, wb, acc, ab, astride), _tile_codegen(False)
+def make_xnor_tile(masked: bool, count_bytes: bool = COUNT_BYTES, psadbw: bool = PSADBW):
+    """The tile as an intrinsic: ``xnor_tile`` or (``masked``) ``xnor_tile_masked``, counting in
+    bytes (widened with ``vpsadbw`` or with shifts) or in 64-bit lanes; the host's way by
+    default, tests take every way the host can run."""
+
+    def xnor_tile(typingctx, x, xb, offs, k0, k1, w, wb, acc, ab, astride):
+        return types.void(x, xb, offs, k0, k1, w, wb, acc, ab, astride), _tile_codegen(masked, count_bytes, psadbw)
+
+    return intrinsic(xnor_tile)
 
 
-@intrinsic
-def xnor_tile_masked(typingctx, x, xb, offs, k0, k1, w, wb, acc, ab, astride):
-    """As ``xnor_tile`` with a weight mask after each k's MR weight words: acc[ab + r * astride + j]
-    = sum_k popcount((x[xb + offs[k] + j] ^ w[wb + 2 * k * MR + r]) & w[wb + (2 * k + 1) * MR + r])."""
-    return types.void(x, xb, offs, k0, k1, w, wb, acc, ab, astride), _tile_codegen(True)
+xnor_tile = make_xnor_tile(False)
+"""acc[ab + r * astride + j] = sum_{k0 <= k < k1} popcount(x[xb + offs[k] + j] ^ w[wb + k * MR + r])
+for r < MR, j < LANES (x, w: uint64 arrays, offs int64, acc int64 or int32, all C-contiguous)."""
+xnor_tile_masked = make_xnor_tile(True)
+"""As ``xnor_tile`` with a weight mask after each k's MR weight words: acc[ab + r * astride + j]
+= sum_k popcount((x[xb + offs[k] + j] ^ w[wb + 2 * k * MR + r]) & w[wb + (2 * k + 1) * MR + r])."""
 
 
 @njit(cache=True)

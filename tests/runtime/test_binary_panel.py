@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numba import njit
 
 from runtime.kernels import binary_conv, binary_conv_panel
-from runtime.kernels.binary_tile import LANES, MR, tile_row, tile_weights
+from runtime.kernels.binary_tile import LANES, MR, PSADBW, make_xnor_tile, tile_row, tile_weights
 from tests.runtime import test_binary_conv as conv_tests
 
 
@@ -74,6 +75,38 @@ def test_tile_counts_every_channel_and_pixel(k, p, c, masked, dtype):
         for ch in range(c):
             for j in range(p):
                 expect[ch, j] += popcount((x[1 + offs[kk] + j] ^ w[0, kk, ch]) & (m[0, kk, ch] if masked else ~np.uint64(0)))
+    np.testing.assert_array_equal(acc, expect)
+
+
+@pytest.mark.parametrize("count_bytes, psadbw", [(False, False), (True, False)] + [(True, True)] * PSADBW)
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("k", [1, 31, 32, 62, 70])
+def test_tile_counting_in_bytes_or_words(k, masked, count_bytes, psadbw):
+    """Every way the tile can count on this host (byte counters widened every BYTE_RUN words by
+    shifts or, on AVX2, ``vpsadbw``; or 64-bit lanes), against numpy: words whose every bit differs fill the byte counters to 8 per
+    word, so a run one word longer than a byte holds, or a run not widened, shows; the rest
+    random, k ranges over several runs that start and end inside the arrays."""
+    rng = np.random.default_rng(k)
+    tile = make_xnor_tile(masked, count_bytes, psadbw)
+
+    @njit
+    def run(x, offs, w, acc, k0, k1):
+        tile(x, 0, offs, k0, k1, w, 0, acc, 0, acc.shape[1])
+
+    x = rng.integers(0, 2**63, size=(k + 2) * LANES, dtype=np.int64).view(np.uint64)
+    w = rng.integers(0, 2**63, size=(1, k + 2, MR), dtype=np.int64).view(np.uint64)
+    m = np.full((1, k + 2, MR), ~np.uint64(0)) if masked else None
+    x[: (k + 2) * LANES // 2] = ~np.uint64(0)
+    w[0, :, 0] = 0  # channel 0 differs from the all-ones words in every bit
+    if masked:
+        m[0, 1::3, 1:] = rng.integers(0, 2**63, size=m[0, 1::3, 1:].shape, dtype=np.int64).view(np.uint64)
+    offs = np.arange(k + 2, dtype=np.int64) * LANES
+    acc = np.zeros((MR, LANES), np.int64)
+    run(x, offs, tile_weights(w, m), acc, 1, k + 1)
+    xs = x.reshape(k + 2, 1, LANES)[1:k + 1]
+    ws = w[0, 1:k + 1, :, None]
+    diff = (xs ^ ws) & (m[0, 1:k + 1, :, None] if masked else ~np.uint64(0))
+    expect = np.unpackbits(diff.view(np.uint8).reshape(*diff.shape, 8), axis=-1).sum(axis=(0, 3))
     np.testing.assert_array_equal(acc, expect)
 
 
