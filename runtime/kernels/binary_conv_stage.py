@@ -3,12 +3,13 @@
 The tile leaves ``acc[c, q]``, the count of channel c at band pixel q. The band's pixels fall
 into runs whose border-table entries are contiguous (``band_runs``): a border row, a run of
 interior rows (the table's tiled interior row), or, with a whole-image table, the whole band.
-Channel by channel and run by run (long runs vectorise; rows of 7 to 56 pixels taken one at a
-time mostly do not), ``emit_band`` computes
+Channel by channel and run by run, ``emit_band`` computes
 
     s = tb[c, b0 + j] - mult * acc[c, q0 + j]
 
-and writes ``float32(s) * scale[c] + bias[c] (+ R)``; or (bits) the rule's flags. When the
+and writes ``float32(s) * scale[c] + bias[c] (+ R)`` (``binary_span.span_float``: vectors from
+a run's first pixel to its last, so that rows of 7 to 56 pixels do not fall to a scalar loop);
+or (bits) the rule's flags. When the
 float output also has a binarized twin, its sign and nonzero bits are taken in a second pass,
 eight channels at a time (``_or_sign_block``: a pixel's eight bits gather in 32-bit lanes, as
 wide as the floats, and go into its words in one OR); taking them in the first pass, from the
@@ -18,9 +19,9 @@ are stored once the word is complete (the task owns whole words). Bit convention
 runtime/bitpack.py.
 
 The counts are int32 (the tile stores them so: half the bytes of int64 between the tile and
-this stage). When the session's plan gave the float output R's own buffer (R dies at this step:
-``BinaryConv.overwritable_input``), the stage reads R from the output (``_span_float_onto``):
-two arrays that are one would send the vector loop to its scalar version.
+this stage). The session's plan may give the float output R's own buffer (R dies at this step:
+``BinaryConv.overwritable_input``): the span reads R's vector at a pixel before it stores the
+output's there, so one buffer for both is safe, and R was just written, so it is in cache.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 from numba import njit
 
 from runtime.kernels.binary_common import BITS, NO_BITS, or_sign_planes, rule_flag, rule_of, sign_flags
+from runtime.kernels.binary_span import span_float
 from runtime.kernels.binary_tile import prefetch_write
 
 AHEAD = 2  # the output stage prefetches the float output rows of the channel this far ahead
@@ -60,26 +62,6 @@ def band_runs(rcls, oh0, oh1, ow_, irun, ioff, runs) -> int:
         n += 1
         r0 = r1
     return n
-
-
-@njit(cache=True, inline="always")
-def _span_float(b, a, yr, rr, has_r, mult, sc, bi) -> None:
-    """yr = float32(b - mult * a) * sc + bi (+ rr) along one run of pixels."""
-    if has_r:
-        for p in range(a.shape[0]):
-            yr[p] = np.float32(np.int32(b[p] - mult * a[p])) * sc + bi + rr[p]
-    else:
-        for p in range(a.shape[0]):
-            yr[p] = np.float32(np.int32(b[p] - mult * a[p])) * sc + bi
-
-
-@njit(cache=True, inline="always")
-def _span_float_onto(b, a, yr, mult, sc, bi) -> None:
-    """yr = float32(b - mult * a) * sc + bi + yr: ``_span_float`` with the residual in the output's
-    own buffer (the session's plan gave the output R's buffer). One array, so the loop needs no
-    test of two arrays overlapping, which would send it to its scalar version."""
-    for p in range(a.shape[0]):
-        yr[p] = np.float32(np.int32(b[p] - mult * a[p])) * sc + bi + yr[p]
 
 
 @njit(cache=True, inline="always")
@@ -169,10 +151,8 @@ def emit_band(acc, tb, runs, nr, mult, c0, c1, n, p0, np_, mode, out_mask, scale
                 b = tb[c, b0:b0 + q1 - q0]
                 if mode == BITS:
                     _span_bits(b, a[q0:q1], pk[plane, q0:q1], mult, rule, sh)
-                elif onto:
-                    _span_float_onto(b, a[q0:q1], yr[q0:q1], mult, scale[c], bias[c])
                 else:
-                    _span_float(b, a[q0:q1], yr[q0:q1], rr[q0:q1], has_r, mult, scale[c], bias[c])
+                    span_float(b, a[q0:q1], yr[q0:q1], rr[q0:q1], has_r, mult, scale[c], bias[c])
         if mode != BITS and bz != NO_BITS:
             if i >= (c1 - c0) // BLOCK * BLOCK:  # a channel after the last whole block
                 or_sign_planes(yr, np_, bz, sh, pk)
