@@ -92,6 +92,7 @@ def _panel_task(x, xm, masked, tail, wt, tb, rcls, irun, wmasked, kk, geom, nban
     ioff = tb.shape[1] - irun * ow_
     panel = np.empty((halves * kk, band * ow_), np.uint64)
     pk = np.empty((2, band * ow_), np.uint64)
+    fl = np.empty((2, band * ow_), np.uint32)
     runs = np.empty((band, 3), np.int64)
     acc = np.empty((-(-cb // MR) * MR, band * ow_), np.int32)  # counts < 2^31: half the bytes of int64 through the cache
     last = -1
@@ -113,7 +114,7 @@ def _panel_task(x, xm, masked, tail, wt, tb, rcls, irun, wmasked, kk, geom, nban
         tile_row(panel.reshape(-1), 0, offs, 0, halves * kk, wt, (c0 // MR) * 2 * kk * MR * (2 if wmasked else 1), -(-(c1 - c0) // MR),
                  acc, np_, wmasked)
         emit_band(acc, tb, runs, nr, 3 - halves, c0, c1, n, oh0 * ow_, np_, mode, out_mask, scale, bias, table, y3, yb3, ym3, r3, has_r,
-                  bz, pk)
+                  bz, pk, fl)
 
 
 def band_rows(wshape: tuple, oh: int, ow: int) -> int:

@@ -9,10 +9,9 @@ Channel by channel and run by run, ``emit_band`` computes
 
 and writes ``float32(s) * scale[c] + bias[c] (+ R)`` (``binary_span.span_float``: vectors from
 a run's first pixel to its last, so that rows of 7 to 56 pixels do not fall to a scalar loop);
-or (bits) the rule's flags. When the
-float output also has a binarized twin, its sign and nonzero bits are taken in a second pass,
-eight channels at a time (``_or_sign_block``: a pixel's eight bits gather in 32-bit lanes, as
-wide as the floats, and go into its words in one OR); taking them in the first pass, from the
+or (bits) the rule's flags. When the float output also has a binarized twin, its sign and
+nonzero bits are taken in a second pass, eight channels at a time (``_or_sign_block``: a pixel's
+eight bits gather in 32-bit lanes, as wide as the floats, and go into its words in one OR); taking them in the first pass, from the
 value still in a register, measured 10-30% slower on Bi-Real Net's shapes (that loop mixes
 float and 64-bit lanes). The bits of a word's 64 channels gather in the word rows ``pk`` and
 are stored once the word is complete (the task owns whole words). Bit convention:
@@ -81,13 +80,15 @@ def _flags32(v, bz, r):
 
 
 @njit(cache=True, inline="always")
-def _or_sign_block(y0, y1, y2, y3, y4, y5, y6, y7, np_, bz, sh, pk) -> None:
+def _or_sign_block(y0, y1, y2, y3, y4, y5, y6, y7, np_, bz, sh, pk, fl) -> None:
     """OR the sign (plane 0) and nonzero (plane 1) bits of BLOCK = 8 channel rows of floats
     y0 .. y7 (their value at 0 ``bz``) at bits sh .. sh + 7 of the word rows pk[0] and pk[1]: a
-    pixel's bits of the block gather in 32-bit lanes (as wide as the floats) and go into its
-    words in one 64-bit OR each, where a pass per channel takes one per channel. Eight rows of
-    their own (not a 2-D view, whose strides LLVM cannot vectorise over)."""
-    p0, p1 = pk[0], pk[1]
+    pixel's bits of the block gather in 32-bit lanes (as wide as the floats) into the rows
+    fl[0] and fl[1] (uint32), and a second loop ORs them into its words, one 64-bit OR each
+    where a pass per channel takes one per channel. (The ORs into the 64-bit words in the first
+    loop made LLVM run it four pixels at a time, in 64-bit lanes: 1.4-1.5x slower.) Eight rows
+    of their own (not a 2-D view, whose strides LLVM cannot vectorise over)."""
+    f0, f1 = fl[0], fl[1]
     for p in range(np_):
         n0, z0 = _flags32(y0[p], bz, 0)
         n1, z1 = _flags32(y1[p], bz, 1)
@@ -97,8 +98,12 @@ def _or_sign_block(y0, y1, y2, y3, y4, y5, y6, y7, np_, bz, sh, pk) -> None:
         n5, z5 = _flags32(y5[p], bz, 5)
         n6, z6 = _flags32(y6[p], bz, 6)
         n7, z7 = _flags32(y7[p], bz, 7)
-        p0[p] |= np.uint64(n0 | n1 | n2 | n3 | n4 | n5 | n6 | n7) << sh
-        p1[p] |= np.uint64(z0 | z1 | z2 | z3 | z4 | z5 | z6 | z7) << sh
+        f0[p] = n0 | n1 | n2 | n3 | n4 | n5 | n6 | n7
+        f1[p] = z0 | z1 | z2 | z3 | z4 | z5 | z6 | z7
+    p0, p1 = pk[0], pk[1]
+    for p in range(np_):
+        p0[p] |= np.uint64(f0[p]) << sh
+        p1[p] |= np.uint64(f1[p]) << sh
 
 
 @njit(cache=True, inline="always")
@@ -125,11 +130,11 @@ def store_words(pk, yb3, ym3, out_mask, n, p0, np_, q) -> None:
 
 @njit(cache=True)
 def emit_band(acc, tb, runs, nr, mult, c0, c1, n, p0, np_, mode, out_mask, scale, bias, table, y3, yb3, ym3, r3, has_r, bz,
-              pk) -> None:
+              pk, fl) -> None:
     """Channels c0 .. c1 - 1 (rows of acc from 0) at the band's np_ pixels (image pixels p0 ..,
     contiguous in acc's rows) of image n, its ``nr`` runs in ``runs`` (``band_runs``), through the
     output stage (module docstring; binary_common): y3 [N, C, OH*OW], yb3/ym3 [N, OH*OW, words],
-    r3 the residual as y3 (or y3 itself); pk [2, >= np_] uint64 scratch. The float output rows
+    r3 the residual as y3 (or y3 itself); pk [2, >= np_] uint64 and fl [2, >= np_] uint32 scratch. The float output rows
     of the channel AHEAD further on are prefetched, unless they are R's (just written): an output
     buffer not in the cache otherwise waits on every channel's lines."""
     bits = mode == BITS or bz != NO_BITS
@@ -159,6 +164,7 @@ def emit_band(acc, tb, runs, nr, mult, c0, c1, n, p0, np_, mode, out_mask, scale
             elif (i + 1) % BLOCK == 0:  # blocks from c0, a multiple of 64: none straddles a word
                 y8 = y3[n, c + 1 - BLOCK:c + 1]
                 _or_sign_block(y8[0, p0:p0 + np_], y8[1, p0:p0 + np_], y8[2, p0:p0 + np_], y8[3, p0:p0 + np_], y8[4, p0:p0 + np_],
-                               y8[5, p0:p0 + np_], y8[6, p0:p0 + np_], y8[7, p0:p0 + np_], np_, bz, np.uint64((c + 1 - BLOCK) & 63), pk)
+                               y8[5, p0:p0 + np_], y8[6, p0:p0 + np_], y8[7, p0:p0 + np_], np_, bz, np.uint64((c + 1 - BLOCK) & 63), pk,
+                               fl)
         if bits and ((c & 63) == 63 or c == c1 - 1):
             store_words(pk, yb3, ym3, out_mask, n, p0, np_, c >> 6)
