@@ -34,6 +34,8 @@ from runtime.bitpack import nwords, pack_bits, popcount
 from runtime.codegen import Expr
 from runtime.kernels.base import Twin, task_threads
 from runtime.kernels.binary_common import BITS, NO_BITS, conv_work, or_sign_planes, rule_flag, rule_of
+from runtime.kernels.binary_conv_stage import BLOCK, _or_sign_block
+from runtime.kernels.binary_span import span_float
 from runtime.kernels.binary_tile import MR, tile_row, tile_weights
 from runtime.threads import current_threads
 
@@ -118,32 +120,36 @@ def merge_rows(x, cg, kw, sw, dw, pl, ptop, fill, out):
 
 
 @njit(cache=True)
-def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
-    """s = k0 + base - 2 * acc ([Cout_g, OW], the first rows of acc) for one output row of group g, through the output stage,
-    one channel at a time along the row (runtime/kernels/binary_common.py: OutputStage). The bits
-    of a word's 64 channels gather in a contiguous row ``pk`` (planes sign, mask) and go to the
-    pixel-major output words once per word, not once per channel."""
+def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz, bk, pk, fl):
+    """s = k0 + base - 2 * acc ([Cout_g, OW] int32, the first rows of acc) for one output row of
+    group g, through the output stage, one channel at a time along the row (binary_common.py:
+    OutputStage): floats in vectors to the row's end (binary_span.span_float; LLVM's own loop
+    left rows of 8 to 31 pixels to its scalar remainder), their signs eight channels at a time
+    (binary_conv_stage._or_sign_block). The bits of a word's 64 channels gather in a contiguous
+    row ``pk`` (planes sign, mask) and go to the pixel-major output words once per word, not once
+    per channel. bk int32, pk uint64 and fl uint32 [>= 2, OW] are scratch."""
     og, ow_ = base.shape  # acc may have more rows (the tile's padded channel blocks)
     bits = mode == BITS or bz != NO_BITS
-    pk = np.zeros((2, ow_), np.uint64)
+    pk[:2] = 0
     for co in range(og):
         c = g * og + co
         a = acc[co]
-        b = base[co]
         sh = np.uint64(c & 63)
         if mode != BITS:
-            yr = y[n, c, oh]
-            sc = scale[c]
-            bi = bias[c]
+            b = bk[0]
             for ow in range(ow_):
-                yr[ow] = np.float32(np.int32(k0 + b[ow] - 2 * a[ow])) * sc + bi  # via int32: vectorizes
-            if has_r:
-                rr = res[n, c, oh]
-                for ow in range(ow_):
-                    yr[ow] += rr[ow]
+                b[ow] = k0 + base[co, ow]
+            yr = y[n, c, oh]
+            span_float(b, a, yr, res[n, c, oh] if has_r else yr, has_r, 2, scale[c], bias[c])
             if bz != NO_BITS:  # the float row binarized too (a fused bnnc.Binarize)
-                or_sign_planes(yr, ow_, bz, sh, pk)
+                if og % BLOCK:  # blocks from channel g * og on would not stay inside words
+                    or_sign_planes(yr, ow_, bz, sh, pk)
+                elif (co + 1) % BLOCK == 0:  # a block of eight channels, inside one word
+                    y8 = y[n, c + 1 - BLOCK:c + 1]
+                    _or_sign_block(y8[0, oh], y8[1, oh], y8[2, oh], y8[3, oh], y8[4, oh], y8[5, oh], y8[6, oh], y8[7, oh], ow_, bz,
+                                   np.uint64((c + 1 - BLOCK) & 63), pk, fl)
         else:
+            b = base[co]
             for plane in range(2 if out_mask else 1):
                 lo, hi, f_below, f_mid, f_above = rule_of(table, c, plane)
                 for ow in range(ow_):
@@ -158,7 +164,7 @@ def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, y
                 ymr = ym[n, oh]
                 for ow in range(ow_):
                     ymr[ow, q] |= pk[1, ow]
-            pk[:] = 0
+            pk[:2] = 0
 
 
 @Twin
@@ -181,9 +187,12 @@ def narrow_conv(xm, mm, masked, w, wt, offs, d, dcols, geom, tasks, mode, out_ma
     rows = n_ * oh_
     xf = xm.reshape(-1)
     for task in prange(tasks):
-        acc = np.empty((nblk * MR, ow_), np.int64)
-        base = np.zeros((og, ow_), np.int64)
-        cnt = np.zeros(ow_, np.int64)
+        acc = np.empty((nblk * MR, ow_), np.int32)
+        base = np.zeros((og, ow_), np.int32)
+        cnt = np.zeros(ow_, np.int32)
+        bk = np.empty((1, ow_), np.int32)
+        pk = np.empty((2, ow_), np.uint64)
+        fl = np.empty((2, ow_), np.uint32)
         for r in range(task * rows // tasks, (task + 1) * rows // tasks):
             n = r // oh_
             oh = r % oh_
@@ -211,7 +220,7 @@ def narrow_conv(xm, mm, masked, w, wt, offs, d, dcols, geom, tasks, mode, out_ma
                     else:
                         acc[:] = 0
                     _emit_rows(acc, base, (ki1 - ki0) * bits, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res,
-                               has_r, bz)
+                               has_r, bz, bk, pk, fl)
                     continue
                 acc[:] = 0
                 cnt[:] = 0
@@ -230,7 +239,7 @@ def narrow_conv(xm, mm, masked, w, wt, offs, d, dcols, geom, tasks, mode, out_ma
                                 a0[ow] += popcount((xr[ow] ^ w0) & mr[ow])
                 for co in range(og):  # s = popcount(m) - 2 * acc, the same count for every channel
                     base[co] = cnt
-                _emit_rows(acc, base, 0, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz)
+                _emit_rows(acc, base, 0, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz, bk, pk, fl)
 
 
 class NarrowPlan:
