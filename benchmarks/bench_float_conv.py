@@ -89,6 +89,7 @@ CASES = [
     conv("models/bwn binary-weight 64->64 16x16", (1, 64, 16, 16), 64, 3, binary=True),
     conv("models/bwn binary-weight 64->128 8x8", (1, 64, 8, 8), 128, 3, binary=True),
     conv("resnete stem 3->16 3x3 64x64 b4", (4, 3, 64, 64), 16, 3),
+    conv("torch bireal stem 3->16 7x7 s2 64x64 b4", (4, 3, 64, 64), 16, 7, 2),
     conv("resnete 1x1 16->32 32x32 b4", (4, 16, 32, 32), 32, 1),
     conv("quicknet stem 3->8 3x3 s2 32x32", (1, 3, 32, 32), 8, 3, 2, [0, 0, 1, 1]),
     conv("3x3 64->64 56x56", (1, 64, 56, 56), 64, 3, act="Relu"),
