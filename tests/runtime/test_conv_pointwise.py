@@ -59,7 +59,7 @@ def test_plan_splits_channel_runs_over_threads():
     plan = cpw.PointwisePlan.of((1, 64, 28, 28), (1, 128, 28, 28), 1 << 22)
     assert plan._split(1)[0] == 1 and plan._split(2)[0] == 2  # batch 1: each thread a run of channels
     assert cpw.PointwisePlan.of((4, 8, 16, 16), (4, 8, 16, 16), 1 << 22)._split(2)[0] == 1  # small: serial
-    assert cpw.PointwisePlan.of((1, 8, 3, 5), (1, 8, 3, 5), 0) is None  # less than a vector: BLAS
+    assert cpw.PointwisePlan.of((1, 8, 1, LANES - 1), (1, 8, 1, LANES - 1), 0) is None  # less than a vector: BLAS
 
 
 @pytest.mark.parametrize("threads", [1, 2])
