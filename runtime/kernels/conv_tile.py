@@ -70,8 +70,8 @@ def _splat(builder, scalar):
     return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_i32, LANES), [0] * LANES))
 
 
-def _accumulate(builder, fma, xb, offs, nk, wb, mr, nv):
-    """The K loop: acc[r][v] += w[k*mr + r] * xq[offs[k] + v*LANES : + LANES] (r < mr, v < nv);
+def _accumulate(builder, fma, xb, offs, nk, wb, mr, nv, ws):
+    """The K loop: acc[r][v] += w[k*ws + r] * xq[offs[k] + v*LANES : + LANES] (r < mr, v < nv);
     returns the accumulators (allocas that LLVM keeps in registers)."""
     zero = ir.Constant(_VEC, [0.0] * LANES)
     accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(nv)] for _ in range(mr)]
@@ -80,7 +80,7 @@ def _accumulate(builder, fma, xb, offs, nk, wb, mr, nv):
         xk = builder.gep(xb, [builder.load(builder.gep(offs, [k]))])
         xs = [builder.load(builder.bitcast(builder.gep(xk, [ir.Constant(_i64, v * LANES)]), _VEC.as_pointer()),
                            align=4) for v in range(nv)]
-        wk = builder.gep(wb, [builder.mul(k, ir.Constant(_i64, mr))])
+        wk = builder.gep(wb, [builder.mul(k, ir.Constant(_i64, ws))])
         for r in range(mr):
             wv = _splat(builder, builder.load(builder.gep(wk, [ir.Constant(_i64, r)])))
             for v in range(nv):
@@ -198,8 +198,10 @@ def _isplat(builder, scalar):
     return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_i32, LANES), [0] * LANES))
 
 
-def _make_tile(mr: int, nv: int):
-    """The tile intrinsic of mr weight rows x nv vectors of positions."""
+def _make_tile(mr: int, nv: int, ws: int | None = None):
+    """The tile intrinsic of mr weight rows x nv vectors of positions; ws: the weights' stride per
+    tap (mr unless the tile reads rows r0 .. r0 + mr of blocks of ws rows)."""
+    ws = mr if ws is None else ws
 
     def tile(typingctx, xq, xpos, pos, offs, w, bw, y, by, ystride, oh0, ow0, wq, ow_n, rs, end, bias, bm, mvalid,
              relu):
@@ -217,7 +219,7 @@ def _make_tile(mr: int, nv: int):
                                                  f"llvm.fmuladd.v{LANES}f32")
             nk = context.make_array(aty[3])(context, builder, offs_).nitems
             xb = builder.gep(data(0, xq_), [xpos_])
-            accs = _accumulate(builder, fma, xb, data(3, offs_), nk, builder.gep(data(4, w_), [bw_]), mr, nv)
+            accs = _accumulate(builder, fma, xb, data(3, offs_), nk, builder.gep(data(4, w_), [bw_]), mr, nv, ws)
             vals = _finish(builder, accs, builder.gep(data(15, bias_), [bm_]), relu_)
             yb = builder.gep(data(6, y_), [by_])
             _store(builder, vals, yb, ystride_, mvalid_, pos_, oh0_, ow0_, (wq_, own_, rs_, end_))
@@ -228,7 +230,7 @@ def _make_tile(mr: int, nv: int):
     tile.__doc__ = f"""One {mr} x {nv * LANES} tile (module docstring): output channels m0 + r (r < mvalid) at
     positions pos + j (pos + j < end), read from xq[xpos + offs[k] + j], stored at (oh, ow) (from
     oh0, ow0 on; rows of wq positions, the first ow_n of them stored) into
-    y[by + r * ystride + oh * rs + ow]; weights w[bw + k*{mr} + r], bias bias[bm + r]."""
+    y[by + r * ystride + oh * rs + ow]; weights w[bw + k*{ws} + r], bias bias[bm + r]."""
     return intrinsic(tile)
 
 
