@@ -26,6 +26,12 @@ stream 7-11% faster than groups of four blocks interleaved; then they stay in L1
   PMR x TR block lands in ``tmp``, gets the bias and activation there and is copied into y's
   columns.
 
+On AVX2 (8 floats, 16 registers) the whole vectors go on conv_pointwise_pairs' tiles instead:
+6 rows x 2 vectors (12 chains where one vector of 8 rows kept 8, exactly the latency limit) over
+x packed per 16 positions once per call, blocks of PMR = 24 rows (the tail tiles' 3 vectors,
+12 accumulators), and each lone tail position on a tile of its own that reads only its column
+(``_lone_positions``): Bi-Real Net's 1x1 shortcuts 0.54-0.89x onnxruntime -> about 0.95-1.05x.
+
 Threads: the blocks are cut into runs; a task takes one image and one run, so batch 1 splits too.
 """
 
@@ -36,14 +42,25 @@ from numba import njit, prange
 
 from runtime.codegen import Expr
 from runtime.kernels.base import Twin
+from runtime.kernels.conv_pointwise_pairs import (
+    NRP,
+    PB,
+    _lone_positions,
+    _pack_lone,
+    _pack_pair,
+    _pair_columns,
+    pair_tiles,
+)
 from runtime.kernels.conv_tile import LANES, _make_tile, chunks_of, pack_weights
 from runtime.kernels.nn import act_inplace
 from runtime.threads import current_threads
 
-PMR = 8 if LANES == 8 else 16  # AVX2's 16 registers hold 8 accumulators, AVX-512's and NEON's 32 hold 16
+PAIRS = LANES == 8  # AVX2: 16 registers, the columns on conv_pointwise_pairs' tiles
+PMR = PB if PAIRS else 16  # AVX-512's and NEON's 32 registers hold 16 accumulators
 TR = 4  # rows of the tail tiles
-tile_col = _make_tile(PMR, 1)
+tile_col = None if PAIRS else _make_tile(PMR, 1)
 tile_tail = _make_tile(TR, PMR // LANES)
+pair_tiles_jit = njit(cache=True, nogil=True)(pair_tiles)
 
 
 def tail_passes(p: int) -> int:
@@ -53,14 +70,14 @@ def tail_passes(p: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _pack_tail(xf, P, K, xt):
+def _pack_tail(xf, P, K, xt, passes):
     """The rows of the tail passes (module docstring) for the r = P % LANES last positions: pass
     q < nq = r // TR, xt[(q * K + k) * TR + j] = x[k, P - r + q * TR + j]; a later pass, one
     position p = P - r + nq * TR + q - nq: xt[(q * K + k) * TR + j] = x[k, p] where k % TR == j,
-    else 0."""
+    else 0; the first ``passes`` passes."""
     r = P % LANES
     nq = r // TR
-    for q in range(nq + r - nq * TR):
+    for q in range(passes):
         for k in range(K):
             for j in range(TR):
                 if q < nq:
@@ -71,11 +88,12 @@ def _pack_tail(xf, P, K, xt):
 
 
 @njit(cache=True, nogil=True)
-def _tail(w, bias, koffs, xt, zero, tmp, yf, mb, mvalid, P, K, relu):
-    """Block mb's channels at the last P % LANES positions (module docstring)."""
+def _tail(w, bias, koffs, xt, zero, tmp, yf, mb, mvalid, P, K, relu, passes):
+    """Block mb's channels at the last P % LANES positions (module docstring): the first
+    ``passes`` passes."""
     r = P % LANES
     nq = r // TR
-    for q in range(nq + r - nq * TR):
+    for q in range(passes):
         tile_tail(w, mb * K * PMR, 0, koffs, xt, q * K * TR, tmp, 0, PMR, 0, 0, PMR, PMR, PMR, PMR, zero, 0, TR, False)
         for j in range(TR if q < nq else 1):
             for c in range(mvalid):
@@ -99,22 +117,59 @@ def _task(x, offs, w, bias, koffs, zero, xt, tmp, y, n, b0, b1, kind, a0, a1):
     xf, yf = x[n], y[n].reshape(M * P)
     relu = kind == 1
     if P % LANES:
-        _pack_tail(xf, P, K, xt)
+        _pack_tail(xf, P, K, xt, P % LANES // TR + P % TR)
     for mb in range(b0, b1):
         mvalid = min(PMR, M - mb * PMR)
         for pos in range(0, P - P % LANES, LANES):
             tile_col(xf, pos, pos, offs, w, mb * K * PMR, yf, mb * PMR * P, P, 0, pos, P, P, P, P, bias, mb * PMR,
                      mvalid, relu)
         if P % LANES:
-            _tail(w, bias, koffs, xt, zero, tmp, yf, mb, mvalid, P, K, relu)
+            _tail(w, bias, koffs, xt, zero, tmp, yf, mb, mvalid, P, K, relu, P % LANES // TR + P % TR)
     if kind > 1:
         act_inplace(yf[b0 * PMR * P:min(M, b1 * PMR) * P], kind, a0, a1)
 
 
-def _conv_pointwise_body(x, offs, w, bias, koffs, zero, xt, tmp, y, parts, kind, a0, a1):
+@njit(cache=True, nogil=True)
+def _task_pairs(x, xp, poffs, w, bias, koffs, zero, xt, tmp, y, n, b0, b1, kind, a0, a1):
+    """Image n, channel blocks b0 <= mb < b1, the columns from the packed tiles xp[n]
+    (conv_pointwise_pairs)."""
+    M, P = y.shape[1], y.shape[2]
+    K = poffs.shape[0]
+    if b1 <= b0:
+        return
+    xf, yf = x[n], y[n].reshape(M * P)
+    relu = kind == 1
+    nq = P % LANES // TR
+    _pack_tail(xf, P, K, xt, nq)
+    xl = xt[nq * K * TR:]  # the lone positions' columns
+    _pack_lone(xf, P, P - P % TR, xl)
+    for mb in range(b0, b1):
+        _pair_columns(xp[n], poffs, w, bias, yf, mb, M, P, relu)
+        _tail(w, bias, koffs, xt, zero, tmp, yf, mb, min(PMR, M - mb * PMR), P, K, relu, nq)
+        _lone_positions(w, bias, xl, tmp, yf, mb, M, P, K, P - P % TR, relu)
+    if kind > 1:
+        act_inplace(yf[b0 * PMR * P:min(M, b1 * PMR) * P], kind, a0, a1)
+
+
+def _conv_pointwise_pairs_body(x, offs, w, bias, koffs, zero, xt, tmp, xp, y, parts, kind, a0, a1):
+    """As ``_conv_pointwise_body``, the images first packed into xp (N, tiles * C * NRP), one task
+    per tile."""
+    N, M, P = y.shape[0], y.shape[1], y.shape[2]
+    nt = pair_tiles_jit(P)
+    for u in prange(N * nt):
+        _pack_pair(x[u // nt], P, u % nt, xp[u // nt])
+    blocks = -(-M // PMR)
+    per = -(-blocks // parts)
+    for t in prange(N * parts):
+        n = t // parts
+        b0 = min(blocks, (t - n * parts) * per)
+        _task_pairs(x, xp, offs, w, bias, koffs, zero, xt[t], tmp[t], y, n, b0, min(blocks, b0 + per), kind, a0, a1)
+
+
+def _conv_pointwise_body(x, offs, w, bias, koffs, zero, xt, tmp, xp, y, parts, kind, a0, a1):
     """y (N, M, P) = act(w @ x[n] + bias) for x (N, C * P), w and bias packed by ``pack``; task t
     of N * parts takes image t // parts and run t % parts of the channel blocks, with its own
-    tail rows xt[t] and block tmp[t]."""
+    tail rows xt[t] and block tmp[t] (xp: unused, the pairs body's packed tiles)."""
     N, M = y.shape[0], y.shape[1]
     blocks = -(-M // PMR)
     per = -(-blocks // parts)
@@ -124,7 +179,7 @@ def _conv_pointwise_body(x, offs, w, bias, koffs, zero, xt, tmp, y, parts, kind,
         _task(x, offs, w, bias, koffs, zero, xt[t], tmp[t], y, n, b0, min(blocks, b0 + per), kind, a0, a1)
 
 
-conv_pointwise = Twin(_conv_pointwise_body)
+conv_pointwise = Twin(_conv_pointwise_pairs_body if PAIRS else _conv_pointwise_body)
 
 
 class PointwisePlan:
@@ -135,7 +190,7 @@ class PointwisePlan:
         self.n, self.m, self.p = n, y4[1], h * w
         self.macs = n * self.m * self.c * self.p
         self.split_macs = split_macs
-        self.offs = np.arange(self.c, dtype=np.int64) * self.p
+        self.offs = np.arange(self.c, dtype=np.int64) * (NRP if PAIRS else self.p)
         self.koffs = np.arange(self.c, dtype=np.int64) * PMR
         self.zero = np.zeros(TR, np.float32)
 
@@ -155,19 +210,21 @@ class PointwisePlan:
         parts = chunks_of(self.n, -(-self.m // PMR), t)
         return parts, self.macs if t > 1 else 0
 
-    def _scratch_shapes(self, parts: int) -> tuple[tuple[int, int], tuple[int, int]]:
-        """Per task: the tail's packed positions and one block of results."""
+    def _scratch_shapes(self, parts: int) -> tuple[tuple[int, int], ...]:
+        """Per task: the tail's packed positions and one block of results; per image: the packed
+        tiles of the pairs body."""
         tasks = self.n * parts
-        return (tasks, max(1, tail_passes(self.p) * self.c * TR)), (tasks, TR * PMR)
+        xp = (self.n, pair_tiles(self.p) * self.c * NRP) if PAIRS else (1, 1)
+        return (tasks, max(1, tail_passes(self.p) * self.c * TR)), (tasks, TR * PMR), xp
 
     def emit(self, e, x: str, y: str, w, b, act) -> None:
         """The call in generated code; x and y are the names of the input and output arrays."""
         parts, work = self._split(e.threads)
-        xt_shape, tmp_shape = self._scratch_shapes(parts)
+        xt_shape, tmp_shape, xp_shape = self._scratch_shapes(parts)
         xs = Expr(f"{x}.reshape({e.lit((self.n, self.c * self.p))})")
         ys = Expr(f"{y}.reshape({e.lit((self.n, self.m, self.p))})")
         e.call(conv_pointwise, xs, self.offs, w, b, self.koffs, self.zero, e.work(xt_shape, np.float32, "xt"),
-               e.work(tmp_shape, np.float32, "tmp"), ys, parts, *act, work=work)
+               e.work(tmp_shape, np.float32, "tmp"), e.work(xp_shape, np.float32, "xp"), ys, parts, *act, work=work)
 
     def make_scratch(self) -> dict:
         return {}
@@ -176,6 +233,6 @@ class PointwisePlan:
         parts, work = self._split(current_threads())
         if parts not in scratch:  # the tail's scratch for this many tasks
             scratch[parts] = tuple(np.zeros(s, np.float32) for s in self._scratch_shapes(parts))
-        xt, tmp = scratch[parts]
-        conv_pointwise(work, x.reshape(self.n, self.c * self.p), self.offs, w, b, self.koffs, self.zero, xt, tmp,
+        xt, tmp, xp = scratch[parts]
+        conv_pointwise(work, x.reshape(self.n, self.c * self.p), self.offs, w, b, self.koffs, self.zero, xt, tmp, xp,
                        y.reshape(self.n, self.m, self.p), parts, *act)

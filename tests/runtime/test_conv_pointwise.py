@@ -1,6 +1,7 @@
 """The pointwise float conv (runtime/kernels/conv_pointwise.py): 1x1, stride 1, no padding, read in
-place; tiles of one vector of positions, the last P % LANES positions on tail tiles with the
-channels in the vectors (TR positions at a time), channel runs over the threads.
+place; tiles of one vector of positions (of two, from x packed per tile, on AVX2), the last
+P % LANES positions on tail tiles with the channels in the vectors (TR positions at a time),
+channel runs over the threads.
 
 Against numpy (the kernel alone, every activation, 1 and 2 threads, one task or a run of channels
 per thread) and onnxruntime (whole models: Conv, and Conv + Relu fused by the default pipeline,
@@ -22,8 +23,12 @@ from tests.helpers import bnnc_run, ort_run
 from tests.runtime.test_float_helpers import randn
 
 # (N, C, H, W, M): planes of whole vectors (no tail), tails of 1, 2, TR - 1, TR and TR + 1
-# positions and LANES - 1 of them, channel counts that fill no block, odd planes, batches 2 and 3
+# positions and LANES - 1 of them, channel counts that fill no block, odd planes, batches 2 and 3;
+# for the AVX2 column tiles of two vectors (conv_pointwise_pairs): planes of an odd number of
+# vectors (a last tile half stored), channels ending on a tile's rows and on a whole block
 SHAPES = [
+    (1, 3, 5, 8, cpw.PMR // 2),
+    (2, 11, 4, 8, cpw.PMR),
     (1, 5, 4, LANES // 4, 19),
     (2, 7, 1, LANES + 1, 33),
     (3, 3, 2, LANES + 1, 40),
