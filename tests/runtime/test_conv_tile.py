@@ -122,7 +122,7 @@ def test_conv_takes_tiles_where_they_waste_little():
     stem = _conv_kernel((1, 3, 224, 224), (64, 3, 7, 7), strides=[2, 2], pads=[3, 3, 3, 3])
     assert stem.tiles is not None
     assert isinstance(_conv_kernel((1, 64, 28, 28), (128, 64, 1, 1)).tiles, PointwisePlan)  # reads x in place
-    assert _conv_kernel((1, 64, 3, 4), (128, 64, 1, 1)).tiles is None  # less than a vector: BLAS, in place too
+    assert _conv_kernel((1, 64, 1, ct.LANES - 1), (128, 64, 1, 1)).tiles is None  # less than a vector: BLAS
     assert _conv_kernel((8, 32, 32, 32), (64, 32, 3, 3), pads=[1, 1, 1, 1]).tiles.kind == "wide"  # rows of whole tiles
     # wide rows: a fifth of the plane is wide columns; channel tiles waste nothing and, with
     # K = 1152, pay little for their scattered stores; a 5x5 conv of one channel packs panels
