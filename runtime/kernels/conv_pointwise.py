@@ -131,7 +131,7 @@ def _task(x, offs, w, bias, koffs, zero, xt, tmp, y, n, b0, b1, kind, a0, a1):
 
 @njit(cache=True, nogil=True)
 def _task_pairs(x, xp, poffs, w, bias, koffs, zero, xt, tmp, y, n, b0, b1, kind, a0, a1):
-    """Image n, channel blocks b0 <= mb < b1, the columns from the packed tiles xp[n]
+    """Image n, channel blocks b0 <= mb < b1, the columns from the image's tiles packed into xp
     (conv_pointwise_pairs)."""
     M, P = y.shape[1], y.shape[2]
     K = poffs.shape[0]
@@ -139,12 +139,14 @@ def _task_pairs(x, xp, poffs, w, bias, koffs, zero, xt, tmp, y, n, b0, b1, kind,
         return
     xf, yf = x[n], y[n].reshape(M * P)
     relu = kind == 1
+    for u in range(pair_tiles_jit(P)):
+        _pack_pair(xf, P, u, xp)
     nq = P % LANES // TR
     _pack_tail(xf, P, K, xt, nq)
     xl = xt[nq * K * TR:]  # the lone positions' columns
     _pack_lone(xf, P, P - P % TR, xl)
     for mb in range(b0, b1):
-        _pair_columns(xp[n], poffs, w, bias, yf, mb, M, P, relu)
+        _pair_columns(xp, poffs, w, bias, yf, mb, M, P, relu)
         _tail(w, bias, koffs, xt, zero, tmp, yf, mb, min(PMR, M - mb * PMR), P, K, relu, nq)
         _lone_positions(w, bias, xl, tmp, yf, mb, M, P, K, P - P % TR, relu)
     if kind > 1:
@@ -152,18 +154,15 @@ def _task_pairs(x, xp, poffs, w, bias, koffs, zero, xt, tmp, y, n, b0, b1, kind,
 
 
 def _conv_pointwise_pairs_body(x, offs, w, bias, koffs, zero, xt, tmp, xp, y, parts, kind, a0, a1):
-    """As ``_conv_pointwise_body``, the images first packed into xp (N, tiles * C * NRP), one task
-    per tile."""
-    N, M, P = y.shape[0], y.shape[1], y.shape[2]
-    nt = pair_tiles_jit(P)
-    for u in prange(N * nt):
-        _pack_pair(x[u // nt], P, u % nt, xp[u // nt])
+    """As ``_conv_pointwise_body``, each task with its image packed into xp[t] (tiles * C * NRP; an
+    image split over threads is packed by each, which costs less than a second parallel region)."""
+    N, M = y.shape[0], y.shape[1]
     blocks = -(-M // PMR)
     per = -(-blocks // parts)
     for t in prange(N * parts):
         n = t // parts
         b0 = min(blocks, (t - n * parts) * per)
-        _task_pairs(x, xp, offs, w, bias, koffs, zero, xt[t], tmp[t], y, n, b0, min(blocks, b0 + per), kind, a0, a1)
+        _task_pairs(x, xp[t], offs, w, bias, koffs, zero, xt[t], tmp[t], y, n, b0, min(blocks, b0 + per), kind, a0, a1)
 
 
 def _conv_pointwise_body(x, offs, w, bias, koffs, zero, xt, tmp, xp, y, parts, kind, a0, a1):
@@ -211,10 +210,10 @@ class PointwisePlan:
         return parts, self.macs if t > 1 else 0
 
     def _scratch_shapes(self, parts: int) -> tuple[tuple[int, int], ...]:
-        """Per task: the tail's packed positions and one block of results; per image: the packed
-        tiles of the pairs body."""
+        """Per task: the tail's packed positions, one block of results and the packed tiles of the
+        pairs body."""
         tasks = self.n * parts
-        xp = (self.n, pair_tiles(self.p) * self.c * NRP) if PAIRS else (1, 1)
+        xp = (tasks, pair_tiles(self.p) * self.c * NRP) if PAIRS else (1, 1)
         return (tasks, max(1, tail_passes(self.p) * self.c * TR)), (tasks, TR * PMR), xp
 
     def emit(self, e, x: str, y: str, w, b, act) -> None:
