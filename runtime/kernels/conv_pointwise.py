@@ -30,7 +30,8 @@ On AVX2 (8 floats, 16 registers) the whole vectors go on conv_pointwise_pairs' t
 6 rows x 2 vectors (12 chains where one vector of 8 rows kept 8, exactly the latency limit) over
 x packed per 16 positions once per call, blocks of PMR = 24 rows (the tail tiles' 3 vectors,
 12 accumulators), and each lone tail position on a tile of its own that reads only its column
-(``_lone_positions``): Bi-Real Net's 1x1 shortcuts 0.54-0.89x onnxruntime -> about 0.95-1.05x.
+(``_lone_positions``): Bi-Real Net's 1x1 shortcuts 0.58-0.89x onnxruntime -> 0.97-1.01x at
+one thread (layer medians, benchmarks/bench_float_conv.py).
 
 Threads: the blocks are cut into runs; a task takes one image and one run, so batch 1 splits too.
 """

@@ -7,16 +7,18 @@ chains on 8 loads (12 accumulators, 2 loaded vectors and a broadcast of the 16 r
 columns of Bi-Real Net's 1x1 shortcuts went from 20 to 40-42 G multiply-adds/s.
 
 Read in place, tap c of a tile is the run x[c * P + p : + 16]; on small planes (7x7, K = 256)
-those runs, 196 bytes apart, miss L1 on every tap (31 G/s). So each image is first packed per
-tile of 16 positions, taps contiguous (``_pack_pair``, one task per tile):
+those runs, 196 bytes apart, miss L1 on every tap (31 G/s; 30-37 on 56x56 planes). So each
+task first packs its image per tile of 16 positions, taps contiguous (``_pack_pair``):
 
-    xp[n, (t * K + k) * 16 + j] = x[n, k * P + t * 16 + j]      (0 past the whole vectors)
+    xp[(t * K + k) * 16 + j] = x[k * P + t * 16 + j]      (0 past the whole vectors)
 
-a copy of x per call that the tiles then stream in order (42 G/s on the 7x7 plane, 40 on 56x56).
+a copy of x per call that the tiles then stream in order (42 G/s on the 7x7 plane, 40-42 on
+56x56, the copy included).
 The weights come in blocks of PB = 4 * SR = 24 rows (conv_tile.pack_weights), the tail tiles'
 three vectors of channels; each tile reads SR of a block's rows (weight stride PB). A plane of an
 odd number of vectors ends on a tile whose second vector is not stored (its end is the last whole
-vector).
+vector). A tail position left alone (P % 4 of them) gets a tile of its own, ``_lone_tile``, from
+its column copied out (``_pack_lone``): a quarter of the multiply-adds of a tail tile pass.
 """
 
 from __future__ import annotations
