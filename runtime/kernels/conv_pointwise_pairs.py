@@ -45,7 +45,7 @@ def pair_tiles(p: int) -> int:
 @intrinsic
 def _copy_run(typingctx, dst, at, src, frm):
     """dst[at:at + NRP] = src[frm:frm + NRP] as vectors: all loaded, then stored (a loop of
-    scalars, which LLVM must assume may overlap, packed 28x28 planes 5x slower)."""
+    scalars, which LLVM must assume may overlap, took 5x as long on a 28x28 plane)."""
     sig = types.void(dst, at, src, frm)
 
     def codegen(context, builder, sig, args):
@@ -93,11 +93,11 @@ def _pair_columns(xp, poffs, w, bias, yf, mb, M, P, relu):
 
 
 @intrinsic
-def _lone_tile(typingctx, w, bw, x, xb, xs, out):
-    """out[:PB] = sum_k w[bw + k * PB : + PB] * x[xb + k * xs] over the K = len(x) // xs taps, PB
+def _lone_tile(typingctx, w, bw, x, out):
+    """out[:PB] = sum_k w[bw + k * PB : + PB] * x[k] over the K = len(x) taps, PB
     channels in PB / LANES vectors: tap k on row k % LR, the last K % LR on row 0, the rows added
     at the end (LR * PB / LANES independent chains, one multiply-add per product)."""
-    sig = types.void(w, bw, x, xb, xs, out)
+    sig = types.void(w, bw, x, out)
 
     def codegen(context, builder, sig, args):
         def data(i):
@@ -105,8 +105,7 @@ def _lone_tile(typingctx, w, bw, x, xb, xs, out):
 
         i64 = ir.IntType(64)
         wd, xa = builder.gep(data(0).data, [args[1]]), data(2)
-        xd, xs_ = builder.gep(xa.data, [args[3]]), args[4]
-        nk = builder.sdiv(xa.nitems, xs_)
+        xd, nk = xa.data, xa.nitems
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]),
                                              f"llvm.fmuladd.v{LANES}f32")
         nv = PB // LANES
@@ -114,7 +113,7 @@ def _lone_tile(typingctx, w, bw, x, xb, xs, out):
                 for _ in range(LR)]
 
         def tap(k, row):
-            xv = _splat(builder, builder.load(builder.gep(xd, [builder.mul(k, xs_)])))
+            xv = _splat(builder, builder.load(builder.gep(xd, [k])))
             wk = builder.gep(wd, [builder.mul(k, ir.Constant(i64, PB))])
             for v in range(nv):
                 wv = builder.load(builder.bitcast(builder.gep(wk, [ir.Constant(i64, v * LANES)]), _VEC.as_pointer()),
@@ -127,7 +126,7 @@ def _lone_tile(typingctx, w, bw, x, xb, xs, out):
                 tap(builder.add(builder.mul(loop.index, ir.Constant(i64, LR)), ir.Constant(i64, r)), accs[r])
         with cgutils.for_range_slice(builder, builder.mul(nq, ir.Constant(i64, LR)), nk, ir.Constant(i64, 1)) as (k, _):
             tap(k, accs[0])
-        od = data(5).data
+        od = data(3).data
         for v in range(nv):
             total = builder.load(accs[0][v])
             for r in range(1, LR):
@@ -155,7 +154,7 @@ def _lone_positions(w, bias, xl, tmp, yf, mb, M, P, K, first, relu):
     """Block mb's channels (those below M) at positions first <= p < P, one at a time
     (``_lone_tile``), from their columns xl (``_pack_lone``), with the bias and a Relu."""
     for p in range(first, P):
-        _lone_tile(w, mb * K * PB, xl[(p - first) * K:(p - first + 1) * K], 0, 1, tmp)
+        _lone_tile(w, mb * K * PB, xl[(p - first) * K:(p - first + 1) * K], tmp)
         for c in range(min(PB, M - mb * PB)):
             v = tmp[c] + bias[mb * PB + c]
             if relu and not v > 0.0:  # as the tiles' Relu: 0 for NaN too
