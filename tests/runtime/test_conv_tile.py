@@ -125,14 +125,16 @@ def test_conv_takes_tiles_where_they_waste_little():
     assert _conv_kernel((1, 64, 1, ct.LANES - 1), (128, 64, 1, 1)).tiles is None  # less than a vector: BLAS
     assert _conv_kernel((8, 32, 32, 32), (64, 32, 3, 3), pads=[1, 1, 1, 1]).tiles.kind == "wide"  # rows of whole tiles
     # wide rows: a fifth of the plane is wide columns; channel tiles waste nothing and, with
-    # K = 1152, pay little for their scattered stores; a 5x5 conv of one channel packs panels
+    # K = 1152, pay little for their scattered stores; a 5x5 conv of one channel (rows of 24 of 28
+    # columns) packs panels where a wide tile is 32 positions (AVX-512); AVX2's tiles of 24 waste
+    # as little on the wide rows (both ran at 0.85x onnxruntime there, bench_float_conv.py)
     assert _conv_kernel((8, 128, 8, 8), (128, 128, 3, 3), pads=[1, 1, 1, 1]).tiles.kind == "channels"
-    assert _conv_kernel((8, 1, 28, 28), (64, 1, 5, 5)).tiles.kind == "panel"
+    assert _conv_kernel((8, 1, 28, 28), (64, 1, 5, 5)).tiles.kind in (("panel",) if ct.NR > 24 else ("panel", "wide"))
     xnor_stem = _conv_kernel((1, 3, 224, 224), (12, 3, 11, 11), strides=[4, 4], pads=[3, 3, 4, 4]).tiles
     assert xnor_stem.short == (12 % ct.MR_SHORT == 0 and 12 % ct.MR != 0)  # 12 channels: no padded block
     assert cc.cost(8, 32 * 32, 64, 288) == float("inf")  # scatters a 4 KiB plane apart
     assert ct.waste(112, 112, 115) < 0.05
-    assert cp.waste(8 * 8 * 8) == 0.0 and cp.waste(ct.NR + 1) > 0.4
+    assert cp.waste(16 * cp.NR) == 0.0 and cp.waste(cp.NR + 1) > 0.4
 
 
 @pytest.mark.parametrize("path", ["panel", "channels"])
