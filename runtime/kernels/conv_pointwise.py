@@ -109,8 +109,8 @@ def _tail(w, bias, koffs, xt, zero, tmp, yf, mb, mvalid, P, K, relu, passes):
 
 
 @njit(cache=True, nogil=True)
-def _task(x, offs, w, bias, koffs, zero, xt, tmp, y, n, b0, b1, kind, a0, a1):
-    """Image n, channel blocks b0 <= mb < b1."""
+def _task(x, xp, offs, w, bias, koffs, zero, xt, tmp, y, n, b0, b1, kind, a0, a1):
+    """Image n, channel blocks b0 <= mb < b1 (xp: unused, ``_task_pairs``' packed tiles)."""
     M, P = y.shape[1], y.shape[2]
     K = offs.shape[0]
     if b1 <= b0:
@@ -154,8 +154,13 @@ def _task_pairs(x, xp, poffs, w, bias, koffs, zero, xt, tmp, y, n, b0, b1, kind,
         act_inplace(yf[b0 * PMR * P:min(M, b1 * PMR) * P], kind, a0, a1)
 
 
-def _conv_pointwise_pairs_body(x, offs, w, bias, koffs, zero, xt, tmp, xp, y, parts, kind, a0, a1):
-    """As ``_conv_pointwise_body``, each task with its image packed into xp[t] (tiles * C * NRP; an
+_TASK = _task_pairs if PAIRS else _task
+
+
+def _conv_pointwise_body(x, offs, w, bias, koffs, zero, xt, tmp, xp, y, parts, kind, a0, a1):
+    """y (N, M, P) = act(w @ x[n] + bias) for x (N, C * P), w and bias packed by ``pack``; task t
+    of N * parts takes image t // parts and run t % parts of the channel blocks, with its own
+    tail rows xt[t], block tmp[t] and, on AVX2, its image packed into xp[t] (tiles * C * NRP; an
     image split over threads is packed by each, which costs less than a second parallel region)."""
     N, M = y.shape[0], y.shape[1]
     blocks = -(-M // PMR)
@@ -163,23 +168,10 @@ def _conv_pointwise_pairs_body(x, offs, w, bias, koffs, zero, xt, tmp, xp, y, pa
     for t in prange(N * parts):
         n = t // parts
         b0 = min(blocks, (t - n * parts) * per)
-        _task_pairs(x, xp[t], offs, w, bias, koffs, zero, xt[t], tmp[t], y, n, b0, min(blocks, b0 + per), kind, a0, a1)
+        _TASK(x, xp[t], offs, w, bias, koffs, zero, xt[t], tmp[t], y, n, b0, min(blocks, b0 + per), kind, a0, a1)
 
 
-def _conv_pointwise_body(x, offs, w, bias, koffs, zero, xt, tmp, xp, y, parts, kind, a0, a1):
-    """y (N, M, P) = act(w @ x[n] + bias) for x (N, C * P), w and bias packed by ``pack``; task t
-    of N * parts takes image t // parts and run t % parts of the channel blocks, with its own
-    tail rows xt[t] and block tmp[t] (xp: unused, the pairs body's packed tiles)."""
-    N, M = y.shape[0], y.shape[1]
-    blocks = -(-M // PMR)
-    per = -(-blocks // parts)
-    for t in prange(N * parts):
-        n = t // parts
-        b0 = min(blocks, (t - n * parts) * per)
-        _task(x, offs, w, bias, koffs, zero, xt[t], tmp[t], y, n, b0, min(blocks, b0 + per), kind, a0, a1)
-
-
-conv_pointwise = Twin(_conv_pointwise_pairs_body if PAIRS else _conv_pointwise_body)
+conv_pointwise = Twin(_conv_pointwise_body)
 
 
 class PointwisePlan:
@@ -214,7 +206,7 @@ class PointwisePlan:
         """Per task: the tail's packed positions, one block of results and the packed tiles of the
         pairs body."""
         tasks = self.n * parts
-        xp = (tasks, pair_tiles(self.p) * self.c * NRP) if PAIRS else (1, 1)
+        xp = (tasks, pair_tiles(self.p) * self.c * NRP if PAIRS else 1)
         return (tasks, max(1, tail_passes(self.p) * self.c * TR)), (tasks, TR * PMR), xp
 
     def emit(self, e, x: str, y: str, w, b, act) -> None:
