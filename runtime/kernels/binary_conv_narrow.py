@@ -130,7 +130,7 @@ def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, y
     per channel. bk int32, pk uint64 and fl uint32 [>= 2, OW] are scratch."""
     og, ow_ = base.shape  # acc may have more rows (the tile's padded channel blocks)
     bits = mode == BITS or bz != NO_BITS
-    pk[:2] = 0
+    pk[:] = 0
     for co in range(og):
         c = g * og + co
         a = acc[co]
@@ -164,7 +164,7 @@ def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, y
                 ymr = ym[n, oh]
                 for ow in range(ow_):
                     ymr[ow, q] |= pk[1, ow]
-            pk[:2] = 0
+            pk[:] = 0
 
 
 @Twin

@@ -11,9 +11,9 @@ and writes ``float32(s) * scale[c] + bias[c] (+ R)`` (``binary_span.span_float``
 a run's first pixel to its last, so that rows of 7 to 56 pixels do not fall to a scalar loop);
 or (bits) the rule's flags. When the float output also has a binarized twin, its sign and
 nonzero bits are taken in a second pass, eight channels at a time (``_or_sign_block``: a pixel's
-eight bits gather in 32-bit lanes, as wide as the floats, and go into its words in one OR); taking them in the first pass, from the
-value still in a register, measured 10-30% slower on Bi-Real Net's shapes (that loop mixes
-float and 64-bit lanes). The bits of a word's 64 channels gather in the word rows ``pk`` and
+eight bits gather in 32-bit lanes, as wide as the floats, and go into its words in one OR);
+taking them in the first pass, from the value still in a register, measured 10-30% slower on
+Bi-Real Net's shapes (that loop mixes float and 64-bit lanes). The bits of a word's 64 channels gather in the word rows ``pk`` and
 are stored once the word is complete (the task owns whole words). Bit convention:
 runtime/bitpack.py.
 
@@ -134,9 +134,10 @@ def emit_band(acc, tb, runs, nr, mult, c0, c1, n, p0, np_, mode, out_mask, scale
     """Channels c0 .. c1 - 1 (rows of acc from 0) at the band's np_ pixels (image pixels p0 ..,
     contiguous in acc's rows) of image n, its ``nr`` runs in ``runs`` (``band_runs``), through the
     output stage (module docstring; binary_common): y3 [N, C, OH*OW], yb3/ym3 [N, OH*OW, words],
-    r3 the residual as y3 (or y3 itself); pk [2, >= np_] uint64 and fl [2, >= np_] uint32 scratch. The float output rows
-    of the channel AHEAD further on are prefetched, unless they are R's (just written): an output
-    buffer not in the cache otherwise waits on every channel's lines."""
+    r3 the residual as y3 (or y3 itself); pk [2, >= np_] uint64 and fl [2, >= np_] uint32
+    scratch. The float output rows of the channel AHEAD further on are prefetched, unless they
+    are R's (just written): an output buffer not in the cache otherwise waits on every channel's
+    lines."""
     bits = mode == BITS or bz != NO_BITS
     onto = has_r and y3.ctypes.data == r3.ctypes.data  # R's buffer is the output's
     for i in range(c1 - c0):

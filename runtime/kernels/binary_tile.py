@@ -53,7 +53,7 @@ def _host_features() -> dict:
 _FEATURES = _host_features()
 LANES = 8 if _FEATURES.get("avx512f") else 4 if _FEATURES.get("avx2") else 2
 COUNT_BYTES = not _FEATURES.get("avx512vpopcntdq")  # no 64-bit vector popcount: byte counters
-PSADBW = LANES == 4 and bool(_FEATURES.get("avx2"))  # widen byte counts with vpsadbw
+PSADBW = LANES == 4  # AVX2 (no AVX-512F): widen byte counts with vpsadbw
 BYTE_RUN = 31  # words a byte counter takes: 31 x 8 bits < 256
 MR = 8
 _i8, _i32, _i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)

@@ -61,9 +61,9 @@ PMR = PB if PAIRS else 16  # AVX-512's and NEON's 32 registers hold 16 accumulat
 TR = 4  # rows of the tail tiles
 tile_col = None if PAIRS else _make_tile(PMR, 1)
 tile_tail = _make_tile(TR, PMR // LANES)
-pair_tiles_jit = njit(cache=True, nogil=True)(pair_tiles)
 
 
+@njit(cache=True, nogil=True)
 def tail_passes(p: int) -> int:
     """Passes of the tail tiles over a block for planes of p positions."""
     r = p % LANES
@@ -117,15 +117,16 @@ def _task(x, xp, offs, w, bias, koffs, zero, xt, tmp, y, n, b0, b1, kind, a0, a1
         return
     xf, yf = x[n], y[n].reshape(M * P)
     relu = kind == 1
+    passes = tail_passes(P)
     if P % LANES:
-        _pack_tail(xf, P, K, xt, P % LANES // TR + P % TR)
+        _pack_tail(xf, P, K, xt, passes)
     for mb in range(b0, b1):
         mvalid = min(PMR, M - mb * PMR)
         for pos in range(0, P - P % LANES, LANES):
             tile_col(xf, pos, pos, offs, w, mb * K * PMR, yf, mb * PMR * P, P, 0, pos, P, P, P, P, bias, mb * PMR,
                      mvalid, relu)
         if P % LANES:
-            _tail(w, bias, koffs, xt, zero, tmp, yf, mb, mvalid, P, K, relu, P % LANES // TR + P % TR)
+            _tail(w, bias, koffs, xt, zero, tmp, yf, mb, mvalid, P, K, relu, passes)
     if kind > 1:
         act_inplace(yf[b0 * PMR * P:min(M, b1 * PMR) * P], kind, a0, a1)
 
@@ -140,7 +141,7 @@ def _task_pairs(x, xp, poffs, w, bias, koffs, zero, xt, tmp, y, n, b0, b1, kind,
         return
     xf, yf = x[n], y[n].reshape(M * P)
     relu = kind == 1
-    for u in range(pair_tiles_jit(P)):
+    for u in range(pair_tiles(P)):
         _pack_pair(xf, P, u, xp)
     nq = P % LANES // TR
     _pack_tail(xf, P, K, xt, nq)

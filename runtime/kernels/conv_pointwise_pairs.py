@@ -37,6 +37,7 @@ tile_pair = _make_tile(SR, 2, PB)
 LR = 4  # rows of the lone-position tile
 
 
+@njit(cache=True, nogil=True)
 def pair_tiles(p: int) -> int:
     """Column tiles of a plane of p positions: its whole vectors, two at a time."""
     return -(-(p - p % LANES) // NRP)

@@ -66,6 +66,8 @@ _matmul = Twin(_matmul_body)
 
 
 _TILE, _SHORT, _ROW = 0, 1, 2  # the tiles of MR rows, of MR_SHORT rows, of one row
+_ROWS = (tiles.MR, tiles.MR_SHORT, 1)  # each shape's rows and columns
+_COLS = (tiles.NR, tiles.NR_SHORT, tiles.NR_SHORT)
 
 
 def _dense_tiles_body(a, ap, b, offs, y, zero, tasks, kind, a0, a1, shape):
@@ -77,8 +79,7 @@ def _dense_tiles_body(a, ap, b, offs, y, zero, tasks, kind, a0, a1, shape):
     NR_SHORT columns, conv_tile.tile_row)."""
     n, k = a.shape
     m = y.shape[1]
-    mr = tiles.MR if shape == _TILE else (tiles.MR_SHORT if shape == _SHORT else 1)
-    nr = tiles.NR if shape == _TILE else tiles.NR_SHORT
+    mr, nr = _ROWS[shape], _COLS[shape]
     nmb, k1 = -(-n // mr), k + 1
     for mb in range(nmb):
         for kk in range(k1):
@@ -151,8 +152,7 @@ class Product:
         if c is not None and not np.array_equal(np.broadcast_to(c, self.y3[1:]), np.broadcast_to(c[:1], self.y3[1:])):
             return
         self.tile_shape = _ROW if n == 1 else (_SHORT if n <= tiles.MR_SHORT else _TILE)
-        mr = (tiles.MR, tiles.MR_SHORT, 1)[self.tile_shape]
-        nr = tiles.NR if self.tile_shape == _TILE else tiles.NR_SHORT
+        mr, nr = _ROWS[self.tile_shape], _COLS[self.tile_shape]
         panels = -(-m // nr)
         wb = np.zeros((k + 1, panels * nr), np.float32)
         wb[:k, :m] = b
