@@ -12,8 +12,10 @@ So for a run of consecutive positions every tap is one contiguous load, whatever
 positions) in MR * V vector registers of LANES floats: per tap it loads V vectors of xq and
 broadcasts MR weights (packed tap-major, ``pack_weights``), MR * V fused multiply-adds. The
 bias and a Relu are applied in the registers and the block is stored straight into y (NCHW):
-a vector inside one output row is one store; one that crosses a row end, or reaches the wide
-columns that do not exist in y (ow >= OW), is stored lane by lane, skipping those. LANES, MR and
+a vector inside one output row is one store; one that reaches the wide columns that do not
+exist in y (ow >= OW) is one store too when its wide lanes fall on the start of the next output
+row and a later vector of the same task stores that row (they are overwritten then); else, and
+for a vector that crosses a row end, it is stored lane by lane, skipping those. LANES, MR and
 V fit the vector registers of the host (``TILE``): 16 floats x 8 x 2 on AVX-512 (16 of its 32
 registers accumulate), 8 x 4 x 3 on AVX2, 4 x 8 x 3 on NEON.
 
@@ -136,14 +138,25 @@ def _store(builder, vals, yb, ystride, mvalid, pos, oh0, ow0, geo):
     ohv, owv = cgutils.alloca_once_value(builder, oh0), cgutils.alloca_once_value(builder, ow0)
     # rows without wide columns, stored back to back: a vector across a row end is one store too
     flat = builder.and_(builder.icmp_signed("==", wq, ow_n), builder.icmp_signed("==", rs, ow_n))
+    # rows stored back to back (rs == ow_n) of at least LANES outputs: a vector that ends in the
+    # wide columns may be stored whole, its wide lanes landing on the next row's first columns,
+    # which a later vector of this call or a later call overwrites, when that row is one this
+    # task computes (end lies past its start); masked stores cost several plain ones
+    spill_ok = builder.and_(builder.icmp_signed("==", rs, ow_n),
+                            builder.icmp_signed(">=", ow_n, ir.Constant(_i64, LANES)))
+    lanes_c = ir.Constant(_i64, LANES)
     for v in range(len(vals[0])):
         if v:
-            builder.store(builder.add(builder.load(owv), ir.Constant(_i64, LANES)), owv)
+            builder.store(builder.add(builder.load(owv), lanes_c), owv)
             _wrap(builder, ohv, owv, wq)
         oh, ow = builder.load(ohv), builder.load(owv)
         p = builder.add(pos, ir.Constant(_i64, v * LANES))
-        in_row = builder.or_(builder.icmp_signed("<=", builder.add(ow, ir.Constant(_i64, LANES)), ow_n), flat)
-        fits = builder.and_(in_row, builder.icmp_signed("<=", builder.add(p, ir.Constant(_i64, LANES)), end))
+        in_row = builder.or_(builder.icmp_signed("<=", builder.add(ow, lanes_c), ow_n), flat)
+        fits = builder.and_(in_row, builder.icmp_signed("<=", builder.add(p, lanes_c), end))
+        next_row = builder.mul(builder.add(oh, ir.Constant(_i64, 1)), wq)
+        spill = builder.and_(builder.and_(spill_ok, builder.icmp_signed("<=", builder.add(ow, lanes_c), wq)),
+                             builder.icmp_signed("<", next_row, end))
+        fits = builder.or_(fits, spill)
         with builder.if_else(fits, likely=True) as (whole, lanes):
             with whole:
                 at = builder.add(builder.mul(oh, rs), ow)

@@ -75,6 +75,10 @@ CASES = {  # x NCHW, (M, kh, kw), strides, dilations, pads (top, left, bottom, r
     "valid_5x5_k1": ((4, 1, 28, 28), (ct.MR, 5, 5), (1, 1), (1, 1), (0, 0, 0, 0)),
     "pointwise_s2": ((1, 9, 13, 12), (ct.MR * 2, 1, 1), (2, 2), (1, 1), (0, 0, 0, 0)),
     "pointwise_s3_padded": ((2, 5, 14, 11), (3, 1, 1), (3, 2), (1, 1), (1, 2, 2, 1)),
+    # rows of 2 LANES - 2 outputs, 6 wide columns: the second vector of a row ends in the wide
+    # columns and is stored whole, its last lanes on the next row (overwritten later), except in
+    # a task's last row (chunks = 3 cuts the 5 rows 2, 2, 1)
+    "spill_into_next_row": ((2, 3, 11, 2 * ct.LANES + 4), (ct.MR + 1, 7, 7), (1, 1), (1, 1), (0, 0, 0, 0)),
 }
 
 
