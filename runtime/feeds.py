@@ -60,8 +60,6 @@ class Feeds:
                 raise BnncError(f"input '{n}' must be a numpy array, got {type(x).__name__}")
             if x.dtype != dtype:
                 raise BnncError(f"input '{n}' has dtype {x.dtype}; the model expects {dtype}")
-            if self.finite_only:
-                check_finite(n, x)
             if x.shape != shape:
                 dyn_ok = (
                     self.dynamic_batch and x.ndim == len(shape) and x.shape[1:] == shape[1:]
@@ -74,6 +72,8 @@ class Feeds:
                         f"{list(want)}".replace("'", "")
                     )
                 batch = x.shape[0]
+            if self.finite_only:  # last: the one check that reads the values (and may compile)
+                check_finite(n, x)
             arrays[n] = np.ascontiguousarray(x)
         if batch is not None and any(a.shape[0] != batch for a in arrays.values()):
             raise BnncError("all inputs must have the same batch size")
