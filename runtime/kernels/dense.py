@@ -7,15 +7,11 @@ ia, ib); one BLAS call per product (runtime/blas.py). A product above ``_SPLIT_M
 multiply-adds is cut into bands of rows (or of columns, when it has fewer rows than columns),
 one per thread, inside the compiled code: BLAS itself runs single-threaded during an inference.
 
-A product with constant weights and two rows or more (``Product.use_tiles``) runs on the
-register tiles of the float convolution (runtime/kernels/conv_tile.py) instead, as a 1x1 conv
-turned around (up to MR_SHORT rows on its short tiles, half the rows and twice the columns; one
-row on ``tile_row``, the same columns): the tile's "output channels" are the rows of a (its
-broadcast weights: a packed per run, tap-major, with a column of ones), its "positions" the
-columns of y, its "image" the constant b with the bias as one more row, cut into panels of the
-tile's columns, each contiguous, so ``y = [a, 1] @ [b; c]`` in one pass that reads b once, in
-order. BLAS handles skinny products poorly (8 rows x 1024 x 1024: a third of the tiles' speed;
-one row, Bi-Real Net's 512 -> 1000 classifier: 0.8x onnxruntime, the row tile 1.1x).
+A float32 product with constant 2-D weights (``Product.use_tiles``) runs on register tiles
+instead (runtime/kernels/dense_tiles.py): ``y = [a, 1] @ [b; c]`` in one pass that reads b once,
+in order, every row of a product of a few rows in one tile. BLAS handles skinny products poorly
+(8 rows x 1024 x 1024: a third of the tiles' speed; one row, Bi-Real Net's 512 -> 1000
+classifier: 0.8x onnxruntime, the row tile 1.1x).
 """
 
 from __future__ import annotations
@@ -25,8 +21,8 @@ from numba import njit, prange
 
 from runtime.blas import gemm
 from runtime.codegen import Expr
-from runtime.kernels import conv_tile as tiles
 from runtime.kernels.base import FLOATS, PARALLEL_WORK, Kernel, Step, Twin, broadcast, check_dtypes, register
+from runtime.kernels.dense_tiles import DenseTiles, dense_tiles
 from runtime.kernels.nn import act_rows, activation_of
 from runtime.threads import current_threads
 
@@ -65,51 +61,6 @@ def _matmul_body(a, b, c, y, ia, ib, has_c, alpha, tasks, by_rows, kind, a0, a1)
 _matmul = Twin(_matmul_body)
 
 
-_TILE, _SHORT, _ROW = 0, 1, 2  # the tiles of MR rows, of MR_SHORT rows, of one row
-_ROWS = (tiles.MR, tiles.MR_SHORT, 1)  # each shape's rows and columns
-_COLS = (tiles.NR, tiles.NR_SHORT, tiles.NR_SHORT)
-
-
-def _dense_tiles_body(a, ap, b, offs, y, zero, tasks, kind, a0, a1, shape):
-    """y (n, m) = act([a, 1] @ b) with b the (k + 1) x m matrix [w; bias] cut into panels of NR
-    columns, each panel (k + 1) x NR contiguous (read in order, as the prefetcher likes: a
-    column run of a row-major b would step a page per row), offs[k] = k * NR; ap the packed a
-    (blocks of MR rows, tap-major); ``tasks`` runs of columns. ``shape``: _TILE, or _SHORT (the
-    tiles of MR_SHORT rows and NR_SHORT columns, conv_tile.tile_short), or _ROW (one row and
-    NR_SHORT columns, conv_tile.tile_row)."""
-    n, k = a.shape
-    m = y.shape[1]
-    mr, nr = _ROWS[shape], _COLS[shape]
-    nmb, k1 = -(-n // mr), k + 1
-    for mb in range(nmb):
-        for kk in range(k1):
-            for r in range(mr):
-                row = mb * mr + r
-                ap[(mb * k1 + kk) * mr + r] = 0.0 if row >= n else (a[row, kk] if kk < k else 1.0)
-    yf = y.reshape(n * m)
-    per = -(-m // (tasks * nr)) * nr
-    for t in prange(tasks):
-        for pos in range(t * per, min(m, (t + 1) * per), nr):
-            for mb in range(nmb):
-                if shape == _ROW:
-                    tiles.tile_row(b, pos * k1, pos, offs, ap, mb * k1, yf, mb * m, m, 0, pos, m, m, m, m, zero, 0, 1,
-                                   kind == 1)
-                elif shape == _SHORT:
-                    tiles.tile_short(b, pos * k1, pos, offs, ap, mb * k1 * mr, yf, mb * mr * m, m, 0, pos, m, m, m, m,
-                                     zero, 0, min(mr, n - mb * mr), kind == 1)
-                else:
-                    tiles.tile(b, pos * k1, pos, offs, ap, mb * k1 * mr, yf, mb * mr * m, m, 0, pos, m, m, m, m, zero, 0,
-                               min(mr, n - mb * mr), kind == 1)
-        if kind > 1:
-            lo, hi = t * per, min(m, (t + 1) * per)
-            for r in range(n):
-                if hi > lo:
-                    act_rows(yf[r * m + lo:r * m + hi], yf[r * m + lo:r * m + hi], kind, a0, a1)
-
-
-_dense_tiles = Twin(_dense_tiles_body)
-
-
 @njit(cache=True, nogil=True)
 def _transpose(x, y):
     """y = x.T for 2-D arrays."""
@@ -140,37 +91,25 @@ class Product:
         self.ia, self.ib = ia.astype(np.int64), ib.astype(np.int64)
         self.macs = len(ia) * a3[1] * a3[2] * b3[2]
         self.dtype = np.dtype(dtype)
-        self.tile_b: np.ndarray | None = None  # [b; c] flat, when the tiles serve (use_tiles)
+        self.tiles: DenseTiles | None = None  # when the tiles serve (use_tiles)
 
     def use_tiles(self, b: np.ndarray | None, c: np.ndarray | None) -> None:
-        """Take the register tiles (module docstring) when b is a constant 2-D matrix, c absent or
-        one row repeated and the dtype float32: the row tile for one row, the short tiles up to
-        MR_SHORT rows, else the tiles of MR rows (benchmarks/bench_float_conv.py)."""
-        n, k, m = self.y3[1], self.a3[2], self.y3[2]
+        """Take the register tiles (runtime/kernels/dense_tiles.py) when b is a constant 2-D
+        matrix, c absent or one row repeated and the dtype float32."""
         if b is None or b.ndim != 2 or self.y3[0] != 1 or self.dtype != np.float32:
             return
         if c is not None and not np.array_equal(np.broadcast_to(c, self.y3[1:]), np.broadcast_to(c[:1], self.y3[1:])):
             return
-        self.tile_shape = _ROW if n == 1 else (_SHORT if n <= tiles.MR_SHORT else _TILE)
-        mr, nr = _ROWS[self.tile_shape], _COLS[self.tile_shape]
-        panels = -(-m // nr)
-        wb = np.zeros((k + 1, panels * nr), np.float32)
-        wb[:k, :m] = b
-        if c is not None:
-            wb[k, :m] = np.broadcast_to(c, self.y3[1:])[0]
-        self.tile_b = np.ascontiguousarray(wb.reshape(k + 1, panels, nr).transpose(1, 0, 2)).reshape(-1)
-        self.tile_offs = np.arange(k + 1, dtype=np.int64) * nr
-        self.tile_ap = (-(-n // mr) * mr * (k + 1),)
-        self.tile_nr, self.tile_zero = nr, np.zeros(mr, np.float32)
+        self.tiles = DenseTiles(b, None if c is None else np.broadcast_to(c, self.y3[1:])[0], self.y3[1])
 
     def _tile_tasks(self, threads: int) -> int:
         """Runs of columns: one per thread when the product is large or b is (``split``)."""
-        big = self.macs >= _SPLIT_MACS or self.tile_b.size * 4 >= _SPLIT_BYTES
-        return min(threads if big else 1, -(-self.y3[2] // self.tile_nr))
+        big = self.macs >= _SPLIT_MACS or self.tiles.b.size * 4 >= _SPLIT_BYTES
+        return min(threads if big else 1, -(-self.y3[2] // self.tiles.nr))
 
     def make_scratch(self) -> dict | None:
         """The packed rows of a, when the tiles serve."""
-        return None if self.tile_b is None else {"ap": np.zeros(self.tile_ap, np.float32)}
+        return None if self.tiles is None else {"ap": np.zeros(self.tiles.ap_shape, np.float32)}
 
     def split(self, threads: int) -> tuple[int, bool]:
         """(tasks, by_rows): bands per product, of rows when there are at least as many as columns.
@@ -191,13 +130,13 @@ class Product:
     def emit(self, e, a, b, c, y, alpha: float, act) -> None:
         """y = act(alpha * a @ b + c) in generated code; a, b, c, y are source names or arrays (c
         None: no addend; else of y's shape, broadcast already)."""
-        if self.tile_b is not None:
-            tasks = self._tile_tasks(e.threads)
+        if self.tiles is not None:
+            t, tasks = self.tiles, self._tile_tasks(e.threads)
             a2 = np.ascontiguousarray(a).reshape(self.y3[1], self.a3[2]) if isinstance(a, np.ndarray) else Expr(
                 f"{a}.reshape({e.lit((self.y3[1], self.a3[2]))})")
             y2 = Expr(f"{y}.reshape({e.lit(self.y3[1:])})")
-            e.call(_dense_tiles, a2, e.work(self.tile_ap, np.float32, "ap"), self.tile_b, self.tile_offs, y2,
-                   self.tile_zero, tasks, *act, self.tile_shape, work=self.work(tasks))
+            e.call(dense_tiles, a2, e.work(t.ap_shape, np.float32, "ap"), t.b, t.offs, y2, t.zero, t.blocks, t.nr,
+                   tasks, *act, work=self.work(tasks))
             return
         tasks, by_rows = self.split(e.threads)
         def r(v, shape):
@@ -208,11 +147,10 @@ class Product:
                self.ib, c is not None, float(alpha), tasks, by_rows, *act, work=self.work(tasks))
 
     def run(self, a, b, c, y, alpha: float, act, scratch: dict) -> None:
-        if self.tile_b is not None:
-            tasks = self._tile_tasks(current_threads())
-            _dense_tiles(self.work(tasks), np.ascontiguousarray(a, np.float32).reshape(self.y3[1], self.a3[2]),
-                         scratch["ap"], self.tile_b, self.tile_offs, y.reshape(self.y3[1:]), self.tile_zero, tasks, *act,
-                         self.tile_shape)
+        if self.tiles is not None:
+            t, tasks = self.tiles, self._tile_tasks(current_threads())
+            dense_tiles(self.work(tasks), np.ascontiguousarray(a, np.float32).reshape(self.y3[1], self.a3[2]),
+                        scratch["ap"], t.b, t.offs, y.reshape(self.y3[1:]), t.zero, t.blocks, t.nr, tasks, *act)
             return
         tasks, by_rows = self.split(current_threads())
         y3 = y.reshape(self.y3)

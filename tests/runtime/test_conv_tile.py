@@ -2,24 +2,20 @@
 panels (runtime/kernels/conv_panel.py), against a numpy reference over awkward sizes: output
 channels around the tile's row count MR (1, MR - 1, MR + 1, 2 MR + 3), rows shorter than a
 vector, strides, dilation, lopsided pads, tasks that cut an image's rows (or the batch's
-positions), every activation; the choice of those paths in conv.py; and dense products on the
-same tiles (dense.py) against onnxruntime."""
+positions), every activation; the choice of those paths in conv.py. Dense products on the same
+tiles: tests/runtime/test_dense_tiles.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
 
-import runtime.kernels.base as base
 import runtime.kernels.conv_channels as cc
 import runtime.kernels.conv_panel as cp
 import runtime.kernels.conv_tile as ct
-import runtime.kernels.dense as dense
 from runtime.kernels import KERNELS, Step
 from runtime.kernels.conv_pointwise import PointwisePlan
 from runtime.kernels.nn import ACTIVATIONS
-from tests.runtime.test_float_helpers import check, randn
 
 
 def _reference(x, w, b, strides, dil, pads):
@@ -153,23 +149,3 @@ def test_rows_of_one_position(path):
     y, want = _run(x, w, b, (1, 1), (1, 1), (1, 0, 1, 0), 1, 2, path=path)
     np.testing.assert_allclose(y, np.maximum(want, 0), rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
-
-# rows, k, columns: the row tile for one row, the short tiles up to MR_SHORT rows, the full ones above
-DENSE = [(4, 300, 33), (8, 1, 5), (8, 63, 1), (9, 64, 31), (17, 65, 130), (6, 257, 64), (2, 70, 100), (3, 1, 65),
-         (1, 300, 33), (1, 1, 5), (1, 65, 130), (1, 64, 1)]
-
-
-@pytest.mark.parametrize("parallel", [False, True])
-@pytest.mark.parametrize("rows,k,cols", DENSE)
-def test_dense_tiles_match_onnxruntime(rows, k, cols, parallel, monkeypatch):
-    """Gemm with a constant B and a bias row on the tiles (dense.py), the columns over threads."""
-    monkeypatch.setattr(base, "PARALLEL_WORK", 0 if parallel else 1 << 40)
-    monkeypatch.setattr(dense, "_SPLIT_MACS", 0 if parallel else 1 << 40)
-    inits = {"w": randn(cols, k, salt=1), "b": randn(cols, salt=2)}
-    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1, alpha=0.5, beta=2.0)
-    check(node, {"x": randn(rows, k)}, inits)
-    step = Step(name="g", op="Gemm", attrs={"transB": 1}, in_shapes=[(rows, k), (cols, k), (cols,)],
-                in_dtypes=["float32"] * 3, out_shapes=[(rows, cols)], out_dtypes=["float32"],
-                consts=[None, inits["w"], inits["b"]])
-    product = KERNELS["Gemm"](step).product
-    assert product.tile_b is not None and product.tile_shape == (2 if rows == 1 else 1 if rows <= ct.MR_SHORT else 0)
