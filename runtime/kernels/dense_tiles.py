@@ -61,9 +61,10 @@ def blocks_of(n: int) -> tuple[np.ndarray, int]:
     return np.array(rows, np.int64), ct.V
 
 
-@njit(cache=True, nogil=True)
+@njit(inline="always")
 def _tile(mr, b, xpos, pos, offs, ap, bw, yf, by, m, zero, valid, relu):
-    """The tile of ``mr`` rows (``SHAPES``) at columns pos.. of y (rows of m floats)."""
+    """The tile of ``mr`` rows (``SHAPES``) at columns pos.. of y (rows of m floats); inlined
+    (Numba IR) into its caller, so the chain of tiles costs no call per tile."""
     if mr == 1:
         _T1(b, xpos, pos, offs, ap, bw, yf, by, m, 0, pos, m, m, m, m, zero, 0, valid, relu)
     elif mr == 2:
@@ -103,12 +104,16 @@ def _pack_rows(a, ap, blocks):
 
 @njit(cache=True, nogil=True)
 def _columns(b, offs, ap, yf, zero, blocks, lo, hi, nr, m, kind, a0, a1):
-    """Columns lo..hi of y (lo a multiple of nr), every block of rows, then the activation."""
+    """Columns lo..hi of y (lo a multiple of nr), block of rows by block, then the activation.
+    (Blocks in the outer loop: with the columns outside, the tiles' loop kept less in registers,
+    1 us more over the 42 panels of a 4-row 128 -> 1000 product, 13 us; products of several
+    blocks ran as fast either way.)"""
     k1 = offs.shape[0]
-    for pos in range(lo, hi, nr):
-        for i in range(blocks.shape[0]):
-            r0 = blocks[i, 0]
-            _tile(blocks[i, 1], b, pos * k1, pos, offs, ap, r0 * k1, yf, r0 * m, m, zero, blocks[i, 2], kind == 1)
+    relu = kind == 1
+    for i in range(blocks.shape[0]):
+        r0, mr, valid = blocks[i, 0], blocks[i, 1], blocks[i, 2]
+        for pos in range(lo, hi, nr):
+            _tile(mr, b, pos * k1, pos, offs, ap, r0 * k1, yf, r0 * m, m, zero, valid, relu)
     if kind > 1 and hi > lo:
         for r in range(yf.shape[0] // m):
             act_rows(yf[r * m + lo:r * m + hi], yf[r * m + lo:r * m + hi], kind, a0, a1)
