@@ -15,13 +15,16 @@ value); past that LLVM spills the accumulators to the stack on every step of k (
 6 vectors ran at 0.55x the speed of 2 x 4; 3 x 4 at 0.45x of 3 x 3). On AVX2 that is 1 x 6,
 2 x 5, 3 x 3, 4 x 3, 5 x 2, 6 x 2 (7 and 8 rows would get one vector: 8 x 1 ran at half the
 speed of two passes of 4 x 3); on AVX-512 r x 4 up to 4 rows, 5 x 3, then r x 2 up to 8 rows
-(the 8 x 2 of its full tile). A product of n rows takes one block of ``SHAPES[n]`` when that has
-two vectors or more (``blocks_of``), else blocks of the full tile (MR x V) and the rest of the
-rows on ``SHAPES[rest]`` if that has the same columns, or padded into one more full tile.
+(the 8 x 2 of its full tile); on NEON r x 6 up to 4 rows, 5 x 4, 6 x 4, 7 x 3, 8 x 3. A product
+of n rows takes one block of ``SHAPES[n]`` when that has two vectors or more (``blocks_of``),
+else blocks of the full tile (MR x V) and the rest of the rows on ``SHAPES[rest]`` if that has
+the same columns, or padded into one more full tile.
 
-Measured on the AVX2 host (1 thread, kernel alone, us; before: MR x V tiles for more than 2
-rows, 2 x 6 for 2): 512 -> 1000 at 2 rows 59 -> 34, 3 rows 51 -> 44; 256 -> 256 at 5 rows 15 ->
-9, 6 rows 18 -> 12.5 (benchmarks/bench_float_conv.py gives the layer against onnxruntime).
+Measured on the AVX2 host (1 thread, the kernel alone in a loop, us; before, 2 rows ran on
+2 x 6 and more rows on blocks of 4 x 3, the last one padded): 512 -> 1000 at 2 rows 59 -> 34,
+3 rows 51 -> 42; 256 -> 256 at 5 rows 15 -> 9, 6 rows 17.5 -> 10.8: 5.3 to 5.5 vector FMAs a
+nanosecond from 3 rows up, near the two a cycle of the FMA units (benchmarks/bench_float_conv.py
+gives the layer against onnxruntime).
 """
 
 from __future__ import annotations
