@@ -89,20 +89,23 @@ def _tile(mr, b, xpos, pos, offs, ap, bw, yf, by, m, zero, valid, relu):
 @njit(cache=True, nogil=True)
 def _pack_rows(a, ap, blocks):
     """ap: the rows of a per block, tap-major (ap[r0 * (k + 1) + kk * mr + r] = a[r0 + r, kk]),
-    then a tap of ones; the padded rows of a block zero."""
+    then a tap of ones; the padded rows of a block zero. Written through a strided view per row
+    (0.8 us for 6 rows of 256 where indexing ap took 1.4: no sign check on every index)."""
     k = a.shape[1]
     k1 = k + 1
     for i in range(blocks.shape[0]):
         r0, mr, valid = blocks[i, 0], blocks[i, 1], blocks[i, 2]
         base = r0 * k1
         for r in range(mr):
+            dst = ap[base + r:base + r + k1 * mr:mr]
             if r < valid:
+                src = a[r0 + r]
                 for kk in range(k):
-                    ap[base + kk * mr + r] = a[r0 + r, kk]
-                ap[base + k * mr + r] = 1.0
+                    dst[kk] = src[kk]
+                dst[k] = 1.0
             else:
                 for kk in range(k1):
-                    ap[base + kk * mr + r] = 0.0
+                    dst[kk] = 0.0
 
 
 @njit(cache=True, nogil=True)
