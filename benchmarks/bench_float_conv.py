@@ -160,8 +160,8 @@ def bare_plan(sess: InferenceSession, x: np.ndarray):
     ws = sess._take_workspace()
     n = sess._nthreads
 
-    def run():
-        with limit_threads(n):
+    def run():  # BLAS's threads set only when the plan calls BLAS, as InferenceSession.run does
+        with limit_threads(n, sess._plan_blas):
             call(sess._plan, [x], ws.slots, ws.plan_scratch)
 
     return run

@@ -26,7 +26,7 @@ that, and conv.py takes this path only where it is small (large planes: stems, f
 3x3 convs). It beats im2col + BLAS there because nothing but y is written and no second pass
 adds the bias. A 1x1 kernel reads one stride phase only, so its planes are the input sampled at
 the stride (``geometry``). Dense products with constant weights use the same tile with the
-roles turned around (runtime/kernels/dense.py).
+roles turned around (runtime/kernels/dense_tiles.py).
 """
 
 from __future__ import annotations
@@ -248,12 +248,11 @@ def _make_tile(mr: int, nv: int, ws: int | None = None):
 
 
 tile = _make_tile(MR, V)
-# half the rows, twice the positions: the same registers for products of a few rows (dense.py)
+# half the channels, twice the positions: the same registers for channel counts that whole
+# blocks of MR would pad much (conv_tiles.TilePlan.choose)
 MR_SHORT, V_SHORT = MR // 2, 2 * V
 NR_SHORT = V_SHORT * LANES
 tile_short = _make_tile(MR_SHORT, V_SHORT)
-# one row over the short tiles' columns: a matrix-vector product reads its matrix once (dense.py)
-tile_row = _make_tile(1, V_SHORT)
 
 
 def _next_start(pos, oh, ow, wq, ow_n, nr):

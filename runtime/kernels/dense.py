@@ -11,7 +11,7 @@ A float32 product with constant 2-D weights (``Product.use_tiles``) runs on regi
 instead (runtime/kernels/dense_tiles.py): ``y = [a, 1] @ [b; c]`` in one pass that reads b once,
 in order, every row of a product of a few rows in one tile. BLAS handles skinny products poorly
 (8 rows x 1024 x 1024: a third of the tiles' speed; one row, Bi-Real Net's 512 -> 1000
-classifier: 0.8x onnxruntime, the row tile 1.1x).
+classifier: 0.8x onnxruntime, the one-row tile 1.0-1.06x, benchmarks/bench_float_conv.py).
 """
 
 from __future__ import annotations
