@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from onnx import TensorProto, helper
 
 from runtime.kernels.nn import ACTIVATIONS, act_inplace, act_rows
