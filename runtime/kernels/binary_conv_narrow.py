@@ -10,14 +10,20 @@ padding, and with few output channels the inner loop is too short to vectorise w
   (``merge_rows``) into ``xm[G, N, Hx, WG, OW]``: a kernel row is one tap of
   ``WG = nwords(kw*Cin_g)`` words instead of ``kw`` taps of ``nwords(Cin_g)`` words. Weights are
   merged the same way once per session, ``w[G, kh, WG, Cout_g]``.
-- The inner loop runs over output columns (contiguous merged rows) with one weight word
-  broadcast: ``acc[co, ow] += popcount(xm[.., wd, ow] ^ w[ki, wd, co])``.
+- The register tile (binary_tile.py) counts an output row, its inner loop over output columns
+  (contiguous merged rows) with one weight word broadcast:
+  ``acc[co, ow] += popcount(xm[.., wd, ow] ^ w[ki, wd, co])``. A task takes a band of output
+  rows of one image (``band_rows``: its counts in the L1 cache), their counts side by side, and
+  runs the output stage over the whole band at once (binary_conv_stage.emit_band): a channel's
+  pixels of the band are contiguous in the NCHW float output, where a pass per row of 8 to 32
+  pixels cost 3-4 times the tile (the stage's set-up per channel and row).
 - Padding: with ``pad_value`` +-1 the merged rows (and extra rows above and below) hold that
   value, so every tap is valid. With zero padding, rows outside the image are skipped, and a
   merged row that crosses the left or right border holds +1 bits (0) for the pixels outside;
-  their contribution is taken back exactly by a per-column, per-channel correction ``d``
-  computed from the weights: for the set S of outside taps, ``s`` over the valid bits is
-  ``kw*Cin_g - 2*popcount + (2*c_w - |S|*Cin_g)``, c_w the count of -1 weights in S.
+  their contribution is taken back exactly: for the set S of outside taps, ``s`` over the valid
+  bits is ``kw*Cin_g - 2*popcount + (2*c_w - |S|*Cin_g)``, c_w the count of -1 weights in S. Both
+  terms beside the popcount go into a border table made once per session (as the panel path's:
+  a row per class of output rows, binary_conv_stage.table_layout), so ``s = tb - 2 * acc``.
 
 - Exact zeros (``Sign(0) = 0``): the activation's nonzero mask is merged the same way (pixels
   outside the image get mask 0 under zero padding), and ``s = popcount(m) - 2 popcount((x ^ w) &
@@ -33,13 +39,13 @@ from numba import njit, prange
 from runtime.bitpack import nwords, pack_bits, popcount
 from runtime.codegen import Expr
 from runtime.kernels.base import Twin, task_threads
-from runtime.kernels.binary_common import BITS, NO_BITS, conv_work, or_sign_planes, rule_flag, rule_of
-from runtime.kernels.binary_conv_stage import BLOCK, _or_sign_block
-from runtime.kernels.binary_span import span_float
+from runtime.kernels.binary_common import conv_work
+from runtime.kernels.binary_conv_stage import band_runs, emit_band, table_layout
 from runtime.kernels.binary_tile import MR, tile_row, tile_weights
 from runtime.threads import current_threads
 
 _ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+BAND_COUNTS = 8192  # a band's counts: 32 KB of int32, in the L1 or L2 cache beside the rows it reads
 
 
 @njit(cache=True, inline="always")
@@ -63,6 +69,8 @@ def merge_rows(x, cg, kw, sw, dw, pl, ptop, fill, out):
     n_, h_, w_ = x.shape[0], x.shape[1], x.shape[2]
     g_, _, hp, _, ow_ = out.shape
     whole = g_ == 1 and cg <= 64  # a pixel's first word is its whole channel set, tail bits 0
+    x3 = x.reshape((n_, h_, w_ * x.shape[3]))
+    unit = whole and x.shape[3] == 1 and sw == 1  # that word read from a contiguous row, in vectors
     for r in prange(g_ * n_ * hp):
         ihp = r % hp
         q = r // hp
@@ -92,7 +100,14 @@ def merge_rows(x, cg, kw, sw, dw, pl, ptop, fill, out):
                 # keeps LLVM from vectorizing (runtime/kernels/nn.py)
                 dst = o[wq, lo:hi]
                 nxt = o[wq + 1 if spill else wq, lo:hi]
-                if whole:
+                if unit:
+                    src1 = x3[n, ih, lo + d:hi + d]
+                    for i in range(hi - lo):
+                        dst[i] |= src1[i] << sl
+                    if spill:
+                        for i in range(hi - lo):
+                            nxt[i] |= src1[i] >> sr
+                elif whole:
                     src = xr[lo * sw + d:, 0]
                     for i in range(hi - lo):
                         dst[i] |= src[i * sw] << sl
@@ -119,111 +134,78 @@ def merge_rows(x, cg, kw, sw, dw, pl, ptop, fill, out):
                 done += cnt
 
 
-@njit(cache=True)
-def _emit_rows(acc, base, k0, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz, bk, pk, fl):
-    """s = k0 + base - 2 * acc ([Cout_g, OW] int32, the first rows of acc) for one output row of
-    group g, through the output stage, one channel at a time along the row (binary_common.py:
-    OutputStage): floats in vectors to the row's end (binary_span.span_float; LLVM's own loop
-    left rows of 8 to 31 pixels to its scalar remainder), their signs eight channels at a time
-    (binary_conv_stage._or_sign_block). The bits of a word's 64 channels gather in a contiguous
-    row ``pk`` (planes sign, mask) and go to the pixel-major output words once per word, not once
-    per channel. bk int32, pk uint64 and fl uint32 [>= 2, OW] are scratch."""
-    og, ow_ = base.shape  # acc may have more rows (the tile's padded channel blocks)
-    bits = mode == BITS or bz != NO_BITS
-    pk[:] = 0
-    for co in range(og):
-        c = g * og + co
-        a = acc[co]
-        sh = np.uint64(c & 63)
-        if mode != BITS:
-            b = bk[0]
-            for ow in range(ow_):
-                b[ow] = k0 + base[co, ow]
-            yr = y[n, c, oh]
-            span_float(b, a, yr, res[n, c, oh] if has_r else yr, has_r, 2, scale[c], bias[c])
-            if bz != NO_BITS:  # the float row binarized too (a fused bnnc.Binarize)
-                if og % BLOCK:  # blocks from channel g * og on would not stay inside words
-                    or_sign_planes(yr, ow_, bz, sh, pk)
-                elif (co + 1) % BLOCK == 0:  # a block of eight channels, inside one word
-                    y8 = y[n, c + 1 - BLOCK:c + 1]
-                    _or_sign_block(y8[0, oh], y8[1, oh], y8[2, oh], y8[3, oh], y8[4, oh], y8[5, oh], y8[6, oh], y8[7, oh], ow_, bz,
-                                   np.uint64((c + 1 - BLOCK) & 63), pk, fl)
-        else:
-            b = base[co]
-            for plane in range(2 if out_mask else 1):
-                lo, hi, f_below, f_mid, f_above = rule_of(table, c, plane)
-                for ow in range(ow_):
-                    f = rule_flag(k0 + b[ow] - 2 * a[ow], lo, hi, f_below, f_mid, f_above)
-                    pk[plane, ow] |= np.uint64(f & 1) << sh
-        if bits and ((c & 63) == 63 or co == og - 1):
-            q = c >> 6
-            ybr = yb[n, oh]
-            for ow in range(ow_):
-                ybr[ow, q] |= pk[0, ow]
-            if out_mask:
-                ymr = ym[n, oh]
-                for ow in range(ow_):
-                    ymr[ow, q] |= pk[1, ow]
-            pk[:] = 0
-
-
 @Twin
-def narrow_conv(xm, mm, masked, w, wt, offs, d, dcols, geom, tasks, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz):
+def narrow_conv(xm, mm, masked, w, wt, offs, tb, rcls, irun, geom, nbands, tasks, mode, out_mask, scale, bias, table, y, yb, ym,
+                res, has_r, bz):
     """xm uint64 [G, N, Hx, WG, OW] merged rows, mm their merged nonzero masks (when ``masked``:
     s = popcount(m) - 2 popcount((x ^ w) & m), and outside pixels, mask 0, count for nothing);
     w uint64 [G, kh, WG, Cout_g] merged weights, wt the same as the register tile's
     (binary_tile.py), offs[ki * WG + wd] where word wd of kernel row ki starts from the first
-    row's (the unmasked counts go through the tile); d int64 [G, kh, Cout_g, OW] border corrections,
-    nonzero only in the columns dcols, used when ``has_d`` (zero padding without masks); geom: (kh,
-    sh, dh, pt, OH, bits of a merged row); the N * OH output rows are split into ``tasks`` runs;
-    outputs as binary_conv's (res: the residual, added to the float output when has_r; bz: the
-    float output binarized too, unless NO_BITS)."""
+    row's (the unmasked counts go through the tile); tb, rcls, irun the border table of the
+    unmasked counts (``NarrowPlan``; binary_conv_stage.table_layout); geom: (kh, sh, dh, pt, OH,
+    bits of a merged row); ``nbands`` bands of output rows per image, the N x bands chunks split
+    into ``tasks`` runs, each in a function of its own (``_narrow_task``); outputs as
+    binary_conv's (res: the residual, added to the float output when has_r; bz: the float output
+    binarized too, unless NO_BITS)."""
+    n_, oh_ = xm.shape[1], geom[4]
+    chunks = n_ * nbands
+    y3 = y.reshape((y.shape[0], y.shape[1], y.shape[2] * y.shape[3]))
+    r3 = res.reshape((res.shape[0], res.shape[1], res.shape[2] * res.shape[3]))
+    yb3 = yb.reshape((yb.shape[0], yb.shape[1] * yb.shape[2], yb.shape[3]))
+    ym3 = ym.reshape((ym.shape[0], ym.shape[1] * ym.shape[2], ym.shape[3]))
+    tasks = max(1, min(tasks, chunks))
+    for task in prange(tasks):
+        _narrow_task(xm, mm, masked, w, wt, offs, tb, rcls, irun, geom, nbands, -(-oh_ // nbands), task * chunks // tasks,
+                     (task + 1) * chunks // tasks, mode, out_mask, scale, bias, table, y3, yb3, ym3, r3, has_r, bz)
+
+
+@njit(cache=True)
+def _narrow_task(xm, mm, masked, w, wt, offs, tb, rcls, irun, geom, nbands, band, chunk0, chunk1, mode, out_mask, scale, bias,
+                 table, y3, yb3, ym3, r3, has_r, bz):
+    """Chunks chunk0 .. chunk1 - 1 (image n = chunk // nbands, its band chunk % nbands) of
+    ``narrow_conv``: each group's counts of the band's rows side by side in acc's rows (a row
+    of OW pixels at column (oh - oh0) * OW), then the band through the output stage at once
+    (``emit_band``: a channel's pixels of the band are contiguous in the NCHW output)."""
     kh_, sh, dh, pt, oh_, bits = geom
-    has_d = d.shape[0] > 0 and not masked
     g_, n_, hx, wg, ow_ = xm.shape
     og = w.shape[3]
     nblk = -(-og // MR)
     kk = kh_ * wg
-    rows = n_ * oh_
     xf = xm.reshape(-1)
-    for task in prange(tasks):
-        acc = np.empty((nblk * MR, ow_), np.int32)
-        base = np.zeros((og, ow_), np.int32)
-        cnt = np.zeros(ow_, np.int32)
-        bk = np.empty((1, ow_), np.int32)
-        pk = np.empty((2, ow_), np.uint64)
-        fl = np.empty((2, ow_), np.uint32)
-        for r in range(task * rows // tasks, (task + 1) * rows // tasks):
-            n = r // oh_
-            oh = r % oh_
-            if mode == BITS or bz != NO_BITS:
-                yb[n, oh] = 0
-                if out_mask:
-                    ym[n, oh] = 0
-            ih0 = oh * sh - pt
-            ki0 = min(kh_, max(0, -(ih0 // dh)))  # the kernel rows inside the input: ki0 .. ki1 - 1
-            ki1 = max(ki0, min(kh_, (hx - 1 - ih0) // dh + 1)) if ih0 < hx else ki0
-            for g in range(g_):
-                if has_d:  # the other columns of base stay 0 (np.zeros above)
-                    for co in range(og):
-                        for i in range(dcols.shape[0]):
-                            base[co, dcols[i]] = 0
-                        for ki in range(ki0, ki1):  # only the border columns have corrections
-                            b = base[co]
-                            dr = d[g, ki, co]
-                            for i in range(dcols.shape[0]):
-                                b[dcols[i]] += dr[dcols[i]]
+    acc = np.empty((nblk * MR, band * ow_), np.int32)
+    pk = np.empty((2, band * ow_), np.uint64)
+    fl = np.empty((2, band * ow_), np.uint32)
+    runs = np.empty((band, 3), np.int64)
+    tm = np.empty((g_ * og if masked else 1, band * ow_), np.int32)  # masked: the band's popcount(m), per channel
+    cnt = np.empty(band * ow_, np.int32)
+    ioff = tb.shape[1] - irun * ow_
+    for chunk in range(chunk0, chunk1):
+        n = chunk // nbands
+        oh0 = (chunk % nbands) * oh_ // nbands
+        oh1 = (chunk % nbands + 1) * oh_ // nbands
+        np_ = (oh1 - oh0) * ow_
+        if masked:
+            runs[0, 0], runs[0, 1], runs[0, 2] = 0, np_, 0
+            nr = 1
+        else:
+            nr = band_runs(rcls, oh0, oh1, ow_, irun, ioff, runs)
+        for g in range(g_):
+            for oh in range(oh0, oh1):
+                col = (oh - oh0) * ow_
+                ih0 = oh * sh - pt
+                ki0 = min(kh_, max(0, -(ih0 // dh)))  # the kernel rows inside the input: ki0 .. ki1 - 1
+                ki1 = max(ki0, min(kh_, (hx - 1 - ih0) // dh + 1)) if ih0 < hx else ki0
                 if not masked:
                     if ki1 > ki0:
                         tile_row(xf, ((g * n_ + n) * hx + ih0) * wg * ow_, offs, ki0 * wg, ki1 * wg, wt, g * nblk * kk * MR,
-                                 nblk, acc, ow_)
+                                 nblk, acc, ow_, False, col)
                     else:
-                        acc[:] = 0
-                    _emit_rows(acc, base, (ki1 - ki0) * bits, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res,
-                               has_r, bz, bk, pk, fl)
+                        acc[:, col:col + ow_] = 0
                     continue
-                acc[:] = 0
-                cnt[:] = 0
+                c = cnt[col:col + ow_]
+                c[:] = 0
+                for co in range(og):
+                    acc[co, col:col + ow_] = 0
                 for ki in range(ki0, ki1):
                     ih = ih0 + ki * dh
                     for wd in range(wg):
@@ -231,15 +213,23 @@ def narrow_conv(xm, mm, masked, w, wt, offs, d, dcols, geom, tasks, mode, out_ma
                         wr = w[g, ki, wd]
                         mr = mm[g, n, ih, wd]
                         for ow in range(ow_):
-                            cnt[ow] += popcount(mr[ow])
+                            c[ow] += popcount(mr[ow])
                         for co in range(og):
                             w0 = wr[co]
-                            a0 = acc[co]
+                            a0 = acc[co, col:col + ow_]
                             for ow in range(ow_):
                                 a0[ow] += popcount((xr[ow] ^ w0) & mr[ow])
-                for co in range(og):  # s = popcount(m) - 2 * acc, the same count for every channel
-                    base[co] = cnt
-                _emit_rows(acc, base, 0, g, n, oh, mode, out_mask, scale, bias, table, y, yb, ym, res, has_r, bz, bk, pk, fl)
+            if masked:  # s = popcount(m) - 2 * acc, the same count for every channel
+                for co in range(g * og, (g + 1) * og):
+                    tm[co, :np_] = cnt[:np_]
+            emit_band(acc, tm if masked else tb, runs, nr, 2, g * og, (g + 1) * og, n, oh0 * ow_, np_, mode, out_mask, scale,
+                      bias, table, y3, yb3, ym3, r3, has_r, bz, pk, fl)
+
+
+def band_rows(og: int, oh: int, ow: int) -> int:
+    """Output rows of a narrow band: its counts (int32, Cout_g rounded up to the tile's blocks)
+    within BAND_COUNTS."""
+    return max(1, min(oh, BAND_COUNTS // (-(-og // MR) * MR * ow)))
 
 
 class NarrowPlan:
@@ -256,19 +246,25 @@ class NarrowPlan:
         wg = self.w.shape[2]
         self.wt = tile_weights(self.w.reshape(g, kh * wg, og))
         self.offs = np.array([(ki * dh * wg + wd) * ow for ki in range(kh) for wd in range(wg)], np.int64)
-        self.d = np.zeros((0, kh, og, ow), np.int64)  # empty: no corrections
-        self.dcols = np.zeros(0, np.int64)
+        # the border table: s of count 0 for channel c at output pixel (oh, ow), the merged row's
+        # bits of every kernel row inside the input, corrected (zero padding) for the taps of the
+        # row's left or right border: for the set S of outside taps, ``2 * c_w - |S| * Cin_g``
+        # (module docstring)
+        per = np.full((g, kh, og, ow), kw * cg, np.int64)  # [G, kh, og, OW]
         if pad_value == 0 and (pl or pr):
-            self.d = np.zeros((g, kh, og, ow), np.int64)
-            # S(ow): the taps of a kernel row that fall outside the image, left or right
             neg = (vals < 0).reshape(g, og, cg, kh, kw).sum(axis=2).transpose(0, 2, 3, 1)  # [G, kh, kw, og]
             for c in range(ow):
                 out = [kj for kj in range(kw) if not 0 <= c * sw - pl + kj * dw < w_]
                 if out:
-                    self.d[:, :, :, c] = 2 * neg[:, :, out, :].sum(axis=2) - len(out) * cg
-            self.dcols = np.flatnonzero(self.d.any(axis=(0, 1, 2))).astype(np.int64)
-        self.ptop = pt if pad_value else 0
+                    per[:, :, :, c] += 2 * neg[:, :, out, :].sum(axis=2) - len(out) * cg
         hx = h + pt + pb if pad_value else h
+        ih = np.arange(oh)[:, None] * sh - (0 if pad_value else pt) + np.arange(kh)[None, :] * dh  # [OH, kh]
+        rows_in = (ih >= 0) & (ih < hx)
+        _, first, rcls = np.unique(rows_in, axis=0, return_index=True, return_inverse=True)
+        base = np.einsum("rk,gkco->gcro", rows_in[first].astype(np.int64), per).reshape(g * og, len(first), ow)
+        self.band = band_rows(og, oh, ow)
+        self.tb, self.rcls, self.irun = table_layout(base.astype(np.int32), rcls, rows_in.all(axis=1), self.band)
+        self.ptop = pt if pad_value else 0
         self.fill = _ONES if pad_value == -1 else np.uint64(0)
         self.mask_fill = _ONES if pad_value else np.uint64(0)  # padding values +-1 are nonzero
         self.merged_shape = (g, n, hx, nwords(kw * cg), ow)
@@ -295,10 +291,21 @@ class NarrowPlan:
             e.indent += 1
             e.call(merge_rows, xmask, cg, kw, sw, dw, pl, ptop, self.mask_fill, mm, work=size * kw)
             e.indent -= 1
-        tasks = min(self.merged_shape[1] * self.geom[4], 4 * task_threads(self.work, e.threads))
+        nbands, tasks = self.split(e.threads)
         flag = Expr(f"({masked} != 0)") if xmask is not None else False
-        e.call(narrow_conv, xm, mm, flag, self.w, self.wt, self.offs, self.d, self.dcols, self.geom, tasks, stage.mode, stage.out_mask, stage.scale,
-               stage.bias, stage.table, y, yb, ym, r, stage.residual, stage.bits_zero, work=self.work)
+        e.call(narrow_conv, xm, mm, flag, self.w, self.wt, self.offs, self.tb, self.rcls, self.irun, self.geom, nbands, tasks,
+               stage.mode, stage.out_mask, stage.scale, stage.bias, stage.table, y, yb, ym, r, stage.residual, stage.bits_zero,
+               work=self.work)
+
+    def split(self, threads: int) -> tuple[int, int]:
+        """(bands per image, tasks): bands of up to ``self.band`` rows; with several threads,
+        more bands until the images x bands chunks split evenly over them (one run per thread)."""
+        n, oh = self.merged_shape[1], self.geom[4]
+        tt = task_threads(self.work, threads)
+        nbands = -(-oh // self.band)
+        while (n * nbands < tt or n * nbands % tt) and nbands < oh:
+            nbands += 1
+        return nbands, min(n * nbands, tt)
 
     def run(self, x, xmask, stage, y, yb, ym, r, scratch):
         """One run; ``xmask``: the activation's nonzero mask, or None when it has no zero."""
@@ -311,6 +318,6 @@ class NarrowPlan:
                 scratch["mm"] = np.empty_like(xm)
             mm = scratch["mm"]
             merge_rows(mm.size * kw, xmask, cg, kw, sw, dw, pl, ptop, self.mask_fill, mm)
-        tasks = min(xm.shape[1] * self.geom[4], 4 * task_threads(self.work, current_threads()))
-        narrow_conv(self.work, xm, mm, xmask is not None, self.w, self.wt, self.offs, self.d, self.dcols, self.geom, tasks, stage.mode,
-                    stage.out_mask, stage.scale, stage.bias, stage.table, y, yb, ym, r, stage.residual, stage.bits_zero)
+        nbands, tasks = self.split(current_threads())
+        narrow_conv(self.work, xm, mm, xmask is not None, self.w, self.wt, self.offs, self.tb, self.rcls, self.irun, self.geom, nbands,
+                    tasks, stage.mode, stage.out_mask, stage.scale, stage.bias, stage.table, y, yb, ym, r, stage.residual, stage.bits_zero)

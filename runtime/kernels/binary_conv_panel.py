@@ -18,7 +18,8 @@ outside depends on the pixel's column and on its row's class (the kernel rows ou
 ``s = base[c, rcls[oh], ow] - 2 * acc`` (a separate pass over the border pixels cost more
 than the rest of the output stage; binary_conv_stage.py). A small image's table (up to
 WHOLE_TABLE_BYTES: Bi-Real Net's 7x7 layers) has a row per output row instead, so that the output
-stage takes a channel's band in one pass rather than a pass per row of 7 or 14 pixels.
+stage takes a channel's band in one pass rather than a pass per row of 7 or 14 pixels
+(``binary_conv_stage.table_layout``).
 
 Activations with exact zeros (``Sign(0) = 0``; their nonzero mask m has zeros at run time) are
 split into two +-1 activations: ``a`` with the zeros as +1 (bits ``b & m``) and ``b`` with them
@@ -43,14 +44,12 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.kernels.base import Twin
-from runtime.kernels.binary_conv_stage import band_runs, emit_band
+from runtime.kernels.binary_conv_stage import band_runs, emit_band, table_layout
 from runtime.kernels.binary_panel_gather import gather, gather_dense
 from runtime.kernels.binary_tile import LANES, MR, tile_row, tile_weights
 
 BAND_BYTES = 256 * 1024  # a band's panel and counts stay in the L2 cache
 PANEL_PIXELS = 2 * LANES  # smaller outputs take the tiled path (binary_conv.py)
-WHOLE_TABLE_BYTES = 128 * 1024  # up to this size the border table has a row per output row
-# (a bigger one, read cold from memory on every run, costs more than the passes it saves)
 
 
 @Twin
@@ -183,10 +182,8 @@ def panel_weights(w: np.ndarray, geom: tuple, hx: int, wx: int, wm: np.ndarray |
 
 def _border_table(wpc: np.ndarray, wcnt: np.ndarray, geom: tuple, hx: int, wx: int, rows: int) -> tuple:
     """(tb, rcls, irun) of ``panel_weights`` from the per-tap popcounts of the -1 weights
-    ``wpc`` and the nonzero weights ``wcnt`` [taps, Cout], for bands of up to ``rows`` rows.
-    A table of up to WHOLE_TABLE_BYTES gets a row per output row (rcls[oh] = oh, no interior
-    rows): the output stage then runs each channel's band in one pass, which the few pixels
-    per row of a small image need (a pass per row costs more than its pixels there)."""
+    ``wpc`` and the nonzero weights ``wcnt`` [taps, Cout], for bands of up to ``rows`` rows,
+    laid out by ``binary_conv_stage.table_layout``."""
     kh, kw, sh, sw, dh, dw, pt, pl, oh_, ow_, _ = geom
     taps, cout = wpc.shape
     ih = np.arange(oh_)[:, None] * sh - pt + np.arange(kh)[None, :] * dh  # [OH, kh]
@@ -196,13 +193,4 @@ def _border_table(wpc: np.ndarray, wcnt: np.ndarray, geom: tuple, hx: int, wx: i
     out = ~(rows_in[first][:, None, :, None] & ((iw >= 0) & (iw < wx))[None, :, None, :])  # [R, OW, kh, kw]
     fix = out.reshape(len(first), ow_, taps).astype(np.int64) @ (2 * wpc - wcnt)  # [R, OW, Cout]
     base = np.ascontiguousarray((fix + wcnt.sum(axis=0)).transpose(2, 0, 1)).astype(np.int32)
-    rcls = rcls.reshape(-1).astype(np.int64)
-    interior = rows_in.all(axis=1)
-    if base.nbytes * oh_ // len(first) <= WHOLE_TABLE_BYTES:
-        return np.ascontiguousarray(base[:, rcls].reshape(cout, -1)), np.arange(oh_, dtype=np.int64), 0
-    irun = 0
-    if interior.any():
-        irun = min(rows, oh_)
-        base = np.concatenate([base, np.tile(base[:, rcls[interior][0]][:, None], (1, irun, 1))], axis=1)
-        rcls[interior] = -1
-    return np.ascontiguousarray(base.reshape(cout, -1)), rcls, irun
+    return table_layout(base, rcls, rows_in.all(axis=1), rows)

@@ -34,6 +34,29 @@ from runtime.kernels.binary_tile import prefetch_write
 
 AHEAD = 2  # the output stage prefetches the float output rows of the channel this far ahead
 BLOCK = 8  # channels whose sign bits a float output with a binarized twin takes in one pass (_or_sign_block)
+WHOLE_TABLE_BYTES = 128 * 1024  # up to this size a border table has a row per output row
+# (a bigger one, read cold from memory on every run, costs more than the passes it saves)
+
+
+def table_layout(base: np.ndarray, rcls: np.ndarray, interior: np.ndarray, rows: int) -> tuple:
+    """(tb, rcls, irun) for ``band_runs`` from a border table ``base[c, r, ow]`` (int32, a row per
+    row class r), ``rcls[oh]`` the class of output row oh and ``interior[oh]`` whether its taps
+    all fall inside the input, for bands of up to ``rows`` rows. A table of up to
+    WHOLE_TABLE_BYTES gets a row per output row (rcls[oh] = oh, no interior rows): the output
+    stage then runs each channel's band in one pass, which the few pixels per row of a small
+    image need (a pass per row costs more than its pixels there). A bigger one keeps a row per
+    class, the interior class's row tiled ``irun`` times at its end (rcls -1: interior rows)."""
+    cout, _, ow_ = base.shape
+    oh_ = rcls.shape[0]
+    rcls = rcls.reshape(-1).astype(np.int64)
+    if base.nbytes * oh_ // base.shape[1] <= WHOLE_TABLE_BYTES:
+        return np.ascontiguousarray(base[:, rcls].reshape(cout, -1)), np.arange(oh_, dtype=np.int64), 0
+    irun = 0
+    if interior.any():
+        irun = min(rows, oh_)
+        base = np.concatenate([base, np.tile(base[:, rcls[interior][0]][:, None], (1, irun, 1))], axis=1)
+        rcls[interior] = -1
+    return np.ascontiguousarray(base.reshape(cout, -1)), rcls, irun
 
 
 @njit(cache=True)
@@ -117,15 +140,24 @@ def _prefetch_rows(y3, r3, has_r, n, c, p0, np_) -> None:
 
 
 @njit(cache=True)
-def store_words(pk, yb3, ym3, out_mask, n, p0, np_, q) -> None:
-    """Word q of the band's np_ pixels (image pixels p0 ..) of image n from pk's word rows."""
+def store_words(pk, yb3, ym3, out_mask, n, p0, np_, q, merge) -> None:
+    """Word q of the band's np_ pixels (image pixels p0 ..) of image n from pk's word rows, ORed
+    into the word there when ``merge`` (its lower channels are another group's), else stored."""
     ybr = yb3[n, p0:p0 + np_]
-    for p in range(np_):
-        ybr[p, q] = pk[0, p]
+    if merge:
+        for p in range(np_):
+            ybr[p, q] |= pk[0, p]
+    else:
+        for p in range(np_):
+            ybr[p, q] = pk[0, p]
     if out_mask:
         ymr = ym3[n, p0:p0 + np_]
-        for p in range(np_):
-            ymr[p, q] = pk[1, p]
+        if merge:
+            for p in range(np_):
+                ymr[p, q] |= pk[1, p]
+        else:
+            for p in range(np_):
+                ymr[p, q] = pk[1, p]
 
 
 @njit(cache=True)
@@ -137,7 +169,9 @@ def emit_band(acc, tb, runs, nr, mult, c0, c1, n, p0, np_, mode, out_mask, scale
     r3 the residual as y3 (or y3 itself); pk [2, >= np_] uint64 and fl [2, >= np_] uint32
     scratch. The float output rows of the channel AHEAD further on are prefetched, unless they
     are R's (just written): an output buffer not in the cache otherwise waits on every channel's
-    lines."""
+    lines. Channels c0 .. c1 - 1 may be a group that shares its first and last bits words with
+    the groups beside it (the narrow path, binary_conv_narrow.py): called for the groups in
+    order, the group that holds a word's channel 0 stores it, the next ones OR theirs into it."""
     bits = mode == BITS or bz != NO_BITS
     onto = has_r and y3.ctypes.data == r3.ctypes.data  # R's buffer is the output's
     for i in range(c1 - c0):
@@ -160,12 +194,12 @@ def emit_band(acc, tb, runs, nr, mult, c0, c1, n, p0, np_, mode, out_mask, scale
                 else:
                     span_float(b, a[q0:q1], yr[q0:q1], rr[q0:q1], has_r, mult, scale[c], bias[c])
         if mode != BITS and bz != NO_BITS:
-            if i >= (c1 - c0) // BLOCK * BLOCK:  # a channel after the last whole block
+            if i >= (c1 - c0) // BLOCK * BLOCK or c0 % BLOCK:  # after the last whole block, or no blocks
                 or_sign_planes(yr, np_, bz, sh, pk)
-            elif (i + 1) % BLOCK == 0:  # blocks from c0, a multiple of 64: none straddles a word
+            elif (i + 1) % BLOCK == 0:  # blocks from c0, a multiple of BLOCK: none straddles a word
                 y8 = y3[n, c + 1 - BLOCK:c + 1]
                 _or_sign_block(y8[0, p0:p0 + np_], y8[1, p0:p0 + np_], y8[2, p0:p0 + np_], y8[3, p0:p0 + np_], y8[4, p0:p0 + np_],
                                y8[5, p0:p0 + np_], y8[6, p0:p0 + np_], y8[7, p0:p0 + np_], np_, bz, np.uint64((c + 1 - BLOCK) & 63), pk,
                                fl)
         if bits and ((c & 63) == 63 or c == c1 - 1):
-            store_words(pk, yb3, ym3, out_mask, n, p0, np_, c >> 6)
+            store_words(pk, yb3, ym3, out_mask, n, p0, np_, c >> 6, (c >> 6) == (c0 >> 6) and (c0 & 63) != 0)

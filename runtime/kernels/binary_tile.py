@@ -159,12 +159,12 @@ xnor_tile_masked = make_xnor_tile(True)
 
 
 @njit(cache=True)
-def tile_row(x, xb, offs, k0, k1, w, wb, nblk, acc, ow, masked=False) -> None:
-    """acc[c, p] (acc: int64 or int32 [>= nblk * MR, >= ow]) = sum_{k0 <= k < k1} popcount(x[xb +
-    offs[k] + p] ^ w_k,c) for every channel c of ``nblk`` blocks (weights from w[wb] on, as
-    ``tile_weights`` packs them) and pixel p < ow; x flat. With ``masked`` the weights carry a
-    mask (``tile_weights(w, wm)``) and the count is popcount((x ^ w_k,c) & m_k,c). Rows shorter
-    than a vector are counted word by word."""
+def tile_row(x, xb, offs, k0, k1, w, wb, nblk, acc, ow, masked=False, col=0) -> None:
+    """acc[c, col + p] (acc: int64 or int32 [>= nblk * MR, >= col + ow]) = sum_{k0 <= k < k1}
+    popcount(x[xb + offs[k] + p] ^ w_k,c) for every channel c of ``nblk`` blocks (weights from
+    w[wb] on, as ``tile_weights`` packs them) and pixel p < ow; x flat. With ``masked`` the
+    weights carry a mask (``tile_weights(w, wm)``) and the count is popcount((x ^ w_k,c) & m_k,c).
+    Rows shorter than a vector are counted word by word."""
     kk = offs.shape[0]
     a = acc.shape[1]
     step = 2 * MR if masked else MR
@@ -178,7 +178,7 @@ def tile_row(x, xb, offs, k0, k1, w, wb, nblk, acc, ow, masked=False) -> None:
                     if masked:
                         v &= w[wc + k * step + MR]
                     s += popcount(v)
-                acc[c, p] = s
+                acc[c, col + p] = s
         return
     for cb in range(nblk):
         wcb = wb + cb * kk * step
@@ -186,9 +186,9 @@ def tile_row(x, xb, offs, k0, k1, w, wb, nblk, acc, ow, masked=False) -> None:
         while p < ow:
             q = min(p, ow - LANES)
             if masked:
-                xnor_tile_masked(x, xb + q, offs, k0, k1, w, wcb, acc, cb * MR * a + q, a)
+                xnor_tile_masked(x, xb + q, offs, k0, k1, w, wcb, acc, cb * MR * a + col + q, a)
             else:
-                xnor_tile(x, xb + q, offs, k0, k1, w, wcb, acc, cb * MR * a + q, a)
+                xnor_tile(x, xb + q, offs, k0, k1, w, wcb, acc, cb * MR * a + col + q, a)
             p += LANES
 
 

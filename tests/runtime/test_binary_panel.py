@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from runtime.kernels import binary_conv, binary_conv_panel
+from runtime.kernels import binary_conv, binary_conv_stage
 from runtime.kernels.binary_tile import LANES, MR, PSADBW, make_xnor_tile, tile_row, tile_weights
 from tests.runtime import test_binary_conv as conv_tests
 
@@ -31,7 +31,7 @@ def cuts(request, monkeypatch):
     """Force the panel path's bands per image, channel runs and tasks (None: its own choice), and
     its border table: a row per output row (``whole``) or per row class."""
     band, cb, tasks, table = request.param
-    monkeypatch.setattr(binary_conv_panel, "WHOLE_TABLE_BYTES", 1 << 30 if table == "whole" else 0)
+    monkeypatch.setattr(binary_conv_stage, "WHOLE_TABLE_BYTES", 1 << 30 if table == "whole" else 0)
     plan = binary_conv.panel_plan
 
     def forced(w, oh, ow, rows, threads):
@@ -123,11 +123,11 @@ def test_panel_border_table_counts_outside_taps(monkeypatch):
     m = rng.integers(0, 2**63, size=(1, 9, 1, cout), dtype=np.int64).view(np.uint64)
     geom = (3, 3, 1, 1, 1, 1, 1, 1, h, h, cin)
     for wm in (None, m):
-        monkeypatch.setattr(binary_conv_panel, "WHOLE_TABLE_BYTES", cout * h * h * 4)
+        monkeypatch.setattr(binary_conv_stage, "WHOLE_TABLE_BYTES", cout * h * h * 4)
         _, whole, rows, irun, _, _ = panel_weights(w, geom, h, h, wm)
         assert irun == 0 and whole.shape == (cout, h * h) and list(rows) == list(range(h))
         whole = whole.reshape(cout, h, h)
-        monkeypatch.setattr(binary_conv_panel, "WHOLE_TABLE_BYTES", cout * h * h * 4 - 1)
+        monkeypatch.setattr(binary_conv_stage, "WHOLE_TABLE_BYTES", cout * h * h * 4 - 1)
         _, tb, rcls, irun, wmasked, _ = panel_weights(w, geom, h, h, wm)
         assert wmasked == (wm is not None)
         assert list(rcls[1:-1]) == [-1, -1] and len({rcls[0], rcls[-1]}) == 2 and rcls.min() == -1 and irun >= 1
@@ -199,7 +199,7 @@ def test_bireal_blocks_match_onnxruntime(cin, cout, hw, stride, table, threads, 
     model = build(nodes, {"x": x}, inits)
     onnx.save(model, tmp_path / "m.onnx")
     art = bnnc.compile_model(str(tmp_path / "m.onnx"), str(tmp_path / "m.bnn")).path
-    monkeypatch.setattr(binary_conv_panel, "WHOLE_TABLE_BYTES", 1 << 30 if table == "whole" else 0)
+    monkeypatch.setattr(binary_conv_stage, "WHOLE_TABLE_BYTES", 1 << 30 if table == "whole" else 0)
     sess = InferenceSession(art, threads=threads, plan="steps")
     panels = [k for k in sess._kernels if getattr(k, "panel", None) is not None]
     assert len(panels) == 2
