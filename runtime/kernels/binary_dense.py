@@ -35,15 +35,19 @@ from runtime.kernels.binary_common import (
 )
 from runtime.threads import current_threads
 
+CHANNEL_RUN = 64  # output channels from which the counts run along them (fewer: as fast either way)
+
 
 @Twin
-def _binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym, r, has_r, bz):
+def _binary_dense(x, xm, w, wm, wcnt, wt, k, masked, cb, mode, out_mask, scale, bias, table, y, yb, ym, r, has_r, bz):
     """x, xm: uint64 [N, Kw]; w, wm: uint64 [Cout, Kw] in the physical input order; masked: 0 no
     masks, 1 activation mask xm, 2 weight mask wm (wcnt int64 [Cout]: nonzero weights per row),
-    3 both; k: number of valid input elements; cb: output channels per task (a multiple of 64
-    for the bits output); y float32 [N, Cout] or yb/ym uint64 [N, ceil(Cout/64)]; r float32
-    [N, Cout], added to y when has_r; bz: with the float output, also write it binarized into
-    yb/ym with that value at 0 (NO_BITS: not). BinaryDense.__init__ checks all that."""
+    3 both; wt: w transposed, [Kw, Cout], when the counts run along the output channels (no
+    weight mask; else [0, 0]); k: number of valid input elements; cb: output channels per task
+    (a multiple of 64 for the bits output); y float32 [N, Cout] or yb/ym uint64
+    [N, ceil(Cout/64)]; r float32 [N, Cout], added to y when has_r; bz: with the float output,
+    also write it binarized into yb/ym with that value at 0 (NO_BITS: not). BinaryDense.__init__
+    checks all that."""
     n_, kw = x.shape
     cout = w.shape[0]
     nblk = (cout + cb - 1) // cb
@@ -59,30 +63,41 @@ def _binary_dense(x, xm, w, wm, wcnt, k, masked, cb, mode, out_mask, scale, bias
             if masked == 1:
                 for i in range(kw):
                     xcnt += popcount(xmr[i])
-            for co in range(c0, c1):
-                wr = w[co]
-                a = 0
-                if masked == 0:
-                    for i in range(kw):
-                        a += popcount(xr[i] ^ wr[i])
-                    srow[co - c0] = k - 2 * a
-                elif masked == 1:
-                    for i in range(kw):
-                        a += popcount((xr[i] ^ wr[i]) & xmr[i])
-                    srow[co - c0] = xcnt - 2 * a
-                elif masked == 2:
-                    wmr = wm[co]
-                    for i in range(kw):
-                        a += popcount((xr[i] ^ wr[i]) & wmr[i])
-                    srow[co - c0] = wcnt[co] - 2 * a
-                else:
-                    b = 0
-                    wmr = wm[co]
-                    for i in range(kw):
-                        m = xmr[i] & wmr[i]
-                        a += popcount((xr[i] ^ wr[i]) & m)
-                        b += popcount(m)
-                    srow[co - c0] = b - 2 * a
+            if wt.shape[0] == kw:  # along the channels: one input word against a run of weight words
+                srow[:] = 0
+                for i in range(kw):
+                    xi = xr[i]
+                    mi = xmr[i] if masked == 1 else ~np.uint64(0)
+                    wr = wt[i, c0:c1]
+                    for j in range(c1 - c0):
+                        srow[j] += popcount((xi ^ wr[j]) & mi)
+                for j in range(c1 - c0):
+                    srow[j] = (xcnt if masked == 1 else k) - 2 * srow[j]
+            else:  # along the input words
+                for co in range(c0, c1):
+                    wr = w[co]
+                    a = 0
+                    if masked == 0:
+                        for i in range(kw):
+                            a += popcount(xr[i] ^ wr[i])
+                        srow[co - c0] = k - 2 * a
+                    elif masked == 1:
+                        for i in range(kw):
+                            a += popcount((xr[i] ^ wr[i]) & xmr[i])
+                        srow[co - c0] = xcnt - 2 * a
+                    elif masked == 2:
+                        wmr = wm[co]
+                        for i in range(kw):
+                            a += popcount((xr[i] ^ wr[i]) & wmr[i])
+                        srow[co - c0] = wcnt[co] - 2 * a
+                    else:
+                        b = 0
+                        wmr = wm[co]
+                        for i in range(kw):
+                            m = xmr[i] & wmr[i]
+                            a += popcount((xr[i] ^ wr[i]) & m)
+                            b += popcount(m)
+                        srow[co - c0] = b - 2 * a
             if mode == BITS or bz != NO_BITS:
                 for q in range(c0 >> 6, ((c1 - 1) >> 6) + 1):
                     yb[n, q] = 0
@@ -138,6 +153,10 @@ class BinaryDense(Kernel):
         if self.masked & 2:
             self.wm = np.ascontiguousarray(masks.reshape(cout, kw))
             self.wcnt = (vals != 0).reshape(cout, -1).sum(axis=1, dtype=np.int64)
+        # counts along the output channels (a vector of channels per input word) when there are
+        # enough of them; along the input words (a reduction per channel) otherwise
+        along = not self.masked & 2 and cout >= CHANNEL_RUN
+        self.wt = np.ascontiguousarray(self.w.T) if along else np.zeros((0, 0), np.uint64)
         self.k, self.n, self.kw, self.cout = k, n, kw, cout
         self.work = n * self.w.size  # word operations
 
@@ -152,7 +171,7 @@ class BinaryDense(Kernel):
         xm = Expr(f"{ins[1]}.reshape(({self.n}, {self.kw}))") if self.has_xm else x
         st = self.stage
         y, yb, ym = st.buffers(outs, 2)
-        e.call(_binary_dense, x, xm, self.w, self.wm, self.wcnt, self.k, self.masked, self._block(task_threads(self.work, e.threads)), st.mode,
+        e.call(_binary_dense, x, xm, self.w, self.wm, self.wcnt, self.wt, self.k, self.masked, self._block(task_threads(self.work, e.threads)), st.mode,
                st.out_mask, st.scale, st.bias, st.table, y, yb, ym, st.residual_expr(ins, 2), st.residual,
                st.bits_zero, work=self.work)
 
@@ -161,6 +180,6 @@ class BinaryDense(Kernel):
         xm = np.ascontiguousarray(ins[1]).reshape(self.n, self.kw) if self.has_xm else x
         st = self.stage
         y, yb, ym = st.buffers(outs, 2)
-        _binary_dense(self.work, x, xm, self.w, self.wm, self.wcnt, self.k, self.masked,
+        _binary_dense(self.work, x, xm, self.w, self.wm, self.wcnt, self.wt, self.k, self.masked,
                       self._block(task_threads(self.work, current_threads())), st.mode, st.out_mask, st.scale, st.bias, st.table, y, yb, ym,
                       st.residual_of(ins, 2), st.residual, st.bits_zero)
