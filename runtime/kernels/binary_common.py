@@ -15,6 +15,7 @@ from numba import njit
 
 from runtime.bitpack import nwords, pack_bits, unpack_bits
 from runtime.kernels.base import Step, check_outputs  # noqa: F401  (the binary kernels import it from here)
+from runtime.kernels.binary_tile import COUNT_BYTES
 
 FLOAT, BITS = 0, 1
 NO_BITS = 2  # bits_zero when the float output has no binarized twin
@@ -24,9 +25,11 @@ I64_8x1 = np.zeros((8, 1), np.int64)
 
 # word XOR-popcounts per unit of the work PARALLEL_WORK counts (an element, a float multiply-add):
 # the register tile counts ~16 G words a second per core, a float kernel moves ~1 G elements, so
-# a conv of fewer than 1 M word operations (under ~60 us) runs serially, as the hand-off to the
-# second thread costs about what it would save (CNV's 30x30 convs: 2 threads slower than 1)
-WORDS_PER_WORK = 16
+# a conv of fewer than 1 M word operations (under ~60 us with AVX-512's vpopcntq) runs serially,
+# as the hand-off to the second thread costs about what it would save (CNV's 30x30 convs: 2
+# threads slower than 1); counting through bytes (AVX2, NEON) a word costs about 4 times more:
+# 250 K words (CNV's 10x10x64 conv: 0.16 ms at one thread, the same at two when it stayed serial)
+WORDS_PER_WORK = 4 if COUNT_BYTES else 16
 # units of work per output value for a conv's output stage (threshold, scale, bits), measured at
 # one thread: ~0.5 ns a value on the panel path (CNV's 28x28x64 bit output: 57 us, 32 us of it
 # counting), ~1.4 ns on the narrow path (bitorch ResNet-E's 16-channel 128x128 convs: 0.42 ms,
