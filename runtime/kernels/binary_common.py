@@ -30,17 +30,17 @@ I64_8x1 = np.zeros((8, 1), np.int64)
 # threads slower than 1); counting through bytes (AVX2, NEON) a word costs about 4 times more:
 # 250 K words (CNV's 10x10x64 conv: 0.16 ms at one thread, the same at two when it stayed serial)
 WORDS_PER_WORK = 4 if COUNT_BYTES else 16
-# units of work per output value for a conv's output stage (threshold, scale, bits), measured at
-# one thread: ~0.5 ns a value on the panel path (CNV's 28x28x64 bit output: 57 us, 32 us of it
-# counting), ~1.4 ns on the narrow path (bitorch ResNet-E's 16-channel 128x128 convs: 0.42 ms,
-# 0.05 ms of it counting); counted in halves. Without it those convs, few words but many
-# outputs, looked small and stayed on one thread.
-OUTPUT_HALVES = {"panel": 1, "narrow": 3}
+# output values per unit of work of a conv's output stage (threshold, scale, bits), measured at
+# one thread: ~0.5 ns a value (CNV's 28x28x64 bit output on the panel path: 57 us, 32 us of it
+# counting; bitorch ResNet-E's 16-channel 64x64 convs on the narrow path: 0.14 of 0.41 ms for
+# 262 K values, the merged rows included). Without it those convs, few words but many outputs,
+# looked small and stayed on one thread.
+OUTPUTS_PER_WORK = 2
 
 
-def conv_work(word_ops: int, outputs: int, path: str = "panel") -> int:
+def conv_work(word_ops: int, outputs: int) -> int:
     """A binary conv's work in PARALLEL_WORK's units: its word XOR-popcounts and its output stage."""
-    return word_ops // WORDS_PER_WORK + outputs * OUTPUT_HALVES[path] // 2
+    return word_ops // WORDS_PER_WORK + outputs // OUTPUTS_PER_WORK
 
 
 def dummy(ndim: int, dtype) -> np.ndarray:
