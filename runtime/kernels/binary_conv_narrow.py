@@ -40,7 +40,7 @@ from runtime.bitpack import nwords, pack_bits, popcount
 from runtime.codegen import Expr
 from runtime.kernels.base import Twin, task_threads
 from runtime.kernels.binary_common import conv_work
-from runtime.kernels.binary_conv_stage import band_runs, emit_band, table_layout
+from runtime.kernels.binary_conv_stage import band_runs, band_views, emit_band, table_layout
 from runtime.kernels.binary_tile import MR, tile_row, tile_weights
 from runtime.threads import current_threads
 
@@ -149,10 +149,7 @@ def narrow_conv(xm, mm, masked, w, wt, offs, tb, rcls, irun, geom, nbands, tasks
     binarized too, unless NO_BITS)."""
     n_, oh_ = xm.shape[1], geom[4]
     chunks = n_ * nbands
-    y3 = y.reshape((y.shape[0], y.shape[1], y.shape[2] * y.shape[3]))
-    r3 = res.reshape((res.shape[0], res.shape[1], res.shape[2] * res.shape[3]))
-    yb3 = yb.reshape((yb.shape[0], yb.shape[1] * yb.shape[2], yb.shape[3]))
-    ym3 = ym.reshape((ym.shape[0], ym.shape[1] * ym.shape[2], ym.shape[3]))
+    y3, r3, yb3, ym3 = band_views(y, res, yb, ym)
     tasks = max(1, min(tasks, chunks))
     for task in prange(tasks):
         _narrow_task(xm, mm, masked, w, wt, offs, tb, rcls, irun, geom, nbands, -(-oh_ // nbands), task * chunks // tasks,

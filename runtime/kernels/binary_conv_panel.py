@@ -44,7 +44,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.kernels.base import Twin
-from runtime.kernels.binary_conv_stage import band_runs, emit_band, table_layout
+from runtime.kernels.binary_conv_stage import band_runs, band_views, emit_band, table_layout
 from runtime.kernels.binary_panel_gather import gather, gather_dense
 from runtime.kernels.binary_tile import LANES, MR, tile_row, tile_weights
 
@@ -68,10 +68,7 @@ def panel_conv(x, xm, masked, tail, wt, tb, rcls, irun, wmasked, kk, geom, nband
     n_ = x.shape[0]
     band = -(-geom[8] // nbands)  # the most rows of a band
     chunks = n_ * nbands * -(-tb.shape[0] // cb)
-    y3 = y.reshape((y.shape[0], y.shape[1], y.shape[2] * y.shape[3]))
-    r3 = res.reshape((res.shape[0], res.shape[1], res.shape[2] * res.shape[3]))
-    yb3 = yb.reshape((yb.shape[0], yb.shape[1] * yb.shape[2], yb.shape[3]))
-    ym3 = ym.reshape((ym.shape[0], ym.shape[1] * ym.shape[2], ym.shape[3]))
+    y3, r3, yb3, ym3 = band_views(y, res, yb, ym)
     tasks = max(1, min(tasks, chunks))
     for task in prange(tasks):
         _panel_task(x, xm, masked, tail, wt, tb, rcls, irun, wmasked, kk, geom, nbands, band, cb, task * chunks // tasks,

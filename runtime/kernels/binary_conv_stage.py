@@ -139,25 +139,34 @@ def _prefetch_rows(y3, r3, has_r, n, c, p0, np_) -> None:
             prefetch_write(r3, at + min(q, np_ - 1))
 
 
+@njit(cache=True, inline="always")
+def _put_word(dst, src, q, np_, merge) -> None:
+    """dst[p, q] = src[p] (ORed in when ``merge``) for p < np_."""
+    if merge:
+        for p in range(np_):
+            dst[p, q] |= src[p]
+    else:
+        for p in range(np_):
+            dst[p, q] = src[p]
+
+
 @njit(cache=True)
 def store_words(pk, yb3, ym3, out_mask, n, p0, np_, q, merge) -> None:
     """Word q of the band's np_ pixels (image pixels p0 ..) of image n from pk's word rows, ORed
     into the word there when ``merge`` (its lower channels are another group's), else stored."""
-    ybr = yb3[n, p0:p0 + np_]
-    if merge:
-        for p in range(np_):
-            ybr[p, q] |= pk[0, p]
-    else:
-        for p in range(np_):
-            ybr[p, q] = pk[0, p]
+    _put_word(yb3[n, p0:p0 + np_], pk[0], q, np_, merge)
     if out_mask:
-        ymr = ym3[n, p0:p0 + np_]
-        if merge:
-            for p in range(np_):
-                ymr[p, q] |= pk[1, p]
-        else:
-            for p in range(np_):
-                ymr[p, q] = pk[1, p]
+        _put_word(ym3[n, p0:p0 + np_], pk[1], q, np_, merge)
+
+
+@njit(cache=True, inline="always")
+def band_views(y, res, yb, ym):
+    """The outputs (and the residual) with each image's pixels on one axis, as ``emit_band``
+    takes them: y and res [N, C, OH*OW], yb and ym [N, OH*OW, words]."""
+    return (y.reshape((y.shape[0], y.shape[1], y.shape[2] * y.shape[3])),
+            res.reshape((res.shape[0], res.shape[1], res.shape[2] * res.shape[3])),
+            yb.reshape((yb.shape[0], yb.shape[1] * yb.shape[2], yb.shape[3])),
+            ym.reshape((ym.shape[0], ym.shape[1] * ym.shape[2], ym.shape[3])))
 
 
 @njit(cache=True)
