@@ -101,7 +101,7 @@ def merge_rows(x, cg, kw, sw, dw, pl, ptop, fill, out):
                 dst = o[wq, lo:hi]
                 nxt = o[wq + 1 if spill else wq, lo:hi]
                 if unit:
-                    src1 = x3[n, ih, lo + d:hi + d]
+                    src1 = x3[n, min(max(ih, 0), h_ - 1), lo + d:hi + d]  # (empty when ih is outside)
                     for i in range(hi - lo):
                         dst[i] |= src1[i] << sl
                     if spill:
