@@ -333,9 +333,10 @@ class BinaryConv(Kernel):
         return -(-per // 64) * 64
 
     def overwritable_input(self) -> int | None:
-        """The residual R, on the panel path: its output stage reads R's element just before it
-        writes the output's (binary_conv_stage.py)."""
-        return self.stage.res_index if self.panel is not None and self.stage.residual else None
+        """The residual R, on the panel and narrow paths: their output stage reads R's element
+        just before it writes the output's (binary_conv_stage.py)."""
+        banded = self.panel is not None or self.narrow is not None
+        return self.stage.res_index if banded and self.stage.residual else None
 
     def make_scratch(self) -> dict:
         """The narrow path's merged rows, or the regrouped (padded) input and its mask."""

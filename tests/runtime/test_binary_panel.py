@@ -209,9 +209,10 @@ def test_bireal_blocks_match_onnxruntime(cin, cout, hw, stride, table, threads, 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("read_again", [False, True])
-@pytest.mark.parametrize("cin, cout, hw, stride", [(64, 64, 11, 1), (70, 130, 17, 2)])
+@pytest.mark.parametrize("cin, cout, hw, stride", [(64, 64, 11, 1), (70, 130, 17, 2), (16, 16, 11, 1), (32, 40, 17, 2)])
 def test_output_takes_the_dying_residual_buffer(cin, cout, hw, stride, read_again, threads, tmp_path):
-    """A panel-path conv whose residual R dies at it writes its output over R's buffer (the
+    """A panel-path conv (a narrow-path one with 16 or 32 input channels, whose output stage is
+    the panel path's) whose residual R dies at it writes its output over R's buffer (the
     session's plan; the output stage then reads R from the output itself): the second conv of two
     Bi-Real blocks, and the first when its shortcut is a computed value (a strided block's 1x1
     conv). With R read again after the conv (``read_again``: one more Add), the buffers stay
@@ -234,7 +235,8 @@ def test_output_takes_the_dying_residual_buffer(cin, cout, hw, stride, read_agai
     art = bnnc.compile_model(str(tmp_path / "m.onnx"), str(tmp_path / "m.bnn")).path
     sess = InferenceSession(art, threads=threads, plan="steps")
     slot = {o: j for s, slots in zip(sess._steps, sess._step_slots) if slots for o, j in zip(s["outputs"], slots) if o}
-    convs = [(s, k) for s, k in zip(sess._steps, sess._kernels) if getattr(k, "panel", None) is not None]
+    path = "narrow" if cin < 64 else "panel"
+    convs = [(s, k) for s, k in zip(sess._steps, sess._kernels) if getattr(k, path, None) is not None]
     assert len(convs) == 2 and all(k.overwritable_input() == k.stage.res_index for _, k in convs)
     shared = [slot[s["outputs"][0]] == slot.get(s["inputs"][k.stage.res_index]) for s, k in convs]
     assert shared == [stride > 1, not read_again]
