@@ -10,10 +10,18 @@ Channel by channel and run by run, ``emit_band`` computes
 and writes ``float32(s) * scale[c] + bias[c] (+ R)`` (``binary_span.span_float``: vectors from
 a run's first pixel to its last, so that rows of 7 to 56 pixels do not fall to a scalar loop);
 or (bits) the rule's flags. When the float output also has a binarized twin, its sign and
-nonzero bits are taken in a second pass, eight channels at a time (``_or_sign_block``: a pixel's
-eight bits gather in 32-bit lanes, as wide as the floats, and go into its words in one OR);
-taking them in the first pass, from the value still in a register, measured 10-30% slower on
-Bi-Real Net's shapes (that loop mixes float and 64-bit lanes). The bits of a word's 64 channels gather in the word rows ``pk`` and
+nonzero bits go with it, eight channels at a time: ``binary_span.span_block`` computes a
+block's eight rows in one pass per run and takes their bits from the values still in registers,
+a pixel's eight bits in one 32-bit lane (as wide as the floats), and one 64-bit OR per pixel
+puts them into its words (``_or_flag_rows``). Measured on a band of 128 channels x 196 pixels,
+R in the output's buffer: 15.8 -> 13.3 us; in-process on Bi-Real Net 18's panel convs, the
+kernel alone, 1.01-1.04x. Where a block's rows would fall into few sets of the L1 cache (rows
+4 KB apart and multiples of it, ``_spread``) or the group has no whole blocks, a pass per
+channel writes the floats and a second pass takes the bits of eight rows (``_or_sign_block``,
+the same 32-bit lanes). A float output alone goes channel by channel (in blocks it measured
+5-10% slower on these shapes).
+(Taking the bits in a pass per channel, ORed into the 64-bit words, measured 10-30% slower:
+that loop mixes float and 64-bit lanes.) The bits of a word's 64 channels gather in the word rows ``pk`` and
 are stored once the word is complete (the task owns whole words). Bit convention:
 runtime/bitpack.py.
 
@@ -29,11 +37,10 @@ import numpy as np
 from numba import njit
 
 from runtime.kernels.binary_common import BITS, NO_BITS, or_sign_planes, rule_flag, rule_of, sign_flags
-from runtime.kernels.binary_span import span_float
+from runtime.kernels.binary_span import BLOCK, span_block, span_float
 from runtime.kernels.binary_tile import prefetch_write
 
 AHEAD = 2  # the output stage prefetches the float output rows of the channel this far ahead
-BLOCK = 8  # channels whose sign bits a float output with a binarized twin takes in one pass (_or_sign_block)
 WHOLE_TABLE_BYTES = 128 * 1024  # up to this size a border table has a row per output row
 # (a bigger one, read cold from memory on every run, costs more than the passes it saves)
 
@@ -96,6 +103,16 @@ def _span_bits(b, a, pp, mult, rule, sh) -> None:
 
 
 @njit(cache=True, inline="always")
+def _or_flag_rows(fl, np_, sh, pk) -> None:
+    """OR the uint32 bit rows fl[0] and fl[1] (a pixel's bits of a block of channels) at bit sh
+    of the word rows pk[0] and pk[1]: one 64-bit OR per pixel and block, not per channel."""
+    f0, f1, p0, p1 = fl[0], fl[1], pk[0], pk[1]
+    for p in range(np_):
+        p0[p] |= np.uint64(f0[p]) << sh
+        p1[p] |= np.uint64(f1[p]) << sh
+
+
+@njit(cache=True, inline="always")
 def _flags32(v, bz, r):
     """The sign and nonzero flags of the float v (its value at 0 ``bz``) at bit r of two uint32."""
     f, m = sign_flags(v, bz)
@@ -123,10 +140,7 @@ def _or_sign_block(y0, y1, y2, y3, y4, y5, y6, y7, np_, bz, sh, pk, fl) -> None:
         n7, z7 = _flags32(y7[p], bz, 7)
         f0[p] = n0 | n1 | n2 | n3 | n4 | n5 | n6 | n7
         f1[p] = z0 | z1 | z2 | z3 | z4 | z5 | z6 | z7
-    p0, p1 = pk[0], pk[1]
-    for p in range(np_):
-        p0[p] |= np.uint64(f0[p]) << sh
-        p1[p] |= np.uint64(f1[p]) << sh
+    _or_flag_rows(fl, np_, sh, pk)
 
 
 @njit(cache=True, inline="always")
@@ -169,6 +183,37 @@ def band_views(y, res, yb, ym):
             ym.reshape((ym.shape[0], ym.shape[1] * ym.shape[2], ym.shape[3])))
 
 
+@njit(cache=True, inline="always")
+def _spread(stride) -> bool:
+    """Whether BLOCK rows ``stride`` bytes apart fall into 4 or more sets of a 4 KB cache way
+    (64-byte lines): a block's rows in fewer sets evict one another from the L1 cache (rows of
+    32x32 or 64x64 floats, 4 or 16 KB apart, ran 1.3-2x slower in blocks than channel by
+    channel; rows 1 KB apart as fast, 256 bytes apart 1.8x faster)."""
+    n = 0
+    for j in range(BLOCK):  # rows in a set no row before them is in
+        first = True
+        for i in range(j):
+            first = first and (i * stride) % 4096 // 64 != (j * stride) % 4096 // 64
+        n += first
+    return n >= 4
+
+
+@njit(cache=True, inline="always")
+def _emit_block(acc, tb, runs, nr, mult, c, i, n, p0, np_, onto, ahead, scale, bias, y3, r3, has_r, bz, pk, fl) -> None:
+    """Float channels c .. c + BLOCK - 1 (rows i .. of acc) of ``emit_band`` and their sign and
+    nonzero bits (``binary_span.span_block``), ORed into pk's word rows; the next
+    block's output rows prefetched when ``ahead`` (and they are not R's, just written)."""
+    if ahead and not onto:
+        for j in range(BLOCK):
+            _prefetch_rows(y3, r3, has_r, n, c + BLOCK + j, p0, np_)
+    for k in range(nr):
+        q0, q1, b0 = runs[k, 0], runs[k, 1], runs[k, 2]
+        yb = y3[n, c:c + BLOCK, p0 + q0:p0 + q1]
+        span_block(tb[c:c + BLOCK, b0:b0 + q1 - q0], acc[i:i + BLOCK, q0:q1], yb, r3[n, c:c + BLOCK, p0 + q0:p0 + q1] if has_r else yb,
+                   has_r, mult, scale[c:c + BLOCK], bias[c:c + BLOCK], bz, fl[:, q0:q1])
+    _or_flag_rows(fl, np_, np.uint64(c & 63), pk)
+
+
 @njit(cache=True)
 def emit_band(acc, tb, runs, nr, mult, c0, c1, n, p0, np_, mode, out_mask, scale, bias, table, y3, yb3, ym3, r3, has_r, bz,
               pk, fl) -> None:
@@ -176,39 +221,46 @@ def emit_band(acc, tb, runs, nr, mult, c0, c1, n, p0, np_, mode, out_mask, scale
     contiguous in acc's rows) of image n, its ``nr`` runs in ``runs`` (``band_runs``), through the
     output stage (module docstring; binary_common): y3 [N, C, OH*OW], yb3/ym3 [N, OH*OW, words],
     r3 the residual as y3 (or y3 itself); pk [2, >= np_] uint64 and fl [2, >= np_] uint32
-    scratch. The float output rows of the channel AHEAD further on are prefetched, unless they
-    are R's (just written): an output buffer not in the cache otherwise waits on every channel's
+    scratch. The float output rows of the channel AHEAD further on (of the next block, in blocks)
+    are prefetched, unless they are R's (just written): an output buffer not in the cache otherwise waits on every channel's
     lines. Channels c0 .. c1 - 1 may be a group that shares its first and last bits words with
     the groups beside it (the narrow path, binary_conv_narrow.py): called for the groups in
     order, the group that holds a word's channel 0 stores it, the next ones OR theirs into it."""
     bits = mode == BITS or bz != NO_BITS
     onto = has_r and y3.ctypes.data == r3.ctypes.data  # R's buffer is the output's
+    spread = _spread(y3.strides[1]) and _spread(acc.strides[0]) and _spread(tb.strides[0])
+    blocks = (c1 - c0) // BLOCK * BLOCK if mode != BITS and bz != NO_BITS and c0 % BLOCK == 0 and spread else 0  # (none across a word)
     for i in range(c1 - c0):
         c = c0 + i
         a = acc[i]
         sh = np.uint64(c & 63)
         if (c & 63) == 0 or i == 0:
             pk[:, :np_] = 0
-        if mode != BITS and not onto and i + AHEAD < c1 - c0:  # R's buffer was just written: in the cache
-            _prefetch_rows(y3, r3, has_r, n, c + AHEAD, p0, np_)
-        yr = y3[n, c, p0:p0 + np_] if mode != BITS else y3[0, 0, :np_]
-        rr = r3[n, c, p0:p0 + np_] if has_r else r3[0, 0, :np_]
-        for plane in range(1 if mode != BITS else (2 if out_mask else 1)):
-            rule = rule_of(table, c if mode == BITS else 0, plane)  # the float stage's table is a [8, 1] stand-in
-            for k in range(nr):
-                q0, q1, b0 = runs[k, 0], runs[k, 1], runs[k, 2]
-                b = tb[c, b0:b0 + q1 - q0]
-                if mode == BITS:
-                    _span_bits(b, a[q0:q1], pk[plane, q0:q1], mult, rule, sh)
-                else:
-                    span_float(b, a[q0:q1], yr[q0:q1], rr[q0:q1], has_r, mult, scale[c], bias[c])
-        if mode != BITS and bz != NO_BITS:
-            if i >= (c1 - c0) // BLOCK * BLOCK or c0 % BLOCK:  # after the last whole block, or no blocks
-                or_sign_planes(yr, np_, bz, sh, pk)
-            elif (i + 1) % BLOCK == 0:  # blocks from c0, a multiple of BLOCK: none straddles a word
-                y8 = y3[n, c + 1 - BLOCK:c + 1]
-                _or_sign_block(y8[0, p0:p0 + np_], y8[1, p0:p0 + np_], y8[2, p0:p0 + np_], y8[3, p0:p0 + np_], y8[4, p0:p0 + np_],
-                               y8[5, p0:p0 + np_], y8[6, p0:p0 + np_], y8[7, p0:p0 + np_], np_, bz, np.uint64((c + 1 - BLOCK) & 63), pk,
-                               fl)
+        if i < blocks:
+            if i % BLOCK == 0:
+                _emit_block(acc, tb, runs, nr, mult, c, i, n, p0, np_, onto, i + 2 * BLOCK <= blocks, scale, bias, y3, r3, has_r, bz,
+                            pk, fl)
+        else:
+            if mode != BITS and not onto and i + AHEAD < c1 - c0:  # R's buffer was just written: in the cache
+                _prefetch_rows(y3, r3, has_r, n, c + AHEAD, p0, np_)
+            yr = y3[n, c, p0:p0 + np_] if mode != BITS else y3[0, 0, :np_]
+            rr = r3[n, c, p0:p0 + np_] if has_r else r3[0, 0, :np_]
+            for plane in range(1 if mode != BITS else (2 if out_mask else 1)):
+                rule = rule_of(table, c if mode == BITS else 0, plane)  # the float stage's table is a [8, 1] stand-in
+                for k in range(nr):
+                    q0, q1, b0 = runs[k, 0], runs[k, 1], runs[k, 2]
+                    b = tb[c, b0:b0 + q1 - q0]
+                    if mode == BITS:
+                        _span_bits(b, a[q0:q1], pk[plane, q0:q1], mult, rule, sh)
+                    else:
+                        span_float(b, a[q0:q1], yr[q0:q1], rr[q0:q1], has_r, mult, scale[c], bias[c])
+            if mode != BITS and bz != NO_BITS:
+                if i >= (c1 - c0) // BLOCK * BLOCK or c0 % BLOCK:  # after the last whole block, or no blocks
+                    or_sign_planes(yr, np_, bz, sh, pk)
+                elif (i + 1) % BLOCK == 0:  # blocks from c0, a multiple of BLOCK: none straddles a word
+                    y8 = y3[n, c + 1 - BLOCK:c + 1]
+                    _or_sign_block(y8[0, p0:p0 + np_], y8[1, p0:p0 + np_], y8[2, p0:p0 + np_], y8[3, p0:p0 + np_], y8[4, p0:p0 + np_],
+                                   y8[5, p0:p0 + np_], y8[6, p0:p0 + np_], y8[7, p0:p0 + np_], np_, bz, np.uint64((c + 1 - BLOCK) & 63),
+                                   pk, fl)
         if bits and ((c & 63) == 63 or c == c1 - 1):
             store_words(pk, yb3, ym3, out_mask, n, p0, np_, c >> 6, (c >> 6) == (c0 >> 6) and (c0 & 63) != 0)

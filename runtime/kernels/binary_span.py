@@ -86,3 +86,104 @@ def span_float(typingctx, b, a, y, r, has_r, mult, sc, bi):
     if not ok:
         return None
     return types.void(b, a, y, r, types.boolean, types.int64, types.float32, types.float32), _codegen
+
+
+BLOCK = 8  # channel rows of ``span_block``: a pixel's sign bits of the block in one 32-bit lane
+_U32V = ir.VectorType(_i32, LANES)
+
+
+def _rows(builder, arr, rows, elt):
+    """Pointers to the first ``rows`` rows of a 2-D array (any row stride, unit inner stride)."""
+    data = builder.bitcast(arr.data, ir.IntType(8).as_pointer())
+    stride = builder.extract_value(arr.strides, 0)
+    return [builder.bitcast(builder.gep(data, [builder.mul(stride, ir.Constant(_i64, j))]), elt.as_pointer()) for j in range(rows)]
+
+
+def _block_codegen(context, builder, sig, args):
+    b_, a_, y_, r_, has_r, mult, sc_, bi_, bz, fl_ = args
+    b, a, y, r, sc, bi, fl = (context.make_array(t)(context, builder, v) for t, v in
+                              zip(sig.args[:4] + sig.args[6:8] + sig.args[9:10], (b_, a_, y_, r_, sc_, bi_, fl_)))
+    bp, ap, yp, rp = (_rows(builder, arr, BLOCK, elt) for arr, elt in ((b, _i32), (a, _i32), (y, _f32), (r, _f32)))
+    fp = _rows(builder, fl, 2, _i32)
+    n = builder.extract_value(a.shape, 1)
+    scs = [builder.load(builder.gep(sc.data, [ir.Constant(_i64, j)])) for j in range(BLOCK)]
+    bis = [builder.load(builder.gep(bi.data, [ir.Constant(_i64, j)])) for j in range(BLOCK)]
+    # bz == -1: a value of 0 (or NaN) is negative: neg = (v < 0) | not nonzero (lanes of all bits)
+    zneg = builder.select(builder.icmp_signed("==", bz, ir.Constant(_i64, -1)), ir.Constant(_i32, (1 << BLOCK) - 1), ir.Constant(_i32, 0))
+    full = builder.and_(n, ir.Constant(_i64, -LANES))
+
+    def pixels(at, with_r, vector):  # ([y of the BLOCK rows], (neg, nonzero)) at pixels at ..
+        vt_i, vt_f = (_IV, _FV) if vector else (_i32, _f32)
+
+        def load(p, vt):
+            ptr = builder.gep(p, [at])
+            return builder.load(builder.bitcast(ptr, vt.as_pointer()) if vector else ptr, align=4)
+
+        def splat(v, vt):
+            return _splat(builder, v, vt) if vector else v
+
+        m = splat(builder.trunc(mult, _i32), vt_i)
+        zero = ir.Constant(vt_i, None)
+        ys, neg, nz = [], zero, zero
+        for j in range(BLOCK):
+            s = builder.sub(load(bp[j], vt_i), builder.mul(m, load(ap[j], vt_i)))
+            v = builder.fadd(builder.fmul(builder.sitofp(s, vt_f), splat(scs[j], vt_f)), splat(bis[j], vt_f))
+            v = builder.fadd(v, load(rp[j], vt_f)) if with_r else v
+            ys.append(v)
+            fz = ir.Constant(vt_f, None)
+            bit = splat(ir.Constant(_i32, j), vt_i)
+            neg = builder.or_(neg, builder.shl(builder.zext(builder.fcmp_ordered("<", v, fz), vt_i), bit))
+            nz = builder.or_(nz, builder.shl(builder.zext(builder.fcmp_ordered("!=", v, fz), vt_i), bit))
+        neg = builder.or_(neg, builder.and_(builder.xor(nz, splat(ir.Constant(_i32, -1), vt_i)), splat(zneg, vt_i)))
+        return ys, (neg, nz)
+
+    def store(at, values, flags_, vector):
+        def put(p, v):
+            ptr = builder.gep(p, [at])
+            builder.store(v, builder.bitcast(ptr, v.type.as_pointer()) if vector else ptr, align=4)
+
+        for j in range(BLOCK):
+            put(yp[j], values[j])
+        put(fp[0], flags_[0])
+        put(fp[1], flags_[1])
+
+    def run(with_r):
+        with builder.if_else(builder.icmp_signed(">=", n, ir.Constant(_i64, LANES))) as (vectors, scalars):
+            with vectors:
+                last = builder.sub(n, ir.Constant(_i64, LANES))
+                tail = pixels(last, with_r, True)  # before any store: R may be y
+                with cgutils.for_range_slice(builder, ir.Constant(_i64, 0), full, ir.Constant(_i64, LANES)) as (at, _):
+                    store(at, *pixels(at, with_r, True), True)
+                store(last, *tail, True)
+            with scalars:
+                with cgutils.for_range(builder, n) as loop:
+                    store(loop.index, *pixels(loop.index, with_r, False), False)
+
+    with builder.if_else(has_r) as (then, otherwise):
+        with then:
+            run(True)
+        with otherwise:
+            run(False)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def span_block(typingctx, b, a, y, r, has_r, mult, sc, bi, bz, fl):
+    """``span_float`` on BLOCK = 8 channel rows at once: rows j < 8 of the 2-D arrays b, a
+    (int32), y and r (float32, r may be y), each row of unit stride, with sc[j] and bi[j] the
+    row's scale and bias; and a pixel's sign and nonzero bits of the block's
+    rows (bit j: row j; the value at 0 ``bz`` as ``binary_common.sign_flags``) into the uint32
+    rows fl[0] and fl[1], so that the bits need no second pass over y. One pass per block where
+    ``span_float`` takes one per channel, so a pass's fixed cost (views, the tail vector) is
+    paid once per block. The loop reads and writes eight rows of each array a vector at a time:
+    rows whose stride is a multiple of 4 KB fall into one set of the L1 cache and evict one
+    another (2048-float rows ran 10x slower than 784-float ones); the caller keeps such rows
+    off it (binary_conv_stage._spread)."""
+    arrays2 = (b, a, y, r, fl)
+    ok = (all(isinstance(t, types.Array) and t.ndim == 2 for t in arrays2) and b.dtype == a.dtype == types.int32
+          and y.dtype == r.dtype == types.float32 and fl.dtype == types.uint32
+          and all(isinstance(t, types.Array) and t.ndim == 1 and t.dtype == types.float32 for t in (sc, bi)))
+    if not ok:
+        return None
+    sig = types.void(b, a, y, r, types.boolean, types.int64, sc, bi, types.int64, fl)
+    return sig, _block_codegen

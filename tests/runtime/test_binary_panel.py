@@ -180,12 +180,14 @@ def _bireal_block(rng, cin: int, cout: int, hw: int, stride: int):
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("table", ["whole", "rows"])
-@pytest.mark.parametrize("cin, cout, hw, stride", [(64, 64, 13, 1), (70, 128, 15, 2), (128, 130, 9, 2)])
+@pytest.mark.parametrize("cin, cout, hw, stride", [(64, 64, 13, 1), (70, 128, 15, 2), (128, 130, 9, 2), (64, 72, 32, 1)])
 def test_bireal_blocks_match_onnxruntime(cin, cout, hw, stride, table, threads, tmp_path, monkeypatch):
     """Two Bi-Real blocks compiled by the default pipeline (their binary convs on the panel
     path, the residual sum and its sign fused into the first conv's output stage) and run on 1-3
     threads with either border table: onnxruntime's result on the float graph. Odd sizes, a
-    stride of 2 and channel counts that are not multiples of 64 included."""
+    stride of 2 and channel counts that are not multiples of 64 included; the output stage's
+    blocks of eight channels (binary_span.span_block) and, on 32x32 outputs (rows 4 KB apart:
+    binary_conv_stage._spread), channel by channel."""
     import onnx
 
     import bnnc
