@@ -15,7 +15,9 @@ onnxruntime / bnnc (above 1: bnnc is faster) of two measures:
   one-thread run is the steadier measure of the work done);
 * ``layer``: the layer's own time, as in a whole model: onnxruntime's per-node kernel times from
   its profiler, summed over the nodes of one run (its NCHWc conv and the reorder after it), and
-  bnnc's plan function called alone (the output stays in the session's buffer); with the ratio
+  bnnc's plan function called alone (the output stays in the session's buffer), timed from
+  compiled code around the call as onnxruntime's profiler times its kernels (the call's way in
+  from Python, about a microsecond, is paid once per inference, not per layer); with the ratio
   of medians, the ratio of the fastest runs (``best``: on a shared machine the steadier figure
   for kernel work, which other processes only ever slow down).
 
@@ -28,6 +30,7 @@ emit) to the run measure.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import statistics
@@ -38,6 +41,7 @@ import time
 import numpy as np
 import onnx
 import onnxruntime as ort
+from numba import njit
 from onnx import TensorProto, helper, numpy_helper
 
 import bnnc
@@ -155,20 +159,58 @@ def ort_layer_times(trace: str) -> list[float]:
     return [sum(e["dur"] for e in nodes if a <= e["ts"] <= b) * 1e-6 for a, b in runs]
 
 
+def _compiled_clock():
+    """An njit function ``now(buf) -> ns`` reading the monotonic clock from compiled code
+    (clock_gettime through ctypes, into the int64[2] ``buf``), or None where libc has none."""
+    try:
+        gettime = ctypes.CDLL(None).clock_gettime
+    except (AttributeError, OSError):
+        return None
+    gettime.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    gettime.restype = ctypes.c_int
+    clock = int(getattr(time, "CLOCK_MONOTONIC", 1))
+
+    @njit
+    def now(buf):
+        gettime(clock, buf.ctypes.data)
+        return buf[0] * 1_000_000_000 + buf[1]
+
+    return now
+
+
+_NOW = _compiled_clock()
+
+
 def bare_plan(sess: InferenceSession, x: np.ndarray):
-    """bnnc's plan function alone, on the session's own workspace (as one layer of a model)."""
+    """bnnc's plan function alone, on the session's own workspace (as one layer of a model),
+    returning its seconds as timed from compiled code around the call: as onnxruntime's
+    profiler times its kernels, without the call's way in from Python (a microsecond or more,
+    paid once per inference by a whole model, not once per layer). Where no clock can be read
+    from compiled code, the caller times the Python call (None)."""
     ws = sess._take_workspace()
     n = sess._nthreads
+    args = [x, *sess._plan.consts, *ws.slots, *ws.plan_scratch]
+    if _NOW is None:
+        def run():  # BLAS's threads set only when the plan calls BLAS, as InferenceSession.run does
+            with limit_threads(n, sess._plan_blas):
+                call(sess._plan, [x], ws.slots, ws.plan_scratch)
+        return run
+    names = ", ".join(f"a{i}" for i in range(len(args)))
+    scope = {"plan": sess._plan.function, "now": _NOW}
+    exec(f"def inner(buf, {names}):\n    t = now(buf)\n    plan({names})\n    return now(buf) - t\n", scope)
+    inner = njit(scope["inner"])
+    buf = np.zeros(2, np.int64)
 
-    def run():  # BLAS's threads set only when the plan calls BLAS, as InferenceSession.run does
+    def run():
         with limit_threads(n, sess._plan_blas):
-            call(sess._plan, [x], ws.slots, ws.plan_scratch)
+            return inner(buf, *args) * 1e-9
 
     return run
 
 
 def timed(fns: dict, reps: int, warmup: int) -> tuple[dict, dict]:
-    """Wall-clock and CPU seconds of every run of every engine, interleaved in rotating blocks."""
+    """Wall-clock and CPU seconds of every run of every engine, interleaved in rotating blocks
+    (the seconds a function returns, if it times itself: ``bare_plan``)."""
     for _ in range(warmup):
         for f in fns.values():
             f()
@@ -179,9 +221,9 @@ def timed(fns: dict, reps: int, warmup: int) -> tuple[dict, dict]:
         for k in names[i % len(names):] + names[:i % len(names)]:
             for _ in range(3):
                 t, c = time.perf_counter(), time.process_time()
-                fns[k]()
+                inside = fns[k]()
                 cpu[k].append(time.process_time() - c)
-                wall[k].append(time.perf_counter() - t)
+                wall[k].append(inside if isinstance(inside, float) else time.perf_counter() - t)
     return wall, cpu
 
 
