@@ -21,9 +21,9 @@ channel writes the floats and a second pass takes the bits of eight rows (``_or_
 the same 32-bit lanes). A float output alone goes channel by channel (in blocks it measured
 5-10% slower on these shapes).
 (Taking the bits in a pass per channel, ORed into the 64-bit words, measured 10-30% slower:
-that loop mixes float and 64-bit lanes.) The bits of a word's 64 channels gather in the word rows ``pk`` and
-are stored once the word is complete (the task owns whole words). Bit convention:
-runtime/bitpack.py.
+that loop mixes float and 64-bit lanes.) The bits of a word's 64 channels gather in the word
+rows ``pk`` and are stored once the word is complete (the task owns whole words). Bit
+convention: runtime/bitpack.py.
 
 The counts are int32 (the tile stores them so: half the bytes of int64 between the tile and
 this stage). The session's plan may give the float output R's own buffer (R dies at this step:
@@ -221,9 +221,9 @@ def emit_band(acc, tb, runs, nr, mult, c0, c1, n, p0, np_, mode, out_mask, scale
     contiguous in acc's rows) of image n, its ``nr`` runs in ``runs`` (``band_runs``), through the
     output stage (module docstring; binary_common): y3 [N, C, OH*OW], yb3/ym3 [N, OH*OW, words],
     r3 the residual as y3 (or y3 itself); pk [2, >= np_] uint64 and fl [2, >= np_] uint32
-    scratch. The float output rows of the channel AHEAD further on (of the next block, in blocks)
-    are prefetched, unless they are R's (just written): an output buffer not in the cache otherwise waits on every channel's
-    lines. Channels c0 .. c1 - 1 may be a group that shares its first and last bits words with
+    scratch. The float output rows of the channel AHEAD further on (of the next block, in
+    blocks) are prefetched, unless they are R's (just written): an output buffer not in the
+    cache otherwise waits on every channel's lines. Channels c0 .. c1 - 1 may be a group that shares its first and last bits words with
     the groups beside it (the narrow path, binary_conv_narrow.py): called for the groups in
     order, the group that holds a word's channel 0 stores it, the next ones OR theirs into it."""
     bits = mode == BITS or bz != NO_BITS
