@@ -40,40 +40,55 @@ def _codegen(context, builder, sig, args):
     n = builder.extract_value(arrays[1].shape, 0)
     multv = _splat(builder, builder.trunc(mult, _i32), _IV)
     scv, biv = _splat(builder, sc, _FV), _splat(builder, bi, _FV)
-    full = builder.and_(n, ir.Constant(_i64, -LANES))
 
-    def pixels(at, with_r, vt_i, vt_f):  # the value of pixels at .. at + lanes - 1
-        def load(p, vt):
-            ptr = builder.gep(p, [at])
-            return builder.load(builder.bitcast(ptr, vt.as_pointer()) if isinstance(vt, ir.VectorType) else ptr, align=4)
-
-        scale, bias, m = (scv, biv, multv) if isinstance(vt_f, ir.VectorType) else (sc, bi, builder.trunc(mult, _i32))
-        s = builder.sub(load(bp, vt_i), builder.mul(m, load(ap, vt_i)))
+    def pixels(at, with_r, vector):  # the value of pixels at .. at + LANES - 1 (or of pixel at)
+        vt_i, vt_f = (_IV, _FV) if vector else (_i32, _f32)
+        scale, bias, m = (scv, biv, multv) if vector else (sc, bi, builder.trunc(mult, _i32))
+        s = builder.sub(_load(builder, bp, at, vt_i), builder.mul(m, _load(builder, ap, at, vt_i)))
         v = builder.fadd(builder.fmul(builder.sitofp(s, vt_f), scale), bias)
-        return builder.fadd(v, load(rp, vt_f)) if with_r else v
+        return builder.fadd(v, _load(builder, rp, at, vt_f)) if with_r else v
 
-    def store(at, v):
-        ptr = builder.gep(yp, [at])
-        builder.store(v, builder.bitcast(ptr, v.type.as_pointer()) if isinstance(v.type, ir.VectorType) else ptr, align=4)
+    _over_pixels(builder, n, has_r, pixels, lambda at, v, vector: _put(builder, yp, at, v))
+    return context.get_dummy_value()
+
+
+def _load(builder, p, at, vt):
+    """The value (a vector when vt is one) at element ``at`` of the array data p."""
+    ptr = builder.gep(p, [at])
+    return builder.load(builder.bitcast(ptr, vt.as_pointer()) if isinstance(vt, ir.VectorType) else ptr, align=4)
+
+
+def _put(builder, p, at, v):
+    """Store v (a vector or one value) at element ``at`` of the array data p."""
+    ptr = builder.gep(p, [at])
+    builder.store(v, builder.bitcast(ptr, v.type.as_pointer()) if isinstance(v.type, ir.VectorType) else ptr, align=4)
+
+
+def _over_pixels(builder, n, has_r, compute, store):
+    """The loop of both spans over pixels 0 .. n - 1: ``compute(at, with_r, vector)`` the
+    values at pixel at (a vector of LANES pixels, or one), ``store(at, values, vector)``. The
+    last vector ends at pixel n - 1 and overlaps the one before it: computed first, before any
+    store (R may be y), stored last. Fewer than LANES pixels go one by one. Both branches of
+    the run-time ``has_r``."""
+    full = builder.and_(n, ir.Constant(_i64, -LANES))
 
     def run(with_r):
         with builder.if_else(builder.icmp_signed(">=", n, ir.Constant(_i64, LANES))) as (vectors, scalars):
             with vectors:
                 last = builder.sub(n, ir.Constant(_i64, LANES))
-                tail = pixels(last, with_r, _IV, _FV)  # before any store: R may be y
+                tail = compute(last, with_r, True)
                 with cgutils.for_range_slice(builder, ir.Constant(_i64, 0), full, ir.Constant(_i64, LANES)) as (at, _):
-                    store(at, pixels(at, with_r, _IV, _FV))
-                store(last, tail)
+                    store(at, compute(at, with_r, True), True)
+                store(last, tail, True)
             with scalars:
                 with cgutils.for_range(builder, n) as loop:
-                    store(loop.index, pixels(loop.index, with_r, _i32, _f32))
+                    store(loop.index, compute(loop.index, with_r, False), False)
 
     with builder.if_else(has_r) as (then, otherwise):
         with then:
             run(True)
         with otherwise:
             run(False)
-    return context.get_dummy_value()
 
 
 @intrinsic
@@ -110,14 +125,12 @@ def _block_codegen(context, builder, sig, args):
     bis = [builder.load(builder.gep(bi.data, [ir.Constant(_i64, j)])) for j in range(BLOCK)]
     # bz == -1: a value of 0 (or NaN) is negative: neg = (v < 0) | not nonzero (lanes of all bits)
     zneg = builder.select(builder.icmp_signed("==", bz, ir.Constant(_i64, -1)), ir.Constant(_i32, (1 << BLOCK) - 1), ir.Constant(_i32, 0))
-    full = builder.and_(n, ir.Constant(_i64, -LANES))
 
     def pixels(at, with_r, vector):  # ([y of the BLOCK rows], (neg, nonzero)) at pixels at ..
         vt_i, vt_f = (_IV, _FV) if vector else (_i32, _f32)
 
         def load(p, vt):
-            ptr = builder.gep(p, [at])
-            return builder.load(builder.bitcast(ptr, vt.as_pointer()) if vector else ptr, align=4)
+            return _load(builder, p, at, vt)
 
         def splat(v, vt):
             return _splat(builder, v, vt) if vector else v
@@ -137,33 +150,12 @@ def _block_codegen(context, builder, sig, args):
         neg = builder.or_(neg, builder.and_(builder.xor(nz, splat(ir.Constant(_i32, -1), vt_i)), splat(zneg, vt_i)))
         return ys, (neg, nz)
 
-    def store(at, values, flags_, vector):
-        def put(p, v):
-            ptr = builder.gep(p, [at])
-            builder.store(v, builder.bitcast(ptr, v.type.as_pointer()) if vector else ptr, align=4)
+    def store(at, values, vector):
+        ys, flags = values
+        for p, v in zip(yp + fp, ys + list(flags)):
+            _put(builder, p, at, v)
 
-        for j in range(BLOCK):
-            put(yp[j], values[j])
-        put(fp[0], flags_[0])
-        put(fp[1], flags_[1])
-
-    def run(with_r):
-        with builder.if_else(builder.icmp_signed(">=", n, ir.Constant(_i64, LANES))) as (vectors, scalars):
-            with vectors:
-                last = builder.sub(n, ir.Constant(_i64, LANES))
-                tail = pixels(last, with_r, True)  # before any store: R may be y
-                with cgutils.for_range_slice(builder, ir.Constant(_i64, 0), full, ir.Constant(_i64, LANES)) as (at, _):
-                    store(at, *pixels(at, with_r, True), True)
-                store(last, *tail, True)
-            with scalars:
-                with cgutils.for_range(builder, n) as loop:
-                    store(loop.index, *pixels(loop.index, with_r, False), False)
-
-    with builder.if_else(has_r) as (then, otherwise):
-        with then:
-            run(True)
-        with otherwise:
-            run(False)
+    _over_pixels(builder, n, has_r, pixels, store)
     return context.get_dummy_value()
 
 
