@@ -13,6 +13,9 @@ panel path's rows of 7 to 56 pixels mostly went through; a masked last vector co
 that on AMD's Zen, whose masked stores are slow.) Runs shorter than a vector are scalar.
 The operations and their order are those of the scalar code (multiply, then add the bias, then
 the residual; no fused multiply-add), so every value is the same to the bit.
+
+``span_block`` does the same on eight channel rows at once and takes their sign and nonzero
+bits as it goes (a float output that also feeds a binarizer: binary_conv_stage.py).
 """
 
 from __future__ import annotations
@@ -104,7 +107,6 @@ def span_float(typingctx, b, a, y, r, has_r, mult, sc, bi):
 
 
 BLOCK = 8  # channel rows of ``span_block``: a pixel's sign bits of the block in one 32-bit lane
-_U32V = ir.VectorType(_i32, LANES)
 
 
 def _rows(builder, arr, rows, elt):
