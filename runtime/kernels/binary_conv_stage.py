@@ -223,13 +223,15 @@ def emit_band(acc, tb, runs, nr, mult, c0, c1, n, p0, np_, mode, out_mask, scale
     r3 the residual as y3 (or y3 itself); pk [2, >= np_] uint64 and fl [2, >= np_] uint32
     scratch. The float output rows of the channel AHEAD further on (of the next block, in
     blocks) are prefetched, unless they are R's (just written): an output buffer not in the
-    cache otherwise waits on every channel's lines. Channels c0 .. c1 - 1 may be a group that shares its first and last bits words with
-    the groups beside it (the narrow path, binary_conv_narrow.py): called for the groups in
-    order, the group that holds a word's channel 0 stores it, the next ones OR theirs into it."""
+    cache otherwise waits on every channel's lines. Channels c0 .. c1 - 1 may be a group that
+    shares its first and last bits words with the groups beside it (the narrow path,
+    binary_conv_narrow.py): called for the groups in order, the group that holds a word's
+    channel 0 stores it, the next ones OR theirs into it."""
     bits = mode == BITS or bz != NO_BITS
     onto = has_r and y3.ctypes.data == r3.ctypes.data  # R's buffer is the output's
-    spread = _spread(y3.strides[1]) and _spread(acc.strides[0]) and _spread(tb.strides[0])
-    blocks = (c1 - c0) // BLOCK * BLOCK if mode != BITS and bz != NO_BITS and c0 % BLOCK == 0 and spread else 0  # (none across a word)
+    blocked = mode != BITS and bz != NO_BITS and c0 % BLOCK == 0  # blocks from c0: none across a word
+    blocked = blocked and _spread(y3.strides[1]) and _spread(acc.strides[0]) and _spread(tb.strides[0])
+    blocks = (c1 - c0) // BLOCK * BLOCK if blocked else 0  # channels taken in blocks
     for i in range(c1 - c0):
         c = c0 + i
         a = acc[i]
