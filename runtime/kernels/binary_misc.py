@@ -19,7 +19,7 @@ import numpy as np
 from numba import prange
 
 from runtime.bitpack import nwords, tail_mask
-from runtime.kernels.base import Kernel, Step, Twin, register
+from runtime.kernels.base import Kernel, Step, Twin, register, task_threads
 from runtime.kernels.binary_common import (
     check_outputs,
     const_input,
@@ -28,6 +28,7 @@ from runtime.kernels.binary_common import (
     packed_image_input,
     window_attrs,
 )
+from runtime.kernels.pool_emit import emit_bit_pool, fits
 
 
 # -- Binarize -----------------------------------------------------------------------------------
@@ -131,6 +132,9 @@ class Binarize(Kernel):
 # -- BitMaxPool ---------------------------------------------------------------------------------
 @Twin
 def _bit_maxpool(x, xm, inv, geom, masked, y, ym):
+    """Per output word, the window's bit sets in registers. The plan function writes its own
+    loops for pools without a mask (``BitMaxPool.emit``); this kernel serves the others and
+    steps run one by one."""
     kh_, kw_, sh, sw, dh, dw, pt, pl = geom
     n_, h_, w_, wc = x.shape
     oh_, ow_ = y.shape[1], y.shape[2]
@@ -138,42 +142,31 @@ def _bit_maxpool(x, xm, inv, geom, masked, y, ym):
     for r in prange(n_ * oh_):
         n = r // oh_
         oh = r % oh_
-        all_neg = np.empty(wc, np.uint64)  # AND over the window of "value is -1"
-        any_neg = np.empty(wc, np.uint64)  # OR of "value is -1"
-        any_pos = np.empty(wc, np.uint64)  # OR of "value is +1" (masked only)
-        all_nz = np.empty(wc, np.uint64)  # AND of "value is nonzero" (masked only)
+        kh0 = max(0, (pt - oh * sh + dh - 1) // dh)  # the window's rows inside x: kh in [kh0, kh1)
+        kh1 = min(kh_, (h_ - 1 - oh * sh + pt) // dh + 1)
         for ow in range(ow_):
-            all_neg[:] = ones
-            any_neg[:] = 0
-            any_pos[:] = 0
-            all_nz[:] = ones
-            for kh in range(kh_):
-                ih = oh * sh - pt + kh * dh
-                if ih < 0 or ih >= h_:
-                    continue
-                for kw in range(kw_):
-                    iw = ow * sw - pl + kw * dw
-                    if iw < 0 or iw >= w_:
-                        continue
-                    if masked:
-                        for q in range(wc):
-                            s = x[n, ih, iw, q]
-                            m = xm[n, ih, iw, q]
-                            all_neg[q] &= s & m
-                            any_neg[q] |= s & m
-                            any_pos[q] |= m & ~s
-                            all_nz[q] &= m
-                    else:
-                        for q in range(wc):
-                            all_neg[q] &= x[n, ih, iw, q]
-                            any_neg[q] |= x[n, ih, iw, q]
             for q in range(wc):
+                all_neg = ones  # AND over the window of "value is -1"
+                any_neg = np.uint64(0)  # OR of "value is -1"
+                any_pos = np.uint64(0)  # OR of "value is +1" (masked only)
+                all_nz = ones  # AND of "value is nonzero" (masked only)
+                for kh in range(kh0, kh1):
+                    ih = oh * sh - pt + kh * dh
+                    for kw in range(kw_):
+                        iw = ow * sw - pl + kw * dw
+                        if iw < 0 or iw >= w_:  # a compare, not a division per pixel (4x slower)
+                            continue
+                        m = xm[n, ih, iw, q] if masked else ones
+                        s = x[n, ih, iw, q] & m
+                        any_pos |= m & ~s
+                        all_nz &= m
+                        all_neg &= s
+                        any_neg |= s
                 # max: -1 only if all are -1; min (inverted channels): -1 if any is -1
-                y[n, oh, ow, q] = (all_neg[q] & ~inv[q]) | (any_neg[q] & inv[q])
-            if masked:
-                for q in range(wc):
+                y[n, oh, ow, q] = (all_neg & ~inv[q]) | (any_neg & inv[q])
+                if masked:  # (else ym is y)
                     # max nonzero: any +1 or all -1; min nonzero: any -1 or all nonzero (+1)
-                    ym[n, oh, ow, q] = ((any_pos[q] | all_neg[q]) & ~inv[q]) | ((any_neg[q] | all_nz[q]) & inv[q])
+                    ym[n, oh, ow, q] = ((any_pos | all_neg) & ~inv[q]) | ((any_neg | all_nz) & inv[q])
 
 
 def bit_maxpool(x: np.ndarray, xm: np.ndarray | None, inv: np.ndarray, geom: tuple, y: np.ndarray,
@@ -224,6 +217,7 @@ class BitMaxPool(Kernel):
             raise step.error("X has a nonzero mask, so zeros can reach the output: Y_mask is required")
         check_outputs(step, [((n, oh, ow, nwords(c)), "uint64")] * (2 if self.masked else 1))
         self.geom = (kh, kw, sh, sw, dh, dw, pt, pl)
+        self.pads = (pt, pl, pb, pr)
         self.inv = np.zeros(nwords(c), np.uint64)
         if has_input(step, 2):
             inv = const_input(step, 2, "invert", "uint64").reshape(-1)
@@ -233,9 +227,17 @@ class BitMaxPool(Kernel):
 
     def emit(self, e, ins, outs):
         x, y = ins[0], outs[0]
+        work = math.prod(self.step.out_shapes[0]) * self.geom[0] * self.geom[1]
+        kh, kw, sh, sw, dh, dw, pt, pl = self.geom
+        x4, y4 = self.step.in_shapes[0], self.step.out_shapes[0]
+        # (N, words, H, W) and the pads as emit_pool reads them, for its size check
+        p = (pt, pl, self.pads[2], self.pads[3])
+        if not self.masked and fits((x4[0], x4[3], x4[1], x4[2]), (y4[0], y4[3], y4[1], y4[2]), (kh, kw), (sh, sw),
+                                    (dh, dw), p):
+            emit_bit_pool(e, x, y, x4, y4, (kh, kw), (sh, sw), (dh, dw), p, self.inv, task_threads(work, e.threads))
+            return
         xm, ym = (ins[1], outs[1]) if self.masked else (x, y)
-        e.call(_bit_maxpool, x, xm, self.inv, self.geom, self.masked, y, ym,
-               work=math.prod(self.step.out_shapes[0]) * self.geom[0] * self.geom[1])
+        e.call(_bit_maxpool, x, xm, self.inv, self.geom, self.masked, y, ym, work=work)
 
     def run(self, ins, outs, scratch):
         xm = np.ascontiguousarray(ins[1]) if self.masked else None

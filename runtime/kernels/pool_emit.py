@@ -127,3 +127,57 @@ def _range(e, lo: int, hi: int) -> str:
     e.line(f"for {i} in range({lo}, {hi}):")
     e.indent += 1
     return i
+
+
+def emit_bit_pool(e, x: str, y: str, x4, y4, k, s, d, p, inv, tasks: int = 1) -> None:
+    """Write the max pool of packed ``x`` (N, H, W, words) into ``y`` (N, OH, OW, words) as
+    literal loops, for values without a nonzero mask: the max of +-1 values is the AND of the
+    window's bits, and on the channels flagged in ``inv`` (words) the min, their OR, which is
+    the NOT of the AND of the flipped bits: ``y = inv ^ AND(x ^ inv)`` (no XOR where ``inv``
+    is all zeros). The rows of the output are the loop (split over ``tasks``), the row runs
+    branches in it, the column runs and the taps as in ``emit_pool``: only valid taps are read.
+    The general kernel (binary_misc._bit_maxpool) reads the geometry as arguments, and its
+    small tap loops of unknown count cost 4x these loops."""
+    n_, h_, w_, wc = x4
+    _, oh_, ow_, _ = y4
+    rows = runs(oh_, h_, k[0], s[0], d[0], p[0], p[2])
+    cols = runs(ow_, w_, k[1], s[1], d[1], p[1], p[3])
+    xf, yf = e.fresh("xf"), e.fresh("yf")
+    e.line(f"{xf} = {x}.reshape(-1)")
+    e.line(f"{yf} = {y}.reshape(-1)")
+    flip = e.const(inv, "inv") if inv.any() else None
+    if tasks > 1:
+        r = e.begin_parallel([xf, yf] + ([flip] if flip else []), n_ * oh_, tasks, "bitpool")
+    else:
+        (r,) = e.loops((n_ * oh_,))
+    oh, xb = e.fresh("oh"), e.fresh("xb")
+    e.line(f"{oh} = {r} % {oh_}")
+    e.line(f"{xb} = ({r} // {oh_}) * {h_ * w_ * wc} + {oh} * {s[0] * w_ * wc} - {p[0] * w_ * wc + p[1] * wc}")
+    for i, (_, r1, rtaps, _) in enumerate(rows):
+        if len(rows) > 1:  # the row runs in order: a branch each
+            e.line(f"{'if' if i == 0 else 'elif'} {oh} < {r1}:" if i < len(rows) - 1 else "else:")
+            e.indent += 1
+        for c0, c1, ctaps, _ in cols:
+            ow = _range(e, c0, c1)
+            q = e.loops((wc,))[0] if wc > 1 else "0"
+            base = f"{xb} + {ow} * {s[1] * wc} + {q}" if wc > 1 else f"{xb} + {ow} * {s[1]}"
+            taps = [f"{xf}[{base} + {(ki * d[0] * w_ + kj * d[1]) * wc}]" for ki in rtaps for kj in ctaps]
+            if flip:
+                taps = [f"({t} ^ {flip}[{q}])" for t in taps]
+            v = _and_of(taps)
+            e.line(f"{yf}[{r} * {ow_ * wc} + {ow} * {wc} + {q}] = " + (f"{v} ^ {flip}[{q}]" if flip else v))
+            e.end(2 if wc > 1 else 1)
+        if len(rows) > 1:
+            e.end(1)
+    if tasks > 1:
+        e.end_parallel()
+    else:
+        e.end(1)
+
+
+def _and_of(terms: list[str]) -> str:
+    """The AND of the terms as a balanced tree (short dependency chains)."""
+    if len(terms) == 1:
+        return terms[0]
+    half = len(terms) // 2
+    return f"({_and_of(terms[:half])} & {_and_of(terms[half:])})"

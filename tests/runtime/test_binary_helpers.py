@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from bnnc import ops
+from runtime import InferenceSession
+from runtime.artifact import write_artifact
 from runtime.bitpack import pack_activation, unpack_activation
 from runtime.kernels import KERNELS, Step
 
@@ -28,6 +30,42 @@ def run_step(op: str, attrs: dict, ins: list, consts: set[int], out_specs=None, 
     outs = [np.full(s, GARBAGE[d], dtype=d) for s, d in out_specs]
     kernel.run(list(ins), outs, kernel.make_scratch())
     return outs
+
+
+def one_step(op, attrs, ins, outs):
+    """(manifest, tensors) of an artifact of one bnnc step: ``ins`` are (array, constant?)
+    pairs (None for an absent optional input), ``outs`` (shape, dtype) pairs."""
+    values, tensors, names, inputs = {}, {}, [], []
+    for i, (a, const) in enumerate(ins):
+        if a is None:
+            names.append("")
+            continue
+        name = f"in{i}"
+        names.append(name)
+        if const:
+            tensors[name] = a
+        else:
+            values[name] = {"shape": list(a.shape), "dtype": str(a.dtype)}
+            inputs.append({"name": name, **values[name]})
+    out_names = [f"out{i}" for i in range(len(outs))]
+    for n, (shape, dtype) in zip(out_names, outs, strict=True):
+        values[n] = {"shape": list(shape), "dtype": dtype}
+    plan = [{"name": "the_step", "op": op, "inputs": names, "outputs": out_names, "attrs": attrs}]
+    outputs = [{"name": n, **values[n]} for n in out_names]
+    return {"format": "bnnc-artifact", "producer": "test", "graph_name": "m", "inputs": inputs, "outputs": outputs,
+            "dynamic_batch": False, "values": values, "plan": plan, "metadata": {}}, tensors
+
+
+def run_emitted(op: str, attrs: dict, ins: list, consts: set[int], path, threads: int = 1, n_outputs: int = 1):
+    """``run_step`` through the emitted plan function of a one-step artifact written to
+    ``path`` (the code the step writes into a plan, not its kernel's ``run``)."""
+    out_specs = ops.output_shapes(op, attrs, ins[0].shape, n_outputs)
+    manifest, tensors = one_step(op, attrs, [(a, i in consts) for i, a in enumerate(ins)], out_specs)
+    write_artifact(str(path), manifest, tensors)
+    sess = InferenceSession(str(path), threads=threads, plan="emitted")
+    assert sess._plan is not None
+    feeds = {f"in{i}": a for i, a in enumerate(ins) if a is not None and i not in consts}
+    return sess.run(None, feeds)
 
 
 def signs(rng: np.random.Generator, shape, zeros: bool = False) -> np.ndarray:

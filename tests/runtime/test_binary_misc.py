@@ -8,7 +8,7 @@ import pytest
 from bnnc import ops
 from runtime.bitpack import pack_activation, pack_bits, tail_mask
 from runtime.errors import BnncError
-from tests.runtime.test_binary_helpers import packed, run_step, signs, unpacked
+from tests.runtime.test_binary_helpers import packed, run_emitted, run_step, signs, unpacked
 
 SHAPES = [(2, 1, 3, 4), (1, 63, 2, 5), (1, 64, 3, 3), (2, 65, 4, 1), (1, 130, 2, 3), (3, 1), (2, 64), (1, 65), (2, 130)]
 
@@ -78,6 +78,27 @@ def test_bit_maxpool(case, with_mask, inverted):
     np.testing.assert_array_equal(got, ops.bit_maxpool(x, k, st, pads, dil, ceil, invert))
     for o in outs:
         assert not (o[..., -1] & ~tail_mask(shape[1])[-1]).any()
+
+
+@pytest.mark.parametrize("case", list(POOLS) + ["large_3x3_s2_pad1"])
+@pytest.mark.parametrize("inverted", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bit_maxpool_emitted(case, inverted, threads, tmp_path):
+    """Without a nonzero mask the plan function pools in literal loops of its own (row and
+    column runs, only valid taps; runtime/kernels/pool_emit.py): against the reference, the
+    large case split over two threads."""
+    shape, k, st, pads, dil, ceil = POOLS.get(case) or ((2, 130, 97, 96), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 0)
+    rng = np.random.default_rng(sum(shape) + 1)
+    x = signs(rng, shape)
+    x[:, :, :3, :3] = -1  # windows all -1 and all +1, where max and min agree
+    x[:, :, -3:, -3:] = 1
+    attrs = dict(kernel_shape=list(k), strides=list(st), pads=list(pads), dilations=list(dil), ceil_mode=ceil,
+                 channels=shape[1])
+    invert = rng.random(shape[1]) < 0.5 if inverted else None
+    ins = [packed(x, False)[0], None] + ([pack_bits(invert)] if inverted else [])
+    (got,) = run_emitted("bnnc.BitMaxPool", attrs, ins, {2}, tmp_path / "pool.bnn", threads)
+    np.testing.assert_array_equal(unpacked(got, shape[1]), ops.bit_maxpool(x, k, st, pads, dil, ceil, invert))
+    assert not (got[..., -1] & ~tail_mask(shape[1])[-1]).any()
 
 
 def test_bit_maxpool_errors():

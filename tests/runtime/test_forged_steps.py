@@ -28,6 +28,7 @@ from runtime.artifact import write_artifact
 from runtime.bitpack import nwords, pack_dense
 from runtime.kernels import KERNELS
 from tests.fuzz import artifacts as fa
+from tests.runtime.test_binary_helpers import one_step
 from tests.runtime.test_float_helpers import build, randn
 
 R = np.random.default_rng(7)
@@ -41,44 +42,20 @@ def _onnx(node, feeds, inits=None, opset=17):
     return lower(model, producer="test")
 
 
-def _step(op, attrs, ins, outs):
-    """(manifest, tensors) of one bnnc step: ``ins`` are (array, constant?) pairs, ``outs``
-    (shape, dtype) pairs."""
-    values, tensors, names, inputs = {}, {}, [], []
-    for i, (a, const) in enumerate(ins):
-        if a is None:
-            names.append("")
-            continue
-        name = f"in{i}"
-        names.append(name)
-        if const:
-            tensors[name] = a
-        else:
-            values[name] = {"shape": list(a.shape), "dtype": str(a.dtype)}
-            inputs.append({"name": name, **values[name]})
-    out_names = [f"out{i}" for i in range(len(outs))]
-    for n, (shape, dtype) in zip(out_names, outs, strict=True):
-        values[n] = {"shape": list(shape), "dtype": dtype}
-    plan = [{"name": "the_step", "op": op, "inputs": names, "outputs": out_names, "attrs": attrs}]
-    outputs = [{"name": n, **values[n]} for n in out_names]
-    return {"format": "bnnc-artifact", "producer": "test", "graph_name": "m", "inputs": inputs, "outputs": outputs,
-            "dynamic_batch": False, "values": values, "plan": plan, "metadata": {}}, tensors
-
-
 def _packed_conv(masked_w: bool):
     zeros = R.random((6, 5, 3, 3)) < (0.3 if masked_w else 0)
     w, wm = pack_dense(np.where(zeros, 0, R.choice([-1, 1], (6, 5, 3, 3))), masked_w)
     x = np.zeros((1, 6, 7, nwords(5)), np.uint64)
     attrs = dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1, cin=5, cout=6)
     scale, bias = R.uniform(0.5, 1, 6).astype(np.float32), randn(6)
-    return _step("bnnc.BinaryConv", attrs, [(x, False), (None, False), (w, True), (wm, True), (scale, True),
+    return one_step("bnnc.BinaryConv", attrs, [(x, False), (None, False), (w, True), (wm, True), (scale, True),
                                              (bias, True)], [((1, 6, 6, 7), "float32")])
 
 
 def _binary_dense():
     w, _ = pack_dense(R.choice([-1, 1], (9, 70)))
     rule = np.array([[0, 0, -1, 1, 1]] * 9, np.int32)
-    return _step("bnnc.BinaryDense", dict(cout=9, k=70, output="bits"), [(np.zeros((2, 2), np.uint64), False), (None, False),
+    return one_step("bnnc.BinaryDense", dict(cout=9, k=70, output="bits"), [(np.zeros((2, 2), np.uint64), False), (None, False),
                                                           (w, True), (None, False), (rule, True)],
                  [((2, 1), "uint64")])
 
@@ -89,9 +66,9 @@ def _weight_ops():
     conv = dict(kernel_shape=[3, 3], strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1, cin=3, cout=4)
     wd, _ = pack_dense(R.choice([-1, 1], (4, 10)))
     return [
-        _step("bnnc.BinaryWeightConv", conv, [(randn(1, 3, 5, 6), False), (w, True), (None, False), (scale, True),
+        one_step("bnnc.BinaryWeightConv", conv, [(randn(1, 3, 5, 6), False), (w, True), (None, False), (scale, True),
                                               (bias, True)], [((1, 4, 3, 4), "float32")]),
-        _step("bnnc.BinaryWeightDense", dict(cout=4, k=10), [(randn(2, 10), False), (wd, True), (None, False),
+        one_step("bnnc.BinaryWeightDense", dict(cout=4, k=10), [(randn(2, 10), False), (wd, True), (None, False),
                                                              (scale, True), (bias, True)], [((2, 4), "float32")]),
     ]
 
@@ -102,14 +79,14 @@ def _cases():
     m, b = randn(4, 6), randn(6, 5)
     n = helper.make_node
     out = [
-        _step("bnnc.Binarize", dict(zero=0), [(x, False)], [((2, 5, 6, 1), "uint64")] * 2),
-        _step("bnnc.BitMaxPool", dict(kernel_shape=[2, 2], strides=[2, 2], channels=3),
+        one_step("bnnc.Binarize", dict(zero=0), [(x, False)], [((2, 5, 6, 1), "uint64")] * 2),
+        one_step("bnnc.BitMaxPool", dict(kernel_shape=[2, 2], strides=[2, 2], channels=3),
               [(np.zeros((2, 6, 6, 1), np.uint64), False)], [((2, 3, 3, 1), "uint64")]),
-        _step("bnnc.Sign", dict(zero=1), [(x, False)], [(x.shape, "float32")]),
-        _step("bnnc.FusedConv", dict(activation="Relu"), [(x, False), (randn(4, 3, 3, 3), True)],
+        one_step("bnnc.Sign", dict(zero=1), [(x, False)], [(x.shape, "float32")]),
+        one_step("bnnc.FusedConv", dict(activation="Relu"), [(x, False), (randn(4, 3, 3, 3), True)],
               [((2, 4, 3, 4), "float32")]),
-        _step("bnnc.FusedGemm", dict(activation="Relu"), [(m, False), (b, True)], [((4, 5), "float32")]),
-        _step("bnnc.FusedMatMul", dict(activation="Relu"), [(m, False), (b, True)], [((4, 5), "float32")]),
+        one_step("bnnc.FusedGemm", dict(activation="Relu"), [(m, False), (b, True)], [((4, 5), "float32")]),
+        one_step("bnnc.FusedMatMul", dict(activation="Relu"), [(m, False), (b, True)], [((4, 5), "float32")]),
         _packed_conv(False), _packed_conv(True), _binary_dense(), *_weight_ops(),
     ]
     for op in ("Elu", "Selu", "Celu", "HardSwish", "ThresholdedRelu", "Softsign", "Mish", "Gelu", "Shrink",
