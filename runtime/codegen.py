@@ -299,6 +299,9 @@ class Plan:
     model: str = ""
     named: dict[str, np.ndarray] = field(default_factory=dict)  # every constant the steps read, by name
     helpers: list[str] = field(default_factory=list)  # the parallel functions the steps call
+    # per graph output, where the plan function leaves it: ("slot", j) a workspace buffer,
+    # ("input", i) a graph input, ("const", name) a constant (each maybe seen through a reshape)
+    outputs: list[tuple[str, Any]] = field(default_factory=list)
 
 
 DECORATOR = '@njit(cache=True, nogil=True, error_model="numpy")'

@@ -5,8 +5,10 @@ parameters (``x<i>``, ``b<slot>``), constants travel packed, one array per dtype
 back into their names by the function's first lines (``pack_constants``), and a view step
 (Reshape, Flatten...) binds a new name to a view of its input. The buffer slots are
 the session's plan (runtime/session.py): a slot whose value died is reused by a later value.
-The function returns the graph outputs (arrays in the workspace, or views of them); the session
-copies them out.
+The function returns 0, or i + 1 when input i failed its finiteness test (the first thing it
+runs, where the plan binarizes), and nothing else: the graph outputs are workspace buffers (or
+inputs, or constants) the session knows from ``Plan.outputs`` and copies out, so no array
+object is made for the return (0.7 us a call for a tuple of one).
 """
 
 from __future__ import annotations
@@ -25,18 +27,30 @@ def emittable(kernels: list) -> bool:
 
 
 def generate(steps: list[dict], kernels: list, step_slots: list, n_slots: int, consts: dict[str, np.ndarray],
-             inputs: list[str], outputs: list[str], threads: int, model: str) -> Plan:
+             inputs: list[str], outputs: list[str], threads: int, model: str, finite: list | None = None) -> Plan:
     """The plan function of these steps for ``threads`` threads, compiled (lazily, on its first
-    call) from a module of its own in the kernel cache."""
+    call) from a module of its own in the kernel cache. ``finite[i]``: the finiteness test the
+    function runs on input i before anything else (runtime/validate.py, ``FINITE``), or None."""
     e = Emitter(threads)
     env: dict[str, Expr] = {n: Expr(f"x{i}") for i, n in enumerate(inputs)}
+    root: dict[str, tuple[str, Any]] = {n: ("input", i) for i, n in enumerate(inputs)}
     segments: list[tuple[list[str], list[str]]] = []
+    for i, test in enumerate(finite or []):
+        if test is not None:
+            e.line(f"if not {e.fn(test)}(x{i}):")
+            e.line(f"    return int64({i + 1})")
+    checks = e.lines[:]
+    e.lines.clear()
     for s, k, slots in zip(steps, kernels, step_slots):
         ins = [None if not n else env[n] if n in env else e.const(consts[n], "init") for n in s["inputs"]]
         if slots is None:  # a view: the kernel binds fresh names
             outs = [e.fresh("v") if o else None for o in s["outputs"]]
+            src = next((n for n in s["inputs"] if n), "")
+            for o in s["outputs"]:
+                root[o] = root.get(src, ("const", src))
         else:
             outs = [None if j is None else Expr(f"b{j}") for j in slots]
+            root.update((o, ("slot", j)) for o, j in zip(s["outputs"], slots) if o)
         e.scope = re.sub(r"\W+", "_", s.get("name", s["op"]))[-20:].strip("_")
         e.node = s.get("name", s["op"])
         start = len(e.lines)
@@ -46,16 +60,16 @@ def generate(steps: list[dict], kernels: list, step_slots: list, n_slots: int, c
         for o, x in zip(s["outputs"], outs):
             if o:
                 env[o] = x
-    returns = "(" + "".join(f"{env[o] if o in env else e.const(consts[o], 'out')}, " for o in outputs) + ")"
-    used = set(_NAME.findall("\n".join(e.lines) + returns))
+    used = set(_NAME.findall("\n".join(e.lines)))
     e.consts = [(n, a) for n, a in e.consts if n in used]  # constants a kernel reads in its own form
     args, views, named = pack_constants(e)
     params = [f"x{i}" for i in range(len(inputs))] + [n for n, _ in args]
     params += [f"b{j}" for j in range(n_slots)] + [n for n, *_ in e.scratch]
-    source = module_source(e.helpers + [function_source("run_plan", params, views + e.lines, returns)], model)
+    source = module_source(e.helpers + [function_source("run_plan", params, checks + views + e.lines, "int64(0)")],
+                           model)
     module, path = load_module(source, e.functions)
     return Plan(source, path, module.run_plan, tuple(a for _, a in args), e.scratch, params, segments,
-                e.functions, model, named, e.helpers)
+                e.functions, model, named, e.helpers, [root.get(o, ("const", o)) for o in outputs])
 
 
 def pack_constants(e: Emitter) -> tuple[list[tuple[str, np.ndarray]], list[str], dict[str, np.ndarray]]:
@@ -109,8 +123,20 @@ def named_values(plan: Plan, feeds: list[np.ndarray], slots: list[np.ndarray], s
     return values
 
 
-def call(plan: Plan, feeds: list[np.ndarray], slots: list[np.ndarray], scratch: list[np.ndarray]) -> Any:
+def call(plan: Plan, feeds: list[np.ndarray], slots: list[np.ndarray], scratch: list[np.ndarray]) -> int:
+    """Run the plan function: 0, or i + 1 when input i holds NaN or Inf (nothing computed)."""
     return plan.function(*feeds, *plan.consts, *slots, *scratch)
+
+
+def output_arrays(plan: Plan, shapes: list[tuple[int, ...]], feeds: list[np.ndarray], slots: list[np.ndarray],
+                  consts: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The graph outputs (of ``shapes``) where the plan function leaves them: views of the
+    workspace's buffers, of the inputs or of constants (not copies)."""
+    out = []
+    for (kind, where), shape in zip(plan.outputs, shapes):
+        a = slots[where] if kind == "slot" else feeds[where] if kind == "input" else consts[where]
+        out.append(a.reshape(shape))
+    return out
 
 
 class Steps:

@@ -33,9 +33,9 @@ from runtime.errors import BnncError
 from runtime.feeds import Feeds
 from runtime.kernels import KERNELS
 from runtime.kernels.base import Step
-from runtime.program import Steps, call, emittable, generate, scratch_arrays
-from runtime.threads import limit_threads, max_threads, wake_pool
-from runtime.validate import binarizes
+from runtime.program import Steps, call, emittable, generate, output_arrays, scratch_arrays
+from runtime.threads import limit_threads, max_threads, numba_threads, wake_pool
+from runtime.validate import binarizes, check_finite
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class _Workspace:
     bufs: list[list[np.ndarray | None] | None]
     plan_scratch: list[np.ndarray]
     scratch: list[Any] | None = None
+    outs: list[np.ndarray] | None = None  # the plan's outputs in this workspace, unless one is an input
 
 
 class InferenceSession:
@@ -83,6 +84,7 @@ class InferenceSession:
         self._dynamic_batch = bool(m.get("dynamic_batch", False))
         self._feeds = Feeds(self._inputs, self._dynamic_batch, self._finite_only)
         self._out_names = [o["name"] for o in self._outputs]
+        self._out_shapes = [tuple(o["shape"]) for o in self._outputs]
         self._kernels = [self._build(s) for s in plan]
         self._steps = plan
         self._slots, self._step_slots = plan_buffers(plan, [k.view for k in self._kernels], self._values,
@@ -92,7 +94,8 @@ class InferenceSession:
         if mode == "emitted" and emittable(self._kernels):
             self._plan = generate(plan, self._kernels, self._step_slots, len(self._slots), self._consts,
                                   [i["name"] for i in self._inputs], [o["name"] for o in self._outputs],
-                                  self._nthreads, os.path.basename(self._path))
+                                  self._nthreads, os.path.basename(self._path), self._feeds.plan_tests)
+            self._feeds.tested_by_plan()
         self._plan_blas = self._plan is not None and any(calls_gemm(f) for f in self._plan.functions.values())
         self._steps_program: Steps | None = None
         self._plan_warm = False  # the plan function has run once in this session
@@ -139,7 +142,11 @@ class InferenceSession:
         plan function, the outputs copied out of the workspace before another run may take it."""
         ws = self._take_workspace()
         try:
-            with limit_threads(self._nthreads, self._plan_blas):
+            if self._plan_blas:
+                with limit_threads(self._nthreads):
+                    outs = self._call_plan(xs, ws)
+            else:
+                numba_threads(self._nthreads)
                 outs = self._call_plan(xs, ws)
             if wanted is self._out_names:
                 return [a.copy() for a in outs]
@@ -154,17 +161,24 @@ class InferenceSession:
         outs = self._call_plan([feeds[i["name"]] for i in self._inputs], ws)
         return {o["name"]: a for o, a in zip(self._outputs, outs)}
 
-    def _call_plan(self, xs: list[np.ndarray], ws: _Workspace) -> Any:
-        """The plan function on the inputs; its first call (which compiles it on a cold cache)
-        lets a helper process compile kernels beside it (runtime/prefetch.py)."""
+    def _call_plan(self, xs: list[np.ndarray], ws: _Workspace) -> list[np.ndarray]:
+        """The plan function on the inputs; the outputs where it left them (``ws.outs``, else
+        views of the inputs). Its first call (which compiles it on a cold cache) lets a helper
+        process compile kernels beside it (runtime/prefetch.py)."""
         if self._plan_warm:
-            return call(self._plan, xs, ws.slots, ws.plan_scratch)
-        from runtime import prefetch  # not at import: ``python -m runtime.prefetch`` imports this module first
+            status = call(self._plan, xs, ws.slots, ws.plan_scratch)
+        else:
+            from runtime import prefetch  # not at import: ``python -m runtime.prefetch`` imports this module first
 
-        with prefetch.alongside(self._plan.function, self._path, self._nthreads):
-            outs = call(self._plan, xs, ws.slots, ws.plan_scratch)
-        self._plan_warm = True
-        return outs
+            with prefetch.alongside(self._plan.function, self._path, self._nthreads):
+                status = call(self._plan, xs, ws.slots, ws.plan_scratch)
+            self._plan_warm = True
+        if status:  # an input failed the plan's finiteness test: say what is wrong with it
+            i = status - 1
+            check_finite(self._inputs[i]["name"], xs[i])
+            raise BnncError(f"input '{self._inputs[i]['name']}' holds NaN or Inf; bnnc needs finite inputs")
+        return ws.outs if ws.outs is not None else output_arrays(self._plan, self._out_shapes, xs, ws.slots,
+                                                                 self._consts)
 
     def run_with_values(self, feeds: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
         """Run once on feeds of exactly the compiled shapes and return copies of the named
@@ -230,7 +244,10 @@ class InferenceSession:
         arrays = [np.empty(shape, dtype=dtype) for shape, dtype in self._slots]
         bufs = [None if slots is None else [None if j is None else arrays[j] for j in slots]
                 for slots in self._step_slots]
-        return _Workspace(arrays, bufs, scratch_arrays(self._plan) if self._plan else [])
+        ws = _Workspace(arrays, bufs, scratch_arrays(self._plan) if self._plan else [])
+        if self._plan is not None and all(kind != "input" for kind, _ in self._plan.outputs):
+            ws.outs = output_arrays(self._plan, self._out_shapes, [], arrays, self._consts)
+        return ws
 
     def _take_workspace(self) -> _Workspace:
         """An idle workspace of this session's for one inference, else a new one: one thread

@@ -308,7 +308,7 @@ def _finite64(x):
     return m < np.uint64(0x8000000000000000)
 
 
-_FINITE = {np.dtype(np.float32): _finite32, np.dtype(np.float64): _finite64}
+FINITE = {np.dtype(np.float32): _finite32, np.dtype(np.float64): _finite64}  # C-contiguous arrays only
 
 
 def check_finite(name: str, x: np.ndarray) -> None:
@@ -320,7 +320,7 @@ def check_finite(name: str, x: np.ndarray) -> None:
     """
     if x.dtype.kind != "f" or not x.size:
         return
-    test = _FINITE.get(x.dtype)
+    test = FINITE.get(x.dtype)
     if test is not None and x.flags.c_contiguous:
         if test(x):
             return

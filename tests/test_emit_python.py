@@ -6,11 +6,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
 from cli import main
-from runtime import InferenceSession
+from runtime import BnncError, InferenceSession
 from tests.bnn_graphs import Builder
 from tests.helpers import CORPUS, save
 
@@ -62,3 +63,44 @@ def test_emitted_corpus_model(tmp_path):
     module, artifact = _emit_and_load(tmp_path, str(case / "model.onnx"), "tfc_emitted")
     x = np.load(case / "input.npy")
     np.testing.assert_array_equal(module.run({"x": x})[0], InferenceSession(artifact, plan="emitted").run(None, {"x": x})[0])
+
+
+def _outputs_of_every_kind(tmp_path: Path) -> str:
+    """A binarizing net whose graph outputs are a view of its input, a view of a computed
+    buffer, a computed buffer, and a constant: every place a plan function leaves an output."""
+    b = Builder(seed=5)
+    y = b.bn(b.conv(b.sign("x"), b.pm1((8, 4, 3, 3)), pads=[1, 1, 1, 1]), 8)
+    x_view = b.op("Reshape", ["x", b.const(np.array([4, 36], np.int64))])
+    r_flat = b.op("Flatten", [b.op("Relu", [y])])
+    const = b.const(np.arange(6, dtype=np.float32).reshape(2, 3), "const_out")
+    return save(b.model([("x", [1, 4, 6, 6])], [(x_view, None), (y, None), (r_flat, None), (const, [2, 3])]),
+                str(tmp_path))
+
+
+def test_outputs_where_the_plan_leaves_them(tmp_path):
+    """The plan function returns only a status; the session and the written-out module take each
+    output from where it lies (an input, a buffer, a constant, seen through a reshape), equal to
+    onnxruntime's and to the steps run one by one; an input with NaN is refused by the plan's
+    first lines, by both."""
+    from tests.helpers import ort_run
+
+    onnx_path = _outputs_of_every_kind(tmp_path)
+    module, artifact = _emit_and_load(tmp_path, onnx_path, "every_output")
+    sess = InferenceSession(artifact, plan="emitted")
+    assert sorted(kind for kind, _ in sess._plan.outputs) == ["const", "input", "slot", "slot"]
+    x = np.random.default_rng(1).normal(size=(1, 4, 6, 6)).astype(np.float32)
+    ours = sess.run(None, {"x": x})
+    again = sess.run(None, {"x": x * 2})  # copies, not the workspace: the first results stay
+    steps = InferenceSession(artifact, plan="steps").run(None, {"x": x})
+    ref = ort_run(onnx.load(onnx_path), {"x": x})
+    for a, s, e, r in zip(ours, steps, module.run({"x": x}), ref, strict=True):
+        np.testing.assert_array_equal(a, s)
+        np.testing.assert_array_equal(a, e)
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(again[0], (x * 2).reshape(4, 36))
+    assert not np.shares_memory(ours[0], x)
+    x[0, 1, 2, 3] = np.inf
+    with pytest.raises(BnncError, match=r"input 'x' holds NaN or Inf .*index \[0, 1, 2, 3\]"):
+        sess.run(None, {"x": x})
+    with pytest.raises(ValueError, match="input 'x' holds NaN or Inf"):
+        module.run({"x": x})

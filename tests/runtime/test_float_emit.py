@@ -102,7 +102,8 @@ def _emitted(op: str, attrs: dict, ins: list, out_shape, out_dtype) -> np.ndarra
     names = [f"in{k}" for k in range(len(ins))]
     plan = generate([{"op": op, "name": op, "inputs": names, "outputs": ["y"]}], [kernel], [[0]], 1, {}, names, ["y"],
                     1, "test")
-    (out,) = call(plan, ins, [np.full(out_shape, np.nan, out_dtype)], scratch_arrays(plan))
+    out = np.full(out_shape, np.nan, out_dtype)
+    assert call(plan, ins, [out], scratch_arrays(plan)) == 0 and plan.outputs == [("slot", 0)]
     ref = np.full(out_shape, np.nan, out_dtype)
     kernel.run(ins, [ref], kernel.make_scratch())
     np.testing.assert_array_equal(out, ref)
