@@ -218,7 +218,7 @@ def rule_table(rule: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([r[:, :2].T, -(v.T < 0).astype(np.int64), -(v.T != 0).astype(np.int64)]))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def emit_bits(s, table, c0, yb, ym, out_mask, sg, mk):
     """OR the rule values of ``s[j]`` (output channel c0 + j) into the packed word rows ``yb``
     (sign) and ``ym`` (nonzero mask), word = channel // 64; the caller zeroes the words first.
@@ -261,13 +261,13 @@ def or_sign_planes(yr, n, bz, sh, pk):
         pk[1, p] |= np.uint64(nz & 1) << sh
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _rule_flags(s, lo, hi, below, mid, above, out):
     for i in range(s.shape[0]):
         out[i] = rule_flag(s[i], lo[i], hi[i], below[i], mid[i], above[i])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def or_flags(sg, mk, n, c0, yb, ym, out_mask):
     """OR the 0 / -1 flags sg[:n] (and mk[:n]) of channels c0 .. c0 + n - 1 into the word rows
     yb (and ym), word = channel // 64."""
@@ -300,7 +300,7 @@ def emit_sign_bits(y, zero, c0, yb, ym, with_mask, sg, mk):
     or_flags(sg, mk, n, c0, yb, ym, with_mask)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _pack_flags(f, b, take):
     """Word with bit b + k set where the 0 / -1 flag f[k] is -1, k < take."""
     w = np.int64(0)
