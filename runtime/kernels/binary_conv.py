@@ -320,7 +320,7 @@ class BinaryConv(Kernel):
         cpt, cpl = (0, 0) if self.pad else (pt, pl)
         self.geom = (kh, kw, sh, sw, dh, dw, cpt, cpl, oh, ow, cg)
         self.g, self.og, self.rows = g, og, n * oh
-        self.work = conv_work(n * oh * ow * cout * kh * kw * nwords(cg), n * oh * ow * cout)
+        self.work = conv_work(n * oh * ow * cout * kh * kw * nwords(cg), n * oh * ow * cout, n)
 
     def _block(self, threads: int) -> int:
         """Output channels per task: whole groups, or enough 64-channel blocks to feed threads."""

@@ -267,7 +267,7 @@ class NarrowPlan:
         self.merged_shape = (g, n, hx, nwords(kw * cg), ow)
         self.merge = (cg, kw, sw, dw, pl, self.ptop)
         self.geom = (kh, sh, dh, 0 if pad_value else pt, oh, kw * cg)
-        self.work = conv_work(n * oh * ow * cout * kh * self.merged_shape[3], n * oh * ow * cout)
+        self.work = conv_work(n * oh * ow * cout * kh * self.merged_shape[3], n * oh * ow * cout, n)
 
     def make_scratch(self) -> dict:
         """Merged rows of one workspace; their nonzero masks ("mm") are made on the first run
