@@ -57,11 +57,7 @@ def emit_pool(e, x: str, y: str, x4, y4, k, s, d, p, is_max: bool, include_pad: 
     ``tasks`` > 1 the loop over images and channels is split over the threads."""
     _, _, H, W = x4
     _, _, OH, OW = y4
-    rows = runs(OH, H, k[0], s[0], d[0], p[0], p[2])
-    cols = runs(OW, W, k[1], s[1], d[1], p[1], p[3])
-    xf, yf = e.fresh("xf"), e.fresh("yf")
-    e.line(f"{xf} = {x}.reshape(-1)")
-    e.line(f"{yf} = {y}.reshape(-1)")
+    rows, cols, xf, yf = _flat_runs(e, x, y, (H, W), (OH, OW), k, s, d, p)
     # the max over the window's rows first, in one contiguous pass, where that saves strided
     # loads: 3x3 windows (64x112x112, stride 2: 183 us against 295 us tap by tap), not 2x2
     # ones (64x32x32: 24 us against 8 us; benchmarks/bench_float_ops.py)
@@ -112,13 +108,30 @@ def emit_pool(e, x: str, y: str, x4, y4, k, s, d, p, is_max: bool, include_pad: 
         e.end(1)
 
 
+def _flat_runs(e, x: str, y: str, hw, ohw, k, s, d, p) -> tuple:
+    """(row runs, column runs, flat view of x, flat view of y) of a pool of an hw image into an
+    ohw one, the two views bound in the code."""
+    rows = runs(ohw[0], hw[0], k[0], s[0], d[0], p[0], p[2])
+    cols = runs(ohw[1], hw[1], k[1], s[1], d[1], p[1], p[3])
+    xf, yf = e.fresh("xf"), e.fresh("yf")
+    e.line(f"{xf} = {x}.reshape(-1)")
+    e.line(f"{yf} = {y}.reshape(-1)")
+    return rows, cols, xf, yf
+
+
 def _max_of(terms: list[str]) -> str:
-    """np.maximum over the terms as a balanced tree (short dependency chains); np.maximum
-    propagates NaN as onnxruntime's MaxPool does, and LLVM vectorizes it."""
+    """np.maximum over the terms as a balanced tree; np.maximum propagates NaN as onnxruntime's
+    MaxPool does, and LLVM vectorizes it."""
+    return _tree(terms, "np.maximum({}, {})")
+
+
+def _tree(terms: list[str], pair: str) -> str:
+    """The terms joined two by two with ``pair`` (a format of two operands) as a balanced tree:
+    short dependency chains."""
     if len(terms) == 1:
         return terms[0]
     half = len(terms) // 2
-    return f"np.maximum({_max_of(terms[:half])}, {_max_of(terms[half:])})"
+    return pair.format(_tree(terms[:half], pair), _tree(terms[half:], pair))
 
 
 def _range(e, lo: int, hi: int) -> str:
@@ -140,11 +153,7 @@ def emit_bit_pool(e, x: str, y: str, x4, y4, k, s, d, p, inv, tasks: int = 1) ->
     small tap loops of unknown count cost 4x these loops."""
     n_, h_, w_, wc = x4
     _, oh_, ow_, _ = y4
-    rows = runs(oh_, h_, k[0], s[0], d[0], p[0], p[2])
-    cols = runs(ow_, w_, k[1], s[1], d[1], p[1], p[3])
-    xf, yf = e.fresh("xf"), e.fresh("yf")
-    e.line(f"{xf} = {x}.reshape(-1)")
-    e.line(f"{yf} = {y}.reshape(-1)")
+    rows, cols, xf, yf = _flat_runs(e, x, y, (h_, w_), (oh_, ow_), k, s, d, p)
     flip = e.const(inv, "inv") if inv.any() else None
     if tasks > 1:
         r = e.begin_parallel([xf, yf] + ([flip] if flip else []), n_ * oh_, tasks, "bitpool")
@@ -164,7 +173,7 @@ def emit_bit_pool(e, x: str, y: str, x4, y4, k, s, d, p, inv, tasks: int = 1) ->
             taps = [f"{xf}[{base} + {(ki * d[0] * w_ + kj * d[1]) * wc}]" for ki in rtaps for kj in ctaps]
             if flip:
                 taps = [f"({t} ^ {flip}[{q}])" for t in taps]
-            v = _and_of(taps)
+            v = _tree(taps, "({} & {})")
             e.line(f"{yf}[{r} * {ow_ * wc} + {ow} * {wc} + {q}] = " + (f"{v} ^ {flip}[{q}]" if flip else v))
             e.end(2 if wc > 1 else 1)
         if len(rows) > 1:
@@ -174,10 +183,3 @@ def emit_bit_pool(e, x: str, y: str, x4, y4, k, s, d, p, inv, tasks: int = 1) ->
     else:
         e.end(1)
 
-
-def _and_of(terms: list[str]) -> str:
-    """The AND of the terms as a balanced tree (short dependency chains)."""
-    if len(terms) == 1:
-        return terms[0]
-    half = len(terms) // 2
-    return f"({_and_of(terms[:half])} & {_and_of(terms[half:])})"
