@@ -156,10 +156,12 @@ def _bit_maxpool(x, xm, inv, geom, masked, y, ym):
                         iw = ow * sw - pl + kw * dw
                         if iw < 0 or iw >= w_:  # a compare, not a division per pixel (4x slower)
                             continue
-                        m = xm[n, ih, iw, q] if masked else ones
-                        s = x[n, ih, iw, q] & m
-                        any_pos |= m & ~s
-                        all_nz &= m
+                        s = x[n, ih, iw, q]
+                        if masked:
+                            m = xm[n, ih, iw, q]
+                            s &= m
+                            any_pos |= m & ~s
+                            all_nz &= m
                         all_neg &= s
                         any_neg |= s
                 # max: -1 only if all are -1; min (inverted channels): -1 if any is -1
@@ -228,13 +230,12 @@ class BitMaxPool(Kernel):
     def emit(self, e, ins, outs):
         x, y = ins[0], outs[0]
         work = math.prod(self.step.out_shapes[0]) * self.geom[0] * self.geom[1]
-        kh, kw, sh, sw, dh, dw, pt, pl = self.geom
+        kh, kw, sh, sw, dh, dw, _, _ = self.geom
         x4, y4 = self.step.in_shapes[0], self.step.out_shapes[0]
-        # (N, words, H, W) and the pads as emit_pool reads them, for its size check
-        p = (pt, pl, self.pads[2], self.pads[3])
-        if not self.masked and fits((x4[0], x4[3], x4[1], x4[2]), (y4[0], y4[3], y4[1], y4[2]), (kh, kw), (sh, sw),
-                                    (dh, dw), p):
-            emit_bit_pool(e, x, y, x4, y4, (kh, kw), (sh, sw), (dh, dw), p, self.inv, task_threads(work, e.threads))
+        window = ((kh, kw), (sh, sw), (dh, dw), self.pads)
+        # fits reads (N, C, H, W) shapes: the words in C's place
+        if not self.masked and fits((x4[0], x4[3], x4[1], x4[2]), (y4[0], y4[3], y4[1], y4[2]), *window):
+            emit_bit_pool(e, x, y, x4, y4, *window, self.inv, task_threads(work, e.threads))
             return
         xm, ym = (ins[1], outs[1]) if self.masked else (x, y)
         e.call(_bit_maxpool, x, xm, self.inv, self.geom, self.masked, y, ym, work=work)

@@ -169,7 +169,7 @@ def emit_bit_pool(e, x: str, y: str, x4, y4, k, s, d, p, inv, tasks: int = 1) ->
         for c0, c1, ctaps, _ in cols:
             ow = _range(e, c0, c1)
             q = e.loops((wc,))[0] if wc > 1 else "0"
-            base = f"{xb} + {ow} * {s[1] * wc} + {q}" if wc > 1 else f"{xb} + {ow} * {s[1]}"
+            base = f"{xb} + {ow} * {s[1] * wc} + {q}"
             taps = [f"{xf}[{base} + {(ki * d[0] * w_ + kj * d[1]) * wc}]" for ki in rtaps for kj in ctaps]
             if flip:
                 taps = [f"({t} ^ {flip}[{q}])" for t in taps]
