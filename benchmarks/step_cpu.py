@@ -4,7 +4,7 @@ On a machine other work is loading, wall-clock medians move with that work. With
 inference runs in the calling thread, so that thread's CPU time (``time.thread_time``) is the
 work done, and its minimum over many runs is steady. We print, for an artifact or a model
 (compiled in a temporary folder), every step's minimum CPU time over ``--repeat`` step-by-step
-runs (the plan's emitted code one step at a time, as ``bnnc bench --profile``) and the median and
+runs (the plan's emitted code one step at a time, each called from Python) and the median and
 minimum CPU time of whole runs.
 
     python benchmarks/step_cpu.py MODEL.onnx|MODEL.bnn [--repeat 30] [--top 40]

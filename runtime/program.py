@@ -111,6 +111,40 @@ _PARAM = re.compile(r"^(x\d+|b\d+|v\d+|c_\w+|w_\w+)$")  # names that come from o
 _ASSIGNED = re.compile(r"^\s*(\w+) = ", re.M)
 
 
+def _outside_names(lines: list[str]) -> list[str]:
+    """The names these lines of the plan read from outside them (buffers, inputs, constants,
+    views an earlier step made), sorted: the parameters of a function of these lines."""
+    text = "\n".join(lines)
+    return sorted({n for n in _NAME.findall(text) if _PARAM.match(n)} - set(_ASSIGNED.findall(text)))
+
+
+class Timed:
+    """The plan's steps in one function that reads the clock (``runtime.clock``) before the
+    first step and after every step: ``profile``'s timing. Inside one compiled function no
+    Python runs between steps, so a step's time is its own code's, as in ``run_plan`` (its
+    thread pool kept spinning, its data where the step before left it), not that plus the
+    unboxing of its arguments from Python (``Steps``). Compiled on first use, cached as the
+    plan is."""
+
+    def __init__(self, plan: Plan):
+        from runtime.clock import monotonic_ns
+
+        body = ["    t_stamps[0] = monotonic_ns()"]
+        for i, (lines, _) in enumerate(plan.steps):
+            body += lines + [f"    t_stamps[{i + 1}] = monotonic_ns()"]
+        self.params = _outside_names(body)
+        source = module_source(plan.helpers + [function_source("run_timed", self.params + ["t_stamps"], body)], plan.model)
+        module, _ = load_module(source, {**plan.functions, "monotonic_ns": monotonic_ns})
+        self.function = module.run_timed
+
+    def run(self, plan: Plan, feeds: list[np.ndarray], slots: list[np.ndarray], scratch: list[np.ndarray]) -> np.ndarray:
+        """Run the plan once; the seconds of every step (float64 [steps])."""
+        values = named_values(plan, feeds, slots, scratch)
+        stamps = np.zeros(len(plan.steps) + 1, np.int64)
+        self.function(*[values[p] for p in self.params], stamps)
+        return np.diff(stamps) * 1e-9
+
+
 def scratch_arrays(plan: Plan) -> list[np.ndarray]:
     """A workspace's own copy of the plan's scratch arrays."""
     return [np.zeros(shape, dtype) if zeroed else np.empty(shape, dtype) for _, shape, dtype, zeroed in plan.scratch]
@@ -148,9 +182,7 @@ class Steps:
         self.calls: list[tuple[Any, list[str], list[str]]] = []
         sources, specs = [], []
         for i, (lines, outs) in enumerate(plan.steps):
-            text = "\n".join(lines)
-            local = set(_ASSIGNED.findall(text))
-            params = sorted({n for n in _NAME.findall(text) if _PARAM.match(n)} - local)
+            params = _outside_names(lines)
             ret = "(" + "".join(f"{o}, " for o in outs if o) + ")"
             sources.append(function_source(f"step_{i}", params, lines, ret))
             specs.append((params, outs))

@@ -26,6 +26,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from runtime import clock
 from runtime.artifact import read_artifact
 from runtime.blas import calls_gemm
 from runtime.buffers import plan_buffers
@@ -33,7 +34,7 @@ from runtime.errors import BnncError
 from runtime.feeds import Feeds
 from runtime.kernels import KERNELS
 from runtime.kernels.base import Step
-from runtime.program import Steps, call, emittable, generate, output_arrays, scratch_arrays
+from runtime.program import Steps, Timed, call, emittable, generate, output_arrays, scratch_arrays
 from runtime.threads import limit_threads, max_threads, numba_threads, wake_pool
 from runtime.validate import binarizes, check_finite
 
@@ -98,6 +99,7 @@ class InferenceSession:
             self._feeds.tested_by_plan()
         self._plan_blas = self._plan is not None and any(calls_gemm(f) for f in self._plan.functions.values())
         self._steps_program: Steps | None = None
+        self._timed: Timed | None = None
         self._plan_warm = False  # the plan function has run once in this session
         self._lock = threading.Lock()
         self._idle: list[_Workspace] = [self._new_workspace()]
@@ -267,7 +269,10 @@ class InferenceSession:
             self._idle.append(ws)
 
     def profile(self, feeds: dict[str, Any], repeat: int = 10) -> list[tuple[str, str, float]]:
-        """Median seconds of every plan step over ``repeat`` runs: (node name, op, seconds)."""
+        """Median seconds of every plan step over ``repeat`` runs: (node name, op, seconds).
+        The emitted plan times its steps itself (``program.Timed``: a clock read after every
+        step inside the compiled function); without a clock compiled code can read, or
+        without an emitted plan, every step is called and timed from Python."""
         arrays, batch = self._feeds.check(feeds)
         if batch is not None:
             raise BnncError("profile needs inputs of exactly the compiled shapes")
@@ -276,10 +281,21 @@ class InferenceSession:
             for _ in range(repeat):
                 if self._plan is None:
                     self._execute(ws, arrays, timings=times)
-                    continue
-                laps = _Laps(times)
-                self._step_by_step(ws, arrays, laps, laps.start)
+                elif clock.AVAILABLE:
+                    for t, lap in zip(times, self._timed_run(ws, arrays)):
+                        t.append(float(lap))
+                else:
+                    laps = _Laps(times)
+                    self._step_by_step(ws, arrays, laps, laps.start)
         return [(s["name"], s["op"], float(np.median(t))) for s, t in zip(self._steps, times)]
+
+    def _timed_run(self, ws: _Workspace, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One run of the plan's timed function (``program.Timed``, made on first use): the
+        seconds of every step."""
+        with self._lock:
+            if self._timed is None:
+                self._timed = Timed(self._plan)
+        return self._timed.run(self._plan, [feeds[i["name"]] for i in self._inputs], ws.slots, ws.plan_scratch)
 
     def _step_by_step(self, ws: _Workspace, feeds: dict[str, np.ndarray], after, before=None) -> None:
         """The plan's emitted code one step at a time (``program.Steps``), made on first use."""

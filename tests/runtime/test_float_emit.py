@@ -145,6 +145,42 @@ def test_large_elementwise_loops_split_over_threads():
         np.testing.assert_array_equal(a, b)
 
 
+def test_profile_times_the_steps_inside_the_plan(monkeypatch):
+    """``profile`` reads a clock after every step inside one compiled function (program.Timed):
+    every step gets a time, a view's is below a 131 K-value step's, the times add up to less
+    than the run that holds them, and that function computes what ``run`` computes. Without
+    such a clock (``clock.AVAILABLE`` False) the steps are timed from Python instead."""
+    import time
+
+    from runtime import clock
+    from runtime.program import Timed, output_arrays
+
+    feeds = {"x": randn(2, 16, 64, 64)}
+    nodes = [helper.make_node("Abs", ["x"], ["a"]), helper.make_node("Flatten", ["a"], ["f"], axis=1),
+             helper.make_node("Neg", ["f"], ["y"])]
+    model = make_model(nodes, [("x", [2, 16, 64, 64], 1)], [("y", None, 0)], {}, opset=17)
+    with tempfile.TemporaryDirectory() as d:
+        sess = InferenceSession(bnnc.compile_model(save(model, d), os.path.join(d, "m.bnn"), passes=[]).path, threads=1,
+                                plan="emitted")
+        expected = sess.run(None, feeds)[0].copy()
+        assert clock.AVAILABLE
+        sess.profile(feeds, repeat=1)
+        t0 = time.perf_counter()
+        times = sess.profile(feeds, repeat=1)
+        wall = time.perf_counter() - t0
+        assert [op for _, op, _ in times] == ["Abs", "Flatten", "Neg"]
+        assert all(t > 0 for *_, t in times) and times[1][2] < times[0][2] and sum(t for *_, t in times) < wall
+        timed = Timed(sess._plan)
+        with sess._workspace() as ws:
+            laps = timed.run(sess._plan, [feeds["x"]], ws.slots, ws.plan_scratch)
+            (got,) = output_arrays(sess._plan, [expected.shape], [feeds["x"]], ws.slots, sess._consts)
+            np.testing.assert_array_equal(got, expected)
+        assert laps.shape == (3,) and (laps >= 0).all()
+        monkeypatch.setattr(clock, "AVAILABLE", False)
+        assert [op for _, op, t in sess.profile(feeds, repeat=2) if t > 0] == ["Abs", "Flatten", "Neg"]
+        assert sess._steps_program is not None  # timed from Python
+
+
 def test_step_by_step_calls_before_and_after_each_step():
     """The step-by-step run (``profile``'s) calls ``before(i)`` then ``after(i, outputs)`` around
     every step, in order, and ``profile`` at two threads gives every step a time."""
