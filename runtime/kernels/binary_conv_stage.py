@@ -9,7 +9,10 @@ Channel by channel and run by run, ``emit_band`` computes
 
 and writes ``float32(s) * scale[c] + bias[c] (+ R)`` (``binary_span.span_float``: vectors from
 a run's first pixel to its last, so that rows of 7 to 56 pixels do not fall to a scalar loop);
-or (bits) the rule's flags. When the float output also has a binarized twin, its sign and
+or (bits) the rule's flags, eight channels at a time (``binary_span.span_bits``: a pixel's eight
+flags in a 32-bit lane, one 64-bit OR per pixel and block; CNV's 10x10 layer 154 -> 130 us, its
+first binary layer 417 -> 358 us), channel by channel past the last whole block or where the
+rows would crowd the L1 cache's sets (as below). When the float output also has a binarized twin, its sign and
 nonzero bits go with it, eight channels at a time: ``binary_span.span_block`` computes a
 block's eight rows in one pass per run and takes their bits from the values still in registers,
 a pixel's eight bits in one 32-bit lane (as wide as the floats), and one 64-bit OR per pixel
@@ -37,7 +40,7 @@ import numpy as np
 from numba import njit
 
 from runtime.kernels.binary_common import BITS, NO_BITS, or_sign_planes, rule_flag, rule_of, sign_flags
-from runtime.kernels.binary_span import BLOCK, span_block, span_float
+from runtime.kernels.binary_span import BLOCK, span_bits, span_block, span_float
 from runtime.kernels.binary_tile import prefetch_write
 
 AHEAD = 2  # the output stage prefetches the float output rows of the channel this far ahead
@@ -214,6 +217,23 @@ def _emit_block(acc, tb, runs, nr, mult, c, i, n, p0, np_, onto, ahead, scale, b
     _or_flag_rows(fl, np_, np.uint64(c & 63), pk)
 
 
+@njit(cache=True, inline="always")
+def _emit_bits_block(acc, tb, runs, nr, mult, table, c, i, np_, out_mask, pk, fl) -> None:
+    """The rule's bits of channels c .. c + BLOCK - 1 (rows i .. of acc) of ``emit_band`` in
+    bits mode (``binary_span.span_bits``), ORed into pk's word rows (the mask's too when
+    ``out_mask``)."""
+    for k in range(nr):
+        q0, q1, b0 = runs[k, 0], runs[k, 1], runs[k, 2]
+        span_bits(tb[c:c + BLOCK, b0:b0 + q1 - q0], acc[i:i + BLOCK, q0:q1], mult, table[:, c:c + BLOCK], out_mask, fl[:, q0:q1])
+    sh = np.uint64(c & 63)
+    if out_mask:
+        _or_flag_rows(fl, np_, sh, pk)
+    else:
+        f0, p0 = fl[0], pk[0]
+        for p in range(np_):
+            p0[p] |= np.uint64(f0[p]) << sh
+
+
 @njit(cache=True)
 def emit_band(acc, tb, runs, nr, mult, c0, c1, n, p0, np_, mode, out_mask, scale, bias, table, y3, yb3, ym3, r3, has_r, bz,
               pk, fl) -> None:
@@ -229,8 +249,8 @@ def emit_band(acc, tb, runs, nr, mult, c0, c1, n, p0, np_, mode, out_mask, scale
     channel 0 stores it, the next ones OR theirs into it."""
     bits = mode == BITS or bz != NO_BITS
     onto = has_r and y3.ctypes.data == r3.ctypes.data  # R's buffer is the output's
-    blocked = mode != BITS and bz != NO_BITS and c0 % BLOCK == 0  # blocks from c0: none across a word
-    blocked = blocked and _spread(y3.strides[1]) and _spread(acc.strides[0]) and _spread(tb.strides[0])
+    blocked = bits and c0 % BLOCK == 0  # blocks from c0: none across a word
+    blocked = blocked and (mode == BITS or _spread(y3.strides[1])) and _spread(acc.strides[0]) and _spread(tb.strides[0])
     blocks = (c1 - c0) // BLOCK * BLOCK if blocked else 0  # channels taken in blocks
     for i in range(c1 - c0):
         c = c0 + i
@@ -238,7 +258,10 @@ def emit_band(acc, tb, runs, nr, mult, c0, c1, n, p0, np_, mode, out_mask, scale
         sh = np.uint64(c & 63)
         if (c & 63) == 0 or i == 0:
             pk[:, :np_] = 0
-        if i < blocks:
+        if i < blocks and mode == BITS:
+            if i % BLOCK == 0:
+                _emit_bits_block(acc, tb, runs, nr, mult, table, c, i, np_, out_mask, pk, fl)
+        elif i < blocks:
             if i % BLOCK == 0:
                 _emit_block(acc, tb, runs, nr, mult, c, i, n, p0, np_, onto, i + 2 * BLOCK <= blocks, scale, bias, y3, r3, has_r, bz,
                             pk, fl)
