@@ -42,6 +42,7 @@ from runtime.kernels.base import Twin, task_threads
 from runtime.kernels.binary_common import conv_work
 from runtime.kernels.binary_conv_stage import band_runs, band_views, emit_band, table_layout
 from runtime.kernels.binary_tile import MR, tile_row, tile_weights
+from runtime.kernels.narrow_emit import emit_merge_rows, emittable
 from runtime.threads import current_threads
 
 _ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -266,6 +267,7 @@ class NarrowPlan:
         self.mask_fill = _ONES if pad_value else np.uint64(0)  # padding values +-1 are nonzero
         self.merged_shape = (g, n, hx, nwords(kw * cg), ow)
         self.merge = (cg, kw, sw, dw, pl, self.ptop)
+        self.x4 = (n, h, w_, nwords(g * cg))
         self.geom = (kh, sh, dh, 0 if pad_value else pt, oh, kw * cg)
         self.work = conv_work(n * oh * ow * cout * kh * self.merged_shape[3], n * oh * ow * cout, n)
 
@@ -279,14 +281,22 @@ class NarrowPlan:
         the source of a flag that says whether this run's input has zeros."""
         cg, kw, sw, dw, pl, ptop = self.merge
         size = int(np.prod(self.merged_shape))
+        literal = emittable(self.merged_shape[0], cg, self.x4[3], sw, kw)  # narrow_emit.py
+
+        def merge(src, fill, dst):
+            if literal:
+                emit_merge_rows(e, src, dst, self.x4, self.merged_shape, cg, kw, dw, pl, ptop, fill, task_threads(size * kw, e.threads))
+            else:
+                e.call(merge_rows, src, cg, kw, sw, dw, pl, ptop, fill, dst, work=size * kw)
+
         xm = e.work(self.merged_shape, np.uint64, "merged")
-        e.call(merge_rows, x, cg, kw, sw, dw, pl, ptop, self.fill, xm, work=size * kw)
+        merge(x, self.fill, xm)
         mm = xm
         if xmask is not None:
             mm = e.work(self.merged_shape, np.uint64, "merged_mask")
             e.line(f"if {masked}:")
             e.indent += 1
-            e.call(merge_rows, xmask, cg, kw, sw, dw, pl, ptop, self.mask_fill, mm, work=size * kw)
+            merge(xmask, self.mask_fill, mm)
             e.indent -= 1
         nbands, tasks = self.split(e.threads)
         flag = Expr(f"({masked} != 0)") if xmask is not None else False

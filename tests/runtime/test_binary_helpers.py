@@ -56,14 +56,18 @@ def one_step(op, attrs, ins, outs):
             "dynamic_batch": False, "values": values, "plan": plan, "metadata": {}}, tensors
 
 
-def run_emitted(op: str, attrs: dict, ins: list, consts: set[int], path, threads: int = 1, n_outputs: int = 1):
+def run_emitted(op: str, attrs: dict, ins: list, consts: set[int], path, threads: int = 1, n_outputs: int = 1,
+                source: list | None = None):
     """``run_step`` through the emitted plan function of a one-step artifact written to
-    ``path`` (the code the step writes into a plan, not its kernel's ``run``)."""
+    ``path`` (the code the step writes into a plan, not its kernel's ``run``); the plan's
+    source is appended to ``source`` when given."""
     out_specs = ops.output_shapes(op, attrs, ins[0].shape, n_outputs)
     manifest, tensors = one_step(op, attrs, [(a, i in consts) for i, a in enumerate(ins)], out_specs)
     write_artifact(str(path), manifest, tensors)
     sess = InferenceSession(str(path), threads=threads, plan="emitted")
     assert sess._plan is not None
+    if source is not None:
+        source.append(sess._plan.source)
     feeds = {f"in{i}": a for i, a in enumerate(ins) if a is not None and i not in consts}
     return sess.run(None, feeds)
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bnnc import ops
+from runtime.bitpack import pack_dense
 from runtime.kernels import binary_conv, binary_conv_narrow, binary_conv_stage
 from runtime.kernels.binary_conv_narrow import NarrowPlan
 from tests.runtime import test_binary_conv as conv_tests
+from tests.runtime.test_binary_helpers import packed, random_rules, run_emitted, unpacked
 
 # (N, Cin, H, W, Cout, kh, kw, strides, pads, dilations, group)
 EXTRA = {
@@ -81,3 +84,39 @@ def test_narrow_border_table_counts_the_taps_inside(monkeypatch):
         np.testing.assert_array_equal(rows.tb[:, rows.rcls[oh] * w_:(rows.rcls[oh] + 1) * w_], expect[:, oh])
     inner = rows.tb[:, -rows.irun * w_:].reshape(cout, rows.irun, w_)
     np.testing.assert_array_equal(inner, np.broadcast_to(expect[:, 1:2], inner.shape))
+
+
+# one group, up to 64 input channels, stride 1 along the row: the plan merges the rows in
+# literal loops (runtime/kernels/narrow_emit.py); same columns as CASES
+MERGE_CASES = {
+    "merge_c16_3x3": (2, 16, 6, 9, 24, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "merge_c40_3x3_spill": (1, 40, 5, 7, 8, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),  # tap 1's bits cross a word
+    "merge_c64_5x3_dilated": (1, 64, 6, 8, 16, 5, 3, (2, 1), (2, 2, 3, 2), (1, 2), 1),
+    "merge_c3_1x5_asym": (2, 3, 4, 9, 70, 1, 5, (1, 1), (0, 3, 0, 1), (1, 1), 1),
+    "merge_c1_3x3_every_border": (1, 1, 4, 5, 2, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", list(MERGE_CASES))
+def test_merged_rows_emitted(case, threads, tmp_path, monkeypatch):
+    """The narrow path's merged rows written as literal loops into the plan (no merge_rows call
+    left in it), with every padding value (rows of the fill above and below the image, columns
+    of it at the sides), inputs with zeros (their masks merged too) and without, the rows split
+    over two threads: the plan's bits equal the reference's."""
+    monkeypatch.setattr(binary_conv, "choose_narrow", lambda *a: True)
+    monkeypatch.setattr(binary_conv_narrow, "task_threads", lambda work, t: t)  # split even these small merges
+    monkeypatch.setitem(conv_tests.CASES, case, MERGE_CASES[case])
+    for pad_value in (0, 1, -1):
+        for xzeros in (False, True):
+            rng, x, w = conv_tests.data(case, 11 + pad_value, xzeros, False)
+            attrs = conv_tests.conv_attrs(case, pad_value, "bits")
+            s = ops.binary_conv_int(x, w, **conv_tests.ref_kwargs(attrs))
+            rule = random_rules(rng, s, with_zero=False)
+            xb, xm = packed(x, xzeros)
+            source: list = []
+            (got,) = run_emitted("bnnc.BinaryConv", attrs, [xb, xm, pack_dense(w)[0], None, rule], {2, 3, 4},
+                                 tmp_path / f"m{pad_value}{xzeros}.bnn", threads, source=source)
+            assert "narrow_merge_rows" not in source[0] and ("prange(" in source[0]) == (threads == 2)
+            np.testing.assert_array_equal(unpacked(got, attrs["cout"]), ops.output_bits(s, rule),
+                                          err_msg=f"pad_value {pad_value}, zeros {xzeros}")
