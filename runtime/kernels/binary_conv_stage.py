@@ -16,7 +16,7 @@ rows would crowd the L1 cache's sets (as below). When the float output also has 
 nonzero bits go with it, eight channels at a time: ``binary_span.span_block`` computes a
 block's eight rows in one pass per run and takes their bits from the values still in registers,
 a pixel's eight bits in one 32-bit lane (as wide as the floats), and one 64-bit OR per pixel
-puts them into its words (``_or_flag_rows``). Measured on a band of 128 channels x 196 pixels,
+puts them into its words (``or_flag_rows``). Measured on a band of 128 channels x 196 pixels,
 R in the output's buffer: 15.8 -> 13.3 us; in-process on Bi-Real Net 18's panel convs, the
 kernel alone, 1.01-1.04x. Where a block's rows would fall into few sets of the L1 cache (rows
 4 KB apart and multiples of it, ``_spread``) or the group has no whole blocks, a pass per
@@ -54,13 +54,21 @@ def table_layout(base: np.ndarray, rcls: np.ndarray, interior: np.ndarray, rows:
     all fall inside the input, for bands of up to ``rows`` rows. A table of up to
     WHOLE_TABLE_BYTES gets a row per output row (rcls[oh] = oh, no interior rows): the output
     stage then runs each channel's band in one pass, which the few pixels per row of a small
-    image need (a pass per row costs more than its pixels there). A bigger one keeps a row per
+    image need (a pass per row costs more than its pixels there); its rows get unused columns
+    at their ends where they would fall a multiple of 2 KB apart (STE CNN's 32x32 layer: 4 KB),
+    so that the bits stage takes them eight at a time (``_spread``). A bigger one keeps a row per
     class, the interior class's row tiled ``irun`` times at its end (rcls -1: interior rows)."""
     cout, _, ow_ = base.shape
     oh_ = rcls.shape[0]
     rcls = rcls.reshape(-1).astype(np.int64)
     if base.nbytes * oh_ // base.shape[1] <= WHOLE_TABLE_BYTES:
-        return np.ascontiguousarray(base[:, rcls].reshape(cout, -1)), np.arange(oh_, dtype=np.int64), 0
+        whole = base[:, rcls].reshape(cout, -1)
+        width = whole.shape[1]  # rows a multiple of 4 KB apart would keep the bits stage's blocks
+        while not _spread(width * whole.itemsize):  # off them (``_spread``): a cache line of unused
+            width += 64 // whole.itemsize  # columns after each row (no interior rows: no run reads them)
+        tb = np.zeros((cout, width), base.dtype)
+        tb[:, :whole.shape[1]] = whole
+        return tb, np.arange(oh_, dtype=np.int64), 0
     irun = 0
     if interior.any():
         irun = min(rows, oh_)
@@ -106,13 +114,19 @@ def _span_bits(b, a, pp, mult, rule, sh) -> None:
 
 
 @njit(cache=True, inline="always")
-def _or_flag_rows(fl, np_, sh, pk) -> None:
-    """OR the uint32 bit rows fl[0] and fl[1] (a pixel's bits of a block of channels) at bit sh
-    of the word rows pk[0] and pk[1]: one 64-bit OR per pixel and block, not per channel."""
-    f0, f1, p0, p1 = fl[0], fl[1], pk[0], pk[1]
-    for p in range(np_):
-        p0[p] |= np.uint64(f0[p]) << sh
-        p1[p] |= np.uint64(f1[p]) << sh
+def or_flag_rows(fl, np_, sh, pk, two=True) -> None:
+    """OR the uint32 bit rows fl[0] (and, when ``two``, fl[1]; a pixel's bits of a block of
+    channels) at bit sh of the word rows pk[0] (and pk[1]): one 64-bit OR per pixel and block,
+    not per channel."""
+    f0, p0 = fl[0], pk[0]
+    if two:
+        f1, p1 = fl[1], pk[1]
+        for p in range(np_):
+            p0[p] |= np.uint64(f0[p]) << sh
+            p1[p] |= np.uint64(f1[p]) << sh
+    else:
+        for p in range(np_):
+            p0[p] |= np.uint64(f0[p]) << sh
 
 
 @njit(cache=True, inline="always")
@@ -143,7 +157,7 @@ def _or_sign_block(y0, y1, y2, y3, y4, y5, y6, y7, np_, bz, sh, pk, fl) -> None:
         n7, z7 = _flags32(y7[p], bz, 7)
         f0[p] = n0 | n1 | n2 | n3 | n4 | n5 | n6 | n7
         f1[p] = z0 | z1 | z2 | z3 | z4 | z5 | z6 | z7
-    _or_flag_rows(fl, np_, sh, pk)
+    or_flag_rows(fl, np_, sh, pk)
 
 
 @njit(cache=True, inline="always")
@@ -214,7 +228,7 @@ def _emit_block(acc, tb, runs, nr, mult, c, i, n, p0, np_, onto, ahead, scale, b
         yb = y3[n, c:c + BLOCK, p0 + q0:p0 + q1]
         span_block(tb[c:c + BLOCK, b0:b0 + q1 - q0], acc[i:i + BLOCK, q0:q1], yb, r3[n, c:c + BLOCK, p0 + q0:p0 + q1] if has_r else yb,
                    has_r, mult, scale[c:c + BLOCK], bias[c:c + BLOCK], bz, fl[:, q0:q1])
-    _or_flag_rows(fl, np_, np.uint64(c & 63), pk)
+    or_flag_rows(fl, np_, np.uint64(c & 63), pk)
 
 
 @njit(cache=True, inline="always")
@@ -225,13 +239,7 @@ def _emit_bits_block(acc, tb, runs, nr, mult, table, c, i, np_, out_mask, pk, fl
     for k in range(nr):
         q0, q1, b0 = runs[k, 0], runs[k, 1], runs[k, 2]
         span_bits(tb[c:c + BLOCK, b0:b0 + q1 - q0], acc[i:i + BLOCK, q0:q1], mult, table[:, c:c + BLOCK], out_mask, fl[:, q0:q1])
-    sh = np.uint64(c & 63)
-    if out_mask:
-        _or_flag_rows(fl, np_, sh, pk)
-    else:
-        f0, p0 = fl[0], pk[0]
-        for p in range(np_):
-            p0[p] |= np.uint64(f0[p]) << sh
+    or_flag_rows(fl, np_, np.uint64(c & 63), pk, out_mask)
 
 
 @njit(cache=True)

@@ -28,25 +28,35 @@ from runtime.kernels.binary_common import (
     packed_image_input,
     window_attrs,
 )
+from runtime.kernels.binary_conv_stage import or_flag_rows
+from runtime.kernels.binary_span import BLOCK, span_signs
 from runtime.kernels.pool_emit import emit_bit_pool, fits
 
 
 # -- Binarize -----------------------------------------------------------------------------------
 @Twin
 def _binarize_nchw(x, zero, y, ym, with_mask):
+    """A row of pixels (n, h) at a time: its 64-channel words gather in sacc (and macc, the
+    nonzero mask), eight channels a pass (``binary_span.span_signs``: the eight bits in 32-bit
+    lanes, one 64-bit OR per pixel), the channels past the last whole eight one by one."""
     n_, c_, h_, w_ = x.shape
     wc = y.shape[3]
     for r in prange(n_ * h_):
         n = r // h_
         h = r % h_
-        sacc = np.empty(w_, np.uint64)
-        macc = np.empty(w_, np.uint64)
+        words = np.empty((2, w_), np.uint64)
+        sacc, macc = words[0], words[1]
+        fl = np.empty((2, w_), np.uint32)
         for q in range(wc):
             nb = min(64, c_ - q * 64)
             sacc[:] = 0
             # zero = +-1: every value is nonzero, the mask word is all valid bits
             macc[:] = np.uint64(0) if zero == 0 else (np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - nb))
-            for b in range(nb):
+            blocks = nb // BLOCK * BLOCK
+            for b in range(0, blocks, BLOCK):
+                span_signs(x[n, q * 64 + b:q * 64 + b + BLOCK, h, :], zero, with_mask and zero == 0, fl)
+                or_flag_rows(fl, w_, np.uint64(b), words, with_mask and zero == 0)
+            for b in range(blocks, nb):
                 c = q * 64 + b
                 sh = np.uint64(b)
                 if zero == -1:

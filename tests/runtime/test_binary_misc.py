@@ -10,7 +10,10 @@ from runtime.bitpack import pack_activation, pack_bits, tail_mask
 from runtime.errors import BnncError
 from tests.runtime.test_binary_helpers import packed, run_emitted, run_step, signs, unpacked
 
-SHAPES = [(2, 1, 3, 4), (1, 63, 2, 5), (1, 64, 3, 3), (2, 65, 4, 1), (1, 130, 2, 3), (3, 1), (2, 64), (1, 65), (2, 130)]
+# rows of fewer pixels than a vector and of several vectors and a bit (Binarize takes eight
+# channels a pass: whole blocks, a word of one block, channels past the last whole block)
+SHAPES = [(2, 1, 3, 4), (1, 63, 2, 5), (1, 64, 3, 3), (2, 65, 4, 1), (1, 130, 2, 3), (1, 72, 3, 19), (2, 17, 2, 33),
+          (3, 1), (2, 64), (1, 65), (2, 130)]
 
 
 def floats_with_zeros(rng, shape):
