@@ -41,6 +41,7 @@ def _binarize_nchw(x, zero, y, ym, with_mask):
     lanes, one 64-bit OR per pixel), the channels past the last whole eight one by one."""
     n_, c_, h_, w_ = x.shape
     wc = y.shape[3]
+    nonzero = with_mask and zero == 0  # a mask of the values' zeros (zero = +-1: all valid bits)
     for r in prange(n_ * h_):
         n = r // h_
         h = r % h_
@@ -54,8 +55,8 @@ def _binarize_nchw(x, zero, y, ym, with_mask):
             macc[:] = np.uint64(0) if zero == 0 else (np.uint64(0xFFFFFFFFFFFFFFFF) >> np.uint64(64 - nb))
             blocks = nb // BLOCK * BLOCK
             for b in range(0, blocks, BLOCK):
-                span_signs(x[n, q * 64 + b:q * 64 + b + BLOCK, h, :], zero, with_mask and zero == 0, fl)
-                or_flag_rows(fl, w_, np.uint64(b), words, with_mask and zero == 0)
+                span_signs(x[n, q * 64 + b:q * 64 + b + BLOCK, h, :], zero, nonzero, fl)
+                or_flag_rows(fl, w_, np.uint64(b), words, nonzero)
             for b in range(blocks, nb):
                 c = q * 64 + b
                 sh = np.uint64(b)
@@ -65,7 +66,7 @@ def _binarize_nchw(x, zero, y, ym, with_mask):
                 else:
                     for w in range(w_):
                         sacc[w] |= np.uint64(x[n, c, h, w] < 0) << sh
-                if with_mask and zero == 0:
+                if nonzero:
                     for w in range(w_):
                         v = x[n, c, h, w]
                         macc[w] |= np.uint64((v > 0) | (v < 0)) << sh

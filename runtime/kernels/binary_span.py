@@ -67,6 +67,17 @@ def _put(builder, p, at, v):
     builder.store(v, builder.bitcast(ptr, v.type.as_pointer()) if isinstance(v.type, ir.VectorType) else ptr, align=4)
 
 
+def _store_rows(builder, rows):
+    """The ``store`` of ``_over_pixels`` that puts value i (a vector or one value) into the
+    row data rows[i] at the pixel."""
+
+    def store(at, values, vector):
+        for p, v in zip(rows, values):
+            _put(builder, p, at, v)
+
+    return store
+
+
 def _over_pixels(builder, n, has_r, compute, store):
     """The loop of both spans over pixels 0 .. n - 1: ``compute(at, with_r, vector)`` the
     values at pixel at (a vector of LANES pixels, or one), ``store(at, values, vector)``. The
@@ -151,7 +162,7 @@ def _block_codegen(context, builder, sig, args):
     bis = [builder.load(builder.gep(bi.data, [ir.Constant(_i64, j)])) for j in range(BLOCK)]
     zneg = _zero_negative(builder, bz)
 
-    def pixels(at, with_r, vector):  # ([y of the BLOCK rows], (neg, nonzero)) at pixels at ..
+    def pixels(at, with_r, vector):  # [y of the BLOCK rows, neg, nonzero] at pixels at ..
         vt_i, vt_f = (_IV, _FV) if vector else (_i32, _f32)
 
         def load(p, vt):
@@ -167,14 +178,9 @@ def _block_codegen(context, builder, sig, args):
             v = builder.fadd(builder.fmul(builder.sitofp(s, vt_f), splat(scs[j], vt_f)), splat(bis[j], vt_f))
             v = builder.fadd(v, load(rp[j], vt_f)) if with_r else v
             ys.append(v)
-        return ys, _sign_lanes(builder, ys, zneg, vector)
+        return ys + list(_sign_lanes(builder, ys, zneg, vector))
 
-    def store(at, values, vector):
-        ys, flags = values
-        for p, v in zip(yp + fp, ys + list(flags)):
-            _put(builder, p, at, v)
-
-    _over_pixels(builder, n, has_r, pixels, store)
+    _over_pixels(builder, n, has_r, pixels, _store_rows(builder, yp + fp))
     return context.get_dummy_value()
 
 
@@ -243,11 +249,7 @@ def _bits_codegen(context, builder, sig, args):
                 out[k] = builder.or_(out[k], builder.select(lt, below, builder.select(le, mid, above)))
         return out
 
-    def store(at, values, vector):
-        for p, v in zip(fp, values):
-            _put(builder, p, at, v)
-
-    _over_pixels(builder, n, two, pixels, store)
+    _over_pixels(builder, n, two, pixels, _store_rows(builder, fp))
     return context.get_dummy_value()
 
 
@@ -280,11 +282,7 @@ def _signs_codegen(context, builder, sig, args):
         neg, nz = _sign_lanes(builder, [_load(builder, p, at, _FV if vector else _f32) for p in xp], zneg, vector)
         return (neg, nz) if with_two else (neg,)
 
-    def store(at, values, vector):
-        for p, v in zip(fp, values):
-            _put(builder, p, at, v)
-
-    _over_pixels(builder, builder.extract_value(x.shape, 1), two, pixels, store)
+    _over_pixels(builder, builder.extract_value(x.shape, 1), two, pixels, _store_rows(builder, fp))
     return context.get_dummy_value()
 
 
